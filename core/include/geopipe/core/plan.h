@@ -1,0 +1,89 @@
+// The plan: the contract between the scheduler (which writes it), launch (which places ranks by
+// it) and the runtime (which executes exactly what it says). Versioned JSON; see DESIGN.md.
+#pragma once
+
+#include <geopipe/core/config.h>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include <string>
+#include <vector>
+
+namespace geopipe {
+
+inline constexpr int kPlanVersion = 1;
+
+// Codec names understood across the project (kernels implements them; core only checks names).
+// "none", "int8-block", "fp8-e4m3-block", "fp8-e5m2-block", "int4-block".
+const std::vector<std::string>& known_codec_names();
+
+struct StagePlan {
+  int index = 0;
+  std::string region;
+  std::vector<int> ranks;   // MPI ranks that run this stage (one per stage today)
+  int layer_begin = 0;      // transformer blocks [layer_begin, layer_end)
+  int layer_end = 0;
+};
+
+struct LinkPlan {
+  int from_stage = 0;
+  int to_stage = 0;
+  std::string from_region, to_region;
+  std::string codec_forward = "none";   // activations, from_stage -> to_stage
+  std::string codec_backward = "none";  // their gradients, to_stage -> from_stage
+  std::string transport = "mpi";        // "mpi" or "nccl"
+};
+
+struct SchedulePlan {
+  std::string kind = "1f1b";  // "gpipe", "1f1b" or "1f1b-lh" (latency-hiding 1F1B)
+  // Forward micro-batches each stage runs before its first backward (1F1B family);
+  // plain 1F1B uses S - 1 - stage, the latency-hiding variant adds what hides link latency.
+  std::vector<int> warmup;
+};
+
+struct Prediction {
+  double iteration_s = 0;
+  double jct_s = 0;
+  double energy_kwh = 0;
+  double cost_usd = 0;
+  std::vector<double> stage_compute_s;   // forward + backward of one micro-batch, per stage
+  std::vector<double> link_utilisation;  // per LinkPlan, fraction of the link's bandwidth
+};
+
+struct Provenance {
+  std::string policy;
+  std::string topology_name;
+  std::string topology_hash;
+  std::string job_hash;
+  std::string generator;  // "geopipe <version>"
+};
+
+struct Plan {
+  int version = kPlanVersion;
+  JobSpec job;
+  std::vector<StagePlan> stages;
+  std::vector<LinkPlan> links;
+  SchedulePlan schedule;
+  Prediction predicted;
+  Provenance provenance;
+
+  int num_stages() const { return static_cast<int>(stages.size()); }
+  int world_size() const;                 // number of distinct ranks
+  int stage_of_rank(int rank) const;      // -1 when the rank has no stage
+  const LinkPlan* link_between(int from_stage, int to_stage) const;  // nullptr if none
+};
+
+// Parses and checks the plan on its own (stage indices, contiguous non-overlapping layer
+// ranges covering the model, unique ranks 0..N-1, links between consecutive stages, known
+// codecs, schedule kind and warm-up depths). Throws InputError listing every problem.
+Plan parse_plan(const nlohmann::json& doc, const std::string& file);
+Plan load_plan(const std::string& path);
+nlohmann::json to_json(const Plan& plan);
+void save_plan(const Plan& plan, const std::string& path);  // atomic: temp file + rename
+
+// Refuses a plan that does not match the world it is run in: topology hash and regions,
+// and (when world_size > 0) the MPI world size. Throws InputError naming the plan file.
+void check_plan_against(const Plan& plan, const Topology& topology, const std::string& plan_file,
+                        int world_size = 0);
+
+}  // namespace geopipe

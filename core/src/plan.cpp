@@ -1,0 +1,349 @@
+#include <geopipe/core/error.h>
+#include <geopipe/core/plan.h>
+
+#include "json_reader.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <set>
+
+#include <unistd.h>
+
+namespace geopipe {
+
+using detail::child_path;
+using detail::index_path;
+using detail::json;
+using detail::JsonReader;
+
+const std::vector<std::string>& known_codec_names() {
+  static const std::vector<std::string> names = {"none", "int8-block", "fp8-e4m3-block", "fp8-e5m2-block",
+                                                 "int4-block"};
+  return names;
+}
+
+int Plan::world_size() const {
+  std::set<int> ranks;
+  for (const auto& s : stages) ranks.insert(s.ranks.begin(), s.ranks.end());
+  return static_cast<int>(ranks.size());
+}
+
+int Plan::stage_of_rank(int rank) const {
+  for (const auto& s : stages)
+    if (std::find(s.ranks.begin(), s.ranks.end(), rank) != s.ranks.end()) return s.index;
+  return -1;
+}
+
+const LinkPlan* Plan::link_between(int from_stage, int to_stage) const {
+  for (const auto& l : links)
+    if (l.from_stage == from_stage && l.to_stage == to_stage) return &l;
+  return nullptr;
+}
+
+namespace {
+
+bool known_codec(const std::string& name) {
+  const auto& names = known_codec_names();
+  return std::find(names.begin(), names.end(), name) != names.end();
+}
+
+std::string codec_list() {
+  std::string s;
+  for (const auto& n : known_codec_names()) s += (s.empty() ? "" : ", ") + n;
+  return s;
+}
+
+void read_codec(JsonReader& r, const json& link, const std::string& p, LinkPlan& out) {
+  const json* c = r.field(link, p, "codec", false);
+  if (!c) return;
+  const std::string cp = child_path(p, "codec");
+  auto check = [&](const std::string& path, const std::string& name, std::string& dst) {
+    if (!known_codec(name))
+      r.error(path, "unknown codec \"" + name + "\" (expected one of: " + codec_list() + ")");
+    else
+      dst = name;
+  };
+  if (c->is_string()) {
+    check(cp, c->get<std::string>(), out.codec_forward);
+    check(cp, c->get<std::string>(), out.codec_backward);
+  } else if (r.expect_object(*c, cp, {"forward", "backward"})) {
+    if (auto f = r.string(*c, cp, "forward", false)) check(child_path(cp, "forward"), *f, out.codec_forward);
+    if (auto b = r.string(*c, cp, "backward", false)) check(child_path(cp, "backward"), *b, out.codec_backward);
+  }
+  if (out.codec_backward == "int4-block") r.error(child_path(cp, "backward"), "int4-block is for forward activations only");
+}
+
+std::vector<double> read_doubles(JsonReader& r, const json& obj, const std::string& p, const char* key) {
+  std::vector<double> out;
+  const json* v = r.field(obj, p, key, false);
+  if (!v || !r.expect_array(*v, child_path(p, key))) return out;
+  for (size_t i = 0; i < v->size(); ++i) {
+    if (!(*v)[i].is_number())
+      r.error(index_path(child_path(p, key), i), "expected a number, got " + detail::json_type_name((*v)[i]));
+    else
+      out.push_back((*v)[i].get<double>());
+  }
+  return out;
+}
+
+}  // namespace
+
+Plan parse_plan(const json& doc, const std::string& file) {
+  JsonReader r(file);
+  Plan plan;
+  if (!r.expect_object(doc, "", {"version", "job", "stages", "links", "schedule", "predicted", "provenance", "note"}))
+    r.throw_if_errors();
+  if (auto v = r.integer(doc, "", "version", 1, 1000)) {
+    if (*v != kPlanVersion)
+      r.error("version", "unsupported plan version " + std::to_string(*v) + " (this geopipe reads version " +
+                             std::to_string(kPlanVersion) + ")");
+  }
+  if (const json* job = r.field(doc, "", "job")) {
+    try {
+      plan.job = parse_job(*job, file, "job");
+    } catch (const InputError& e) {
+      for (const auto& d : e.diagnostics()) r.error(d.path, d.message);
+    }
+  }
+
+  // Stages.
+  if (const json* stages = r.field(doc, "", "stages"); stages && r.expect_array(*stages, "stages")) {
+    if (stages->empty()) r.error("stages", "expected at least one stage");
+    std::set<int> all_ranks;
+    for (size_t i = 0; i < stages->size(); ++i) {
+      const json& v = (*stages)[i];
+      const std::string p = index_path("stages", i);
+      if (!r.expect_object(v, p, {"index", "region", "ranks", "layers"})) continue;
+      StagePlan s;
+      if (auto x = r.integer(v, p, "index", 0, 1 << 20)) {
+        s.index = static_cast<int>(*x);
+        if (s.index != static_cast<int>(i))
+          r.error(child_path(p, "index"), "expected stage index " + std::to_string(i) + " (stages are listed in order), got " +
+                                              std::to_string(s.index));
+      }
+      if (auto reg = r.string(v, p, "region")) s.region = *reg;
+      if (const json* ranks = r.field(v, p, "ranks"); ranks && r.expect_array(*ranks, child_path(p, "ranks"))) {
+        if (ranks->empty()) r.error(child_path(p, "ranks"), "expected at least one rank");
+        for (size_t k = 0; k < ranks->size(); ++k) {
+          const json& rv = (*ranks)[k];
+          const std::string rp = index_path(child_path(p, "ranks"), k);
+          if (!rv.is_number_integer() || rv.get<long long>() < 0) {
+            r.error(rp, "expected a rank number >= 0, got " + detail::json_type_name(rv));
+            continue;
+          }
+          int rank = rv.get<int>();
+          if (!all_ranks.insert(rank).second) r.error(rp, "rank " + std::to_string(rank) + " is assigned to two stages");
+          s.ranks.push_back(rank);
+        }
+      }
+      const std::string lp = child_path(p, "layers");
+      if (const json* layers = r.field(v, p, "layers")) {
+        if (!layers->is_array() || layers->size() != 2 || !(*layers)[0].is_number_integer() ||
+            !(*layers)[1].is_number_integer()) {
+          r.error(lp, "expected [begin, end) as two integers, got " + detail::json_type_name(*layers));
+        } else {
+          s.layer_begin = (*layers)[0].get<int>();
+          s.layer_end = (*layers)[1].get<int>();
+          if (s.layer_begin < 0 || s.layer_end <= s.layer_begin)
+            r.error(lp, "expected 0 <= begin < end, got " + layers->dump());
+        }
+      }
+      plan.stages.push_back(std::move(s));
+    }
+    // Layer ranges must tile [0, layers) in order: no gap, no overlap.
+    int expected_begin = 0;
+    for (size_t i = 0; i < plan.stages.size(); ++i) {
+      const auto& s = plan.stages[i];
+      if (s.layer_end <= s.layer_begin) continue;
+      if (s.layer_begin < expected_begin)
+        r.error(child_path(index_path("stages", i), "layers"),
+                "layer range [" + std::to_string(s.layer_begin) + ", " + std::to_string(s.layer_end) +
+                    ") overlaps the previous stage (which ends at " + std::to_string(expected_begin) + ")");
+      else if (s.layer_begin > expected_begin)
+        r.error(child_path(index_path("stages", i), "layers"),
+                "layer range starts at " + std::to_string(s.layer_begin) + " but the previous stage ends at " +
+                    std::to_string(expected_begin) + " (layers in between belong to no stage)");
+      expected_begin = s.layer_end;
+    }
+    if (!plan.stages.empty() && plan.job.model.layers > 0 && expected_begin != plan.job.model.layers)
+      r.error(child_path(index_path("stages", plan.stages.size() - 1), "layers"),
+              "stages end at layer " + std::to_string(expected_begin) + " but the model has " +
+                  std::to_string(plan.job.model.layers) + " layers");
+    // Ranks must be 0..N-1 so that the plan maps onto an MPI world.
+    int n = 0;
+    for (int rank : all_ranks) {
+      if (rank != n) {
+        r.error("stages", "ranks must be numbered 0.." + std::to_string(all_ranks.size() - 1) + " without gaps (rank " +
+                              std::to_string(n) + " is missing)");
+        break;
+      }
+      ++n;
+    }
+  }
+
+  // Links: one per pair of consecutive stages, in order.
+  if (const json* links = r.field(doc, "", "links"); links && r.expect_array(*links, "links")) {
+    for (size_t i = 0; i < links->size(); ++i) {
+      const json& v = (*links)[i];
+      const std::string p = index_path("links", i);
+      if (!r.expect_object(v, p, {"from_stage", "to_stage", "region_pair", "codec", "transport"})) continue;
+      LinkPlan l;
+      auto from = r.integer(v, p, "from_stage", 0, 1 << 20);
+      auto to = r.integer(v, p, "to_stage", 0, 1 << 20);
+      if (from) l.from_stage = static_cast<int>(*from);
+      if (to) l.to_stage = static_cast<int>(*to);
+      if (from && to && (*to != *from + 1 || *to >= static_cast<long long>(plan.stages.size())))
+        r.error(p, "a link must join stage k to stage k+1 of this plan, got " + std::to_string(*from) + " -> " +
+                       std::to_string(*to));
+      if (const json* pair = r.field(v, p, "region_pair", false)) {
+        if (!pair->is_array() || pair->size() != 2 || !(*pair)[0].is_string() || !(*pair)[1].is_string())
+          r.error(child_path(p, "region_pair"), "expected [from_region, to_region]");
+        else {
+          l.from_region = (*pair)[0].get<std::string>();
+          l.to_region = (*pair)[1].get<std::string>();
+        }
+      }
+      if (from && to && *to < static_cast<long long>(plan.stages.size())) {
+        const auto& a = plan.stages[static_cast<size_t>(*from)];
+        const auto& b = plan.stages[static_cast<size_t>(*to)];
+        if (l.from_region.empty()) {
+          l.from_region = a.region;
+          l.to_region = b.region;
+        } else if (l.from_region != a.region || l.to_region != b.region) {
+          r.error(child_path(p, "region_pair"), "says " + l.from_region + " -> " + l.to_region + " but the stages run in " +
+                                                    a.region + " -> " + b.region);
+        }
+      }
+      read_codec(r, v, p, l);
+      if (auto t = r.string(v, p, "transport", false)) {
+        if (*t != "mpi" && *t != "nccl")
+          r.error(child_path(p, "transport"), "expected \"mpi\" or \"nccl\", got \"" + *t + "\"");
+        else
+          l.transport = *t;
+      }
+      if (l.transport == "nccl" && !l.from_region.empty() && l.from_region != l.to_region)
+        r.error(child_path(p, "transport"), "nccl is used only inside a region (" + l.from_region + " -> " + l.to_region + ")");
+      plan.links.push_back(std::move(l));
+    }
+    for (size_t k = 0; k + 1 < plan.stages.size(); ++k) {
+      int found = 0;
+      for (const auto& l : plan.links) found += l.from_stage == static_cast<int>(k);
+      if (found != 1)
+        r.error("links", "expected exactly one link from stage " + std::to_string(k) + " to stage " +
+                             std::to_string(k + 1) + ", found " + std::to_string(found));
+    }
+  }
+
+  // Schedule.
+  if (const json* sch = r.field(doc, "", "schedule"); sch && r.expect_object(*sch, "schedule", {"kind", "warmup"})) {
+    if (auto k = r.string(*sch, "schedule", "kind")) {
+      if (*k != "gpipe" && *k != "1f1b" && *k != "1f1b-lh")
+        r.error("schedule.kind", "expected gpipe, 1f1b or 1f1b-lh, got \"" + *k + "\"");
+      else
+        plan.schedule.kind = *k;
+    }
+    if (const json* w = r.field(*sch, "schedule", "warmup", false); w && r.expect_array(*w, "schedule.warmup")) {
+      for (size_t i = 0; i < w->size(); ++i) {
+        const json& x = (*w)[i];
+        if (!x.is_number_integer() || x.get<long long>() < 0)
+          r.error(index_path("schedule.warmup", i), "expected a warm-up depth >= 0, got " + detail::json_type_name(x));
+        else
+          plan.schedule.warmup.push_back(x.get<int>());
+      }
+      if (!plan.stages.empty() && plan.schedule.warmup.size() != plan.stages.size())
+        r.error("schedule.warmup", "expected one warm-up depth per stage (" + std::to_string(plan.stages.size()) +
+                                       "), got " + std::to_string(w->size()));
+    }
+  }
+
+  // Predictions and provenance are informative; read what is there.
+  if (const json* pr = r.field(doc, "", "predicted", false);
+      pr && r.expect_object(*pr, "predicted",
+                            {"iteration_s", "jct_s", "energy_kwh", "cost_usd", "stage_compute_s", "link_utilisation"})) {
+    if (auto x = r.number(*pr, "predicted", "iteration_s", false, false)) plan.predicted.iteration_s = *x;
+    if (auto x = r.number(*pr, "predicted", "jct_s", false, false)) plan.predicted.jct_s = *x;
+    if (auto x = r.number(*pr, "predicted", "energy_kwh", false, false)) plan.predicted.energy_kwh = *x;
+    if (auto x = r.number(*pr, "predicted", "cost_usd", false, false)) plan.predicted.cost_usd = *x;
+    plan.predicted.stage_compute_s = read_doubles(r, *pr, "predicted", "stage_compute_s");
+    plan.predicted.link_utilisation = read_doubles(r, *pr, "predicted", "link_utilisation");
+  }
+  if (const json* pv = r.field(doc, "", "provenance");
+      pv && r.expect_object(*pv, "provenance", {"policy", "topology", "topology_hash", "job_hash", "generator"})) {
+    if (auto s = r.string(*pv, "provenance", "policy", false)) plan.provenance.policy = *s;
+    if (auto s = r.string(*pv, "provenance", "topology", false)) plan.provenance.topology_name = *s;
+    if (auto s = r.string(*pv, "provenance", "topology_hash")) plan.provenance.topology_hash = *s;
+    if (auto s = r.string(*pv, "provenance", "job_hash", false)) plan.provenance.job_hash = *s;
+    if (auto s = r.string(*pv, "provenance", "generator", false)) plan.provenance.generator = *s;
+  }
+  r.throw_if_errors();
+  return plan;
+}
+
+Plan load_plan(const std::string& path) { return parse_plan(read_json_file(path), path); }
+
+json to_json(const Plan& plan) {
+  json j;
+  j["version"] = plan.version;
+  j["job"] = to_json(plan.job);
+  j["stages"] = json::array();
+  for (const auto& s : plan.stages)
+    j["stages"].push_back(
+        {{"index", s.index}, {"region", s.region}, {"ranks", s.ranks}, {"layers", {s.layer_begin, s.layer_end}}});
+  j["links"] = json::array();
+  for (const auto& l : plan.links)
+    j["links"].push_back({{"from_stage", l.from_stage},
+                          {"to_stage", l.to_stage},
+                          {"region_pair", {l.from_region, l.to_region}},
+                          {"codec", {{"forward", l.codec_forward}, {"backward", l.codec_backward}}},
+                          {"transport", l.transport}});
+  j["schedule"] = {{"kind", plan.schedule.kind}, {"warmup", plan.schedule.warmup}};
+  j["predicted"] = {{"iteration_s", plan.predicted.iteration_s},
+                    {"jct_s", plan.predicted.jct_s},
+                    {"energy_kwh", plan.predicted.energy_kwh},
+                    {"cost_usd", plan.predicted.cost_usd},
+                    {"stage_compute_s", plan.predicted.stage_compute_s},
+                    {"link_utilisation", plan.predicted.link_utilisation}};
+  j["provenance"] = {{"policy", plan.provenance.policy},
+                     {"topology", plan.provenance.topology_name},
+                     {"topology_hash", plan.provenance.topology_hash},
+                     {"job_hash", plan.provenance.job_hash},
+                     {"generator", plan.provenance.generator}};
+  return j;
+}
+
+void save_plan(const Plan& plan, const std::string& path) {
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) throw Error("cannot write " + tmp, kExitFailure);
+    out << to_json(plan).dump(2) << "\n";
+    out.flush();
+    if (!out) {
+      std::remove(tmp.c_str());
+      throw Error("error while writing " + tmp, kExitFailure);
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    throw Error("cannot rename " + tmp + " to " + path, kExitFailure);
+  }
+}
+
+void check_plan_against(const Plan& plan, const Topology& topology, const std::string& plan_file, int world_size) {
+  JsonReader r(plan_file);
+  if (plan.provenance.topology_hash != topology.hash())
+    r.error("provenance.topology_hash", "plan was made for topology hash " + plan.provenance.topology_hash +
+                                            " but " + topology.source + " hashes to " + topology.hash() +
+                                            " (re-plan for this topology)");
+  for (size_t i = 0; i < plan.stages.size(); ++i)
+    if (topology.region_index(plan.stages[i].region) < 0)
+      r.error(child_path(index_path("stages", i), "region"),
+              "region \"" + plan.stages[i].region + "\" is not in " + topology.source);
+  if (world_size > 0 && world_size != plan.world_size())
+    r.error("stages", "plan needs " + std::to_string(plan.world_size()) + " ranks but the job was started with " +
+                          std::to_string(world_size));
+  r.throw_if_errors();
+}
+
+}  // namespace geopipe

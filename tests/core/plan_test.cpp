@@ -1,0 +1,86 @@
+#include <geopipe/core/config.h>
+#include <geopipe/core/error.h>
+#include <geopipe/core/plan.h>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+
+using namespace geopipe;
+
+namespace {
+std::string src(const std::string& rel) { return std::string(GEOPIPE_SOURCE_DIR) + "/" + rel; }
+const char* kGoodPlan = "tests/data/good/plan_local4_manual.json";
+}  // namespace
+
+TEST(Plan, GoodPlanParsesWithItsStagesLinksAndSchedule) {
+  Plan p = load_plan(src(kGoodPlan));
+  ASSERT_EQ(p.num_stages(), 4);
+  EXPECT_EQ(p.world_size(), 4);
+  EXPECT_EQ(p.stage_of_rank(2), 2);
+  EXPECT_EQ(p.stage_of_rank(9), -1);
+  EXPECT_EQ(p.stages[1].layer_begin, 1);
+  EXPECT_EQ(p.stages[1].layer_end, 2);
+  ASSERT_NE(p.link_between(1, 2), nullptr);
+  EXPECT_EQ(p.link_between(1, 2)->from_region, "us-west");
+  EXPECT_EQ(p.link_between(0, 2), nullptr);
+  EXPECT_EQ(p.schedule.kind, "1f1b");
+  EXPECT_EQ(p.schedule.warmup, (std::vector<int>{3, 2, 1, 0}));
+}
+
+TEST(Plan, SaveThenLoadGivesTheSamePlan) {
+  Plan p = load_plan(src(kGoodPlan));
+  p.links[1].codec_forward = "int8-block";
+  p.links[1].codec_backward = "fp8-e5m2-block";
+  const std::string path = std::string(GEOPIPE_BINARY_DIR) + "/plan_roundtrip_test.json";
+  save_plan(p, path);
+  Plan q = load_plan(path);
+  EXPECT_EQ(to_json(q).dump(), to_json(p).dump());
+  std::remove(path.c_str());
+}
+
+TEST(Plan, CodecGivenAsOneStringAppliesBothWays) {
+  auto doc = read_json_file(src(kGoodPlan));
+  doc["links"][0]["codec"] = "int8-block";
+  Plan p = parse_plan(doc, "p.json");
+  EXPECT_EQ(p.links[0].codec_forward, "int8-block");
+  EXPECT_EQ(p.links[0].codec_backward, "int8-block");
+}
+
+TEST(Plan, RefusedForAnotherTopology) {
+  Plan p = load_plan(src(kGoodPlan));  // its hash is a placeholder, so it matches no topology
+  Topology t = load_topology(src("examples/topologies/local4.json"));
+  try {
+    check_plan_against(p, t, "plan.json");
+    FAIL() << "a plan for another topology was accepted";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("plan.json: provenance.topology_hash"), std::string::npos) << e.what();
+  }
+  p.provenance.topology_hash = t.hash();
+  EXPECT_NO_THROW(check_plan_against(p, t, "plan.json", 4));
+}
+
+TEST(Plan, RefusedForAnotherWorldSize) {
+  Plan p = load_plan(src(kGoodPlan));
+  Topology t = load_topology(src("examples/topologies/local4.json"));
+  p.provenance.topology_hash = t.hash();
+  try {
+    check_plan_against(p, t, "plan.json", 3);
+    FAIL();
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("needs 4 ranks but the job was started with 3"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Plan, RefusedWhenAStageNamesARegionTheTopologyLacks) {
+  Plan p = load_plan(src(kGoodPlan));
+  Topology t = load_topology(src("examples/topologies/aws6.json"));
+  p.provenance.topology_hash = t.hash();
+  try {
+    check_plan_against(p, t, "plan.json");
+    FAIL();
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("stages[0].region"), std::string::npos) << e.what();
+  }
+}
