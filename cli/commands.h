@@ -8,5 +8,8 @@ namespace geopipe::cli {
 
 void register_version(CLI::App& app, int& exit_code);
 void register_validate(CLI::App& app, int& exit_code);
+void register_plan(CLI::App& app, int& exit_code);
+void register_simulate(CLI::App& app, int& exit_code);
+void register_launch(CLI::App& app, int& exit_code);
 
 }  // namespace geopipe::cli

@@ -12,6 +12,9 @@ int main(int argc, char** argv) {
   int exit_code = geopipe::kExitOk;
   geopipe::cli::register_version(app, exit_code);
   geopipe::cli::register_validate(app, exit_code);
+  geopipe::cli::register_plan(app, exit_code);
+  geopipe::cli::register_simulate(app, exit_code);
+  geopipe::cli::register_launch(app, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -1,0 +1,306 @@
+// geopipe-sched-bench: the scheduler's measured claims (docs/SCHEDULER.md, docs/PERFORMANCE.md).
+//   --mode quality     BACE vs delay-first / cost-first / fifo (+ ablations) on aws6, generated
+//                      workloads over seeds and bandwidth scales: avg JCT and cost, % changes
+//   --mode optimality  BACE's allocator vs the exact solver on random small instances: cost gap
+//   --mode speed       planning one job on 16 regions x 64 stages; simulating 1,000 jobs on aws6
+// Prints tables; --json FILE writes every number.
+#include <geopipe/core/config.h>
+#include <geopipe/core/error.h>
+#include <geopipe/scheduler/planner.h>
+#include <geopipe/scheduler/simulator.h>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <ctime>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <string>
+#include <vector>
+
+namespace gs = geopipe::scheduler;
+using nlohmann::json;
+
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// CPU time of this thread: what "on one core" means on a machine shared with other work.
+double thread_cpu_s() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+
+double quantile(std::vector<double> v, double q) {
+  if (v.empty()) return NAN;
+  std::sort(v.begin(), v.end());
+  const double pos = q * (v.size() - 1);
+  const size_t lo = static_cast<size_t>(std::floor(pos)), hi = static_cast<size_t>(std::ceil(pos));
+  return v[lo] + (v[hi] - v[lo]) * (pos - lo);
+}
+
+double mean(const std::vector<double>& v) {
+  double s = 0;
+  for (double x : v) s += x;
+  return v.empty() ? NAN : s / v.size();
+}
+
+// ---- quality --------------------------------------------------------------------------------
+
+json quality(const geopipe::Topology& topo, const std::vector<uint64_t>& seeds, const std::vector<double>& scales,
+             int jobs, double load, bool ablations) {
+  std::vector<gs::Policy> policies = {gs::Policy::kBace, gs::Policy::kDelayFirst, gs::Policy::kCostFirst,
+                                      gs::Policy::kFifo};
+  if (ablations)
+    for (auto p : {gs::Policy::kBaceNoPriority, gs::Policy::kBaceNoBandwidth, gs::Policy::kBaceNoPrice})
+      policies.push_back(p);
+  const std::vector<gs::Policy> baselines = {gs::Policy::kDelayFirst, gs::Policy::kCostFirst, gs::Policy::kFifo};
+  json out = json::array();
+  std::printf("# quality: topology %s, %d jobs per workload, load %.2f, seeds", topo.name.c_str(), jobs, load);
+  for (auto s : seeds) std::printf(" %llu", static_cast<unsigned long long>(s));
+  std::printf("\n");
+  for (double scale : scales) {
+    // results[policy][seed]
+    std::vector<std::vector<gs::SimResult>> res(policies.size());
+    for (uint64_t seed : seeds) {
+      geopipe::Workload w = gs::generate_workload(topo, {jobs, load, seed});
+      for (size_t p = 0; p < policies.size(); ++p) {
+        gs::SimOptions o;
+        o.bandwidth_scale = scale;
+        res[p].push_back(gs::simulate(topo, w, policies[p], o));
+      }
+    }
+    std::printf("\nbandwidth x%g (mean over %zu seeds)\n", scale, seeds.size());
+    std::printf("%-14s %11s %11s %11s %11s %10s %8s\n", "policy", "avgJCT(h)", "p95JCT(h)", "makespan(h)",
+                "energy(kWh)", "cost(USD)", "unfin.");
+    json sc = {{"bandwidth_scale", scale}, {"policies", json::array()}, {"changes", json::array()}};
+    for (size_t p = 0; p < policies.size(); ++p) {
+      std::vector<double> a, p95, mk, e, c;
+      int unfinished = 0;
+      for (const auto& r : res[p]) {
+        a.push_back(r.avg_jct_s / 3600), p95.push_back(r.p95_jct_s / 3600), mk.push_back(r.makespan_s / 3600);
+        e.push_back(r.energy_kwh), c.push_back(r.cost_usd);
+        unfinished += r.never_started;
+      }
+      std::printf("%-14s %11.3f %11.3f %11.3f %11.1f %10.2f %8d\n", gs::policy_name(policies[p]), mean(a), mean(p95),
+                  mean(mk), mean(e), mean(c), unfinished);
+      sc["policies"].push_back({{"policy", gs::policy_name(policies[p])},
+                                {"avg_jct_h", a},
+                                {"p95_jct_h", p95},
+                                {"makespan_h", mk},
+                                {"energy_kwh", e},
+                                {"cost_usd", c},
+                                {"never_started", unfinished}});
+    }
+    std::printf("%-14s %-12s %24s %24s %10s\n", "policy", "vs", "avg JCT % mean [min,max]", "cost % mean [min,max]",
+                "both worse");
+    for (size_t p = 0; p < policies.size(); ++p) {
+      if (std::find(baselines.begin(), baselines.end(), policies[p]) != baselines.end()) continue;
+      for (size_t b = 0; b < policies.size(); ++b) {
+        if (std::find(baselines.begin(), baselines.end(), policies[b]) == baselines.end()) continue;
+        std::vector<double> dj, dc;
+        int both_worse = 0;
+        for (size_t s = 0; s < seeds.size(); ++s) {
+          dj.push_back(gs::percent_change(res[p][s].avg_jct_s, res[b][s].avg_jct_s));
+          dc.push_back(gs::percent_change(res[p][s].cost_usd, res[b][s].cost_usd));
+          both_worse += dj.back() > 0 && dc.back() > 0;
+        }
+        std::printf("%-14s %-12s %7.1f [%6.1f,%6.1f]   %7.1f [%6.1f,%6.1f]   %7d/%zu\n", gs::policy_name(policies[p]),
+                    gs::policy_name(policies[b]), mean(dj), *std::min_element(dj.begin(), dj.end()),
+                    *std::max_element(dj.begin(), dj.end()), mean(dc), *std::min_element(dc.begin(), dc.end()),
+                    *std::max_element(dc.begin(), dc.end()), both_worse, seeds.size());
+        sc["changes"].push_back({{"policy", gs::policy_name(policies[p])},
+                                 {"baseline", gs::policy_name(policies[b])},
+                                 {"avg_jct_pct", dj},
+                                 {"cost_pct", dc},
+                                 {"both_worse", both_worse}});
+      }
+    }
+    out.push_back(sc);
+  }
+  return out;
+}
+
+// ---- optimality -----------------------------------------------------------------------------
+
+geopipe::Topology random_topology(gs::Rng& rng, int regions, int min_gpus, int max_gpus, double min_gbps,
+                                  double max_gbps) {
+  json doc = {{"name", "random"}, {"intra_region", {{"gbps", 100}, {"latency_ms", 0.5}}}};
+  doc["regions"] = json::array();
+  const double tflops[] = {312, 989, 989};  // A100 or H100
+  for (int i = 0; i < regions; ++i)
+    doc["regions"].push_back({{"name", "r" + std::to_string(i)},
+                              {"gpus", min_gpus + static_cast<int>(rng.uniform() * (max_gpus - min_gpus + 1))},
+                              {"gpu_type", "gpu"},
+                              {"gpu_tflops", tflops[static_cast<int>(rng.uniform() * 3)]},
+                              {"gpu_mem_gb", 80},
+                              {"gpu_power_w", 700},
+                              {"pue", rng.uniform(1.1, 1.4)},
+                              {"price_usd_per_kwh", rng.uniform(0.05, 0.25)}});
+  doc["links"] = json::array();
+  for (int i = 0; i < regions; ++i)
+    for (int k = i + 1; k < regions; ++k)
+      doc["links"].push_back({{"a", "r" + std::to_string(i)},
+                              {"b", "r" + std::to_string(k)},
+                              {"gbps", std::exp(rng.uniform(std::log(min_gbps), std::log(max_gbps)))},
+                              {"latency_ms", rng.uniform(2, 80)}});
+  return geopipe::parse_topology(doc, "random");
+}
+
+geopipe::JobSpec random_job(gs::Rng& rng, int layers, int min_stages, int max_stages) {
+  const int widths[] = {1024, 2048, 4096};
+  json doc = {{"name", "job"},
+              {"model",
+               {{"layers", layers},
+                {"d_model", widths[static_cast<int>(rng.uniform() * 3)]},
+                {"heads", 16},
+                {"seq_len", 2048},
+                {"vocab", 50304},
+                {"dtype", "bf16"}}},
+              {"micro_batch", 1 + static_cast<int>(rng.uniform() * 4)},
+              {"micro_batches", 32},
+              {"iterations", 1000}};
+  doc["stages"] = min_stages == max_stages ? json(min_stages) : json({min_stages, max_stages});
+  return geopipe::parse_job(doc, "job");
+}
+
+json optimality(int instances, uint64_t seed) {
+  gs::Rng rng(seed);
+  std::vector<double> gaps, bace_ms, exact_ms;
+  int both = 0, bace_missed = 0, none = 0, outside_window = 0;
+  json rows = json::array();
+  for (int i = 0; i < instances; ++i) {
+    const int R = 3 + static_cast<int>(rng.uniform() * 4);  // 3..6 regions
+    auto topo = random_topology(rng, R, 1, 4, 0.2, 20);
+    const int smax = std::min(gs::kExactMaxStages, topo.total_gpus());
+    const int S = 2 + static_cast<int>(rng.uniform() * (smax - 1));
+    const bool range = rng.uniform() < 0.5;
+    auto job = random_job(rng, 32, range ? std::max(2, S - 3) : S, S);
+    auto state = gs::ClusterState::empty(topo);
+    gs::PlannerOptions o;
+    auto t0 = std::chrono::steady_clock::now();
+    auto b = gs::place_job(gs::Policy::kBace, topo, job, state, o);
+    bace_ms.push_back(1e3 * seconds_since(t0));
+    t0 = std::chrono::steady_clock::now();
+    auto e = gs::exact_placement(topo, job, state, o);
+    exact_ms.push_back(1e3 * seconds_since(t0));
+    json row = {{"regions", R}, {"stages", {job.min_stages, job.max_stages}}};
+    if (!e.placement) {
+      ++none;
+    } else if (!b.placement) {
+      ++bace_missed;
+    } else {
+      ++both;
+      gs::PlannerOptions fastest = o;
+      fastest.slack = 0;
+      const double t_fast = gs::exact_placement(topo, job, state, fastest).placement->iteration_s;
+      const bool inside = b.placement->iteration_s <= t_fast * (1 + o.slack) * (1 + 1e-9);
+      outside_window += !inside;
+      const double gap = gs::percent_change(b.placement->cost_usd, e.placement->cost_usd);
+      gaps.push_back(gap);
+      row["gap_pct"] = gap;
+      row["bace_inside_exact_window"] = inside;
+    }
+    rows.push_back(row);
+  }
+  std::printf("# optimality: %d random instances (3-6 regions, 1-4 GPUs each, 2-8 stages, half with a stage range)\n",
+              instances);
+  std::printf("%-10s %8s %8s %8s %8s %8s %12s %12s %14s\n", "instances", "compared", "median%", "p90%", "max%",
+              "min%", "bace_missed", "infeasible", "outside_window");
+  std::printf("%-10d %8d %8.2f %8.2f %8.2f %8.2f %12d %12d %14d\n", instances, both, quantile(gaps, 0.5),
+              quantile(gaps, 0.9), gaps.empty() ? NAN : *std::max_element(gaps.begin(), gaps.end()),
+              gaps.empty() ? NAN : *std::min_element(gaps.begin(), gaps.end()), bace_missed, none, outside_window);
+  std::printf("planning time per instance: bace median %.3f ms max %.3f ms; exact median %.1f ms max %.1f ms\n",
+              quantile(bace_ms, 0.5), *std::max_element(bace_ms.begin(), bace_ms.end()), quantile(exact_ms, 0.5),
+              *std::max_element(exact_ms.begin(), exact_ms.end()));
+  return {{"instances", instances},  {"compared", both},       {"gap_pct", gaps},
+          {"bace_missed", bace_missed}, {"infeasible", none},  {"outside_window", outside_window},
+          {"bace_ms", bace_ms},      {"exact_ms", exact_ms},   {"rows", rows}};
+}
+
+// ---- speed ----------------------------------------------------------------------------------
+
+json speed(const geopipe::Topology& aws6, int reps) {
+  gs::Rng rng(2026);
+  std::vector<double> plan_ms, plan_cpu_ms;
+  std::vector<long> nodes;
+  int feasible = 0;
+  for (int i = 0; i < reps; ++i) {
+    auto topo = random_topology(rng, 16, 4, 12, 5, 40);
+    auto job = random_job(rng, 96, 64, 64);
+    auto state = gs::ClusterState::empty(topo);
+    auto t0 = std::chrono::steady_clock::now();
+    const double c0 = thread_cpu_s();
+    auto r = gs::place_job(gs::Policy::kBace, topo, job, state, {});
+    plan_cpu_ms.push_back(1e3 * (thread_cpu_s() - c0));
+    plan_ms.push_back(1e3 * seconds_since(t0));
+    nodes.push_back(r.nodes);
+    feasible += r.placement.has_value();
+  }
+  std::printf("# speed (one thread)\n");
+  std::printf("%-44s %10s %10s %10s %10s\n", "case", "median", "p90", "max", "unit");
+  std::printf("%-44s %10.2f %10.2f %10.2f %10s\n", "plan 1 job, 16 regions x 64 stages (bace)", quantile(plan_ms, 0.5),
+              quantile(plan_ms, 0.9), *std::max_element(plan_ms.begin(), plan_ms.end()), "ms");
+  std::printf("%-44s %10.2f %10.2f %10.2f %10s\n", "  same, thread CPU time", quantile(plan_cpu_ms, 0.5),
+              quantile(plan_cpu_ms, 0.9), *std::max_element(plan_cpu_ms.begin(), plan_cpu_ms.end()), "ms");
+  std::vector<double> sim_s, sim_cpu_s;
+  for (uint64_t seed = 1; seed <= 3; ++seed) {
+    auto w = gs::generate_workload(aws6, {1000, 0.8, seed});
+    auto t0 = std::chrono::steady_clock::now();
+    const double c0 = thread_cpu_s();
+    auto r = gs::simulate(aws6, w, gs::Policy::kBace, {});
+    sim_cpu_s.push_back(thread_cpu_s() - c0);
+    sim_s.push_back(seconds_since(t0));
+  }
+  std::printf("%-44s %10.3f %10.3f %10.3f %10s\n", "simulate 1,000 jobs on aws6 (bace)", quantile(sim_s, 0.5),
+              quantile(sim_s, 0.9), *std::max_element(sim_s.begin(), sim_s.end()), "s");
+  std::printf("%-44s %10.3f %10.3f %10.3f %10s\n", "  same, thread CPU time", quantile(sim_cpu_s, 0.5),
+              quantile(sim_cpu_s, 0.9), *std::max_element(sim_cpu_s.begin(), sim_cpu_s.end()), "s");
+  std::printf("(plans found: %d of %d; search nodes median %.0f)\n", feasible, reps,
+              quantile(std::vector<double>(nodes.begin(), nodes.end()), 0.5));
+  return {{"plan_16x64_ms", plan_ms},   {"plan_16x64_cpu_ms", plan_cpu_ms}, {"plan_nodes", nodes},
+          {"plans_found", feasible},    {"simulate_1000_s", sim_s},         {"simulate_1000_cpu_s", sim_cpu_s}};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"geopipe-sched-bench: scheduler quality, optimality gap and speed"};
+  std::string mode = "all", json_out, topology = std::string(GEOPIPE_SOURCE_DIR) + "/examples/topologies/aws6.json";
+  std::vector<uint64_t> seeds = {1, 2, 3, 4, 5};
+  std::vector<double> scales = {0.25, 0.5, 1, 2};
+  int jobs = 200, instances = 100, reps = 20;
+  double load = 0.8;
+  bool ablations = true;
+  app.add_option("--mode", mode, "quality, optimality, speed or all")
+      ->check(CLI::IsMember({"quality", "optimality", "speed", "all"}));
+  app.add_option("--topology", topology, "Topology for quality and speed (default aws6)")->check(CLI::ExistingFile);
+  app.add_option("--seeds", seeds, "Workload seeds")->delimiter(',');
+  app.add_option("--bandwidth-scale", scales, "Bandwidth factors")->delimiter(',');
+  app.add_option("--jobs", jobs, "Jobs per generated workload");
+  app.add_option("--load", load, "Offered load of generated workloads");
+  app.add_option("--instances", instances, "Random instances for the optimality gap");
+  app.add_option("--reps", reps, "Random 16x64 planning instances");
+  app.add_flag("!--no-ablations", ablations, "Skip the BACE ablations in quality mode");
+  app.add_option("--json", json_out, "Write all numbers as JSON");
+  CLI11_PARSE(app, argc, argv);
+  try {
+    auto topo = geopipe::load_topology(topology);
+    json doc = {{"topology", topo.name}};
+    if (mode == "quality" || mode == "all") doc["quality"] = quality(topo, seeds, scales, jobs, load, ablations);
+    if (mode == "optimality" || mode == "all") doc["optimality"] = optimality(instances, 7);
+    if (mode == "speed" || mode == "all") doc["speed"] = speed(topo, reps);
+    if (!json_out.empty()) std::ofstream(json_out) << doc.dump(2) << "\n";
+  } catch (const geopipe::Error& e) {
+    std::cerr << "geopipe-sched-bench: " << e.what() << "\n";
+    return e.exit_code();
+  }
+  return 0;
+}

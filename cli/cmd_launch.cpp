@@ -1,0 +1,69 @@
+#include "commands.h"
+
+#include <geopipe/core/error.h>
+#include <geopipe/launch/launch.h>
+#include <geopipe/launch/netns.h>
+
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace geopipe::cli {
+
+namespace {
+
+struct LaunchOptions {
+  launch::LaunchRequest request;
+  std::string emulate;
+  bool cleanup = false;
+};
+
+int run_launch(LaunchOptions& o) {
+  if (o.cleanup) {
+    auto removed = launch::cleanup_leftover_namespaces();
+    for (const auto& name : removed) std::cout << "removed network namespace " << name << "\n";
+    std::cout << "geopipe launch --cleanup: " << removed.size() << " leftover namespace"
+              << (removed.size() == 1 ? "" : "s") << " removed\n";
+    if (o.request.topology_file.empty()) return kExitOk;
+  }
+  if (!o.emulate.empty()) {
+    o.request.emulation = launch::parse_emulation(o.emulate);
+    if (!o.request.emulation)
+      throw InputError("--emulate", "", "expected software, netns or none, got \"" + o.emulate + "\"");
+  }
+  return launch::launch(o.request, std::cout);
+}
+
+}  // namespace
+
+void register_launch(CLI::App& app, int& exit_code) {
+  auto o = std::make_shared<LaunchOptions>();
+  auto& q = o->request;
+  auto* cmd = app.add_subcommand(
+      "launch",
+      "Start a plan's ranks with mpirun across the topology's regions (or emulated regions on this host):\n"
+      "  geopipe launch --plan P --topology T [--emulate software|netns|none] -- PROGRAM ARGS...");
+  cmd->add_option("--topology", q.topology_file, "Topology file (regions, hosts, links)");
+  cmd->add_option("--plan", q.plan_file, "Plan file: stage i's ranks run in stages[i].region");
+  cmd->add_option("--ranks-per-region", q.ranks_per_region, "Without a plan: start K ranks in every region");
+  cmd->add_option("--emulate", o->emulate,
+                  "software (comm shaper on this host), netns (namespaces + tc, root) or none "
+                  "(default: none when every region names hosts, else software)");
+  cmd->add_option("--hostfile", q.hostfile, "Open MPI hostfile giving the slots of the topology's hosts");
+  cmd->add_option("--iface", q.interfaces,
+                  "Network interface between regions (Open MPI TCP, NCCL_SOCKET_IFNAME): NAME or REGION=NAME; "
+                  "repeat for several regions")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  cmd->add_option("--run-dir", q.run_dir, "Folder for the generated files (default: a temporary one, removed after)");
+  cmd->add_option("--mpirun", q.mpirun, "The mpirun to use");
+  cmd->add_option("--timeout", q.timeout_s, "Stop the job after this many seconds (exit 124)");
+  cmd->add_flag("--dry-run", q.dry_run, "Print the exact command and files; run nothing");
+  cmd->add_flag("--slurm", q.slurm, "Print an sbatch script (srun --mpi=pmix) with the same placement");
+  cmd->add_flag("--cleanup", o->cleanup, "Remove network namespaces left by a killed --emulate netns run");
+  cmd->add_option("program", q.program, "PROGRAM ARGS... (after --)");
+  cmd->callback([o, &exit_code] { exit_code = run_launch(*o); });
+}
+
+}  // namespace geopipe::cli

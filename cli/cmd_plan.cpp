@@ -1,0 +1,113 @@
+// `geopipe plan`: places one job on an empty cluster and writes the plan the runtime executes.
+#include "commands.h"
+
+#include <geopipe/core/config.h>
+#include <geopipe/core/error.h>
+#include <geopipe/core/plan.h>
+#include <geopipe/scheduler/planner.h>
+#include <geopipe/scheduler/profile.h>
+
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <string>
+
+namespace geopipe::cli {
+
+namespace {
+
+struct PlanOptions {
+  std::string topology, job, out, profile;
+  std::string policy = "bace";
+  std::string codec = "auto";
+  std::string schedule = "auto";
+  int stages = 0;
+  double slack = 0.10;
+  double efficiency = 0.4;
+};
+
+void print_summary(const Plan& plan, const std::string& out) {
+  char line[256];
+  std::cout << "plan for job \"" << plan.job.name << "\" (policy " << plan.provenance.policy << ", topology "
+            << plan.provenance.topology_name << "): " << plan.num_stages() << " stages, schedule " << plan.schedule.kind
+            << "\n";
+  for (size_t k = 0; k < plan.stages.size(); ++k) {
+    const auto& s = plan.stages[k];
+    std::snprintf(line, sizeof line, "  stage %-3d rank %-3d %-26s layers [%d, %d)  %.4f s/micro-batch  warm-up %d\n",
+                  s.index, s.ranks[0], s.region.c_str(), s.layer_begin, s.layer_end, plan.predicted.stage_compute_s[k],
+                  plan.schedule.warmup[k]);
+    std::cout << line;
+  }
+  for (size_t i = 0; i < plan.links.size(); ++i) {
+    const auto& l = plan.links[i];
+    std::snprintf(line, sizeof line, "  link  %d -> %d  %s -> %s  codec %s/%s  %s  utilisation %.0f %%\n", l.from_stage,
+                  l.to_stage, l.from_region.c_str(), l.to_region.c_str(), l.codec_forward.c_str(),
+                  l.codec_backward.c_str(), l.transport.c_str(), 100 * plan.predicted.link_utilisation[i]);
+    std::cout << line;
+  }
+  std::snprintf(line, sizeof line,
+                "  predicted: iteration %.4f s, job %.1f s (%d iterations), energy %.3f kWh, cost %.4f USD\n",
+                plan.predicted.iteration_s, plan.predicted.jct_s, plan.job.iterations, plan.predicted.energy_kwh,
+                plan.predicted.cost_usd);
+  std::cout << line;
+  if (!out.empty()) std::cout << "wrote " << out << "\n";
+}
+
+int run_plan(const PlanOptions& o) {
+  Topology topology = load_topology(o.topology);
+  JobSpec job = load_job(o.job);
+  auto policy = scheduler::parse_policy(o.policy);
+  if (!policy) throw InputError("--policy", "", "unknown policy \"" + o.policy + "\"");
+  scheduler::PlannerOptions po;
+  po.codec = o.codec;
+  po.schedule = o.schedule;
+  po.fixed_stages = o.stages;
+  po.slack = o.slack;
+  po.cost.efficiency = o.efficiency;
+  std::unique_ptr<scheduler::Profile> profile;
+  if (!o.profile.empty()) {
+    profile = std::make_unique<scheduler::Profile>(scheduler::load_profile(o.profile));
+    po.profile = profile.get();
+  }
+  Plan plan = scheduler::plan_job(*policy, topology, job, po);
+  if (o.out.empty() || o.out == "-") {
+    std::cout << to_json(plan).dump(2) << "\n";
+  } else {
+    save_plan(plan, o.out);
+    print_summary(plan, o.out);
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+void register_plan(CLI::App& app, int& exit_code) {
+  auto o = std::make_shared<PlanOptions>();
+  auto* cmd = app.add_subcommand("plan", "Place one job on an empty cluster (BACE-Pipe or a baseline) and write its plan");
+  cmd->add_option("--topology", o->topology, "Topology file")->required()->check(CLI::ExistingFile);
+  cmd->add_option("--job", o->job, "Job file")->required()->check(CLI::ExistingFile);
+  cmd->add_option("-o,--output", o->out, "Plan file to write (default: print the plan's JSON)");
+  std::vector<std::string> names;
+  for (auto p : scheduler::all_policies()) names.push_back(scheduler::policy_name(p));
+  cmd->add_option("--policy", o->policy, "Placement policy (default bace)")->check(CLI::IsMember(names));
+  cmd->add_option("--stages", o->stages, "Fix the stage count (default: choose within the job's range)")
+      ->check(CLI::Range(1, 4096));
+  std::vector<std::string> codecs = {"auto"};
+  for (const auto& c : known_codec_names()) codecs.push_back(c);
+  cmd->add_option("--codec", o->codec,
+                  "Inter-region codec: auto (int8-block where a hop needs it), none, or one codec for every hop")
+      ->check(CLI::IsMember(codecs));
+  cmd->add_option("--schedule", o->schedule, "auto (1f1b, or 1f1b-lh when latency needs hiding), gpipe, 1f1b, 1f1b-lh")
+      ->check(CLI::IsMember({"auto", "gpipe", "1f1b", "1f1b-lh"}));
+  cmd->add_option("--slack", o->slack, "Allocator: iteration time within (1 + slack) of the fastest feasible path")
+      ->check(CLI::Range(0.0, 10.0));
+  cmd->add_option("--efficiency", o->efficiency, "Achieved fraction of peak GPU FLOP/s (default 0.4)")
+      ->check(CLI::Range(0.001, 1.0));
+  cmd->add_option("--profile", o->profile, "Measured compute profile (replaces the FLOPs model for its device)")
+      ->check(CLI::ExistingFile);
+  cmd->callback([o, &exit_code] { exit_code = run_plan(*o); });
+}
+
+}  // namespace geopipe::cli

@@ -1,0 +1,115 @@
+// `geopipe simulate`: compares scheduling policies on a multi-tenant workload (given or generated).
+#include "commands.h"
+
+#include <geopipe/core/config.h>
+#include <geopipe/core/error.h>
+#include <geopipe/scheduler/simulator.h>
+
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <sstream>
+#include <string>
+
+namespace geopipe::cli {
+
+namespace {
+
+struct SimulateOptions {
+  std::string topology, workload, json_out, csv_out;
+  std::vector<std::string> policies = {"bace", "delay-first", "cost-first", "fifo"};
+  std::vector<double> scales = {1.0};
+  uint64_t seed = 1;
+  int jobs = 200;
+  double load = 0.8;
+  double slack = 0.10;
+  double efficiency = 0.4;
+};
+
+int run_simulate(const SimulateOptions& o) {
+  Topology topology = load_topology(o.topology);
+  Workload workload;
+  if (!o.workload.empty()) {
+    workload = load_workload(o.workload);
+  } else {
+    workload = scheduler::generate_workload(topology, {o.jobs, o.load, o.seed});
+  }
+  std::vector<scheduler::Policy> policies;
+  for (const auto& name : o.policies) {
+    auto p = scheduler::parse_policy(name);
+    if (!p || *p == scheduler::Policy::kExact)
+      throw InputError("--policy", "", "unknown queue policy \"" + name +
+                                           "\" (expected bace, delay-first, cost-first, fifo, bace-no-prio, "
+                                           "bace-no-bw or bace-no-price)");
+    policies.push_back(*p);
+  }
+  for (double s : o.scales)
+    if (!(s > 0)) throw InputError("--bandwidth-scale", "", "expected positive factors, got " + std::to_string(s));
+
+  nlohmann::json doc = {{"topology", topology.name},
+                        {"topology_hash", topology.hash()},
+                        {"workload", workload.name},
+                        {"jobs", workload.jobs.size()},
+                        {"seed", o.seed},
+                        {"scenarios", nlohmann::json::array()}};
+  std::vector<scheduler::SimResult> all;
+  for (double scale : o.scales) {
+    std::vector<scheduler::SimResult> results;
+    nlohmann::json sc = {{"bandwidth_scale", scale}, {"results", nlohmann::json::array()}};
+    for (auto p : policies) {
+      scheduler::SimOptions so;
+      so.bandwidth_scale = scale;
+      so.planner.slack = o.slack;
+      so.planner.cost.efficiency = o.efficiency;
+      auto t0 = std::chrono::steady_clock::now();
+      results.push_back(scheduler::simulate(topology, workload, p, so));
+      double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      nlohmann::json r = scheduler::to_json(results.back(), !o.json_out.empty());
+      r["wall_s"] = secs;
+      sc["results"].push_back(r);
+    }
+    std::ostringstream title;
+    title << "scenario: topology " << topology.name << ", workload " << workload.name << " (" << workload.jobs.size()
+          << " jobs), inter-region bandwidth x" << scale;
+    std::cout << scheduler::format_scenario(title.str(), results) << "\n";
+    doc["scenarios"].push_back(sc);
+    all.insert(all.end(), results.begin(), results.end());
+  }
+  if (!o.json_out.empty()) {
+    std::ofstream out(o.json_out, std::ios::trunc);
+    if (!out) throw Error("cannot write " + o.json_out);
+    out << doc.dump(2) << "\n";
+  }
+  if (!o.csv_out.empty()) scheduler::write_jobs_csv(all, o.csv_out);
+  return kExitOk;
+}
+
+}  // namespace
+
+void register_simulate(CLI::App& app, int& exit_code) {
+  auto o = std::make_shared<SimulateOptions>();
+  auto* cmd = app.add_subcommand("simulate", "Compare scheduling policies on a multi-tenant workload");
+  cmd->add_option("--topology", o->topology, "Topology file")->required()->check(CLI::ExistingFile);
+  cmd->add_option("--workload", o->workload, "Workload file (default: generate one from --seed, --jobs, --load)")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--policy", o->policies, "Policies, comma separated (default bace,delay-first,cost-first,fifo)")
+      ->delimiter(',');
+  cmd->add_option("--bandwidth-scale", o->scales, "Inter-region bandwidth factors, comma separated (default 1)")
+      ->delimiter(',');
+  cmd->add_option("--seed", o->seed, "Seed of the generated workload (default 1)");
+  cmd->add_option("--jobs", o->jobs, "Jobs in the generated workload (default 200)")->check(CLI::Range(1, 1000000));
+  cmd->add_option("--load", o->load, "Offered GPU load of the generated workload (default 0.8)")
+      ->check(CLI::Range(0.01, 100.0));
+  cmd->add_option("--slack", o->slack, "BACE allocator slack (default 0.10)")->check(CLI::Range(0.0, 10.0));
+  cmd->add_option("--efficiency", o->efficiency, "Achieved fraction of peak GPU FLOP/s (default 0.4)")
+      ->check(CLI::Range(0.001, 1.0));
+  cmd->add_option("--json", o->json_out, "Write every result (and per-job records) as JSON");
+  cmd->add_option("--csv", o->csv_out, "Write one row per job and policy");
+  cmd->callback([o, &exit_code] { exit_code = run_simulate(*o); });
+}
+
+}  // namespace geopipe::cli

@@ -1,0 +1,73 @@
+// Software WAN emulation: a link shaper per ordered region pair. Each link is a FIFO with a
+// bandwidth and a one-way latency: bytes submitted at time t start when the link is free,
+// occupy it for bytes / rate, and are delivered `latency` after they finish:
+//     start = max(t, link_free);  link_free = start + bytes / rate;  deliver = link_free + latency
+// This is a token bucket of depth zero (no burst): the long-run rate is exact and a message
+// never jumps the queue. Independent of any transport and of the clock (times are plain
+// seconds), so its arithmetic is unit-tested with made-up times. Thread-safe.
+#pragma once
+
+#include <cstddef>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace geopipe {
+struct Topology;
+}
+
+namespace geopipe::comm {
+
+// How links are emulated (env GEOPIPE_EMULATE): not at all, fully in software, or only the
+// latency (GEOPIPE_EMULATE=netns: the kernel's tc shapes bandwidth, this kernel lacks netem).
+enum class EmulateMode { kNone, kSoftware, kLatencyOnly };
+// "none"/"" -> kNone, "software" -> kSoftware, "netns" -> kLatencyOnly; nullopt otherwise.
+std::optional<EmulateMode> parse_emulate_mode(const std::string& text);
+
+struct LinkRate {
+  double bytes_per_s = 0;  // <= 0: unlimited bandwidth (latency only)
+  double latency_s = 0;    // one-way
+};
+
+// Parses "200mbit,20ms": rate in bit/kbit/mbit/gbit per second (decimal, as tc writes them),
+// then an optional one-way latency in us/ms/s. Throws InputError naming `what`.
+LinkRate parse_link_rate(const std::string& text, const std::string& what = "--emulate-link");
+
+class LinkShaper {
+ public:
+  // links[from * num_regions + to]; nullopt = no link (scheduling on it is an error).
+  // LinkShaper is not copyable (it holds a mutex) but movable through the factory functions.
+  LinkShaper(LinkShaper&& other) noexcept
+      : num_regions_(other.num_regions_), links_(std::move(other.links_)),
+        names_(std::move(other.names_)), free_at_(std::move(other.free_at_)) {}
+  LinkShaper(int num_regions, std::vector<std::optional<LinkRate>> links,
+             std::vector<std::string> region_names = {});
+  // From a topology: every directed link and the intra-region link. kLatencyOnly drops rates.
+  static LinkShaper from_topology(const Topology& topology, EmulateMode mode);
+  // The same link between any two different regions of `names` (benchmarks' --emulate-link);
+  // inside a region: unlimited.
+  static LinkShaper uniform(std::vector<std::string> names, const LinkRate& rate);
+
+  int num_regions() const { return num_regions_; }
+  int region_index(const std::string& name) const;  // -1 when unknown
+  bool has_link(int from, int to) const;
+  LinkRate link(int from, int to) const;            // throws when there is none
+
+  // Reserves the link for `bytes` submitted at time `now` (seconds on any monotonic clock);
+  // returns the delivery time. Throws geopipe::Error when the regions have no link.
+  double schedule(int from, int to, size_t bytes, double now);
+  // Time at which the link from -> to becomes free (for reports); `now` if idle.
+  double link_free_at(int from, int to, double now) const;
+  // Forgets queued reservations (start of a benchmark phase).
+  void reset();
+
+ private:
+  int num_regions_;
+  std::vector<std::optional<LinkRate>> links_;
+  std::vector<std::string> names_;
+  mutable std::mutex mu_;
+  std::vector<double> free_at_;
+};
+
+}  // namespace geopipe::comm

@@ -1,0 +1,137 @@
+// geopipe-train: trains the plan's GPT, one rank per stage (under mpirun / geopipe launch), or the
+// whole model in one process for a one-stage plan (the reference). Flags: --help.
+#include <geopipe/comm/communicator.h>
+#include <geopipe/core/error.h>
+#include <geopipe/core/log.h>
+#include <geopipe/runtime/trainer.h>
+
+#include <ATen/Parallel.h>
+#include <CLI/CLI.hpp>
+#include <mpi.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <algorithm>
+#include <memory>
+#include <thread>
+
+using namespace geopipe;
+
+int main(int argc, char** argv) {
+  CLI::App app{"geopipe-train: pipeline-parallel GPT training across regions"};
+  runtime::TrainConfig cfg;
+  std::string topology_file, export_file, profile_file;
+  int threads = 0;
+  app.add_option("--plan", cfg.plan_file, "plan.json from `geopipe plan`")->required()->check(CLI::ExistingFile);
+  app.add_option("--iters", cfg.iters, "optimizer steps in total (default: the job's iterations)");
+  app.add_option("--seed", cfg.seed, "seed of initialisation and data order");
+  app.add_option("--dtype", cfg.dtype, "fp32 or bf16 (bf16 autocast in forward)")->check(CLI::IsMember({"fp32", "bf16"}));
+  app.add_option("--codec", cfg.codec, "none|int8|fp8|int4|plan: codec on every inter-stage link");
+  app.add_option("--schedule", cfg.schedule, "gpipe|1f1b|plan")->check(CLI::IsMember({"gpipe", "1f1b", "plan"}));
+  app.add_option("--schedule-file", cfg.schedule_file, "action lists in text form (overrides --schedule)");
+  app.add_option("--data", cfg.data_file, "training data file")->required();
+  app.add_option("--data-format", cfg.data_format, "text (bytes) or bin (llm.c uint16 shard)")
+      ->check(CLI::IsMember({"text", "bin"}));
+  app.add_option("--val-fraction", cfg.val_fraction, "tail of the data held out for validation");
+  app.add_option("--eval-every", cfg.eval_every, "validation loss every N steps (0: never)");
+  app.add_option("--eval-batches", cfg.eval_batches, "micro-batches per validation");
+  app.add_option("--json-log", cfg.json_log, "one JSON object per step");
+  app.add_option("--trace", cfg.trace_file, "Chrome/Perfetto trace merged across ranks");
+  app.add_option("--checkpoint-dir", cfg.checkpoint_dir, "checkpoint folder");
+  app.add_option("--checkpoint-every", cfg.checkpoint_every, "checkpoint every N steps (and at the end)");
+  app.add_flag("--resume", cfg.resume, "continue from --checkpoint-dir's manifest");
+  app.add_option("--comm-timeout", cfg.comm_timeout_s, "seconds any wait may block");
+  app.add_option("--device", cfg.device, "cpu, cuda or auto");
+  app.add_option("--topology", topology_file, "topology of the plan (checks it, prices the run; default $GEOPIPE_TOPOLOGY)");
+  app.add_option("--lr", cfg.optim.lr, "peak learning rate");
+  app.add_option("--min-lr", cfg.optim.min_lr, "final learning rate of the cosine");
+  app.add_option("--warmup", cfg.optim.warmup_steps, "learning-rate warm-up steps");
+  app.add_option("--weight-decay", cfg.optim.weight_decay, "AdamW weight decay (matrices only)");
+  app.add_option("--grad-clip", cfg.optim.grad_clip, "clip the global gradient norm (0: off)");
+  app.add_option("--threads", threads, "CPU threads per rank (0: cores / ranks on this host, at least 1)");
+  app.add_flag("--progress,!--no-progress", cfg.progress, "progress line per step (default on)");
+  app.add_option("--export", export_file, "gather --checkpoint-dir into one state-dict file and exit");
+  app.add_option("--profile", profile_file, "time embedding/blocks/head on this device, write a profile, exit");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : kExitBadInput;
+  }
+
+  log::init();
+  int rank = 0, size = 1;
+  try {
+    comm::init_mpi(&argc, &argv);
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    if (threads <= 0) {
+      // Ranks emulating regions on one host share its cores.
+      MPI_Comm local;
+      MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local);
+      int local_size = 1;
+      MPI_Comm_size(local, &local_size);
+      MPI_Comm_free(&local);
+      threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / local_size);
+    }
+    at::set_num_threads(threads);
+    Plan plan = load_plan(cfg.plan_file);
+    const int stage = plan.stage_of_rank(rank);
+    log::set_rank_context(rank, stage >= 0 ? plan.stages[stage].region : "none");
+
+    if (!export_file.empty()) {
+      if (rank == 0) {
+        int64_t step = runtime::export_checkpoint(cfg.checkpoint_dir, plan.job.model, export_file);
+        std::printf("exported step %lld of %s to %s\n", static_cast<long long>(step), cfg.checkpoint_dir.c_str(),
+                    export_file.c_str());
+      }
+      comm::finalize_mpi();
+      return 0;
+    }
+    if (!profile_file.empty()) {
+      if (rank == 0) {
+        runtime::write_profile(plan, cfg.device, profile_file);
+        std::printf("wrote profile %s\n", profile_file.c_str());
+      }
+      comm::finalize_mpi();
+      return 0;
+    }
+
+    if (topology_file.empty())
+      if (const char* env = std::getenv("GEOPIPE_TOPOLOGY")) topology_file = env;
+    std::shared_ptr<Topology> topo;
+    if (!topology_file.empty()) {
+      topo = std::make_shared<Topology>(load_topology(topology_file));
+      check_plan_against(plan, *topo, cfg.plan_file, size);
+      cfg.topology = *topo;
+    } else if (size != plan.world_size()) {
+      throw InputError(cfg.plan_file, "stages", "plan needs " + std::to_string(plan.world_size()) +
+                                                    " ranks, started with " + std::to_string(size));
+    }
+
+    std::unique_ptr<comm::Communicator> comm;
+    if (size > 1) {
+      comm::CommOptions co;
+      co.region = plan.stages[stage].region;
+      co.topology = topo;
+      co.default_timeout_s = cfg.comm_timeout_s;
+      comm = std::make_unique<comm::Communicator>(co);
+    }
+    runtime::TrainResult r = runtime::run_training(plan, cfg, comm.get());
+    if (rank == 0) {
+      std::printf("%s", r.summary.c_str());
+      if (!cfg.checkpoint_dir.empty()) std::printf("checkpoint: %s/manifest.json\n", cfg.checkpoint_dir.c_str());
+      if (!cfg.trace_file.empty()) std::printf("trace: %s (open in https://ui.perfetto.dev)\n", cfg.trace_file.c_str());
+    }
+    comm.reset();
+    comm::finalize_mpi();
+    return 0;
+  } catch (const Error& e) {
+    std::fprintf(stderr, "geopipe-train: rank %d: %s\n", rank, e.what());
+    if (size > 1) MPI_Abort(MPI_COMM_WORLD, e.exit_code());  // a failed rank stops the job
+    return e.exit_code();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "geopipe-train: rank %d: %s\n", rank, e.what());
+    if (size > 1) MPI_Abort(MPI_COMM_WORLD, kExitFailure);
+    return kExitFailure;
+  }
+}

@@ -1,0 +1,75 @@
+// The command that starts a placed job: an Open MPI `mpirun` with one app context per run of
+// consecutive ranks on one host (so rank r is the plan's rank r), the files it reads, the
+// per-rank environment the comm layer expects, and the same placement as a Slurm script.
+#pragma once
+
+#include <geopipe/launch/placement.h>
+
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace geopipe::launch {
+
+// Network interface to use between regions: one for all, or one per region (REGION=IFACE).
+// Empty: leave the choice to Open MPI and NCCL (they skip loopback by default).
+struct Interfaces {
+  std::string all;
+  std::map<std::string, std::string> per_region;
+  std::string for_region(const std::string& region) const;
+  // Parses "--iface" values: "eth0" or "us-east=ens5"; InputError naming the flag otherwise.
+  static Interfaces parse(const std::vector<std::string>& values, const Topology& topology);
+};
+
+struct LaunchSpec {
+  Placement placement;
+  Emulation emulation = Emulation::kSoftware;
+  std::string topology_path;          // absolute (every rank reads it through GEOPIPE_TOPOLOGY)
+  std::string plan_path;              // absolute; empty without a plan
+  std::string job_name = "geopipe";   // Slurm job name
+  std::vector<std::string> program;   // PROGRAM ARGS...
+  std::string run_dir;                // absolute folder of the generated files
+  std::string mpirun = "mpirun";
+  Interfaces interfaces;
+  // netns only: the namespaces' subnet (CIDR, for Open MPI's TCP interface selection), the
+  // launch agent script, and the namespace mpirun itself runs in.
+  std::string netns_subnet;
+  std::string netns_agent;
+  std::string netns_launcher;
+  // The value ranks see in GEOPIPE_EMULATE (netns with netem present: "none", the kernel
+  // applies latency too); empty: emulation_name(emulation).
+  std::string emulate_env;
+};
+
+struct GeneratedFile {
+  std::string path;
+  std::string content;
+  bool executable = false;
+};
+
+struct MpirunCommand {
+  std::vector<std::string> argv;        // argv[0] is mpirun (or `ip netns exec NS mpirun`)
+  std::vector<GeneratedFile> files;     // to write before running argv
+};
+
+// Environment of one rank: GEOPIPE_REGION, GEOPIPE_TOPOLOGY, GEOPIPE_EMULATE, GEOPIPE_PLAN (with
+// a plan), and with an interface NCCL_SOCKET_IFNAME and OMPI_MCA_btl_tcp_if_include.
+std::vector<std::pair<std::string, std::string>> rank_environment(const LaunchSpec& spec, const RankPlace& rank);
+
+// The hostfile (`host slots=N`), placement.json (rank, stage, region, host) and the mpirun argv.
+MpirunCommand build_mpirun(const LaunchSpec& spec);
+
+// An sbatch script that starts the same placement with `srun --mpi=pmix` (arbitrary
+// distribution from a host list in rank order, per-rank environment set by a small bash case).
+// Needs real hosts: InputError for an emulated launch.
+std::string build_slurm_script(const LaunchSpec& spec);
+
+// POSIX shell quoting (single quotes where needed), for printing and for generated scripts.
+std::string shell_quote(const std::string& word);
+std::string shell_join(const std::vector<std::string>& argv);
+
+// Writes each file (creating its folder); Error naming the path on failure.
+void write_files(const std::vector<GeneratedFile>& files);
+
+}  // namespace geopipe::launch

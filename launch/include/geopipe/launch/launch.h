@@ -1,0 +1,38 @@
+// `geopipe launch`: from a plan (or K ranks per region) and a topology to a running job.
+#pragma once
+
+#include <geopipe/launch/command.h>
+#include <geopipe/launch/placement.h>
+
+#include <iosfwd>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace geopipe::launch {
+
+struct LaunchRequest {
+  std::string topology_file;
+  std::string plan_file;           // empty: ranks_per_region ranks in every region
+  int ranks_per_region = 0;
+  std::optional<Emulation> emulation;  // unset: none when every region names hosts, else software
+  std::string hostfile;            // optional Open MPI hostfile giving the slots of real hosts
+  std::vector<std::string> interfaces;  // --iface values: NAME or REGION=NAME
+  std::string run_dir;             // where generated files go; empty: $TMPDIR/geopipe-launch-<pid>
+  std::string mpirun = "mpirun";
+  double timeout_s = 0;            // > 0: stop the job after this long (status 124)
+  bool dry_run = false;            // print the command and files, run nothing
+  bool slurm = false;              // print an sbatch script, run nothing
+  std::vector<std::string> program;
+};
+
+// Loads and checks the inputs and places the ranks: everything short of running.
+// InputError (exit 2) for bad files, unknown or short regions, hosts that do not resolve, and
+// --emulate netns without root (unless dry_run).
+LaunchSpec prepare_launch(const LaunchRequest& request);
+
+// Runs the request: prints (dry_run, slurm) or sets up the emulation, runs mpirun, tears the
+// emulation down and returns the job's exit status. Progress goes to `out`.
+int launch(const LaunchRequest& request, std::ostream& out);
+
+}  // namespace geopipe::launch

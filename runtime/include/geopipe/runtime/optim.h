@@ -1,0 +1,54 @@
+// AdamW (PyTorch's formula, decoupled weight decay on matrices only, as nanoGPT), the learning-rate
+// schedule (linear warm-up, cosine decay to min_lr) and gradient clipping by global norm.
+#pragma once
+
+#include <geopipe/runtime/gpt.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace geopipe::runtime {
+
+struct OptimConfig {
+  double lr = 1e-3;
+  double min_lr = 1e-4;
+  int64_t warmup_steps = 20;
+  int64_t decay_steps = 1000;  // cosine reaches min_lr here (usually the run's length)
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
+  double weight_decay = 0.1;
+  double grad_clip = 1.0;  // <= 0: no clipping
+};
+
+// Learning rate at `step` (0-based): warm-up from lr/warmup to lr, then cosine to min_lr.
+double learning_rate(const OptimConfig& config, int64_t step);
+
+class AdamW {
+ public:
+  AdamW(std::vector<NamedTensor> params, const OptimConfig& config);
+  // One update with learning rate `lr` using the parameters' current .grad (scaled by
+  // grad_scale first, for clipping). Parameters without a gradient are skipped.
+  void step(double lr, double grad_scale = 1.0);
+  void zero_grad();
+  int64_t steps_taken() const { return t_; }
+
+  // State for checkpoints: "exp_avg.<name>" and "exp_avg_sq.<name>" per parameter.
+  std::vector<NamedTensor> state() const;
+  // Restores state() output and the step count; throws Error naming a missing/mismatched entry.
+  void load_state(const std::vector<NamedTensor>& state, int64_t steps_taken, const std::string& source);
+
+ private:
+  std::vector<NamedTensor> params_;
+  std::vector<at::Tensor> m_, v_;
+  OptimConfig config_;
+  int64_t t_ = 0;
+};
+
+// Sum of squared gradient entries per parameter unit of this stage, in double: (unit, value).
+// The global norm is the square root of the sum over ALL stages' units taken in unit order, so
+// every split of the model gives the same number.
+std::vector<std::pair<int, double>> unit_grad_sq_norms(const GptStage& stage);
+double global_norm(std::vector<std::pair<int, double>> all_units);  // sorts by unit, sums, sqrt
+// Factor to multiply gradients by: min(1, max_norm / (norm + 1e-6)); 1 when max_norm <= 0.
+double clip_scale(double norm, double max_norm);
+
+}  // namespace geopipe::runtime

@@ -1,0 +1,73 @@
+// The training loop around the executor: builds this rank's stage from the plan, resumes from
+// a checkpoint, runs the steps, evaluates, checkpoints, logs (progress line, JSON lines), writes
+// the merged Chrome trace and the end-of-run summary. `geopipe-train` is flag parsing around
+// run_training(); tests call it directly.
+#pragma once
+
+#include <geopipe/core/config.h>
+#include <geopipe/core/plan.h>
+#include <geopipe/runtime/executor.h>
+#include <geopipe/runtime/optim.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace geopipe::comm {
+class Communicator;
+}
+
+namespace geopipe::runtime {
+
+struct TrainConfig {
+  std::string plan_file;            // for messages
+  int64_t iters = 0;                // total optimizer steps (0: the job's iterations)
+  uint64_t seed = 1;
+  std::string dtype = "fp32";       // fp32 | bf16 (bf16 autocast in forward)
+  std::string codec = "plan";       // none | int8 | fp8 | int4 | plan | a full codec name
+  std::string schedule = "plan";    // gpipe | 1f1b | plan
+  std::string schedule_file;        // overrides `schedule` when set
+  std::string data_file;
+  std::string data_format = "text";
+  double val_fraction = 0.1;
+  int eval_every = 0;               // 0: never (validation also runs at the end when > 0)
+  int eval_batches = 4;
+  std::string json_log;             // one JSON object per step (rank 0)
+  std::string trace_file;           // merged Chrome/Perfetto trace (rank 0 writes it)
+  std::string checkpoint_dir;
+  int checkpoint_every = 0;
+  bool resume = false;
+  double comm_timeout_s = 300;
+  std::string device = "cpu";       // cpu | cuda | auto
+  std::optional<Topology> topology; // for the electricity cost in the summary
+  OptimConfig optim = [] { OptimConfig o; o.decay_steps = 0; return o; }();  // decay_steps <= 0: iters
+  bool progress = true;             // rank 0 prints a progress line per step
+};
+
+struct TrainResult {
+  std::vector<StepStats> steps;       // steps run in this call
+  std::vector<std::pair<int64_t, double>> val_losses;  // (step, validation loss)
+  int64_t first_step = 0;             // > 0 after a resume
+  std::string summary;                // the end-of-run summary (rank 0; empty elsewhere)
+};
+
+// Maps --codec to (forward, backward) codec names: "int8" -> int8-block both ways, "fp8" ->
+// fp8-e4m3-block forward / fp8-e5m2-block backward, "int4" -> int4-block forward / int8-block
+// backward (int4 gradients are too coarse, as the plan validator also says); "plan" -> {"", ""}.
+std::pair<std::string, std::string> codec_pair(const std::string& flag);
+
+// Runs training for this rank. `comm` may be null for a one-stage plan. Collective: every rank
+// of the plan calls it with the same config.
+TrainResult run_training(const Plan& plan, const TrainConfig& config, comm::Communicator* comm);
+
+// Gathers every stage's checkpoint named by DIR/manifest.json into one file in nanoGPT's layout
+// ({"model": state dict, "model_args": {...}, "iter_num": step}; see save_model_file), loadable
+// with torch.load. Checks that every parameter of `model` is there. Returns the step exported.
+int64_t export_checkpoint(const std::string& checkpoint_dir, const ModelSpec& model, const std::string& out_file);
+
+// Profile mode: times embedding, blocks and head (forward and backward) of the plan's model on
+// this device and writes geopipe::scheduler's profile JSON (for `geopipe plan --profile`).
+void write_profile(const Plan& plan, const std::string& device, const std::string& out_file, int repeats = 5);
+
+}  // namespace geopipe::runtime

@@ -1,0 +1,382 @@
+#include <geopipe/comm/communicator.h>
+#include <geopipe/comm/torch.h>
+#include <geopipe/core/error.h>
+#include <geopipe/kernels/torch_codec.h>
+#include <geopipe/runtime/executor.h>
+
+#include <ATen/autocast_mode.h>
+#include <torch/version.h>
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <optional>
+
+namespace geopipe::runtime {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double now_us() {
+  return static_cast<double>(
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count());
+}
+
+uint64_t job_id_of(const std::string& name) { return std::stoull(fnv1a_hex(name), nullptr, 16); }
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// Tags: forward activations, their gradients and evaluation activations never share a tag.
+constexpr int kTagForward = 0, kTagBackward = 8192, kTagEval = 16384, kMaxMicroBatches = 8192;
+
+// Bf16 autocast for the duration of a forward (CPU or CUDA, whichever the tensor lives on).
+// LibTorch 2.4 replaced the per-device setters with ones taking the device type.
+class AutocastScope {
+ public:
+  AutocastScope(bool on, at::Device device) : on_(on), type_(device.type()) {
+    if (!on_) return;
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    prev_ = at::autocast::is_autocast_enabled(type_);
+    at::autocast::set_autocast_dtype(type_, at::kBFloat16);
+    at::autocast::set_autocast_enabled(type_, true);
+#else
+    if (type_ == at::kCUDA) {
+      prev_ = at::autocast::is_enabled();
+      at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
+      at::autocast::set_enabled(true);
+    } else {
+      prev_ = at::autocast::is_cpu_enabled();
+      at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+      at::autocast::set_cpu_enabled(true);
+    }
+#endif
+  }
+  ~AutocastScope() {
+    if (!on_) return;
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    at::autocast::set_autocast_enabled(type_, prev_);
+#else
+    if (type_ == at::kCUDA) at::autocast::set_enabled(prev_); else at::autocast::set_cpu_enabled(prev_);
+#endif
+    at::autocast::clear_cache();
+  }
+
+ private:
+  bool on_;
+  at::DeviceType type_;
+  bool prev_ = false;
+};
+
+}  // namespace
+
+// Per-step state: posted receives, in-flight sends, live activations.
+struct PipelineExecutor::Impl {
+  struct Posted {
+    comm::Request request;
+    at::Tensor buffer;  // decoded tensor (codec none) or the wire bytes (compressed)
+    bool compressed = false;
+  };
+  std::map<std::pair<ActionKind, int>, Posted> recvs;
+  std::vector<comm::Request> sends;
+  std::map<int, std::pair<at::Tensor, at::Tensor>> live;  // mb -> (input leaf, output)
+  std::map<int, at::Tensor> losses;                       // last stage: mb -> loss / M
+  std::map<int, at::Tensor> received;                     // mb -> received activation (F input)
+  std::map<int, at::Tensor> grads_in;                     // mb -> gradient of my output
+  std::map<int, at::Tensor> grads_out;                    // mb -> gradient of my input, to send
+};
+
+void allreduce_sum(comm::Communicator* comm, std::vector<double>& values, double timeout_s) {
+  if (comm && !values.empty()) comm->allreduce_sum(values.data(), static_cast<int>(values.size()), comm::Seconds(timeout_s));
+}
+
+PipelineExecutor::PipelineExecutor(const Plan& plan, int stage, GptStage& model, AdamW& optimizer,
+                                   const TokenDataset& data, comm::Communicator* comm, Schedule schedule,
+                                   const OptimConfig& optim, ExecutorOptions options)
+    : plan_(plan), stage_(stage), model_(model), optimizer_(optimizer), data_(data), comm_(comm),
+      optim_(optim), options_(std::move(options)) {
+  const int S = plan.num_stages();
+  if (schedule.num_stages != S)
+    throw InputError("schedule", "stages", "schedule has " + std::to_string(schedule.num_stages) +
+                                               " stages, the plan has " + std::to_string(S));
+  if (schedule.num_micro_batches != plan.job.micro_batches)
+    throw InputError("schedule", "micro_batches", "schedule has " + std::to_string(schedule.num_micro_batches) +
+                                                      " micro-batches, the job has " +
+                                                      std::to_string(plan.job.micro_batches));
+  if (plan.job.micro_batches > kMaxMicroBatches)
+    throw InputError("job", "micro_batches", "at most " + std::to_string(kMaxMicroBatches) + " supported");
+  if (S > 1 && !comm) throw Error("PipelineExecutor: a " + std::to_string(S) + "-stage plan needs a communicator");
+  actions_ = schedule.stages.at(stage);
+  auto pick = [&](const std::string& plan_codec, const std::string& override_codec) {
+    if (override_codec.empty() || override_codec == "plan") return plan_codec;
+    return override_codec;
+  };
+  const std::string& of = options_.codec_forward_override;
+  const std::string& ob = options_.codec_backward_override;
+  if (const LinkPlan* l = plan.link_between(stage, stage + 1)) {
+    codec_fwd_ = pick(l->codec_forward, of);
+    codec_in_bwd_ = pick(l->codec_backward, ob);
+  }
+  if (const LinkPlan* l = plan.link_between(stage - 1, stage)) {
+    codec_in_fwd_ = pick(l->codec_forward, of);
+    codec_bwd_ = pick(l->codec_backward, ob);
+  }
+  for (const std::string& c : {codec_fwd_, codec_bwd_, codec_in_fwd_, codec_in_bwd_}) {
+    kernels::Codec parsed;
+    if (c != "none" && !kernels::parse_codec(c, &parsed))
+      throw InputError("--codec", "codec", "unknown codec \"" + c + "\"");
+  }
+}
+
+PipelineExecutor::~PipelineExecutor() = default;
+
+StepStats PipelineExecutor::train_step(int64_t step) {
+  const auto t_step = Clock::now();
+  const int S = plan_.num_stages(), M = plan_.job.micro_batches;
+  const int B = plan_.job.micro_batch, T = plan_.job.model.seq_len, C = plan_.job.model.d_model;
+  const bool first = stage_ == 0, last = stage_ == S - 1;
+  const at::Device dev = model_.device();
+  const comm::Seconds timeout(options_.comm_timeout_s);
+  const std::vector<int64_t> act_shape = {B, T, C};
+  const uint64_t job_id = job_id_of(plan_.job.name);
+  StepStats st;
+  st.step = step;
+  st.lr = learning_rate(optim_, step);
+  Impl I;
+
+  auto peer = [&](int s) { return plan_.stages.at(s).ranks.at(0); };
+  auto span = [&](const std::string& name, double start_us) {
+    if (options_.record_trace) trace_.push_back({name, start_us, now_us() - start_us});
+  };
+  auto codec_spec = [&](const std::string& name, int mb, bool gradient) {
+    kernels::CodecSpec spec;
+    spec.codec = kernels::codec_from_name(name);
+    spec.seed = options_.seed;
+    spec.offset = static_cast<uint64_t>(step) * 2 * M + 2 * mb + (gradient ? 1 : 0);
+    return spec;
+  };
+
+  // Post every receive of the step now.
+  for (const Action& a : actions_) {
+    if (a.kind != ActionKind::kRecvF && a.kind != ActionKind::kRecvB) continue;
+    const bool fwd = a.kind == ActionKind::kRecvF;
+    const int src = peer(fwd ? stage_ - 1 : stage_ + 1);
+    const int tag = (fwd ? kTagForward : kTagBackward) + a.micro_batch;
+    const std::string& codec = fwd ? codec_in_fwd_ : codec_in_bwd_;
+    comm::Expect expect;
+    expect.stage = fwd ? stage_ - 1 : stage_ + 1;
+    expect.micro_batch = a.micro_batch;
+    expect.kind = fwd ? comm::MessageKind::kActivation : comm::MessageKind::kGradient;
+    expect.shape = act_shape;
+    expect.elem_type = comm::ElemType::kFloat32;
+    expect.codec = codec;
+    expect.job = job_id;
+    Impl::Posted p;
+    if (codec == "none") {
+      p.buffer = at::empty(act_shape, at::TensorOptions().dtype(at::kFloat));
+      p.request = comm::irecv_tensor(*comm_, p.buffer, src, tag, expect);
+    } else {
+      const size_t cap = kernels::packed_size(codec_spec(codec, a.micro_batch, !fwd), at::kFloat, act_shape);
+      p.buffer = at::empty({static_cast<int64_t>(cap)}, at::TensorOptions().dtype(at::kByte));
+      p.request = comm_->irecv(p.buffer.data_ptr(), cap, src, tag, expect);
+      p.compressed = true;
+    }
+    I.recvs[{a.kind, a.micro_batch}] = std::move(p);
+  }
+
+  auto wait_recv = [&](ActionKind kind, int mb) -> at::Tensor {
+    const double t0 = now_us();
+    const auto w0 = Clock::now();
+    Impl::Posted& p = I.recvs.at({kind, mb});
+    try {
+      p.request.wait(timeout);
+    } catch (const TimeoutError& e) {
+      const int from = kind == ActionKind::kRecvF ? stage_ - 1 : stage_ + 1;
+      throw TimeoutError("stage " + std::to_string(stage_) + " (rank " + std::to_string(peer(stage_)) + ") waited " +
+                         std::to_string(options_.comm_timeout_s) + " s at " + to_string({stage_, kind, mb}) +
+                         " of step " + std::to_string(step) + " for stage " + std::to_string(from) + " (rank " +
+                         std::to_string(peer(from)) + "): " + e.what());
+    }
+    at::Tensor out = p.buffer;
+    if (p.compressed) out = kernels::decompress(p.buffer.narrow(0, 0, static_cast<int64_t>(p.request.header().payload_bytes)));
+    st.wait_s += seconds_since(w0);
+    span(std::string(action_kind_name(kind)) + std::to_string(mb) + " wait", t0);
+    I.recvs.erase({kind, mb});
+    return out.to(dev);
+  };
+
+  auto send = [&](bool fwd, int mb, const at::Tensor& tensor) {
+    const double t0 = now_us();
+    const int dst = peer(fwd ? stage_ + 1 : stage_ - 1);
+    const int tag = (fwd ? kTagForward : kTagBackward) + mb;
+    const std::string& codec = fwd ? codec_fwd_ : codec_bwd_;
+    at::Tensor x = tensor.detach().to(at::kFloat).contiguous();
+    comm::MessageHeader h = comm::tensor_header(x, fwd ? comm::MessageKind::kActivation : comm::MessageKind::kGradient,
+                                                stage_, mb, job_id);
+    uint64_t& raw = fwd ? st.fwd_raw : st.bwd_raw;
+    uint64_t& wire = fwd ? st.fwd_wire : st.bwd_wire;
+    raw += static_cast<uint64_t>(x.numel()) * sizeof(float);
+    if (codec == "none") {
+      I.sends.push_back(comm::isend_tensor(*comm_, x, dst, tag, h));
+      wire += static_cast<uint64_t>(x.numel()) * sizeof(float);
+    } else {
+      kernels::Packed packed = kernels::compress(x, codec_spec(codec, mb, !fwd));
+      at::Tensor bytes = packed.bytes.to(at::kCPU).contiguous();
+      h.codec = codec;
+      comm::Request r = comm_->isend(bytes.data_ptr(), static_cast<size_t>(bytes.numel()), dst, tag, h);
+      r.keep_alive(std::make_shared<at::Tensor>(bytes));
+      I.sends.push_back(r);
+      wire += static_cast<uint64_t>(bytes.numel());
+    }
+    span(std::string(fwd ? "SEND_F" : "SEND_B") + std::to_string(mb), t0);
+  };
+
+  double compute_s = 0;
+  for (const Action& a : actions_) {
+    const int mb = a.micro_batch;
+    switch (a.kind) {
+      case ActionKind::kRecvF:
+        I.received[mb] = wait_recv(a.kind, mb).set_requires_grad(true);
+        break;
+      case ActionKind::kRecvB:
+        I.grads_in[mb] = wait_recv(a.kind, mb);
+        break;
+      case ActionKind::kForward: {
+        const double t0 = now_us();
+        const auto c0 = Clock::now();
+        at::Tensor input;
+        TokenBatch batch;
+        if (first || last) batch = sample_batch(data_, Split::kTrain, options_.seed, step, mb, B, T);
+        if (first) {
+          input = at::tensor(batch.inputs, at::TensorOptions().dtype(at::kLong)).view({B, T}).to(dev);
+        } else {
+          input = I.received.at(mb);
+          I.received.erase(mb);
+        }
+        at::Tensor out;
+        {
+          AutocastScope autocast(options_.bf16_autocast, dev);
+          out = model_.forward(input);
+        }
+        if (last) {
+          at::Tensor targets = at::tensor(batch.targets, at::TensorOptions().dtype(at::kLong)).view({B, T}).to(dev);
+          I.losses[mb] = GptStage::loss(out, targets) / static_cast<double>(M);
+        }
+        I.live[mb] = {input, out};
+        compute_s += seconds_since(c0);
+        span("F" + std::to_string(mb), t0);
+        break;
+      }
+      case ActionKind::kSendF:
+        send(true, mb, I.live.at(mb).second);
+        break;
+      case ActionKind::kBackward: {
+        const double t0 = now_us();
+        const auto c0 = Clock::now();
+        auto& [input, out] = I.live.at(mb);
+        if (last) {
+          I.losses.at(mb).backward();
+        } else {
+          at::Tensor g = I.grads_in.at(mb);
+          I.grads_in.erase(mb);
+          out.backward(g.to(out.scalar_type()));
+        }
+        if (!first) I.grads_out[mb] = input.grad();  // the gradient to send back
+        I.live.erase(mb);                           // activations of mb freed here
+        compute_s += seconds_since(c0);
+        span("B" + std::to_string(mb), t0);
+        break;
+      }
+      case ActionKind::kSendB:
+        send(false, mb, I.grads_out.at(mb));
+        I.grads_out.erase(mb);
+        break;
+      case ActionKind::kOptimizer: {
+        // Sends must complete before the next step reuses tags; their buffers are ours.
+        const auto w0 = Clock::now();
+        const double tw = now_us();
+        comm::wait_all(I.sends, timeout);
+        I.sends.clear();
+        st.wait_s += seconds_since(w0);
+        span("send wait", tw);
+        const double t0 = now_us();
+        const auto c0 = Clock::now();
+        // Loss (last stage) and per-unit squared gradient norms, one all-reduce for both.
+        const int L = plan_.job.model.layers;
+        std::vector<double> v(static_cast<size_t>(L) + 3, 0.0);
+        if (last)
+          for (const auto& [m, l] : I.losses) v[0] += l.item<double>();
+        for (const auto& [unit, sq] : unit_grad_sq_norms(model_)) v[1 + unit] = sq;
+        compute_s += seconds_since(c0);
+        const auto r0 = Clock::now();
+        allreduce_sum(comm_, v, options_.comm_timeout_s);
+        st.wait_s += seconds_since(r0);
+        const auto c1 = Clock::now();
+        st.loss = v[0];
+        std::vector<std::pair<int, double>> units;
+        for (int u = 0; u <= L + 1; ++u) units.emplace_back(u, v[1 + u]);
+        st.grad_norm = global_norm(units);
+        optimizer_.step(st.lr, clip_scale(st.grad_norm, optim_.grad_clip));
+        optimizer_.zero_grad();
+        compute_s += seconds_since(c1);
+        span("OPT", t0);
+        break;
+      }
+    }
+  }
+  if (!I.live.empty() || !I.recvs.empty())
+    throw Error("stage " + std::to_string(stage_) + ": step " + std::to_string(step) +
+                " ended with unfinished micro-batches; schedule:\n" + format_actions(actions_));
+  st.compute_s = compute_s;
+  st.step_s = seconds_since(t_step);
+  return st;
+}
+
+double PipelineExecutor::evaluate(int64_t step, int batches) {
+  at::NoGradGuard no_grad;
+  const int S = plan_.num_stages();
+  const int B = plan_.job.micro_batch, T = plan_.job.model.seq_len, C = plan_.job.model.d_model;
+  const bool first = stage_ == 0, last = stage_ == S - 1;
+  const at::Device dev = model_.device();
+  const comm::Seconds timeout(options_.comm_timeout_s);
+  const uint64_t job_id = job_id_of(plan_.job.name);
+  if (batches > kMaxMicroBatches) batches = kMaxMicroBatches;
+  std::vector<comm::Request> sends;
+  double loss_sum = 0;
+  for (int mb = 0; mb < batches; ++mb) {
+    TokenBatch batch;
+    if (first || last) batch = sample_batch(data_, Split::kVal, options_.seed, step, mb, B, T);
+    at::Tensor x;
+    if (first) {
+      x = at::tensor(batch.inputs, at::TensorOptions().dtype(at::kLong)).view({B, T}).to(dev);
+    } else {
+      at::Tensor buf = at::empty({B, T, C}, at::TensorOptions().dtype(at::kFloat));
+      comm::Expect e;
+      e.stage = stage_ - 1;
+      e.micro_batch = mb;
+      e.job = job_id;
+      comm::irecv_tensor(*comm_, buf, plan_.stages[stage_ - 1].ranks[0], kTagEval + mb, e).wait(timeout);
+      x = buf.to(dev);
+    }
+    at::Tensor out;
+    {
+      AutocastScope autocast(options_.bf16_autocast, dev);
+      out = model_.forward(x);
+    }
+    if (last) {
+      at::Tensor targets = at::tensor(batch.targets, at::TensorOptions().dtype(at::kLong)).view({B, T}).to(dev);
+      loss_sum += GptStage::loss(out, targets).item<double>();
+    } else {
+      at::Tensor y = out.to(at::kFloat).to(at::kCPU).contiguous();
+      sends.push_back(comm::isend_tensor(*comm_, y, plan_.stages[stage_ + 1].ranks[0], kTagEval + mb,
+                                         comm::tensor_header(y, comm::MessageKind::kActivation, stage_, mb, job_id)));
+    }
+  }
+  comm::wait_all(sends, timeout);
+  std::vector<double> v = {last ? loss_sum / batches : 0.0};
+  allreduce_sum(comm_, v, options_.comm_timeout_s);
+  return v[0];
+}
+
+}  // namespace geopipe::runtime

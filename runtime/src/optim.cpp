@@ -1,0 +1,104 @@
+#include <geopipe/core/error.h>
+#include <geopipe/runtime/optim.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+
+namespace geopipe::runtime {
+
+double learning_rate(const OptimConfig& c, int64_t step) {
+  if (c.warmup_steps > 0 && step < c.warmup_steps)
+    return c.lr * static_cast<double>(step + 1) / static_cast<double>(c.warmup_steps);
+  if (step >= c.decay_steps) return c.min_lr;
+  const double span = static_cast<double>(std::max<int64_t>(c.decay_steps - c.warmup_steps, 1));
+  const double ratio = static_cast<double>(step - c.warmup_steps) / span;
+  const double coeff = 0.5 * (1.0 + std::cos(M_PI * ratio));
+  return c.min_lr + coeff * (c.lr - c.min_lr);
+}
+
+AdamW::AdamW(std::vector<NamedTensor> params, const OptimConfig& config)
+    : params_(std::move(params)), config_(config) {
+  for (const auto& p : params_) {
+    m_.push_back(at::zeros_like(p.tensor));
+    v_.push_back(at::zeros_like(p.tensor));
+  }
+}
+
+void AdamW::step(double lr, double grad_scale) {
+  at::NoGradGuard no_grad;
+  ++t_;
+  const double bc1 = 1.0 - std::pow(config_.beta1, static_cast<double>(t_));
+  const double bc2 = 1.0 - std::pow(config_.beta2, static_cast<double>(t_));
+  for (size_t i = 0; i < params_.size(); ++i) {
+    at::Tensor p = params_[i].tensor;
+    at::Tensor g = p.grad();
+    if (!g.defined()) continue;
+    if (grad_scale != 1.0) g.mul_(grad_scale);
+    if (p.dim() >= 2 && config_.weight_decay > 0) p.mul_(1.0 - lr * config_.weight_decay);
+    m_[i].mul_(config_.beta1).add_(g, 1.0 - config_.beta1);
+    v_[i].mul_(config_.beta2).addcmul_(g, g, 1.0 - config_.beta2);
+    at::Tensor denom = (v_[i] / bc2).sqrt_().add_(config_.eps);
+    p.addcdiv_(m_[i], denom, -lr / bc1);
+  }
+}
+
+void AdamW::zero_grad() {
+  for (auto& p : params_) {
+    at::Tensor& g = p.tensor.mutable_grad();
+    if (g.defined()) g.zero_();
+  }
+}
+
+std::vector<NamedTensor> AdamW::state() const {
+  std::vector<NamedTensor> s;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    s.push_back({"exp_avg." + params_[i].name, m_[i]});
+    s.push_back({"exp_avg_sq." + params_[i].name, v_[i]});
+  }
+  return s;
+}
+
+void AdamW::load_state(const std::vector<NamedTensor>& state, int64_t steps_taken, const std::string& source) {
+  std::map<std::string, at::Tensor> by_name;
+  for (const auto& s : state) by_name[s.name] = s.tensor;
+  at::NoGradGuard no_grad;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    for (auto [prefix, dst] : {std::make_pair("exp_avg.", &m_[i]), std::make_pair("exp_avg_sq.", &v_[i])}) {
+      auto it = by_name.find(prefix + params_[i].name);
+      if (it == by_name.end()) throw Error(source + ": optimizer state has no " + prefix + params_[i].name);
+      if (!it->second.sizes().equals(dst->sizes()))
+        throw Error(source + ": optimizer state " + prefix + params_[i].name + " has the wrong shape");
+      dst->copy_(it->second);
+    }
+  }
+  t_ = steps_taken;
+}
+
+std::vector<std::pair<int, double>> unit_grad_sq_norms(const GptStage& stage) {
+  at::NoGradGuard no_grad;
+  std::vector<std::pair<int, double>> out;
+  for (const auto& u : stage.units()) {
+    double sum = 0;
+    for (const auto& p : u.params) {
+      const at::Tensor& g = p.tensor.grad();
+      if (g.defined()) sum += g.to(at::kDouble).pow(2).sum().item<double>();
+    }
+    out.emplace_back(u.unit, sum);
+  }
+  return out;
+}
+
+double global_norm(std::vector<std::pair<int, double>> all) {
+  std::sort(all.begin(), all.end());
+  double sum = 0;
+  for (const auto& u : all) sum += u.second;
+  return std::sqrt(sum);
+}
+
+double clip_scale(double norm, double max_norm) {
+  if (max_norm <= 0) return 1.0;
+  return std::min(1.0, max_norm / (norm + 1e-6));
+}
+
+}  // namespace geopipe::runtime

@@ -1,0 +1,364 @@
+#include <geopipe/comm/communicator.h>
+#include <geopipe/core/error.h>
+#include <geopipe/core/log.h>
+#include <geopipe/runtime/checkpoint.h>
+#include <geopipe/runtime/trainer.h>
+#include <geopipe/scheduler/profile.h>
+
+#include <ATen/ATen.h>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+namespace geopipe::runtime {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr int kTagTrace = 20000;
+
+std::string fmt_duration(double s) {
+  char buf[32];
+  if (s < 0 || !std::isfinite(s)) return "?";
+  const long t = static_cast<long>(s + 0.5);
+  if (t >= 3600) std::snprintf(buf, sizeof(buf), "%ldh%02ldm", t / 3600, (t / 60) % 60);
+  else if (t >= 60) std::snprintf(buf, sizeof(buf), "%ldm%02lds", t / 60, t % 60);
+  else std::snprintf(buf, sizeof(buf), "%lds", t);
+  return buf;
+}
+
+std::string fmt_bytes(double b) {
+  char buf[32];
+  if (b >= 1e9) std::snprintf(buf, sizeof(buf), "%.2f GB", b / 1e9);
+  else if (b >= 1e6) std::snprintf(buf, sizeof(buf), "%.2f MB", b / 1e6);
+  else if (b >= 1e3) std::snprintf(buf, sizeof(buf), "%.1f kB", b / 1e3);
+  else std::snprintf(buf, sizeof(buf), "%.0f B", b);
+  return buf;
+}
+
+at::Device pick_device(const std::string& name) {
+  if (name == "cpu") return at::kCPU;
+  const bool have_cuda = at::hasCUDA();
+  if (name == "cuda") {
+    if (!have_cuda) throw InputError("--device", "device", "cuda requested but LibTorch sees no CUDA device");
+    return at::Device(at::kCUDA, 0);
+  }
+  if (name == "auto") return have_cuda ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
+  throw InputError("--device", "device", "expected cpu, cuda or auto, got \"" + name + "\"");
+}
+
+Schedule build_schedule(const Plan& plan, const TrainConfig& cfg) {
+  const int S = plan.num_stages(), M = plan.job.micro_batches;
+  if (!cfg.schedule_file.empty()) {
+    Schedule s = load_schedule_file(cfg.schedule_file);
+    if (s.num_stages != S)
+      throw InputError(cfg.schedule_file, "schedule", "has " + std::to_string(s.num_stages) +
+                                                          " stages, the plan has " + std::to_string(S));
+    if (s.num_micro_batches != M)
+      throw InputError(cfg.schedule_file, "schedule", "has " + std::to_string(s.num_micro_batches) +
+                                                          " micro-batches, the job has " + std::to_string(M));
+    return prepare_schedule(s, cfg.schedule_file);
+  }
+  std::string kind = cfg.schedule == "plan" ? plan.schedule.kind : cfg.schedule;
+  if (kind != "gpipe" && kind != "1f1b" && kind != "1f1b-lh")
+    throw InputError("--schedule", "schedule", "expected gpipe, 1f1b or plan, got \"" + cfg.schedule + "\"");
+  return prepare_schedule(schedule_for(kind, S, M, plan.schedule.warmup),
+                          cfg.plan_file + " (schedule " + kind + ")");
+}
+
+// Everything the summary needs from every rank, in one all-reduce (each rank fills its slot).
+struct RankTotals {
+  double compute_s = 0, wait_s = 0, wall_s = 0, fwd_raw = 0, fwd_wire = 0, bwd_raw = 0, bwd_wire = 0;
+};
+
+}  // namespace
+
+std::pair<std::string, std::string> codec_pair(const std::string& flag) {
+  if (flag.empty() || flag == "plan") return {"", ""};
+  if (flag == "none") return {"none", "none"};
+  if (flag == "int8") return {"int8-block", "int8-block"};
+  if (flag == "fp8") return {"fp8-e4m3-block", "fp8-e5m2-block"};
+  if (flag == "int4") return {"int4-block", "int8-block"};
+  const auto& known = known_codec_names();
+  if (std::find(known.begin(), known.end(), flag) != known.end())
+    return {flag, flag == "int4-block" ? "int8-block" : flag};
+  throw InputError("--codec", "codec", "expected none, int8, fp8, int4, plan or a codec name, got \"" + flag + "\"");
+}
+
+TrainResult run_training(const Plan& plan, const TrainConfig& cfg, comm::Communicator* comm) {
+  const int S = plan.num_stages();
+  const int rank = comm ? comm->rank() : 0;
+  const int stage = comm ? plan.stage_of_rank(rank) : 0;
+  if (S > 1 && !comm) throw Error("a " + std::to_string(S) + "-stage plan needs MPI (run it under mpirun / geopipe launch)");
+  if (comm && comm->size() != plan.world_size())
+    throw InputError(cfg.plan_file, "stages", "plan needs " + std::to_string(plan.world_size()) +
+                                                  " ranks, the job has " + std::to_string(comm->size()));
+  if (stage < 0) throw InputError(cfg.plan_file, "stages", "rank " + std::to_string(rank) + " has no stage");
+  const StagePlan& sp = plan.stages[stage];
+  const bool first = stage == 0, last = stage == S - 1;
+  const int64_t iters = cfg.iters > 0 ? cfg.iters : plan.job.iterations;
+  const bool rank0 = rank == 0;
+
+  GptConfig gc = gpt_config(plan.job.model);
+  if (cfg.dtype != "fp32" && cfg.dtype != "bf16")
+    throw InputError("--dtype", "dtype", "expected fp32 or bf16, got \"" + cfg.dtype + "\"");
+  const at::Device device = pick_device(cfg.device);
+  // Every stage loads the data (first: inputs, last: targets); middle stages need none but
+  // loading keeps the code path single and the file small.
+  TokenDataset data = (first || last) ? TokenDataset::load(cfg.data_file, cfg.data_format, cfg.val_fraction)
+                                      : TokenDataset::from_tokens(std::vector<uint16_t>(2, 0), 0.0, "unused");
+  if ((first || last) && data.max_token() >= gc.vocab_size)
+    throw InputError(cfg.data_file, "tokens", "token id " + std::to_string(data.max_token()) +
+                                                  " does not fit the model's vocabulary of " +
+                                                  std::to_string(gc.vocab_size));
+
+  GptStage model(gc, sp.layer_begin, sp.layer_end, first, last, cfg.seed, device);
+  OptimConfig oc = cfg.optim;
+  if (oc.decay_steps <= 0) oc.decay_steps = iters;
+  AdamW opt(model.named_parameters(), oc);
+
+  TrainResult result;
+  const double timeout_s = cfg.comm_timeout_s;
+  if (cfg.resume) {
+    if (cfg.checkpoint_dir.empty()) throw InputError("--resume", "resume", "needs --checkpoint-dir");
+    auto manifest = read_manifest(cfg.checkpoint_dir);
+    if (!manifest) throw InputError(cfg.checkpoint_dir, "manifest.json", "no checkpoint to resume from");
+    if (manifest->num_stages != S || manifest->job != plan.job.name)
+      throw InputError(cfg.checkpoint_dir + "/manifest.json", "num_stages",
+                       "checkpoint of job " + manifest->job + " with " + std::to_string(manifest->num_stages) +
+                           " stages does not match plan " + plan.job.name + " with " + std::to_string(S));
+    const std::string path = (fs::path(cfg.checkpoint_dir) / manifest->files.at(stage)).string();
+    StageCheckpoint ck = load_stage_checkpoint(path);
+    if (ck.seed != cfg.seed)
+      throw InputError(path, "meta.seed", "checkpoint was trained with seed " + std::to_string(ck.seed) +
+                                              ", this run has --seed " + std::to_string(cfg.seed));
+    copy_into(ck.model, model.named_parameters(), path);
+    opt.load_state(ck.optimizer, ck.step, path);
+    result.first_step = ck.step;
+    if (rank0) spdlog::info("resumed from {} at step {}", cfg.checkpoint_dir, ck.step);
+  }
+
+  ExecutorOptions eo;
+  eo.seed = cfg.seed;
+  std::tie(eo.codec_forward_override, eo.codec_backward_override) = codec_pair(cfg.codec);
+  eo.comm_timeout_s = timeout_s;
+  eo.bf16_autocast = cfg.dtype == "bf16";
+  eo.record_trace = !cfg.trace_file.empty();
+  PipelineExecutor exec(plan, stage, model, opt, data, comm, build_schedule(plan, cfg), oc, eo);
+
+  std::ofstream jlog;
+  if (rank0 && !cfg.json_log.empty()) {
+    jlog.open(cfg.json_log, cfg.resume ? std::ios::app : std::ios::trunc);
+    if (!jlog) throw InputError("--json-log", "json-log", "cannot write " + cfg.json_log);
+  }
+  if (rank0)
+    spdlog::info("job {}: {} stages, {} micro-batches of {}x{} tokens, steps {}..{}, stage 0 has {} parameters",
+                 plan.job.name, S, plan.job.micro_batches, plan.job.micro_batch, plan.job.model.seq_len,
+                 result.first_step, iters, model.num_parameters());
+
+  const double tokens_per_step =
+      static_cast<double>(plan.job.micro_batch) * plan.job.model.seq_len * plan.job.micro_batches;
+  RankTotals tot;
+  const auto t_run = Clock::now();
+  for (int64_t step = result.first_step; step < iters; ++step) {
+    StepStats st = exec.train_step(step);
+    if (!std::isfinite(st.loss)) throw Error("training diverged at step " + std::to_string(step) + ": loss is not finite");
+    tot.compute_s += st.compute_s;
+    tot.wait_s += st.wait_s;
+    tot.fwd_raw += static_cast<double>(st.fwd_raw);
+    tot.fwd_wire += static_cast<double>(st.fwd_wire);
+    tot.bwd_raw += static_cast<double>(st.bwd_raw);
+    tot.bwd_wire += static_cast<double>(st.bwd_wire);
+    result.steps.push_back(st);
+    std::optional<double> val;
+    const bool final_step = step + 1 == iters;
+    if (cfg.eval_every > 0 && ((step + 1) % cfg.eval_every == 0 || final_step)) {
+      val = exec.evaluate(step, cfg.eval_batches);
+      result.val_losses.emplace_back(step + 1, *val);
+    }
+    if (!cfg.checkpoint_dir.empty() && cfg.checkpoint_every > 0 && ((step + 1) % cfg.checkpoint_every == 0 || final_step)) {
+      StageCheckpoint ck{stage, step + 1, cfg.seed, step + 1, model.named_parameters(), opt.state()};
+      save_stage_checkpoint(cfg.checkpoint_dir, ck);
+      if (comm) comm->barrier(comm::Seconds(timeout_s));  // every stage's file is on disk
+      if (rank0) {
+        Manifest m{step + 1, S, plan.job.name, {}};
+        for (int s = 0; s < S; ++s)
+          m.files.push_back(fs::relative(stage_checkpoint_path(cfg.checkpoint_dir, step + 1, s), cfg.checkpoint_dir).string());
+        write_manifest(cfg.checkpoint_dir, m);
+      }
+    }
+    const double tok_s = st.step_s > 0 ? tokens_per_step / st.step_s : 0;
+    const double elapsed = std::chrono::duration<double>(Clock::now() - t_run).count();
+    const int64_t done = step + 1 - result.first_step;
+    if (rank0 && cfg.progress) {
+      const double eta = elapsed / static_cast<double>(done) * static_cast<double>(iters - step - 1);
+      std::string line = fmt::format("step {}/{} | loss {:.4f}", step + 1, iters, st.loss);
+      if (val) line += fmt::format(" | val {:.4f}", *val);
+      line += fmt::format(" | lr {:.2e} | norm {:.3f} | {:.0f} tok/s | {:.3f} s/step | ETA {}", st.lr, st.grad_norm,
+                          tok_s, st.step_s, fmt_duration(eta));
+      std::printf("%s\n", line.c_str());
+      std::fflush(stdout);
+    }
+    if (jlog.is_open()) {
+      nlohmann::json j = {{"step", step + 1},  {"loss", st.loss},     {"lr", st.lr},
+                          {"grad_norm", st.grad_norm}, {"tokens_per_s", tok_s}, {"step_s", st.step_s},
+                          {"elapsed_s", elapsed}};
+      if (val) j["val_loss"] = *val;
+      jlog << j.dump() << "\n";
+      jlog.flush();
+    }
+  }
+  tot.wall_s = std::chrono::duration<double>(Clock::now() - t_run).count();
+
+  // Summary: every rank's totals in its slot, one all-reduce.
+  constexpr int K = 7;
+  std::vector<double> v(static_cast<size_t>(S) * K, 0.0);
+  const double mine[K] = {tot.compute_s, tot.wait_s, tot.wall_s, tot.fwd_raw, tot.fwd_wire, tot.bwd_raw, tot.bwd_wire};
+  std::copy(mine, mine + K, v.begin() + static_cast<std::ptrdiff_t>(stage) * K);
+  allreduce_sum(comm, v, timeout_s);
+  auto at_ = [&](int s, int k) { return v[static_cast<size_t>(s) * K + k]; };
+  if (rank0 && !result.steps.empty()) {
+    std::ostringstream o;
+    const double steps = static_cast<double>(result.steps.size());
+    o << fmt::format("summary: {} steps, final loss {:.4f}", result.steps.size(), result.steps.back().loss);
+    if (!result.val_losses.empty()) o << fmt::format(", validation loss {:.4f}", result.val_losses.back().second);
+    o << fmt::format(", {:.3f} s/step\n", tot.wall_s / steps);
+    o << "  stage  region          compute  comm-wait  idle+other\n";
+    double energy_kwh = 0, cost_usd = 0;
+    for (int s = 0; s < S; ++s) {
+      const double wall = std::max(at_(s, 2), 1e-9);
+      const double c = at_(s, 0) / wall, w = at_(s, 1) / wall;
+      o << fmt::format("  {:<5}  {:<14} {:7.1f}%  {:8.1f}%  {:9.1f}%\n", s, plan.stages[s].region, 100 * c, 100 * w,
+                       100 * std::max(0.0, 1 - c - w));
+      if (cfg.topology) {
+        const int ri = cfg.topology->region_index(plan.stages[s].region);
+        if (ri >= 0) {
+          const Region& r = cfg.topology->regions[ri];
+          const double kwh = r.gpu_power_w * r.pue * at_(s, 2) / 3.6e6;
+          energy_kwh += kwh;
+          cost_usd += kwh * r.price_usd_per_kwh;
+        }
+      }
+    }
+    if (S > 1) o << "  link   activations raw -> wire (codec)      gradients raw -> wire (codec)\n";
+    const auto [over_f, over_b] = codec_pair(cfg.codec);
+    for (int s = 0; s + 1 < S; ++s) {
+      const LinkPlan* l = plan.link_between(s, s + 1);
+      const std::string cf = !over_f.empty() ? over_f : l ? l->codec_forward : "none";
+      const std::string cb = !over_b.empty() ? over_b : l ? l->codec_backward : "none";
+      o << fmt::format("  {}->{}   {:>9} -> {:>9} ({:<14})  {:>9} -> {:>9} ({})\n", s, s + 1, fmt_bytes(at_(s, 3)),
+                       fmt_bytes(at_(s, 4)), cf, fmt_bytes(at_(s + 1, 5)), fmt_bytes(at_(s + 1, 6)), cb);
+    }
+    if (cfg.topology)
+      o << fmt::format("  electricity: {:.6f} kWh, ${:.6f} at the regions' prices (GPU power x PUE x wall time)\n",
+                       energy_kwh, cost_usd);
+    result.summary = o.str();
+  }
+
+  // Trace: every rank's spans to rank 0, which writes one Chrome trace (one track per rank).
+  if (!cfg.trace_file.empty()) {
+    nlohmann::json mine = nlohmann::json::array();
+    mine.push_back({{"name", "process_name"}, {"ph", "M"}, {"pid", rank}, {"tid", 0},
+                    {"args", {{"name", fmt::format("rank {} stage {} ({})", rank, stage, sp.region)}}}});
+    for (const auto& s : exec.trace())
+      mine.push_back({{"name", s.name}, {"ph", "X"}, {"pid", rank}, {"tid", 0}, {"ts", s.start_us}, {"dur", s.dur_us},
+                      {"cat", s.name.rfind("SEND", 0) == 0 || s.name.find("wait") != std::string::npos ? "comm" : "compute"}});
+    if (!rank0) {
+      std::string text = mine.dump();
+      comm::MessageHeader h;
+      h.kind = comm::MessageKind::kBytes;
+      h.stage = stage;
+      comm::Request r = comm->isend(text.data(), text.size(), 0, kTagTrace, h);
+      r.wait(comm::Seconds(timeout_s));
+    } else {
+      nlohmann::json all = mine;
+      for (int r = 1; comm && r < comm->size(); ++r) {
+        comm::Request req = comm->irecv_any_size(r, kTagTrace);
+        req.wait(comm::Seconds(timeout_s));
+        const auto& p = req.payload();
+        for (auto& e : nlohmann::json::parse(p.begin(), p.end())) all.push_back(std::move(e));
+      }
+      nlohmann::json doc = {{"traceEvents", all}, {"displayTimeUnit", "ms"}};
+      write_file_atomic(cfg.trace_file, doc.dump() + "\n");
+    }
+  }
+  return result;
+}
+
+int64_t export_checkpoint(const std::string& dir, const ModelSpec& spec, const std::string& out_file) {
+  auto manifest = read_manifest(dir);
+  if (!manifest) throw InputError(dir, "manifest.json", "no checkpoint found");
+  std::vector<NamedTensor> all;
+  for (const auto& f : manifest->files) {
+    StageCheckpoint ck = load_stage_checkpoint((fs::path(dir) / f).string());
+    all.insert(all.end(), ck.model.begin(), ck.model.end());
+  }
+  const GptConfig gc = gpt_config(spec);
+  GptStage full(gc, 0, gc.n_layer, true, true, 0);  // the names and shapes every parameter must have
+  copy_into(all, full.named_parameters(), dir);      // throws naming a missing or misshaped one
+  save_model_file(out_file, full.named_parameters(), gc, manifest->step);
+  return manifest->step;
+}
+
+void write_profile(const Plan& plan, const std::string& device_name, const std::string& out_file, int repeats) {
+  GptConfig gc = gpt_config(plan.job.model);
+  const at::Device device = pick_device(device_name);
+  GptStage model(gc, 0, gc.n_layer, true, true, 1, device);
+  const int B = plan.job.micro_batch, T = gc.block_size;
+  at::Tensor tokens = at::randint(gc.vocab_size, {B, T}, at::TensorOptions().dtype(at::kLong)).to(device);
+  auto sync = [&] {
+    if (device.is_cuda()) at::empty({1}, at::TensorOptions().device(device)).cpu();  // waits for the stream
+  };
+  // Times f (forward) and the backward of its output, median over `repeats` after one warm-up.
+  auto time_it = [&](const std::function<at::Tensor()>& fwd) {
+    std::vector<double> f, b;
+    for (int i = 0; i <= repeats; ++i) {
+      sync();
+      auto t0 = Clock::now();
+      at::Tensor y = fwd();
+      sync();
+      auto t1 = Clock::now();
+      y.backward(at::ones_like(y));
+      sync();
+      auto t2 = Clock::now();
+      if (i == 0) continue;
+      f.push_back(std::chrono::duration<double>(t1 - t0).count());
+      b.push_back(std::chrono::duration<double>(t2 - t1).count());
+    }
+    std::sort(f.begin(), f.end());
+    std::sort(b.begin(), b.end());
+    return scheduler::PhaseTimes{f[f.size() / 2], b[b.size() / 2]};
+  };
+  at::Tensor hidden = model.embed(tokens).detach();
+  scheduler::Profile p;
+  p.device = device.is_cuda() ? "cuda" : "cpu";
+  p.model = plan.job.model;
+  p.micro_batch = B;
+  p.embedding = time_it([&] { return model.embed(tokens); });
+  double lf = 0, lb = 0;
+  for (int i = 0; i < gc.n_layer; ++i) {
+    at::Tensor x = hidden.clone().set_requires_grad(true);
+    auto t = time_it([&] { return model.block(i, x); });
+    lf += t.forward_s;
+    lb += t.backward_s;
+  }
+  p.layer = {lf / gc.n_layer, lb / gc.n_layer};
+  at::Tensor x = hidden.clone().set_requires_grad(true);
+  at::Tensor targets = at::randint(gc.vocab_size, {B, T}, at::TensorOptions().dtype(at::kLong)).to(device);
+  p.head = time_it([&] { return GptStage::loss(model.head(x), targets); });
+  p.note = "measured by geopipe-train --profile (median of " + std::to_string(repeats) + " runs)";
+  scheduler::save_profile(p, out_file);
+}
+
+}  // namespace geopipe::runtime

@@ -1,0 +1,111 @@
+// Placement of one pipeline job on a (possibly partly busy) cluster: BACE-Pipe's bandwidth-aware
+// pathfinder and cost-min allocator, the baselines' placement rules, the exact solver for small
+// instances, and the conversion of a placement into a geopipe::Plan (core/plan.h).
+#pragma once
+
+#include <geopipe/core/config.h>
+#include <geopipe/core/plan.h>
+#include <geopipe/scheduler/cost_model.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace geopipe::scheduler {
+
+struct Profile;
+
+enum class Policy {
+  kBace,             // prioritization + bandwidth-aware pathfinder + cost-min allocator
+  kDelayFirst,       // fastest placement on link capacity, price ignored, FIFO order
+  kCostFirst,        // cheapest placement on the empty cluster, rigid (waits for it), FIFO order
+  kFifo,             // FIFO order, first-fit placement in the topology's region order
+  kExact,            // exhaustive search of every assignment (<= 6 regions, <= 8 stages)
+  kBaceNoPriority,   // ablation: arrival order instead of the score
+  kBaceNoBandwidth,  // ablation: no bandwidth check, capacity instead of residual bandwidth
+  kBaceNoPrice,      // ablation: fastest feasible path (no price term)
+};
+const char* policy_name(Policy policy);  // "bace", "delay-first", ..., "bace-no-prio", "bace-no-bw", "bace-no-price"
+std::optional<Policy> parse_policy(const std::string& name);
+const std::vector<Policy>& all_policies();
+
+inline constexpr int kExactMaxRegions = 6;
+inline constexpr int kExactMaxStages = 8;
+
+// What is free right now: GPUs per region and residual bandwidth per directed inter-region link
+// (capacity minus the demand of running jobs that cross it), bytes/s, row-major [from][to].
+struct ClusterState {
+  std::vector<int> free_gpus;
+  std::vector<double> residual_bps;
+  std::vector<double> capacity_bps;
+  // Everything free; every inter-region link's bandwidth multiplied by `bandwidth_scale`.
+  static ClusterState empty(const Topology& topology, double bandwidth_scale = 1.0);
+  int total_free() const;
+};
+
+struct PlannerOptions {
+  CostParams cost;
+  double slack = 0.10;              // allocator: iteration time within (1 + slack) of the fastest feasible path
+  std::string codec = "auto";       // "auto" (int8-block on hops that need it), "none", or a codec for every inter-region hop
+  std::string schedule = "auto";    // "auto" (1f1b, or 1f1b-lh when latency needs hiding), "gpipe", "1f1b", "1f1b-lh"
+  int fixed_stages = 0;             // 0: choose within the job's [min_stages, max_stages]
+  bool bandwidth_check = true;      // every inter-region hop carries a micro-batch within the compute period
+  bool price_term = true;           // false: the allocator takes the fastest feasible path
+  bool use_residual = true;         // read residual bandwidth (BACE) or link capacity (baselines)
+  long node_budget = 5000;          // pathfinder node expansions per stage count and pass
+  const Profile* profile = nullptr; // measured compute times (profile.h); null: FLOPs model
+};
+
+// A job placed on a sequence of regions, fully evaluated by the cost model.
+struct Placement {
+  std::vector<int> region;                     // region index per stage
+  std::vector<int> layers;                     // transformer blocks per stage
+  std::vector<std::string> codec_fwd, codec_bwd;  // per boundary k -> k+1
+  std::vector<double> stage_s;                 // forward + backward of one micro-batch, per stage
+  std::vector<double> hop_xfer_s;              // per boundary: transfer seconds of one message (larger direction)
+  std::vector<double> hop_latency_s;           // per boundary: one-way latency
+  std::vector<double> hop_fwd_bytes, hop_bwd_bytes;  // per boundary: bytes per micro-batch each way
+  std::vector<double> hop_bps;                 // per boundary: bandwidth the evaluation assumed, bytes/s
+  ScheduleKind kind = ScheduleKind::kOneFOneB;
+  PipelineTiming timing;
+  double iteration_s = 0;
+  double job_s = 0;                            // iterations * iteration_s
+  double energy_kwh = 0;                       // whole job
+  double cost_usd = 0;                         // whole job
+  bool bandwidth_ok = true;                    // every inter-region hop's transfer <= compute period
+  double worst_hop_ratio = 0;                  // max over inter-region hops of transfer / compute period
+  int stages() const { return static_cast<int>(region.size()); }
+  int inter_region_hops() const;
+};
+
+// Evaluates one region sequence: layer balance, codecs (per options.codec), timing, energy, cost.
+// `hop_bps` overrides the bandwidth of each boundary (the simulator's fair shares); empty: the
+// state's residual (use_residual) or capacity. nullopt when two consecutive regions have no link.
+std::optional<Placement> evaluate_path(const Topology& topology, const JobSpec& job, const std::vector<int>& regions,
+                                       const ClusterState& state, const PlannerOptions& options,
+                                       const std::vector<double>& hop_bps = {});
+
+struct PlanResult {
+  std::optional<Placement> placement;
+  std::string why;   // when no placement: which constraint failed and the best that could be done
+  long nodes = 0;    // search nodes expanded (pathfinder / exact)
+};
+
+// Places a job under a policy on the current state. The ablations and BACE share this entry;
+// the multi-tenant parts of a policy (order, rigid waiting) live in the simulator.
+PlanResult place_job(Policy policy, const Topology& topology, const JobSpec& job, const ClusterState& state,
+                     const PlannerOptions& options);
+
+// Exhaustive search over every assignment of regions to stages (any order, revisits allowed):
+// the true optimum of the allocator's objective (least cost with iteration time within the slack
+// of the fastest feasible assignment, ties by time). InputError beyond 6 regions or 8 stages.
+PlanResult exact_placement(const Topology& topology, const JobSpec& job, const ClusterState& state,
+                           const PlannerOptions& options);
+
+// The plan the runtime executes (one rank per stage, ranks 0..S-1 in stage order).
+Plan make_plan(const Topology& topology, const JobSpec& job, const Placement& placement, const std::string& policy);
+
+// Plans one job on an empty cluster; InfeasibleError (exit 3) saying which constraint failed.
+Plan plan_job(Policy policy, const Topology& topology, const JobSpec& job, const PlannerOptions& options);
+
+}  // namespace geopipe::scheduler

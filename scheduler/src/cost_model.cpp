@@ -1,0 +1,197 @@
+#include <geopipe/scheduler/cost_model.h>
+#include <geopipe/scheduler/profile.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace geopipe::scheduler {
+
+Flops layer_flops(const ModelSpec& m, int micro_batch) {
+  const double b = micro_batch, s = m.seq_len, h = m.d_model;
+  const double fwd = b * s * (24.0 * h * h + 4.0 * s * h);
+  return {fwd, 2.0 * fwd};
+}
+
+Flops embedding_flops(const ModelSpec& m, int micro_batch) {
+  const double bsh = static_cast<double>(micro_batch) * m.seq_len * m.d_model;
+  return {2.0 * bsh, 2.0 * bsh};
+}
+
+Flops head_flops(const ModelSpec& m, int micro_batch) {
+  const double bs = static_cast<double>(micro_batch) * m.seq_len;
+  const double fwd = 2.0 * bs * m.d_model * m.vocab + 5.0 * bs * m.vocab;
+  return {fwd, 2.0 * 2.0 * bs * m.d_model * m.vocab};
+}
+
+DeviceTimes device_times(const Region& region, const JobSpec& job, const CostParams& params,
+                         const Profile* profile) {
+  DeviceTimes d;
+  if (profile && profile_applies(*profile, region)) {
+    d.layer_s = profile->layer.total();
+    d.embedding_s = profile->embedding.total();
+    d.head_s = profile->head.total();
+    d.from_profile = true;
+    return d;
+  }
+  const double flops_per_s = region.gpu_tflops * 1e12 * params.efficiency;
+  auto secs = [&](const Flops& f) { return (f.forward + f.backward) / flops_per_s; };
+  d.layer_s = secs(layer_flops(job.model, job.micro_batch));
+  d.embedding_s = secs(embedding_flops(job.model, job.micro_batch));
+  d.head_s = secs(head_flops(job.model, job.micro_batch));
+  return d;
+}
+
+double codec_ratio(const std::string& codec, DType dtype) {
+  const double elem = dtype_bytes(dtype);
+  if (codec == "none" || codec.empty()) return 1.0;
+  if (codec == "int4-block") return elem / 0.5;
+  return elem / 1.0;  // int8-block, fp8-e4m3-block, fp8-e5m2-block: one byte per element
+}
+
+double boundary_bytes(const JobSpec& job, const std::string& codec) {
+  const double elems = static_cast<double>(job.micro_batch) * job.model.seq_len * job.model.d_model;
+  return elems * dtype_bytes(job.model.dtype) / codec_ratio(codec, job.model.dtype);
+}
+
+double link_time_s(double bytes, const LinkSpec& link) {
+  const double bw = link.bytes_per_s();
+  if (bw <= 0) return std::numeric_limits<double>::infinity();
+  return bytes / bw + link.latency_ms * 1e-3;
+}
+
+namespace {
+
+double extra_s(size_t k, size_t n, const DeviceTimes& d) {
+  double e = 0;
+  if (k == 0) e += d.embedding_s;
+  if (k + 1 == n) e += d.head_s;
+  return e;
+}
+
+}  // namespace
+
+// Stage k with n_k blocks takes n_k * a_k + e_k. The continuous optimum T_c solves
+// sum_k (T_c - e_k) / a_k = L. Starting from n_k = max(1, floor((T_c - e_k) / a_k)), which is at
+// most the optimum's capacity floor((T* - e_k) / a_k) for every k, adding each missing block
+// where it ends soonest (or removing surplus blocks from the slowest stage) never passes T*, so
+// the result is optimal. At most S blocks are added or removed: O(S^2), no bisection.
+std::vector<int> balance_layers(int layers, const std::vector<DeviceTimes>& dev) {
+  const size_t n = dev.size();
+  std::vector<int> split(n, 1);
+  if (n == 0 || layers <= static_cast<int>(n)) return split;
+  std::vector<double> a(n), e(n);
+  double inv = 0, shifted = 0;
+  for (size_t k = 0; k < n; ++k) {
+    a[k] = std::max(dev[k].layer_s, 1e-300);
+    e[k] = extra_s(k, n, dev[k]);
+    inv += 1.0 / a[k];
+    shifted += e[k] / a[k];
+  }
+  const double t_cont = (layers + shifted) / inv;
+  long total = 0;
+  for (size_t k = 0; k < n; ++k) {
+    const double room = std::floor((t_cont - e[k]) / a[k]);
+    split[k] = static_cast<int>(std::clamp(room, 1.0, static_cast<double>(layers)));
+    total += split[k];
+  }
+  while (total < layers) {
+    size_t best = 0;
+    double best_t = std::numeric_limits<double>::infinity();
+    for (size_t k = 0; k < n; ++k) {
+      const double t = (split[k] + 1) * a[k] + e[k];
+      if (t < best_t) best_t = t, best = k;
+    }
+    ++split[best];
+    ++total;
+  }
+  while (total > layers) {
+    size_t worst = n;
+    double worst_t = -1;
+    for (size_t k = 0; k < n; ++k) {
+      if (split[k] <= 1) continue;
+      const double t = split[k] * a[k] + e[k];
+      if (t > worst_t) worst_t = t, worst = k;
+    }
+    if (worst == n) break;
+    --split[worst];
+    --total;
+  }
+  return split;
+}
+
+std::vector<double> stage_times(const std::vector<int>& split, const std::vector<DeviceTimes>& dev) {
+  std::vector<double> t(split.size());
+  for (size_t k = 0; k < split.size(); ++k) t[k] = split[k] * dev[k].layer_s + extra_s(k, split.size(), dev[k]);
+  return t;
+}
+
+const char* schedule_kind_name(ScheduleKind kind) {
+  switch (kind) {
+    case ScheduleKind::kGPipe: return "gpipe";
+    case ScheduleKind::kOneFOneB: return "1f1b";
+    case ScheduleKind::kOneFOneBLatencyHiding: return "1f1b-lh";
+  }
+  return "1f1b";
+}
+
+PipelineTiming pipeline_timing(const std::vector<double>& t, const std::vector<double>& x,
+                               const std::vector<double>& lat, int micro_batches, ScheduleKind kind) {
+  PipelineTiming p;
+  const int S = static_cast<int>(t.size());
+  const int M = std::max(1, micro_batches);
+  double link_max = 0;
+  for (double v : t) p.compute_period_s = std::max(p.compute_period_s, v);
+  for (double v : x) link_max = std::max(link_max, v);
+  double base_period = std::max(p.compute_period_s, link_max);
+  p.link_bound = link_max > p.compute_period_s;
+
+  // Round trip seen by stage k: from the start of its forward of a micro-batch until it may run
+  // that micro-batch's backward, plus the backward: L_k = sum_{i>=k} t_i + sum_{j>=k} (2 x_j + 2 lat_j).
+  std::vector<double> loop(S, 0.0);
+  double acc = 0;
+  for (int k = S - 1; k >= 0; --k) {
+    acc += t[k];
+    if (k < S - 1) acc += 2.0 * (x[k] + lat[k]);
+    loop[k] = acc;
+  }
+  p.fill_s = S > 0 ? loop[0] : 0.0;
+
+  p.warmup.assign(S, 0);
+  double period = base_period;
+  if (kind == ScheduleKind::kGPipe) {
+    for (int k = 0; k < S; ++k) p.warmup[k] = M;  // every forward before any backward
+  } else {
+    for (int k = 0; k < S; ++k) {
+      int plain = std::min(S - 1 - k, M - 1);
+      int w = plain;
+      if (kind == ScheduleKind::kOneFOneBLatencyHiding && base_period > 0) {
+        // (w + 1) micro-batches in flight must cover the round trip at the steady period.
+        int need = static_cast<int>(std::ceil(loop[k] / base_period * (1 - 1e-12))) - 1;
+        w = std::min(std::max(plain, need), M - 1);
+      }
+      p.warmup[k] = w;
+      double stall_period = loop[k] / (w + 1);
+      if (stall_period > period * (1 + 1e-12)) p.latency_stall = true;
+      period = std::max(period, stall_period);
+    }
+  }
+  p.period_s = period;
+  p.iteration_s = (M - 1) * period + p.fill_s;
+  return p;
+}
+
+EnergyCost iteration_energy(const std::vector<const Region*>& regions, const std::vector<double>& t,
+                            double iteration_s, int micro_batches, const CostParams& params) {
+  EnergyCost e;
+  for (size_t k = 0; k < regions.size(); ++k) {
+    const Region& r = *regions[k];
+    const double busy = std::min(iteration_s, micro_batches * t[k]);
+    const double joules = r.gpu_power_w * r.pue * (busy + params.idle_power_fraction * (iteration_s - busy));
+    e.energy_j += joules;
+    e.cost_usd += joules_to_kwh(joules) * r.price_usd_per_kwh;
+  }
+  return e;
+}
+
+}  // namespace geopipe::scheduler

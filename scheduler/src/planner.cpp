@@ -1,0 +1,679 @@
+#include <geopipe/core/error.h>
+#include <geopipe/scheduler/planner.h>
+#include <geopipe/scheduler/profile.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <numeric>
+#include <sstream>
+
+namespace geopipe::scheduler {
+
+namespace {
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr double kRelEps = 1e-9;
+}  // namespace
+
+// ---- Policies -------------------------------------------------------------------------------
+
+const char* policy_name(Policy p) {
+  switch (p) {
+    case Policy::kBace: return "bace";
+    case Policy::kDelayFirst: return "delay-first";
+    case Policy::kCostFirst: return "cost-first";
+    case Policy::kFifo: return "fifo";
+    case Policy::kExact: return "exact";
+    case Policy::kBaceNoPriority: return "bace-no-prio";
+    case Policy::kBaceNoBandwidth: return "bace-no-bw";
+    case Policy::kBaceNoPrice: return "bace-no-price";
+  }
+  return "bace";
+}
+
+const std::vector<Policy>& all_policies() {
+  static const std::vector<Policy> all = {Policy::kBace,           Policy::kDelayFirst,      Policy::kCostFirst,
+                                          Policy::kFifo,           Policy::kExact,           Policy::kBaceNoPriority,
+                                          Policy::kBaceNoBandwidth, Policy::kBaceNoPrice};
+  return all;
+}
+
+std::optional<Policy> parse_policy(const std::string& name) {
+  for (Policy p : all_policies())
+    if (name == policy_name(p)) return p;
+  return std::nullopt;
+}
+
+// ---- Cluster state --------------------------------------------------------------------------
+
+ClusterState ClusterState::empty(const Topology& t, double scale) {
+  ClusterState s;
+  const int R = t.num_regions();
+  for (const auto& r : t.regions) s.free_gpus.push_back(r.gpus);
+  s.capacity_bps.assign(static_cast<size_t>(R) * R, 0.0);
+  for (int a = 0; a < R; ++a)
+    for (int b = 0; b < R; ++b)
+      if (a != b)
+        if (auto l = t.link(a, b)) s.capacity_bps[static_cast<size_t>(a) * R + b] = l->bytes_per_s() * scale;
+  s.residual_bps = s.capacity_bps;
+  return s;
+}
+
+int ClusterState::total_free() const { return std::accumulate(free_gpus.begin(), free_gpus.end(), 0); }
+
+int Placement::inter_region_hops() const {
+  int n = 0;
+  for (size_t k = 0; k + 1 < region.size(); ++k) n += region[k] != region[k + 1];
+  return n;
+}
+
+// ---- Evaluation -----------------------------------------------------------------------------
+
+namespace {
+
+// Everything about a (job, topology, state, options) that does not depend on the path.
+struct Context {
+  const Topology& topo;
+  const JobSpec& job;
+  const ClusterState& state;
+  const PlannerOptions& opt;
+  int R = 0;
+  std::vector<DeviceTimes> dev;  // per region
+  std::vector<double> rate;      // USD per second of one GPU at board power (power * PUE * price)
+  double bytes_none = 0;
+
+  Context(const Topology& t, const JobSpec& j, const ClusterState& s, const PlannerOptions& o)
+      : topo(t), job(j), state(s), opt(o), R(t.num_regions()) {
+    for (const auto& r : t.regions) {
+      dev.push_back(device_times(r, j, o.cost, o.profile));
+      rate.push_back(r.gpu_power_w * r.pue * r.price_usd_per_kwh / 3.6e6);
+    }
+    bytes_none = boundary_bytes(j, "none");
+  }
+  double bw(int a, int b) const {
+    const auto& v = opt.use_residual ? state.residual_bps : state.capacity_bps;
+    return v[static_cast<size_t>(a) * R + b];
+  }
+  bool linked(int a, int b) const { return a == b || state.capacity_bps[static_cast<size_t>(a) * R + b] > 0; }
+  // The codec pair a hop uses when plain transfer would take `x_none` against compute period `pc`.
+  std::pair<std::string, std::string> codecs(double x_none, double pc) const {
+    if (opt.codec == "auto") {
+      if (x_none <= pc * (1 + kRelEps)) return {"none", "none"};
+      return {"int8-block", "int8-block"};
+    }
+    if (opt.codec == "int4-block") return {"int4-block", "int8-block"};  // int4 is for activations only
+    return {opt.codec, opt.codec};
+  }
+  // Smallest bytes any allowed codec can send (for lower bounds).
+  double min_bytes() const {
+    if (opt.codec == "none") return bytes_none;
+    if (opt.codec == "auto") return boundary_bytes(job, "int8-block");
+    return boundary_bytes(job, opt.codec);
+  }
+};
+
+struct Eval {
+  bool ok = false;          // all hops linked and usable
+  bool bandwidth_ok = true;
+  double iteration_s = kInf;
+  double cost_usd = kInf;   // whole job
+};
+
+Eval evaluate(const Context& c, const std::vector<int>& path, const std::vector<double>& hop_override, Placement* out) {
+  Eval e;
+  const size_t S = path.size();
+  std::vector<DeviceTimes> dev(S);
+  for (size_t k = 0; k < S; ++k) dev[k] = c.dev[path[k]];
+  std::vector<int> split = balance_layers(c.job.model.layers, dev);
+  std::vector<double> t = stage_times(split, dev);
+  const double pc = *std::max_element(t.begin(), t.end());
+  std::vector<double> x(S ? S - 1 : 0), lat(S ? S - 1 : 0);
+  double worst = 0;
+  const LinkSpec& intra = c.topo.intra_region;
+  for (size_t j = 0; j + 1 < S; ++j) {
+    const int a = path[j], b = path[j + 1];
+    double bw_f, bw_b;
+    std::pair<std::string, std::string> codec{"none", "none"};
+    if (!hop_override.empty()) {
+      bw_f = bw_b = hop_override[j];
+    } else if (a == b) {
+      bw_f = bw_b = intra.bytes_per_s();
+    } else {
+      if (!c.linked(a, b)) return e;
+      bw_f = c.bw(a, b);
+      bw_b = c.bw(b, a);
+    }
+    if (bw_f <= 0 || bw_b <= 0) return e;
+    if (a != b) codec = c.codecs(c.bytes_none / std::min(bw_f, bw_b), pc);
+    const double bytes_f = a == b ? c.bytes_none : boundary_bytes(c.job, codec.first);
+    const double bytes_b = a == b ? c.bytes_none : boundary_bytes(c.job, codec.second);
+    x[j] = std::max(bytes_f / bw_f, bytes_b / bw_b);
+    lat[j] = (a == b ? intra.latency_ms : c.topo.link(a, b)->latency_ms) * 1e-3;
+    if (a != b) {
+      worst = std::max(worst, x[j] / pc);
+      if (x[j] > pc * (1 + kRelEps)) e.bandwidth_ok = false;
+    }
+    if (out) {
+      out->codec_fwd.push_back(codec.first);
+      out->codec_bwd.push_back(codec.second);
+      out->hop_fwd_bytes.push_back(bytes_f);
+      out->hop_bwd_bytes.push_back(bytes_b);
+      out->hop_bps.push_back(std::min(bw_f, bw_b));
+    }
+  }
+  const int M = c.job.micro_batches;
+  ScheduleKind kind = ScheduleKind::kOneFOneB;
+  PipelineTiming timing;
+  if (c.opt.schedule == "gpipe") {
+    kind = ScheduleKind::kGPipe;
+    timing = pipeline_timing(t, x, lat, M, kind);
+  } else if (c.opt.schedule == "1f1b-lh") {
+    kind = ScheduleKind::kOneFOneBLatencyHiding;
+    timing = pipeline_timing(t, x, lat, M, kind);
+  } else {
+    timing = pipeline_timing(t, x, lat, M, kind);
+    if (c.opt.schedule == "auto" && timing.latency_stall) {
+      kind = ScheduleKind::kOneFOneBLatencyHiding;
+      timing = pipeline_timing(t, x, lat, M, kind);
+    }
+  }
+  std::vector<const Region*> regs(S);
+  for (size_t k = 0; k < S; ++k) regs[k] = &c.topo.regions[path[k]];
+  EnergyCost ec = iteration_energy(regs, t, timing.iteration_s, M, c.opt.cost);
+  e.ok = true;
+  e.iteration_s = timing.iteration_s;
+  e.cost_usd = ec.cost_usd * c.job.iterations;
+  if (out) {
+    out->region = path;
+    out->layers = split;
+    out->stage_s = t;
+    out->hop_xfer_s = x;
+    out->hop_latency_s = lat;
+    out->kind = kind;
+    out->timing = timing;
+    out->iteration_s = timing.iteration_s;
+    out->job_s = timing.iteration_s * c.job.iterations;
+    out->energy_kwh = joules_to_kwh(ec.energy_j) * c.job.iterations;
+    out->cost_usd = e.cost_usd;
+    out->bandwidth_ok = e.bandwidth_ok;
+    out->worst_hop_ratio = worst;
+  }
+  return e;
+}
+
+Placement full(const Context& c, const std::vector<int>& path) {
+  Placement p;
+  evaluate(c, path, {}, &p);
+  return p;
+}
+
+// ---- Pathfinder -----------------------------------------------------------------------------
+
+enum class Goal { kMinTime, kMinCost };
+
+// "a is better than b" under a goal; ties (within a relative epsilon) go to the other measure,
+// except that a policy that ignores price (`price_ties` false) keeps the first path found.
+bool better(Goal g, double ta, double ca, double tb, double cb, bool price_ties = true) {
+  auto lt = [](double x, double y) { return x < y * (1 - kRelEps); };
+  auto eq = [&](double x, double y) { return !lt(x, y) && !lt(y, x); };
+  if (g == Goal::kMinTime) return lt(ta, tb) || (price_ties && eq(ta, tb) && lt(ca, cb));
+  return lt(ca, cb) || (eq(ca, cb) && lt(ta, tb));
+}
+
+struct SearchOut {
+  std::vector<int> best;
+  double best_t = kInf, best_c = kInf;
+  long nodes = 0;
+};
+
+// Depth-first branch and bound over region blocks: a path is a sequence of distinct regions,
+// each taking a run of consecutive stages (at most its free GPUs). Children are tried cheapest
+// (or fastest link) first with the largest block first; a partial path is cut when a hop cannot
+// carry a micro-batch within the slowest possible compute period (bandwidth check), or when a
+// lower bound on its iteration time / cost cannot beat the incumbent or the time cap.
+class Pathfinder {
+ public:
+  Pathfinder(const Context& c, int S, Goal goal, double time_cap) : c_(c), S_(S), goal_(goal), cap_(time_cap) {
+    const int L = c.job.model.layers;
+    DeviceTimes slow{}, fast{kInf, kInf, kInf, false};
+    min_rate_ = kInf;
+    for (int r = 0; r < c.R; ++r) {
+      if (c.state.free_gpus[r] <= 0) continue;
+      slow.layer_s = std::max(slow.layer_s, c.dev[r].layer_s);
+      slow.embedding_s = std::max(slow.embedding_s, c.dev[r].embedding_s);
+      slow.head_s = std::max(slow.head_s, c.dev[r].head_s);
+      fast.layer_s = std::min(fast.layer_s, c.dev[r].layer_s);
+      fast.embedding_s = std::min(fast.embedding_s, c.dev[r].embedding_s);
+      fast.head_s = std::min(fast.head_s, c.dev[r].head_s);
+      min_rate_ = std::min(min_rate_, c.rate[r]);
+    }
+    std::vector<DeviceTimes> all_slow(S, slow);
+    auto ts = stage_times(balance_layers(L, all_slow), all_slow);
+    pc_ub_ = *std::max_element(ts.begin(), ts.end());
+    f_lb_ = L * fast.layer_s + fast.embedding_s + fast.head_s;
+    min_bytes_ = c.min_bytes();
+    used_.assign(c.R, 0);
+  }
+
+  // `seed`: a path known to satisfy the goal's constraints (the incumbent to beat), or empty.
+  SearchOut run(long budget, const std::vector<int>& seed = {}) {
+    budget_ = budget;
+    path_.clear();
+    if (!seed.empty()) {
+      path_ = seed;
+      leaf();
+      path_.clear();
+    }
+    dfs(-1, 0.0, 0.0, 0.0);
+    return out_;
+  }
+
+ private:
+  double time_lb(double max_x, double hop_fill) const {
+    const int M = c_.job.micro_batches;
+    return (M - 1) * std::max(f_lb_ / S_, max_x) + f_lb_ + hop_fill;
+  }
+  double cost_lb(double t_lb, double rate_sum, int remaining) const {
+    const double idle = c_.opt.cost.idle_power_fraction;
+    const int M = c_.job.micro_batches;
+    return c_.job.iterations *
+           (idle * t_lb * (rate_sum + remaining * min_rate_) + (1 - idle) * M * min_rate_ * f_lb_);
+  }
+
+  void dfs(int last, double max_x, double hop_fill, double rate_sum) {
+    if (++out_.nodes > budget_ && (!out_.best.empty() || out_.nodes > 2 * budget_)) return;
+    const int placed = static_cast<int>(path_.size());
+    if (placed == S_) {
+      leaf();
+      return;
+    }
+    // Stages still to place need at least one more hop out of `last`'s block.
+    double next_hop = 0;
+    if (last >= 0) {
+      next_hop = kInf;
+      for (int r = 0; r < c_.R; ++r) {
+        if (used_[r] || c_.state.free_gpus[r] <= 0 || !c_.linked(last, r)) continue;
+        const double bw = std::min(c_.bw(last, r), c_.bw(r, last));
+        if (bw > 0) next_hop = std::min(next_hop, 2.0 * (min_bytes_ / bw + c_.topo.link(last, r)->latency_ms * 1e-3));
+      }
+      if (next_hop == kInf) return;  // dead end: nowhere left to go
+    }
+    const double tlb = time_lb(max_x, hop_fill + next_hop);
+    if (tlb > cap_ * (1 + kRelEps)) return;
+    if (goal_ == Goal::kMinTime && !out_.best.empty() && tlb >= out_.best_t * (1 - kRelEps)) return;
+    if (goal_ == Goal::kMinCost && !out_.best.empty() &&
+        cost_lb(tlb, rate_sum, S_ - placed) >= out_.best_c * (1 - kRelEps))
+      return;
+
+    struct Child {
+      int region;
+      double x, lat, key1, key2;
+    };
+    std::vector<Child> kids;
+    for (int r = 0; r < c_.R; ++r) {
+      if (used_[r] || c_.state.free_gpus[r] <= 0) continue;
+      double x = 0, lat = 0;
+      if (last >= 0) {
+        if (!c_.linked(last, r)) continue;
+        const double bw = std::min(c_.bw(last, r), c_.bw(r, last));
+        if (bw <= 0) continue;
+        x = min_bytes_ / bw;
+        lat = c_.topo.link(last, r)->latency_ms * 1e-3;
+        if (c_.opt.bandwidth_check && x > pc_ub_ * (1 + kRelEps)) continue;
+      }
+      const double speed = 1.0 / std::max(c_.dev[r].layer_s, 1e-300);
+      Child k{r, x, lat, 0, 0};
+      if (goal_ == Goal::kMinCost) {
+        k.key1 = c_.rate[r];
+        k.key2 = x + lat;
+      } else {
+        k.key1 = x + lat;
+        k.key2 = -speed;
+      }
+      kids.push_back(k);
+    }
+    std::stable_sort(kids.begin(), kids.end(), [](const Child& a, const Child& b) {
+      return a.key1 < b.key1 || (a.key1 == b.key1 && a.key2 < b.key2);
+    });
+    for (const Child& k : kids) {
+      const int most = std::min(c_.state.free_gpus[k.region], S_ - placed);
+      used_[k.region] = 1;
+      // Block sizes tried: the largest (fill a cheap or fast region), one less, and a single GPU
+      // (a region used as a bridge). Other sizes are pruned (docs/SCHEDULER.md).
+      int sizes[3] = {most, most - 1, 1};
+      for (int si = 0; si < 3; ++si) {
+        const int n = sizes[si];
+        if (n < 1 || (si > 0 && n >= sizes[si - 1]) || (si == 2 && n == sizes[0])) continue;
+        for (int i = 0; i < n; ++i) path_.push_back(k.region);
+        const double intra_fill = (n - 1) * 2.0 * c_.topo.intra_region.latency_ms * 1e-3;
+        dfs(k.region, std::max(max_x, k.x), hop_fill + (last >= 0 ? 2.0 * (k.x + k.lat) : 0.0) + intra_fill,
+            rate_sum + n * c_.rate[k.region]);
+        path_.resize(placed);
+        if (stop()) break;
+      }
+      used_[k.region] = 0;
+      if (stop()) return;
+    }
+  }
+
+  // Out of budget: stop once a path is known (or, with none, after twice the budget).
+  bool stop() const { return out_.nodes > budget_ && (!out_.best.empty() || out_.nodes > 2 * budget_); }
+
+  void leaf() {
+    Eval e = evaluate(c_, path_, {}, nullptr);
+    if (!e.ok) return;
+    if (c_.opt.bandwidth_check && !e.bandwidth_ok) return;
+    if (e.iteration_s > cap_ * (1 + kRelEps)) return;
+    if (out_.best.empty() || better(goal_, e.iteration_s, e.cost_usd, out_.best_t, out_.best_c, c_.opt.price_term)) {
+      out_.best = path_;
+      out_.best_t = e.iteration_s;
+      out_.best_c = e.cost_usd;
+    }
+  }
+
+  const Context& c_;
+  int S_;
+  Goal goal_;
+  double cap_;
+  double pc_ub_ = 0, f_lb_ = 0, min_bytes_ = 0, min_rate_ = 0;
+  long budget_ = 0;
+  std::vector<int> path_;
+  std::vector<char> used_;
+  SearchOut out_;
+};
+
+std::vector<int> stage_counts(const JobSpec& job, const PlannerOptions& opt) {
+  if (opt.fixed_stages > 0) return {opt.fixed_stages};
+  std::vector<int> out;
+  if (job.max_stages - job.min_stages < 8) {
+    for (int s = job.min_stages; s <= job.max_stages; ++s) out.push_back(s);
+    return out;
+  }
+  out.push_back(job.min_stages);
+  for (int p = 1; p < job.max_stages; p *= 2)
+    if (p > job.min_stages) out.push_back(p);
+  out.push_back(job.max_stages);
+  return out;
+}
+
+std::string region_list(const Topology& t, const std::vector<int>& path) {
+  std::ostringstream s;
+  for (size_t k = 0; k < path.size(); ++k) {
+    if (k == 0 || path[k] != path[k - 1]) s << (k ? " -> " : "") << t.regions[path[k]].name;
+    size_t n = 1;
+    while (k + 1 < path.size() && path[k + 1] == path[k]) ++k, ++n;
+    s << " x" << n;
+  }
+  return s.str();
+}
+
+std::string fmt(double v) {
+  std::ostringstream s;
+  s.precision(4);
+  s << v;
+  return s.str();
+}
+
+// Says why nothing was placed: GPUs, links, or bandwidth (with the best path without the check).
+std::string explain(const Context& c, const std::vector<int>& counts, const PlannerOptions& opt, long* nodes) {
+  const int free = c.state.total_free();
+  if (free < counts.front())
+    return "too few GPUs: job \"" + c.job.name + "\" needs at least " + std::to_string(counts.front()) +
+           " (one per stage), " + std::to_string(free) + " free";
+  PlannerOptions relaxed = opt;
+  relaxed.bandwidth_check = false;
+  Context rc(c.topo, c.job, c.state, relaxed);
+  SearchOut best;
+  for (int S : counts) {
+    if (S > free) continue;
+    SearchOut o = Pathfinder(rc, S, Goal::kMinTime, kInf).run(opt.node_budget);
+    *nodes += o.nodes;
+    if (!o.best.empty() && (best.best.empty() || o.best_t < best.best_t)) best = o;
+  }
+  if (best.best.empty()) return "no path: the regions with free GPUs are not linked to each other";
+  Placement p = full(rc, best.best);
+  std::string s = "no path meets the bandwidth constraint (every inter-region hop must carry a micro-batch within the "
+                  "slowest stage's compute time";
+  s += opt.codec == "none" ? ", without compression" : ", compressing with " + (opt.codec == "auto" ? std::string("int8-block") : opt.codec);
+  s += "); best without it: " + region_list(c.topo, p.region) + ", a hop takes " + fmt(p.worst_hop_ratio) +
+       "x the compute period (" + fmt(p.timing.compute_period_s) + " s), iteration " + fmt(p.iteration_s) + " s";
+  return s;
+}
+
+PlanResult bace_like(const Context& c, const std::vector<int>& counts, bool price_term) {
+  PlanResult res;
+  // Pass 1: the fastest feasible path over every stage count.
+  double t_fast = kInf, c_fast = kInf;
+  std::vector<int> fastest;
+  std::vector<std::vector<int>> fastest_of(counts.size());
+  for (size_t i = 0; i < counts.size(); ++i) {
+    if (counts[i] > c.state.total_free()) continue;
+    SearchOut o = Pathfinder(c, counts[i], Goal::kMinTime, kInf).run(c.opt.node_budget);
+    res.nodes += o.nodes;
+    fastest_of[i] = o.best;
+    if (!o.best.empty() && (fastest.empty() || better(Goal::kMinTime, o.best_t, o.best_c, t_fast, c_fast, price_term)))
+      t_fast = o.best_t, c_fast = o.best_c, fastest = o.best;
+  }
+  if (fastest.empty()) return res;
+  if (!price_term) {
+    res.placement = full(c, fastest);
+    return res;
+  }
+  // Pass 2: the cheapest path within the slack of the fastest, ties by time.
+  const double cap = t_fast * (1 + c.opt.slack);
+  std::vector<int> best = fastest;
+  Eval be = evaluate(c, fastest, {}, nullptr);
+  for (size_t i = 0; i < counts.size(); ++i) {
+    if (counts[i] > c.state.total_free()) continue;
+    // The fastest path of this stage count, when within the cap, is the incumbent to beat.
+    SearchOut o = Pathfinder(c, counts[i], Goal::kMinCost, cap).run(c.opt.node_budget, fastest_of[i]);
+    res.nodes += o.nodes;
+    if (!o.best.empty() && better(Goal::kMinCost, o.best_t, o.best_c, be.iteration_s, be.cost_usd)) {
+      best = o.best;
+      be.iteration_s = o.best_t;
+      be.cost_usd = o.best_c;
+    }
+  }
+  res.placement = full(c, best);
+  return res;
+}
+
+PlanResult first_fit(const Context& c, const std::vector<int>& counts) {
+  PlanResult res;
+  for (auto it = counts.rbegin(); it != counts.rend(); ++it) {
+    const int S = *it;
+    std::vector<int> path;
+    for (int r = 0; r < c.R && static_cast<int>(path.size()) < S; ++r)
+      for (int g = 0; g < c.state.free_gpus[r] && static_cast<int>(path.size()) < S; ++g) path.push_back(r);
+    if (static_cast<int>(path.size()) < S) continue;
+    Placement p;
+    if (evaluate(c, path, {}, &p).ok) {
+      res.placement = std::move(p);
+      return res;
+    }
+  }
+  return res;
+}
+
+}  // namespace
+
+std::optional<Placement> evaluate_path(const Topology& topology, const JobSpec& job, const std::vector<int>& regions,
+                                       const ClusterState& state, const PlannerOptions& options,
+                                       const std::vector<double>& hop_bps) {
+  if (regions.empty()) return std::nullopt;
+  Context c(topology, job, state, options);
+  Placement p;
+  if (!evaluate(c, regions, hop_bps, &p).ok) return std::nullopt;
+  return p;
+}
+
+PlanResult place_job(Policy policy, const Topology& topology, const JobSpec& job, const ClusterState& state,
+                     const PlannerOptions& options) {
+  if (policy == Policy::kExact) return exact_placement(topology, job, state, options);
+  PlannerOptions o = options;
+  switch (policy) {
+    case Policy::kBace:
+    case Policy::kBaceNoPriority:
+      break;
+    case Policy::kBaceNoPrice: o.price_term = false; break;
+    case Policy::kBaceNoBandwidth: o.bandwidth_check = false, o.use_residual = false; break;
+    case Policy::kDelayFirst: o.bandwidth_check = false, o.use_residual = false, o.price_term = false; break;
+    case Policy::kCostFirst:
+    case Policy::kFifo: o.bandwidth_check = false, o.use_residual = false; break;
+    case Policy::kExact: break;
+  }
+  Context c(topology, job, state, o);
+  const std::vector<int> counts = stage_counts(job, o);
+  PlanResult res;
+  if (policy == Policy::kFifo) {
+    res = first_fit(c, counts);
+  } else if (policy == Policy::kDelayFirst) {
+    res = bace_like(c, counts, /*price_term=*/false);
+  } else if (policy == Policy::kCostFirst) {
+    std::vector<int> best;
+    double bt = kInf, bc = kInf;
+    for (int S : counts) {
+      if (S > state.total_free()) continue;
+      SearchOut so = Pathfinder(c, S, Goal::kMinCost, kInf).run(o.node_budget);
+      res.nodes += so.nodes;
+      if (!so.best.empty() && (best.empty() || better(Goal::kMinCost, so.best_t, so.best_c, bt, bc)))
+        best = so.best, bt = so.best_t, bc = so.best_c;
+    }
+    if (!best.empty()) res.placement = full(c, best);
+  } else {
+    res = bace_like(c, counts, o.price_term);
+  }
+  if (!res.placement) res.why = explain(c, counts, o, &res.nodes);
+  return res;
+}
+
+PlanResult exact_placement(const Topology& topology, const JobSpec& job, const ClusterState& state,
+                           const PlannerOptions& options) {
+  const std::vector<int> counts = options.fixed_stages > 0 ? std::vector<int>{options.fixed_stages} : [&] {
+    std::vector<int> v;
+    for (int s = job.min_stages; s <= job.max_stages; ++s) v.push_back(s);
+    return v;
+  }();
+  if (topology.num_regions() > kExactMaxRegions || counts.back() > kExactMaxStages)
+    throw InputError(topology.source, "", "the exact solver handles at most " + std::to_string(kExactMaxRegions) +
+                                              " regions and " + std::to_string(kExactMaxStages) + " stages (got " +
+                                              std::to_string(topology.num_regions()) + " regions, up to " +
+                                              std::to_string(counts.back()) + " stages)");
+  Context c(topology, job, state, options);
+  // Feasible assignments, the path packed as base-R digits (R <= 6, S <= 8: fits easily).
+  struct Leaf {
+    uint64_t code;
+    int stages;
+    double t, cost;
+  };
+  auto encode = [&](const std::vector<int>& p) {
+    uint64_t code = 0;
+    for (int r : p) code = code * static_cast<uint64_t>(c.R) + static_cast<uint64_t>(r);
+    return code;
+  };
+  auto decode = [&](const Leaf& l) {
+    std::vector<int> p(l.stages);
+    uint64_t code = l.code;
+    for (int k = l.stages - 1; k >= 0; --k) p[k] = static_cast<int>(code % c.R), code /= c.R;
+    return p;
+  };
+  std::vector<Leaf> leaves;
+  PlanResult res;
+  std::vector<int> path, used(c.R, 0);
+  std::function<void(int)> rec = [&](int S) {
+    ++res.nodes;
+    if (static_cast<int>(path.size()) == S) {
+      Eval e = evaluate(c, path, {}, nullptr);
+      if (e.ok && (!options.bandwidth_check || e.bandwidth_ok)) leaves.push_back({encode(path), S, e.iteration_s, e.cost_usd});
+      return;
+    }
+    for (int r = 0; r < c.R; ++r) {
+      if (used[r] >= state.free_gpus[r]) continue;
+      if (!path.empty() && !c.linked(path.back(), r)) continue;
+      ++used[r];
+      path.push_back(r);
+      rec(S);
+      path.pop_back();
+      --used[r];
+    }
+  };
+  for (int S : counts) rec(S);
+  if (leaves.empty()) {
+    res.why = explain(c, counts, options, &res.nodes);
+    return res;
+  }
+  double t_fast = kInf;
+  for (const auto& l : leaves) t_fast = std::min(t_fast, l.t);
+  const Leaf* best = nullptr;
+  for (const auto& l : leaves) {
+    if (l.t > t_fast * (1 + options.slack) * (1 + kRelEps)) continue;
+    if (!options.price_term) {
+      if (!best || better(Goal::kMinTime, l.t, l.cost, best->t, best->cost, false)) best = &l;
+    } else if (!best || better(Goal::kMinCost, l.t, l.cost, best->t, best->cost)) {
+      best = &l;
+    }
+  }
+  res.placement = full(c, decode(*best));
+  return res;
+}
+
+Plan make_plan(const Topology& topology, const JobSpec& job, const Placement& p, const std::string& policy) {
+  Plan plan;
+  plan.job = job;
+  int begin = 0;
+  for (int k = 0; k < p.stages(); ++k) {
+    StagePlan s;
+    s.index = k;
+    s.region = topology.regions[p.region[k]].name;
+    s.ranks = {k};
+    s.layer_begin = begin;
+    s.layer_end = begin + p.layers[k];
+    begin = s.layer_end;
+    plan.stages.push_back(s);
+  }
+  for (int k = 0; k + 1 < p.stages(); ++k) {
+    LinkPlan l;
+    l.from_stage = k;
+    l.to_stage = k + 1;
+    l.from_region = plan.stages[k].region;
+    l.to_region = plan.stages[k + 1].region;
+    l.codec_forward = p.codec_fwd[k];
+    l.codec_backward = p.codec_bwd[k];
+    const bool same = p.region[k] == p.region[k + 1];
+    l.transport = same && topology.regions[p.region[k]].gpu_type != "cpu" ? "nccl" : "mpi";
+    plan.links.push_back(l);
+    // Share of the hop's bandwidth the job uses at its steady period.
+    const double demand = std::max(p.hop_fwd_bytes[k], p.hop_bwd_bytes[k]) / p.timing.period_s;
+    plan.predicted.link_utilisation.push_back(p.hop_bps[k] > 0 ? demand / p.hop_bps[k] : 0.0);
+  }
+  plan.schedule.kind = schedule_kind_name(p.kind);
+  plan.schedule.warmup = p.timing.warmup;
+  plan.predicted.iteration_s = p.iteration_s;
+  plan.predicted.jct_s = p.job_s;
+  plan.predicted.energy_kwh = p.energy_kwh;
+  plan.predicted.cost_usd = p.cost_usd;
+  plan.predicted.stage_compute_s = p.stage_s;
+  plan.provenance.policy = policy;
+  plan.provenance.topology_name = topology.name;
+  plan.provenance.topology_hash = topology.hash();
+  plan.provenance.job_hash = job.hash();
+  plan.provenance.generator = std::string("geopipe ") + GEOPIPE_VERSION;
+  return plan;
+}
+
+Plan plan_job(Policy policy, const Topology& topology, const JobSpec& job, const PlannerOptions& options) {
+  if (options.fixed_stages > 0 && options.fixed_stages > job.model.layers)
+    throw InputError("--stages", "", "asked for " + std::to_string(options.fixed_stages) + " stages but job \"" +
+                                         job.name + "\" has " + std::to_string(job.model.layers) + " layers");
+  if (options.profile) check_profile_matches(*options.profile, job);
+  ClusterState state = ClusterState::empty(topology);
+  PlanResult r = place_job(policy, topology, job, state, options);
+  if (!r.placement)
+    throw InfeasibleError("cannot place job \"" + job.name + "\" on " + topology.name + " (policy " +
+                          policy_name(policy) + "): " + r.why);
+  return make_plan(topology, job, *r.placement, policy_name(policy));
+}
+
+}  // namespace geopipe::scheduler

@@ -1,0 +1,88 @@
+// NCCL backend: one rank sends to itself on its GPU (NCCL refuses two ranks on one device, so
+// this is the test a one-GPU machine can run). Skips without a GPU.
+#include <geopipe/comm/communicator.h>
+#include <geopipe/comm/nccl_transport.h>
+#include <geopipe/comm/router.h>
+#include <geopipe/core/error.h>
+#include <geopipe/kernels/device.h>
+
+#include <gtest/gtest.h>
+
+#if GEOPIPE_HAVE_NCCL
+#include <cuda_runtime.h>
+#endif
+
+#include <vector>
+
+using namespace geopipe;
+using namespace geopipe::comm;
+
+namespace {
+CommOptions options() {
+  CommOptions o;
+  o.region = "local";
+  o.emulate = EmulateMode::kNone;
+  return o;
+}
+}  // namespace
+
+TEST(NcclTransport, RankSendsToItselfOnTheGpu) {
+  if (kernels::cuda_device_count() == 0 || !NcclTransport::available())
+    GTEST_SKIP() << kernels::cuda_describe();
+#if GEOPIPE_HAVE_NCCL
+  Communicator comm(options());
+  NcclTransport nccl(comm, 0);
+  const int me = comm.rank();
+  ASSERT_TRUE(nccl.reaches(me));
+  const size_t n = (3u << 20) + 5;
+  std::vector<uint8_t> host(n), back(n, 0);
+  for (size_t i = 0; i < n; ++i) host[i] = static_cast<uint8_t>(i * 31 + 7);
+  void *src = nullptr, *dst = nullptr;
+  ASSERT_EQ(cudaMalloc(&src, n), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dst, n), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(src, host.data(), n, cudaMemcpyHostToDevice), cudaSuccess);
+  MessageHeader h;
+  h.kind = MessageKind::kActivation;
+  h.micro_batch = 3;
+  Expect e;
+  e.micro_batch = 3;
+  nccl.group_start();  // a self-send must be grouped with its receive
+  Request send = nccl.isend(src, n, me, 1, h);
+  Request recv = nccl.irecv(dst, n, me, 1, e);
+  nccl.group_end();
+  send.wait(Seconds(60));
+  recv.wait(Seconds(60));
+  EXPECT_EQ(recv.header().micro_batch, 3);
+  EXPECT_EQ(recv.header().payload_bytes, n);
+  ASSERT_EQ(cudaMemcpy(back.data(), dst, n, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(back, host);
+  cudaFree(src);
+  cudaFree(dst);
+#endif
+}
+
+TEST(NcclTransport, RefusesToStartWithoutAGpuAndSaysWhy) {
+  if (NcclTransport::available()) GTEST_SKIP() << "a GPU is present";
+  Communicator comm(options());
+  try {
+    NcclTransport nccl(comm, 0);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_TRUE(msg.find("no CUDA device") != std::string::npos ||
+                msg.find("no NCCL") != std::string::npos)
+        << msg;
+  }
+}
+
+TEST(Router, SendsEverythingThroughMpiWithoutNccl) {
+  Communicator comm(options());
+  Router router(comm, nullptr, /*tensors_on_gpu=*/true);
+  for (int peer = 0; peer < comm.size(); ++peer) {
+    EXPECT_EQ(router.backend_for(peer), Backend::kMpi);
+    EXPECT_EQ(&router.to(peer), static_cast<Transport*>(&comm));
+  }
+  EXPECT_THROW(router.set_plan_transport(0, "nccl"), InputError);
+  EXPECT_THROW(router.set_plan_transport(0, "carrier-pigeon"), InputError);
+  EXPECT_THROW(router.backend_for(comm.size()), Error);
+}

@@ -1,0 +1,201 @@
+// Schedules as data: generators, lowering, validator, dry run and text form.
+#include <geopipe/core/error.h>
+#include <geopipe/runtime/schedule.h>
+
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <fstream>
+
+using namespace geopipe;
+using namespace geopipe::runtime;
+
+namespace {
+
+int count_kind(const std::vector<Action>& list, ActionKind k) {
+  int n = 0;
+  for (const auto& a : list) n += a.kind == k;
+  return n;
+}
+
+// Largest number of forwards a stage has run whose backward has not run yet: the number of
+// activations it must keep alive.
+int peak_in_flight(const std::vector<Action>& list) {
+  int live = 0, peak = 0;
+  for (const auto& a : list) {
+    if (a.kind == ActionKind::kForward) peak = std::max(peak, ++live);
+    if (a.kind == ActionKind::kBackward) --live;
+  }
+  return peak;
+}
+
+}  // namespace
+
+TEST(Schedule, ActionTextFormNamesStageKindAndMicroBatch) {
+  EXPECT_EQ(to_string({2, ActionKind::kForward, 0}), "2F0");
+  EXPECT_EQ(to_string({2, ActionKind::kSendF, 0}), "2SEND_F0");
+  EXPECT_EQ(to_string({1, ActionKind::kRecvB, 13}), "1RECV_B13");
+  EXPECT_EQ(to_string({3, ActionKind::kOptimizer, -1}), "3OPT");
+}
+
+TEST(Schedule, GPipeRunsAllForwardsThenAllBackwardsThenOptimizer) {
+  Schedule s = gpipe_schedule(3, 4);
+  ASSERT_EQ(s.stages.size(), 3u);
+  EXPECT_EQ(format_actions(s.stages[1]), "1F0 1F1 1F2 1F3 1B0 1B1 1B2 1B3 1OPT");
+  EXPECT_TRUE(validate(s).empty());
+  for (const auto& list : s.stages) EXPECT_EQ(peak_in_flight(list), 4);
+}
+
+TEST(Schedule, OneFOneBWarmsUpByRemainingStagesAndBoundsLiveActivations) {
+  Schedule s = one_f_one_b_schedule(4, 8, one_f_one_b_warmup(4));
+  EXPECT_EQ(format_actions(s.stages[3]).substr(0, 23), "3F0 3B0 3F1 3B1 3F2 3B2");
+  EXPECT_EQ(format_actions(s.stages[0]).substr(0, 19), "0F0 0F1 0F2 0F3 0B0");
+  for (int st = 0; st < 4; ++st) {
+    EXPECT_EQ(peak_in_flight(s.stages[st]), 4 - st) << "stage " << st;
+    EXPECT_EQ(count_kind(s.stages[st], ActionKind::kForward), 8);
+    EXPECT_EQ(count_kind(s.stages[st], ActionKind::kBackward), 8);
+  }
+  EXPECT_TRUE(validate(s).empty());
+}
+
+TEST(Schedule, LatencyHidingWarmupDeepensEachStageAsThePlanSays) {
+  Schedule s = schedule_for("1f1b-lh", 3, 6, {4, 2, 1});
+  EXPECT_EQ(peak_in_flight(s.stages[0]), 5);
+  EXPECT_EQ(peak_in_flight(s.stages[1]), 3);
+  EXPECT_EQ(peak_in_flight(s.stages[2]), 2);
+  EXPECT_TRUE(simulate(lower(s)).completed);
+}
+
+TEST(Schedule, WarmupDeeperThanMicroBatchesIsGPipe) {
+  Schedule a = one_f_one_b_schedule(2, 3, {10, 10});
+  Schedule b = gpipe_schedule(2, 3);
+  EXPECT_EQ(format_schedule(a), format_schedule(b));
+}
+
+TEST(Schedule, UnknownKindOrBadWarmupIsInputError) {
+  EXPECT_THROW(schedule_for("zigzag", 2, 2, {}), InputError);
+  EXPECT_THROW(one_f_one_b_schedule(2, 2, {1}), InputError);
+  EXPECT_THROW(one_f_one_b_schedule(2, 2, {1, -1}), InputError);
+  EXPECT_THROW(gpipe_schedule(0, 2), InputError);
+}
+
+TEST(Schedule, LoweringPairsEverySendWithThePeersReceive) {
+  Schedule s = lower(one_f_one_b_schedule(3, 2, one_f_one_b_warmup(3)));
+  EXPECT_EQ(format_actions(s.stages[0]), "0F0 0SEND_F0 0F1 0SEND_F1 0RECV_B0 0B0 0RECV_B1 0B1 0OPT");
+  EXPECT_EQ(format_actions(s.stages[2]),
+            "2RECV_F0 2F0 2B0 2SEND_B0 2RECV_F1 2F1 2B1 2SEND_B1 2OPT");
+  EXPECT_TRUE(validate(s).empty());
+  EXPECT_TRUE(simulate(s).completed);
+  EXPECT_THROW(lower(s), InputError);  // already lowered
+}
+
+TEST(Schedule, EveryGeneratedScheduleCompletesInTheDryRun) {
+  for (int S = 1; S <= 6; ++S)
+    for (int M = 1; M <= 9; ++M) {
+      for (const char* kind : {"gpipe", "1f1b"}) {
+        Schedule s = lower(schedule_for(kind, S, M, {}));
+        EXPECT_TRUE(validate(s).empty()) << kind << " S=" << S << " M=" << M;
+        SimulationResult r = simulate(s);
+        EXPECT_TRUE(r.completed) << kind << " S=" << S << " M=" << M << ": " << r.message();
+      }
+    }
+}
+
+TEST(Schedule, DryRunReportsDeadlockWithEachBlockedStage) {
+  // Stage 0 wants B0 after one forward, stage 1 wants four forwards first: a cycle.
+  Schedule s = lower(one_f_one_b_schedule(2, 4, {0, 3}));
+  EXPECT_TRUE(validate(s).empty());  // well-formed, but it cannot run
+  SimulationResult r = simulate(s);
+  EXPECT_FALSE(r.completed);
+  ASSERT_EQ(r.blocked.size(), 2u);
+  EXPECT_EQ(r.blocked[0], "stage 0 blocked at 0RECV_B0 (index 2)");
+  EXPECT_EQ(r.blocked[1], "stage 1 blocked at 1RECV_F1 (index 2)");
+  try {
+    check_schedule(s, "plan.json");
+    FAIL() << "expected InputError";
+  } catch (const InputError& e) {
+    std::string what = e.what();
+    EXPECT_NE(what.find("plan.json"), std::string::npos);
+    EXPECT_NE(what.find("deadlock"), std::string::npos);
+    EXPECT_NE(what.find("0F0 0SEND_F0 0RECV_B0"), std::string::npos) << "prints the text form";
+  }
+}
+
+TEST(Schedule, ValidatorRejectsMissingDuplicateMisorderedAndUnpairedActions) {
+  Schedule good = lower(gpipe_schedule(2, 2));
+  {
+    Schedule s = good;  // drop stage 1's receive of F1: the send has no receive
+    auto& l = s.stages[1];
+    l.erase(std::find(l.begin(), l.end(), Action{1, ActionKind::kRecvF, 1}));
+    auto errs = validate(s);
+    ASSERT_FALSE(errs.empty());
+    bool unpaired = false;
+    for (auto& e : errs) unpaired |= e.find("no matching receive") != std::string::npos;
+    EXPECT_TRUE(unpaired);
+  }
+  {
+    Schedule s = good;  // B before F on stage 0
+    std::swap(s.stages[0][0], s.stages[0][5]);
+    EXPECT_FALSE(validate(s).empty());
+  }
+  {
+    Schedule s = good;  // a second OPT
+    s.stages[0].insert(s.stages[0].begin(), Action{0, ActionKind::kOptimizer, -1});
+    EXPECT_FALSE(validate(s).empty());
+  }
+  {
+    Schedule s = good;  // an action in the wrong stage's list
+    s.stages[0][0].stage = 1;
+    EXPECT_FALSE(validate(s).empty());
+  }
+  {
+    Schedule s = good;  // micro-batch out of range
+    s.stages[1].back() = Action{1, ActionKind::kForward, 7};
+    EXPECT_FALSE(validate(s).empty());
+  }
+  {
+    Schedule s = good;  // receive after the forward that needs it
+    auto& l = s.stages[1];
+    ASSERT_EQ(to_string(l[0]), "1RECV_F0");
+    std::swap(l[0], l[1]);
+    EXPECT_FALSE(validate(s).empty());
+  }
+}
+
+TEST(Schedule, TextFormRoundTripsAndLoadsFromFile) {
+  Schedule s = lower(one_f_one_b_schedule(3, 4, {3, 1, 0}));
+  std::string text = "# a comment\n" + format_schedule(s);
+  Schedule back = parse_schedule(text, "inline");
+  EXPECT_EQ(back.num_stages, 3);
+  EXPECT_EQ(back.num_micro_batches, 4);
+  EXPECT_EQ(format_schedule(back), format_schedule(s));
+
+  std::string path = testing::TempDir() + "/geopipe_schedule_test.txt";
+  { std::ofstream(path) << text; }
+  Schedule loaded = load_schedule_file(path);
+  EXPECT_EQ(format_schedule(loaded), format_schedule(s));
+  std::remove(path.c_str());
+}
+
+TEST(Schedule, PrepareLowersComputeOnlyTextAndChecksIt) {
+  Schedule s = parse_schedule("0F0 0F1 0B0 0B1 0OPT\n1F0 1B0 1F1 1B1 1OPT\n", "mine.txt");
+  Schedule ready = prepare_schedule(s, "mine.txt");
+  EXPECT_TRUE(has_communication(ready));
+  EXPECT_TRUE(simulate(ready).completed);
+  Schedule bad = parse_schedule("0F0 0B0 0F1 0B1 0OPT\n1F0 1F1 1B0 1B1 1OPT\n", "bad.txt");
+  EXPECT_THROW(prepare_schedule(bad, "bad.txt"), InputError);
+}
+
+TEST(Schedule, MalformedTextNamesFileLineAndToken) {
+  try {
+    parse_schedule("0F0 0OPT\n0X1 0F\n", "sched.txt");
+    FAIL() << "expected InputError";
+  } catch (const InputError& e) {
+    std::string what = e.what();
+    EXPECT_NE(what.find("sched.txt"), std::string::npos);
+    EXPECT_NE(what.find("line 2: \"0X1\""), std::string::npos) << what;
+    EXPECT_NE(what.find("line 2: \"0F\""), std::string::npos) << what;
+  }
+  EXPECT_THROW(parse_schedule("   \n# nothing\n", "empty.txt"), InputError);
+  EXPECT_THROW(load_schedule_file("/nonexistent/schedule.txt"), InputError);
+}

@@ -1,0 +1,118 @@
+// `geopipe plan` and `geopipe simulate`, run as a user runs them: outputs and exit codes.
+#include <geopipe/core/config.h>
+#include <geopipe/core/plan.h>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <array>
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <sys/wait.h>
+
+namespace {
+
+struct Result {
+  int exit_code;
+  std::string output;
+};
+
+Result run(const std::string& args) {
+  std::string cmd = std::string(GEOPIPE_CLI) + " " + args + " 2>&1";
+  Result r{-1, ""};
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return r;
+  std::array<char, 4096> buf{};
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
+  int status = pclose(p);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+std::string src(const std::string& rel) { return std::string(GEOPIPE_SOURCE_DIR) + "/" + rel; }
+std::string out(const std::string& name) { return std::string(GEOPIPE_BINARY_DIR) + "/tests/" + name; }
+
+}  // namespace
+
+TEST(CliPlan, DemoPlanIsWrittenAndValid) {
+  const std::string plan = out("cli_plan_local4.json");
+  std::remove(plan.c_str());
+  Result r = run("plan --topology " + src("examples/topologies/local4.json") + " --job " +
+                 src("examples/jobs/gpt-tiny.json") + " -o " + plan);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("4 stages"), std::string::npos) << r.output;
+  geopipe::Plan p = geopipe::load_plan(plan);
+  EXPECT_EQ(p.num_stages(), 4);
+  EXPECT_NO_THROW(geopipe::check_plan_against(p, geopipe::load_topology(src("examples/topologies/local4.json")), plan, 4));
+  Result v = run("validate --topology " + src("examples/topologies/local4.json") + " " + plan);
+  EXPECT_EQ(v.exit_code, 0) << v.output;
+}
+
+TEST(CliPlan, WithoutOutputPrintsThePlanJson) {
+  Result r = run("plan --topology " + src("examples/topologies/aws6.json") + " --job " +
+                 src("examples/jobs/gpt-1.3b.json") + " --policy cost-first --stages 4");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  auto doc = nlohmann::json::parse(r.output);
+  EXPECT_EQ(doc["stages"].size(), 4u);
+  EXPECT_EQ(doc["provenance"]["policy"], "cost-first");
+}
+
+TEST(CliPlan, InfeasibleJobExitsThreeSayingWhy) {
+  Result r = run("plan --topology " + src("examples/topologies/local4.json") + " --job " +
+                 src("tests/scheduler/data/gpt-tiny-8stages.json") + " -o " + out("never.json"));
+  EXPECT_EQ(r.exit_code, 3) << r.output;
+  EXPECT_NE(r.output.find("too few GPUs"), std::string::npos) << r.output;
+}
+
+TEST(CliPlan, ProfileReplacesTheFlopsModel) {
+  Result a = run("plan --topology " + src("examples/topologies/local4.json") + " --job " +
+                 src("examples/jobs/gpt-tiny.json") + " --profile " + src("tests/scheduler/data/profile-cpu-gpt-tiny.json"));
+  ASSERT_EQ(a.exit_code, 0) << a.output;
+  auto doc = nlohmann::json::parse(a.output);
+  // Stage 1 runs one block: 0.004 + 0.008 s per micro-batch from the profile.
+  EXPECT_NEAR(doc["predicted"]["stage_compute_s"][1].get<double>(), 0.012, 1e-12);
+}
+
+TEST(CliPlan, BadInputExitsTwoNamingTheField) {
+  Result bad = run("plan --topology " + src("examples/topologies/local4.json") + " --job " +
+                   src("examples/jobs/gpt-tiny.json") + " --profile " + src("tests/scheduler/data/profile-bad.json"));
+  EXPECT_EQ(bad.exit_code, 2) << bad.output;
+  EXPECT_NE(bad.output.find("layer.forward_s"), std::string::npos) << bad.output;
+  Result shape = run("plan --topology " + src("examples/topologies/aws6.json") + " --job " +
+                     src("examples/jobs/gpt-1.3b.json") + " --profile " + src("tests/scheduler/data/profile-cpu-gpt-tiny.json"));
+  EXPECT_EQ(shape.exit_code, 2) << shape.output;
+  EXPECT_NE(shape.output.find("model.d_model"), std::string::npos) << shape.output;
+  EXPECT_EQ(run("plan --topology " + src("examples/topologies/local4.json") + " --job " +
+                src("examples/jobs/gpt-tiny.json") + " --policy banana").exit_code, 2);
+  EXPECT_EQ(run("plan --topology " + src("examples/topologies/aws6.json") + " --job " +
+                src("examples/jobs/llama-7b.json") + " --policy exact").exit_code, 2);
+}
+
+TEST(CliSimulate, GeneratesAWorkloadAndPrintsTheComparison) {
+  const std::string json = out("cli_sim.json"), csv = out("cli_sim.csv");
+  Result r = run("simulate --topology " + src("examples/topologies/aws6.json") +
+                 " --seed 1 --jobs 40 --bandwidth-scale 0.5,1 --json " + json + " --csv " + csv);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("bandwidth x0.5"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("cost-first"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("bace           fifo"), std::string::npos) << r.output;
+  auto doc = geopipe::read_json_file(json);
+  ASSERT_EQ(doc["scenarios"].size(), 2u);
+  EXPECT_EQ(doc["scenarios"][0]["results"].size(), 4u);
+  EXPECT_EQ(doc["scenarios"][1]["results"][0]["finished"], 40);
+  std::ifstream in(csv);
+  int lines = 0;
+  for (std::string line; std::getline(in, line);) ++lines;
+  EXPECT_EQ(lines, 1 + 2 * 4 * 40);
+}
+
+TEST(CliSimulate, RunsAWorkloadFileAndRejectsBadPolicies) {
+  Result r = run("simulate --topology " + src("examples/topologies/aws6.json") + " --workload " +
+                 src("examples/workloads/mixed6.json") + " --policy bace,fifo");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("6 jobs"), std::string::npos) << r.output;
+  EXPECT_EQ(run("simulate --topology " + src("examples/topologies/aws6.json") + " --policy exact").exit_code, 2);
+  EXPECT_EQ(run("simulate --topology " + src("examples/topologies/aws6.json") + " --bandwidth-scale 0").exit_code, 2);
+}

@@ -1,0 +1,161 @@
+// The cost model's formulas on hand-computed cases.
+#include <geopipe/scheduler/cost_model.h>
+
+#include "test_util.h"
+
+#include <geopipe/scheduler/simulator.h>
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <functional>
+
+namespace gs = geopipe::scheduler;
+using geopipe::ModelSpec;
+using geopipe::Region;
+
+namespace {
+ModelSpec tiny() { return {4, 128, 4, 64, 256, geopipe::DType::kFloat32}; }
+}  // namespace
+
+TEST(CostModel, LayerFlopsCountMatmulsAndAttention) {
+  // 8 * 64 * (24 * 128^2 + 4 * 64 * 128) = 512 * 425984
+  gs::Flops f = gs::layer_flops(tiny(), 8);
+  EXPECT_DOUBLE_EQ(f.forward, 218103808.0);
+  EXPECT_DOUBLE_EQ(f.backward, 2 * 218103808.0);
+}
+
+TEST(CostModel, HeadFlopsCountProjectionAndSoftmax) {
+  gs::Flops f = gs::head_flops(tiny(), 8);
+  EXPECT_DOUBLE_EQ(f.forward, 2.0 * 512 * 128 * 256 + 5.0 * 512 * 256);
+  EXPECT_DOUBLE_EQ(f.backward, 4.0 * 512 * 128 * 256);
+}
+
+TEST(CostModel, DeviceTimeIsFlopsOverEfficientThroughput) {
+  Region r;
+  r.gpu_tflops = 1.0;
+  geopipe::JobSpec job;
+  job.model = tiny();
+  job.micro_batch = 8;
+  gs::CostParams p;
+  p.efficiency = 0.5;
+  gs::DeviceTimes d = gs::device_times(r, job, p);
+  EXPECT_DOUBLE_EQ(d.layer_s, 3 * 218103808.0 / 5e11);
+  EXPECT_FALSE(d.from_profile);
+}
+
+TEST(CostModel, BoundaryBytesAreActivationSizeOverCodecRatio) {
+  auto job = gs::testing::make_job("j", 4, 512, 1024, 2, 4, 1, 2, 2);
+  EXPECT_DOUBLE_EQ(gs::boundary_bytes(job, "none"), 2.0 * 1024 * 512 * 2);
+  EXPECT_DOUBLE_EQ(gs::boundary_bytes(job, "int8-block"), 2.0 * 1024 * 512);      // 2x on bf16
+  EXPECT_DOUBLE_EQ(gs::boundary_bytes(job, "int4-block"), 2.0 * 1024 * 512 / 2);  // 4x on bf16
+  EXPECT_DOUBLE_EQ(gs::codec_ratio("int8-block", geopipe::DType::kFloat32), 4.0);
+}
+
+TEST(CostModel, LinkTimeIsBytesOverBandwidthPlusLatency) {
+  geopipe::LinkSpec l{8.0, 5.0};  // 8 Gbit/s = 1e9 B/s, 5 ms
+  EXPECT_DOUBLE_EQ(gs::link_time_s(1e6, l), 1e-3 + 5e-3);
+}
+
+TEST(CostModel, BalanceGivesTheFasterDeviceMoreLayers) {
+  std::vector<gs::DeviceTimes> dev = {{3.0, 0, 0, false}, {1.0, 0, 0, false}};
+  EXPECT_EQ(gs::balance_layers(8, dev), (std::vector<int>{2, 6}));
+}
+
+TEST(CostModel, BalanceCountsTheHeadOnTheLastStage) {
+  std::vector<gs::DeviceTimes> dev(4, {1.0, 0.0, 2.0, false});  // the head costs two blocks
+  auto split = gs::balance_layers(10, dev);
+  EXPECT_EQ(split, (std::vector<int>{3, 3, 3, 1}));
+  auto t = gs::stage_times(split, dev);
+  EXPECT_EQ(t, (std::vector<double>{3, 3, 3, 3}));
+}
+
+TEST(CostModel, BalanceGivesEveryStageAtLeastOneLayer) {
+  std::vector<gs::DeviceTimes> dev = {{100.0, 0, 0, false}, {1.0, 0, 0, false}, {1.0, 0, 0, false}};
+  auto split = gs::balance_layers(5, dev);
+  EXPECT_EQ(split[0], 1);
+  EXPECT_EQ(split[0] + split[1] + split[2], 5);
+}
+
+TEST(CostModel, UniformPipelineTakesMPlusSMinusOneSlots) {
+  auto p = gs::pipeline_timing({1, 1, 1, 1}, {0, 0, 0}, {0, 0, 0}, 8, gs::ScheduleKind::kOneFOneB);
+  EXPECT_DOUBLE_EQ(p.iteration_s, 11.0);
+  EXPECT_EQ(p.warmup, (std::vector<int>{3, 2, 1, 0}));
+  EXPECT_FALSE(p.link_bound);
+  EXPECT_FALSE(p.latency_stall);
+}
+
+TEST(CostModel, SlowestStageSetsThePeriod) {
+  auto p = gs::pipeline_timing({1, 3, 1}, {0, 0}, {0, 0}, 4, gs::ScheduleKind::kGPipe);
+  EXPECT_DOUBLE_EQ(p.period_s, 3.0);
+  EXPECT_DOUBLE_EQ(p.iteration_s, 3 * 3.0 + 5.0);
+}
+
+TEST(CostModel, LinkSlowerThanStagesStallsThePipe) {
+  // Period 2 (the link), fill 1 + 1 + 2 * 2 = 6, T = 3 * 2 + 6.
+  auto p = gs::pipeline_timing({1, 1}, {2}, {0}, 4, gs::ScheduleKind::kGPipe);
+  EXPECT_TRUE(p.link_bound);
+  EXPECT_DOUBLE_EQ(p.period_s, 2.0);
+  EXPECT_DOUBLE_EQ(p.iteration_s, 12.0);
+}
+
+TEST(CostModel, PlainOneFOneBStallsOnLatencyAndLatencyHidingWarmupRemovesIt) {
+  // Round trip of stage 0: 1 + 1 + 2 * 2 = 6 s; plain warm-up 1 keeps 2 in flight: period 3.
+  auto plain = gs::pipeline_timing({1, 1}, {0}, {2}, 8, gs::ScheduleKind::kOneFOneB);
+  EXPECT_TRUE(plain.latency_stall);
+  EXPECT_DOUBLE_EQ(plain.period_s, 3.0);
+  EXPECT_DOUBLE_EQ(plain.iteration_s, 7 * 3.0 + 6.0);
+  // Warm-up 5 keeps 6 in flight: the round trip is hidden.
+  auto lh = gs::pipeline_timing({1, 1}, {0}, {2}, 8, gs::ScheduleKind::kOneFOneBLatencyHiding);
+  EXPECT_FALSE(lh.latency_stall);
+  EXPECT_EQ(lh.warmup, (std::vector<int>{5, 0}));
+  EXPECT_DOUBLE_EQ(lh.iteration_s, 7 * 1.0 + 6.0);
+  // Warm-up is capped by the micro-batches there are.
+  auto few = gs::pipeline_timing({1, 1}, {0}, {2}, 3, gs::ScheduleKind::kOneFOneBLatencyHiding);
+  EXPECT_EQ(few.warmup[0], 2);
+}
+
+TEST(CostModel, EnergyCountsBusyAndIdleTimeAtRegionalPrice) {
+  Region r;
+  r.gpu_power_w = 700;
+  r.pue = 1.2;
+  r.price_usd_per_kwh = 0.1;
+  gs::CostParams p;  // idle at 20 % of board power
+  // Busy 2 * 1 s of a 4 s iteration: 700 * 1.2 * (2 + 0.2 * 2) J.
+  auto e = gs::iteration_energy({&r}, {1.0}, 4.0, 2, p);
+  EXPECT_DOUBLE_EQ(e.energy_j, 2016.0);
+  EXPECT_DOUBLE_EQ(e.cost_usd, 2016.0 / 3.6e6 * 0.1);
+}
+
+TEST(CostModel, BalanceMatchesBruteForceOnRandomCases) {
+  geopipe::scheduler::Rng rng(5);
+  for (int trial = 0; trial < 300; ++trial) {
+    const int S = 1 + static_cast<int>(rng.uniform() * 4);
+    const int L = S + static_cast<int>(rng.uniform() * 9);
+    std::vector<gs::DeviceTimes> dev(S);
+    for (auto& d : dev) d = {rng.uniform(0.1, 3.0), rng.uniform(0, 2), rng.uniform(0, 4), false};
+    auto split = gs::balance_layers(L, dev);
+    int sum = 0;
+    for (int n : split) {
+      sum += n;
+      EXPECT_GE(n, 1);
+    }
+    ASSERT_EQ(sum, L);
+    auto times = gs::stage_times(split, dev);
+    const double got = *std::max_element(times.begin(), times.end());
+    // Every composition of L into S positive parts.
+    double best = 1e300;
+    std::vector<int> c(S, 1);
+    std::function<void(int, int)> rec = [&](int k, int left) {
+      if (k == S - 1) {
+        c[k] = left;
+        auto t = gs::stage_times(c, dev);
+        best = std::min(best, *std::max_element(t.begin(), t.end()));
+        return;
+      }
+      for (int n = 1; n <= left - (S - 1 - k); ++n) c[k] = n, rec(k + 1, left - n);
+    };
+    rec(0, L);
+    EXPECT_NEAR(got, best, 1e-12 * best) << "trial " << trial;
+  }
+}

@@ -1,0 +1,231 @@
+// BACE-Pipe's pathfinder and allocator, the baselines' placements, the exact solver, and plans.
+#include <geopipe/core/error.h>
+#include <geopipe/core/plan.h>
+#include <geopipe/scheduler/planner.h>
+#include <geopipe/scheduler/simulator.h>
+
+#include "test_util.h"
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <set>
+
+namespace gs = geopipe::scheduler;
+using gs::testing::make_job;
+using gs::testing::make_topology;
+
+namespace {
+
+// Two 1-GPU regions joined by one link; a 2-stage job whose stages take ~0.24 s per micro-batch
+// and send 2 MiB (bf16) per micro-batch: the link must carry 2 MiB in 0.24 s (~0.07 Gbit/s).
+geopipe::Topology two_regions(double gbps) {
+  return make_topology({{"a", 1, 1.0, 0.1}, {"b", 1, 1.0, 0.1}}, {{"a", "b", gbps, 10}});
+}
+geopipe::JobSpec two_stage_job() { return make_job("j", 2, 1024, 1024, 1, 8, 10, 2, 2); }
+
+std::string infeasible_message(gs::Policy p, const geopipe::Topology& t, const geopipe::JobSpec& j,
+                               const gs::PlannerOptions& o) {
+  try {
+    gs::plan_job(p, t, j, o);
+  } catch (const geopipe::InfeasibleError& e) {
+    EXPECT_EQ(e.exit_code(), geopipe::kExitInfeasible);
+    return e.what();
+  }
+  ADD_FAILURE() << "expected InfeasibleError";
+  return "";
+}
+
+}  // namespace
+
+TEST(Pathfinder, RejectsLinkSlowerThanStage) {
+  gs::PlannerOptions o;
+  o.codec = "none";
+  std::string msg = infeasible_message(gs::Policy::kBace, two_regions(0.05), two_stage_job(), o);
+  EXPECT_NE(msg.find("bandwidth"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("best without it"), std::string::npos) << msg;
+  // The same link is fine when it is fast enough.
+  EXPECT_NO_THROW(gs::plan_job(gs::Policy::kBace, two_regions(1.0), two_stage_job(), o));
+}
+
+TEST(Pathfinder, CompressesAHopToMakeAnOtherwiseInfeasiblePathFeasible) {
+  gs::PlannerOptions o;  // codec auto
+  geopipe::Plan p = gs::plan_job(gs::Policy::kBace, two_regions(0.05), two_stage_job(), o);
+  ASSERT_EQ(p.links.size(), 1u);
+  EXPECT_EQ(p.links[0].codec_forward, "int8-block");
+  EXPECT_EQ(p.links[0].codec_backward, "int8-block");
+  // A fast link stays uncompressed; a link too slow even for int8 stays infeasible.
+  EXPECT_EQ(gs::plan_job(gs::Policy::kBace, two_regions(1.0), two_stage_job(), o).links[0].codec_forward, "none");
+  infeasible_message(gs::Policy::kBace, two_regions(0.01), two_stage_job(), o);
+}
+
+TEST(Pathfinder, TooFewGpusIsInfeasibleNamingTheConstraint) {
+  auto job = make_job("big", 8, 256, 128, 1, 8, 10, 3, 3);
+  std::string msg = infeasible_message(gs::Policy::kBace, two_regions(1.0), job, {});
+  EXPECT_NE(msg.find("too few GPUs"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("needs at least 3"), std::string::npos) << msg;
+}
+
+TEST(Pathfinder, AvoidsALinkWhoseResidualBandwidthIsUsedUp) {
+  auto t = make_topology({{"a", 1, 1.0, 0.05}, {"b", 1, 1.0, 0.05}, {"c", 1, 1.0, 0.2}},
+                         {{"a", "b", 1, 10}, {"a", "c", 1, 10}, {"b", "c", 1, 10}});
+  auto job = two_stage_job();
+  auto state = gs::ClusterState::empty(t);
+  auto free_net = gs::place_job(gs::Policy::kBace, t, job, state, {});
+  ASSERT_TRUE(free_net.placement);
+  std::set<int> used(free_net.placement->region.begin(), free_net.placement->region.end());
+  EXPECT_EQ(used, (std::set<int>{0, 1}));  // the two cheap regions
+  state.residual_bps[0 * 3 + 1] = state.residual_bps[1 * 3 + 0] = 0;  // running jobs fill a <-> b
+  auto busy_net = gs::place_job(gs::Policy::kBace, t, job, state, {});
+  ASSERT_TRUE(busy_net.placement);
+  used = std::set<int>(busy_net.placement->region.begin(), busy_net.placement->region.end());
+  EXPECT_TRUE(used.count(2)) << "expected the path to go through c";
+  // Delay-first reads link capacity and does not notice.
+  auto df = gs::place_job(gs::Policy::kDelayFirst, t, job, state, {});
+  ASSERT_TRUE(df.placement);
+}
+
+TEST(Allocator, TakesTheCheapRegionWhenItIsWithinTheSlack) {
+  // "fast" is 4/3 faster and 6x dearer than "cheap".
+  auto t = make_topology({{"fast", 4, 2.0, 0.30}, {"cheap", 4, 1.5, 0.05}}, {{"fast", "cheap", 0.001, 50}});
+  auto job = make_job("j", 8, 1024, 1024, 1, 8, 10, 4, 4);
+  gs::PlannerOptions o;
+  o.slack = 0.5;
+  EXPECT_EQ(gs::plan_job(gs::Policy::kBace, t, job, o).stages[0].region, "cheap");
+  o.slack = 0.1;
+  EXPECT_EQ(gs::plan_job(gs::Policy::kBace, t, job, o).stages[0].region, "fast");
+  // Without the price term BACE takes the fastest path whatever the slack.
+  o.slack = 0.5;
+  EXPECT_EQ(gs::plan_job(gs::Policy::kBaceNoPrice, t, job, o).stages[0].region, "fast");
+  EXPECT_EQ(gs::plan_job(gs::Policy::kDelayFirst, t, job, o).stages[0].region, "fast");
+  EXPECT_EQ(gs::plan_job(gs::Policy::kCostFirst, t, job, o).stages[0].region, "cheap");
+}
+
+TEST(Allocator, BalancesLayersByRegionSpeed) {
+  // One GPU in a 3x faster region and one in a slow one: the fast stage takes more blocks.
+  auto t = make_topology({{"fast", 1, 3.0, 0.1}, {"slow", 1, 1.0, 0.1}}, {{"fast", "slow", 100, 1}});
+  auto job = make_job("j", 16, 512, 512, 1, 8, 10, 2, 2);
+  auto p = gs::plan_job(gs::Policy::kBace, t, job, {});
+  const auto& fast = p.stages[0].region == "fast" ? p.stages[0] : p.stages[1];
+  const auto& slow = p.stages[0].region == "fast" ? p.stages[1] : p.stages[0];
+  EXPECT_GT(fast.layer_end - fast.layer_begin, 2 * (slow.layer_end - slow.layer_begin));
+}
+
+TEST(Baselines, FifoTakesFreeGpusInTheTopologysRegionOrder) {
+  auto t = make_topology({{"a", 1, 1.0, 0.3}, {"b", 2, 1.0, 0.2}, {"c", 4, 1.0, 0.1}},
+                         {{"a", "b", 10, 1}, {"b", "c", 10, 1}, {"a", "c", 10, 1}});
+  auto job = make_job("j", 6, 256, 256, 1, 8, 10, 3, 3);
+  auto r = gs::place_job(gs::Policy::kFifo, t, job, gs::ClusterState::empty(t), {});
+  ASSERT_TRUE(r.placement);
+  EXPECT_EQ(r.placement->region, (std::vector<int>{0, 1, 1}));
+}
+
+TEST(Baselines, DelayFirstIsFastestAndCostFirstCheapestOnRandomInstances) {
+  gs::Rng rng(7);
+  for (int trial = 0; trial < 20; ++trial) {
+    std::vector<gs::testing::R> regions;
+    std::vector<gs::testing::L> links;
+    const int R = 3 + trial % 3;
+    for (int i = 0; i < R; ++i)
+      regions.push_back({"r" + std::to_string(i), 1 + static_cast<int>(rng.uniform() * 3), rng.uniform(0.5, 2.0),
+                         rng.uniform(0.05, 0.25)});
+    for (int i = 0; i < R; ++i)
+      for (int k = i + 1; k < R; ++k) links.push_back({"r" + std::to_string(i), "r" + std::to_string(k), rng.uniform(0.05, 2), rng.uniform(1, 60)});
+    auto t = make_topology(regions, links);
+    auto job = make_job("j", 12, 1024, 1024, 1, 16, 10, 2, 4);
+    auto st = gs::ClusterState::empty(t);
+    auto bace = gs::place_job(gs::Policy::kBace, t, job, st, {});
+    auto df = gs::place_job(gs::Policy::kDelayFirst, t, job, st, {});
+    auto cf = gs::place_job(gs::Policy::kCostFirst, t, job, st, {});
+    ASSERT_TRUE(df.placement && cf.placement);
+    if (!bace.placement) continue;
+    EXPECT_LE(df.placement->iteration_s, bace.placement->iteration_s * (1 + 1e-9)) << "trial " << trial;
+    EXPECT_LE(cf.placement->cost_usd, bace.placement->cost_usd * (1 + 1e-9)) << "trial " << trial;
+  }
+}
+
+TEST(Exact, IsNeverBeatenOnItsObjective) {
+  gs::Rng rng(11);
+  int compared = 0;
+  for (int trial = 0; trial < 25; ++trial) {
+    std::vector<gs::testing::R> regions;
+    std::vector<gs::testing::L> links;
+    const int R = 2 + trial % 4;
+    for (int i = 0; i < R; ++i)
+      regions.push_back({"r" + std::to_string(i), 1 + static_cast<int>(rng.uniform() * 3), rng.uniform(0.5, 2.0),
+                         rng.uniform(0.05, 0.25)});
+    for (int i = 0; i < R; ++i)
+      for (int k = i + 1; k < R; ++k) links.push_back({"r" + std::to_string(i), "r" + std::to_string(k), rng.uniform(0.05, 2), rng.uniform(1, 60)});
+    auto t = make_topology(regions, links);
+    auto job = make_job("j", 12, 1024, 1024, 1, 16, 10, 2, 5);
+    auto st = gs::ClusterState::empty(t);
+    gs::PlannerOptions o;
+    auto exact = gs::exact_placement(t, job, st, o);
+    auto bace = gs::place_job(gs::Policy::kBace, t, job, st, o);
+    EXPECT_TRUE(exact.placement || !bace.placement) << "exact found nothing where BACE did, trial " << trial;
+    if (!exact.placement || !bace.placement) continue;
+    gs::PlannerOptions fastest = o;
+    fastest.slack = 0;
+    const double t_fast = gs::exact_placement(t, job, st, fastest).placement->iteration_s;
+    EXPECT_LE(t_fast, bace.placement->iteration_s * (1 + 1e-9));
+    if (bace.placement->iteration_s <= t_fast * (1 + o.slack)) {
+      EXPECT_LE(exact.placement->cost_usd, bace.placement->cost_usd * (1 + 1e-9)) << "trial " << trial;
+      ++compared;
+    }
+  }
+  EXPECT_GT(compared, 10);
+}
+
+TEST(Exact, RefusesInstancesBeyondItsLimits) {
+  std::vector<gs::testing::R> regions;
+  for (int i = 0; i < 7; ++i) regions.push_back({"r" + std::to_string(i), 1, 1.0, 0.1});
+  auto t = make_topology(regions, {{"r0", "r1", 1, 1}});
+  auto job = make_job("j", 4, 256, 256, 1, 8, 10, 2, 2);
+  EXPECT_THROW(gs::exact_placement(t, job, gs::ClusterState::empty(t), {}), geopipe::InputError);
+}
+
+TEST(Plan, Local4DemoPlanIsValidAndUsesEveryRegionOnce) {
+  auto t = geopipe::load_topology(std::string(GEOPIPE_SOURCE_DIR) + "/examples/topologies/local4.json");
+  auto job = geopipe::load_job(std::string(GEOPIPE_SOURCE_DIR) + "/examples/jobs/gpt-tiny.json");
+  geopipe::Plan p = gs::plan_job(gs::Policy::kBace, t, job, {});
+  geopipe::Plan back = geopipe::parse_plan(geopipe::to_json(p), "roundtrip.json");  // the core validator
+  EXPECT_NO_THROW(geopipe::check_plan_against(back, t, "roundtrip.json", 4));
+  ASSERT_EQ(p.num_stages(), 4);
+  std::set<std::string> regions;
+  for (int k = 0; k < 4; ++k) {
+    EXPECT_EQ(p.stages[k].ranks, std::vector<int>{k});
+    regions.insert(p.stages[k].region);
+  }
+  EXPECT_EQ(regions.size(), 4u);
+  for (const auto& l : p.links) EXPECT_EQ(l.transport, "mpi");  // CPU "GPUs": no NCCL
+  EXPECT_EQ(p.schedule.warmup.size(), 4u);
+  for (int k = 0; k < 4; ++k) EXPECT_GE(p.schedule.warmup[k], 3 - k);
+  EXPECT_EQ(p.provenance.topology_hash, t.hash());
+  EXPECT_EQ(p.provenance.job_hash, job.hash());
+  EXPECT_EQ(p.provenance.policy, "bace");
+  EXPECT_GT(p.predicted.iteration_s, 0);
+  EXPECT_NEAR(p.predicted.jct_s, p.predicted.iteration_s * job.iterations, 1e-9);
+}
+
+TEST(Plan, NcclOnlyJoinsStagesInsideAGpuRegion) {
+  auto t = geopipe::load_topology(std::string(GEOPIPE_SOURCE_DIR) + "/examples/topologies/aws6.json");
+  auto job = geopipe::load_job(std::string(GEOPIPE_SOURCE_DIR) + "/examples/jobs/gpt-1.3b.json");
+  geopipe::Plan p = gs::plan_job(gs::Policy::kBace, t, job, {});
+  for (const auto& l : p.links) EXPECT_EQ(l.transport, l.from_region == l.to_region ? "nccl" : "mpi");
+  EXPECT_NO_THROW(geopipe::parse_plan(geopipe::to_json(p), "aws6-plan.json"));
+}
+
+TEST(Plan, LongLinksGetTheLatencyHidingSchedule) {
+  // 40 ms one way between two fast stages: plain 1F1B would stall on the round trip.
+  auto t = make_topology({{"a", 1, 1.0, 0.1}, {"b", 1, 1.0, 0.1}}, {{"a", "b", 100, 40}});
+  auto job = make_job("j", 2, 256, 256, 1, 16, 10, 2, 2);
+  auto p = gs::plan_job(gs::Policy::kBace, t, job, {});
+  EXPECT_EQ(p.schedule.kind, "1f1b-lh");
+  EXPECT_GT(p.schedule.warmup[0], 1);
+  gs::PlannerOptions plain;
+  plain.schedule = "1f1b";
+  auto q = gs::plan_job(gs::Policy::kBace, t, job, plain);
+  EXPECT_EQ(q.schedule.warmup[0], 1);
+  EXPECT_GT(q.predicted.iteration_s, p.predicted.iteration_s);
+}

@@ -1,0 +1,88 @@
+// Profile files: round trip, strict parsing, the matching rule.
+#include <geopipe/core/error.h>
+#include <geopipe/scheduler/cost_model.h>
+#include <geopipe/scheduler/profile.h>
+
+#include "test_util.h"
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+
+namespace gs = geopipe::scheduler;
+
+namespace {
+nlohmann::json good_profile() {
+  return {{"version", 1},
+          {"device", "cpu"},
+          {"model", {{"layers", 4}, {"d_model", 512}, {"heads", 8}, {"seq_len", 1024}, {"vocab", 1024}, {"dtype", "bf16"}}},
+          {"micro_batch", 2},
+          {"layer", {{"forward_s", 0.1}, {"backward_s", 0.2}}},
+          {"embedding", {{"forward_s", 0.01}, {"backward_s", 0.01}}},
+          {"head", {{"forward_s", 0.05}, {"backward_s", 0.1}}}};
+}
+}  // namespace
+
+TEST(Profile, SavedProfileLoadsBackEqual) {
+  gs::Profile p = gs::parse_profile(good_profile(), "p.json");
+  const std::string path = std::string(GEOPIPE_BINARY_DIR) + "/tests/profile_roundtrip.json";
+  gs::save_profile(p, path);
+  gs::Profile q = gs::load_profile(path);
+  std::remove(path.c_str());
+  EXPECT_EQ(q.device, "cpu");
+  EXPECT_EQ(q.micro_batch, 2);
+  EXPECT_DOUBLE_EQ(q.layer.backward_s, 0.2);
+  EXPECT_DOUBLE_EQ(q.head.total(), 0.15);
+  EXPECT_EQ(q.model.d_model, 512);
+}
+
+TEST(Profile, BadFieldsAreAllReportedByPath) {
+  auto doc = good_profile();
+  doc["layer"]["forward_s"] = -1;
+  doc["head"].erase("backward_s");
+  doc["gpu"] = "x";
+  try {
+    gs::parse_profile(doc, "bad.json");
+    FAIL() << "expected InputError";
+  } catch (const geopipe::InputError& e) {
+    std::string all;
+    for (const auto& d : e.diagnostics()) all += d.str() + "\n";
+    EXPECT_NE(all.find("layer.forward_s"), std::string::npos) << all;
+    EXPECT_NE(all.find("head.backward_s"), std::string::npos) << all;
+    EXPECT_NE(all.find("gpu"), std::string::npos) << all;
+    EXPECT_NE(all.find("bad.json"), std::string::npos) << all;
+    EXPECT_EQ(e.exit_code(), geopipe::kExitBadInput);
+  }
+}
+
+TEST(Profile, ReplacesFlopsOnlyForRegionsOfItsDevice) {
+  gs::Profile p = gs::parse_profile(good_profile(), "p.json");
+  auto job = gs::testing::make_job("j", 4, 512, 1024, 2, 4, 1, 2, 2);
+  geopipe::Region cpu, gpu;
+  cpu.gpu_type = "cpu";
+  cpu.gpu_tflops = 1;
+  gpu.gpu_type = "H100";
+  gpu.gpu_tflops = 989;
+  gs::DeviceTimes a = gs::device_times(cpu, job, {}, &p);
+  gs::DeviceTimes b = gs::device_times(gpu, job, {}, &p);
+  EXPECT_TRUE(a.from_profile);
+  EXPECT_DOUBLE_EQ(a.layer_s, 0.3);
+  EXPECT_DOUBLE_EQ(a.head_s, 0.15);
+  EXPECT_FALSE(b.from_profile);
+  EXPECT_DOUBLE_EQ(b.layer_s, gs::device_times(gpu, job, {}).layer_s);
+}
+
+TEST(Profile, OfAnotherShapeIsRejectedNamingTheField) {
+  gs::Profile p = gs::parse_profile(good_profile(), "p.json");
+  auto job = gs::testing::make_job("j", 4, 256, 1024, 2, 4, 1, 2, 2);
+  try {
+    gs::check_profile_matches(p, job);
+    FAIL() << "expected InputError";
+  } catch (const geopipe::InputError& e) {
+    ASSERT_FALSE(e.diagnostics().empty());
+    EXPECT_EQ(e.diagnostics()[0].path, "model.d_model");
+  }
+  auto same = gs::testing::make_job("j", 12, 512, 1024, 2, 4, 1, 2, 2);  // layer count may differ
+  EXPECT_NO_THROW(gs::check_profile_matches(p, same));
+}

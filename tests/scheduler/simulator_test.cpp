@@ -1,0 +1,190 @@
+// The multi-tenant simulator: link sharing, queueing, energy accounting, determinism.
+#include <geopipe/core/error.h>
+#include <geopipe/scheduler/simulator.h>
+
+#include "test_util.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+
+namespace gs = geopipe::scheduler;
+using gs::testing::make_job;
+using gs::testing::make_topology;
+
+namespace {
+
+// Two regions of 2 GPUs whose intra-region network is (artificially) slower than the link between
+// them, so that delay-first runs each 2-stage job across the link a <-> b. One job alone needs
+// ~8.7 MB/s per direction; the link has 12.5 MB/s (0.1 Gbit/s): two jobs oversubscribe it.
+geopipe::Topology shared_link(double gbps) {
+  return make_topology({{"a", 2, 1.0, 0.1}, {"b", 2, 1.0, 0.1}}, {{"a", "b", gbps, 1}}, 0.001, 0.1);
+}
+geopipe::JobSpec link_job(const std::string& name) { return make_job(name, 2, 1024, 1024, 1, 8, 20, 2, 2); }
+
+geopipe::Workload workload(std::vector<geopipe::JobSpec> jobs) {
+  geopipe::Workload w;
+  w.name = "test";
+  w.jobs = std::move(jobs);
+  return w;
+}
+
+}  // namespace
+
+TEST(FairShares, WaterFillsCapacityAmongDemands) {
+  EXPECT_EQ(gs::fair_shares({1, 4, 10}, 9), (std::vector<double>{1, 4, 4}));
+  EXPECT_EQ(gs::fair_shares({10, 1, 4}, 20), (std::vector<double>{10, 1, 4}));
+  EXPECT_EQ(gs::fair_shares({6, 6}, 6), (std::vector<double>{3, 3}));
+}
+
+TEST(Simulator, OversubscribedLinkSlowsEveryJobOnIt) {
+  auto t = shared_link(0.1);
+  auto alone = gs::simulate(t, workload({link_job("x")}), gs::Policy::kDelayFirst, {});
+  auto both = gs::simulate(t, workload({link_job("x"), link_job("y")}), gs::Policy::kDelayFirst, {});
+  ASSERT_EQ(alone.finished, 1);
+  ASSERT_EQ(both.finished, 2);
+  ASSERT_EQ(both.jobs[0].inter_region_hops, 1);
+  ASSERT_EQ(both.jobs[1].inter_region_hops, 1);
+  EXPECT_GT(both.max_link_oversubscription, 1.0);
+  EXPECT_LE(alone.max_link_oversubscription, 1.0);
+  // Each gets half of 12.5 MB/s: 2 MiB take 0.34 s instead of the 0.24 s stage time.
+  for (const auto& j : both.jobs) EXPECT_GT(j.jct_s(), 1.3 * alone.jobs[0].jct_s()) << j.name;
+  EXPECT_DOUBLE_EQ(both.jobs[0].jct_s(), both.jobs[1].jct_s());
+  // With a link wide enough for both, the period is unchanged: only the fill sees the bandwidth
+  // the other job takes (well under 0.1 %).
+  auto wide = gs::simulate(shared_link(10), workload({link_job("x"), link_job("y")}), gs::Policy::kDelayFirst, {});
+  auto wide_alone = gs::simulate(shared_link(10), workload({link_job("x")}), gs::Policy::kDelayFirst, {});
+  EXPECT_NEAR(wide.jobs[1].jct_s(), wide_alone.jobs[0].jct_s(), 1e-3 * wide_alone.jobs[0].jct_s());
+  EXPECT_LE(wide.max_link_oversubscription, 1.0);
+}
+
+TEST(Simulator, BaceDoesNotOversubscribeALinkItHasSeenFillUp) {
+  // BACE reads the residual bandwidth: the second job cannot cross a <-> b at full speed, so it
+  // waits or goes elsewhere instead of slowing the first.
+  auto t = shared_link(0.1);
+  auto r = gs::simulate(t, workload({link_job("x"), link_job("y")}), gs::Policy::kBace, {});
+  EXPECT_EQ(r.finished, 2);
+  EXPECT_LE(r.max_link_oversubscription, 1.0 + 1e-9);
+}
+
+TEST(Simulator, EnergyAndCostOfAJobAloneMatchItsPlan) {
+  auto t = shared_link(10);
+  auto job = link_job("x");
+  auto placed = gs::place_job(gs::Policy::kDelayFirst, t, job, gs::ClusterState::empty(t), {});
+  ASSERT_TRUE(placed.placement);
+  auto r = gs::simulate(t, workload({job}), gs::Policy::kDelayFirst, {});
+  EXPECT_NEAR(r.jobs[0].jct_s(), placed.placement->job_s, 1e-9 * placed.placement->job_s);
+  EXPECT_NEAR(r.energy_kwh, placed.placement->energy_kwh, 1e-9 * r.energy_kwh);
+  EXPECT_NEAR(r.cost_usd, placed.placement->cost_usd, 1e-9 * r.cost_usd);
+}
+
+TEST(Simulator, BacePutsAShortJobAheadOfALongOneThatArrivedFirst) {
+  // One region of 4 GPUs. A long 4-stage job runs; another long 4-stage job and then a short
+  // 2-stage job arrive behind it. FIFO runs them in arrival order (head-of-line blocking);
+  // BACE starts the short one as soon as GPUs free up.
+  auto t = make_topology({{"a", 4, 1.0, 0.1}}, {});
+  auto w = workload({make_job("long-1", 8, 512, 512, 1, 8, 400, 4, 4, 0),
+                     make_job("long-2", 8, 512, 512, 1, 8, 400, 4, 4, 1),
+                     make_job("short", 8, 512, 512, 1, 8, 10, 2, 2, 2)});
+  auto fifo = gs::simulate(t, w, gs::Policy::kFifo, {});
+  auto bace = gs::simulate(t, w, gs::Policy::kBace, {});
+  ASSERT_EQ(fifo.finished, 3);
+  ASSERT_EQ(bace.finished, 3);
+  EXPECT_DOUBLE_EQ(fifo.jobs[2].start_s, fifo.jobs[1].end_s);
+  EXPECT_DOUBLE_EQ(bace.jobs[2].start_s, bace.jobs[0].end_s);
+  EXPECT_LT(bace.avg_jct_s, fifo.avg_jct_s);
+  // Without prioritization BACE keeps arrival order.
+  auto noprio = gs::simulate(t, w, gs::Policy::kBaceNoPriority, {});
+  EXPECT_GE(noprio.jobs[2].start_s, noprio.jobs[1].start_s);
+}
+
+TEST(Simulator, NeverDropsAJobItCannotPlace) {
+  auto t = make_topology({{"a", 2, 1.0, 0.1}}, {});
+  auto w = workload({make_job("too-big", 8, 512, 512, 1, 8, 10, 3, 3, 0), make_job("fits", 8, 512, 512, 1, 8, 10, 2, 2, 1)});
+  for (auto p : {gs::Policy::kBace, gs::Policy::kFifo, gs::Policy::kDelayFirst, gs::Policy::kCostFirst}) {
+    auto r = gs::simulate(t, w, p, {});
+    EXPECT_EQ(r.finished, 1) << gs::policy_name(p);
+    EXPECT_EQ(r.never_started, 1) << gs::policy_name(p);
+    EXPECT_LT(r.jobs[0].start_s, 0);
+    EXPECT_NE(r.jobs[0].waiting_reason.find("too few GPUs"), std::string::npos) << r.jobs[0].waiting_reason;
+    EXPECT_GE(r.jobs[1].end_s, 0);
+  }
+}
+
+TEST(Simulator, ExactIsNotAQueuePolicy) {
+  auto t = make_topology({{"a", 2, 1.0, 0.1}}, {});
+  EXPECT_THROW(gs::simulate(t, workload({}), gs::Policy::kExact, {}), geopipe::InputError);
+}
+
+TEST(Workload, GeneratedWorkloadIsDeterministicForASeed) {
+  auto t = geopipe::load_topology(std::string(GEOPIPE_SOURCE_DIR) + "/examples/topologies/aws6.json");
+  auto a = gs::generate_workload(t, {60, 0.8, 3});
+  auto b = gs::generate_workload(t, {60, 0.8, 3});
+  auto c = gs::generate_workload(t, {60, 0.8, 4});
+  ASSERT_EQ(a.jobs.size(), 60u);
+  bool differs = false;
+  for (size_t i = 0; i < a.jobs.size(); ++i) {
+    EXPECT_EQ(a.jobs[i].name, b.jobs[i].name);
+    EXPECT_EQ(a.jobs[i].arrival_s, b.jobs[i].arrival_s);
+    EXPECT_EQ(a.jobs[i].iterations, b.jobs[i].iterations);
+    EXPECT_GE(a.jobs[i].min_stages, 4);
+    EXPECT_LE(a.jobs[i].max_stages, 16);
+    if (i) {
+      EXPECT_GE(a.jobs[i].arrival_s, a.jobs[i - 1].arrival_s);
+    }
+    differs |= a.jobs[i].arrival_s != c.jobs[i].arrival_s;
+  }
+  EXPECT_TRUE(differs);
+  auto r1 = gs::simulate(t, a, gs::Policy::kBace, {});
+  auto r2 = gs::simulate(t, b, gs::Policy::kBace, {});
+  EXPECT_EQ(r1.avg_jct_s, r2.avg_jct_s);
+  EXPECT_EQ(r1.cost_usd, r2.cost_usd);
+  EXPECT_EQ(r1.finished, 60);
+}
+
+TEST(Rng, UniformAndExponentialHaveTheRightMeans) {
+  gs::Rng rng(1);
+  double su = 0, se = 0;
+  const int n = 200000;
+  for (int i = 0; i < n; ++i) su += rng.uniform(), se += rng.exponential(3.0);
+  EXPECT_NEAR(su / n, 0.5, 0.01);
+  EXPECT_NEAR(se / n, 3.0, 0.05);
+}
+
+TEST(Simulator, AgingReservesGpusForAJobThatWouldOtherwiseStarve) {
+  // 4 GPUs; a stream of short 2-stage jobs keeps two of them busy at all times, and a 4-stage
+  // job arrives early. Skipping it forever would starve it; once its response ratio reaches the
+  // reserve ratio nothing else starts until it runs.
+  auto t = make_topology({{"a", 4, 1.0, 0.1}}, {});
+  std::vector<geopipe::JobSpec> jobs;
+  for (int i = 0; i < 100; ++i) jobs.push_back(make_job("small-" + std::to_string(i), 8, 512, 512, 1, 8, 10, 2, 2, 5.0 * i));
+  jobs.push_back(make_job("big", 8, 512, 512, 1, 8, 32, 4, 4, 1.0));
+  std::stable_sort(jobs.begin(), jobs.end(), [](const auto& a, const auto& b) { return a.arrival_s < b.arrival_s; });
+  auto w = workload(jobs);
+  const size_t big = 1;
+  ASSERT_EQ(w.jobs[big].name, "big");
+  auto reserving = gs::simulate(t, w, gs::Policy::kBace, {});
+  gs::SimOptions never;
+  never.reserve_ratio = 1e9;
+  auto starving = gs::simulate(t, w, gs::Policy::kBace, never);
+  ASSERT_EQ(reserving.finished, 101);
+  ASSERT_EQ(starving.finished, 101);
+  const double last_arrival = w.jobs.back().arrival_s;
+  EXPECT_LT(reserving.jobs[big].start_s, 0.5 * last_arrival) << reserving.jobs[big].start_s;
+  EXPECT_GT(starving.jobs[big].start_s, last_arrival) << starving.jobs[big].start_s;
+}
+
+TEST(Simulator, CostFirstWaitsForItsCheapestPlacementWhileOthersUseFreeGpus) {
+  auto t = make_topology({{"dear", 2, 1.0, 0.30}, {"cheap", 2, 1.0, 0.05}}, {{"dear", "cheap", 0.01, 50}});
+  auto w = workload({make_job("first", 8, 512, 512, 1, 8, 20, 2, 2, 0), make_job("second", 8, 512, 512, 1, 8, 20, 2, 2, 1)});
+  auto cf = gs::simulate(t, w, gs::Policy::kCostFirst, {});
+  EXPECT_EQ(cf.jobs[0].regions, "cheap x2");
+  EXPECT_EQ(cf.jobs[1].regions, "cheap x2");
+  EXPECT_DOUBLE_EQ(cf.jobs[1].start_s, cf.jobs[0].end_s);
+  auto bace = gs::simulate(t, w, gs::Policy::kBace, {});
+  EXPECT_EQ(bace.jobs[0].regions, "cheap x2");
+  EXPECT_EQ(bace.jobs[1].regions, "dear x2");
+  EXPECT_DOUBLE_EQ(bace.jobs[1].start_s, 1.0);
+  EXPECT_LT(bace.avg_jct_s, cf.avg_jct_s);
+  EXPECT_GT(bace.cost_usd, cf.cost_usd);  // the price of not waiting
+}
