@@ -17,6 +17,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev
   nlohmann-json3-dev libcli11-dev
   iproute2
+  python3 python3-torch   # reference checks: checkpoints load in PyTorch, nanoGPT-style forward
 )
 
 if [[ "${GEOPIPE_SKIP_APT:-0}" != 1 ]]; then

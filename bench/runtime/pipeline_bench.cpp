@@ -1,6 +1,6 @@
 // geopipe-pipeline-bench: measured vs predicted iteration time of pipeline plans.
 //
-//   mpirun -n 4 --oversubscribe -x GEOPIPE_EMULATE=software geopipe-pipeline-bench \
+//   mpirun -n 4 --oversubscribe -x GEOPIPE_EMULATE=software geopipe-pipeline-bench
 //       --topology examples/topologies/local4.json --data examples/gpt/data/kjv-pentateuch.txt \
 //       --plans gpipe.json,1f1b.json,1f1b-int8.json [--iters 3] [--warmup-iters 1] [--json out.json]
 //

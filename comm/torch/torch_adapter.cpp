@@ -1,6 +1,12 @@
 #include <geopipe/comm/torch.h>
 
+#include <geopipe/comm/staging.h>
 #include <geopipe/core/error.h>
+
+#if defined(GEOPIPE_TORCH_HAS_CUDA) && defined(GEOPIPE_HAVE_CUDA)
+#include <c10/cuda/CUDAStream.h>
+#define GEOPIPE_ADAPTER_CUDA 1
+#endif
 
 #include <cstring>
 
@@ -51,9 +57,21 @@ namespace {
 
 size_t tensor_bytes(const at::Tensor& t) { return static_cast<size_t>(t.numel()) * t.element_size(); }
 
-// Host staging is needed when a CUDA tensor goes through MPI that is not CUDA-aware.
+// A CUDA tensor on the MPI backend goes through isend_device/irecv_device (staging.h): pinned
+// host buffers on the stager's stream, or the device pointer itself when MPI is CUDA-aware.
+bool via_mpi_device_path(const Transport& transport, const at::Tensor& t) {
+  return t.is_cuda() && transport.backend() == Backend::kMpi;
+}
+
+#ifdef GEOPIPE_ADAPTER_CUDA
+void* current_stream(const at::Tensor& t) {
+  return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
+}
+#else
+// LibTorch with CUDA but geopipe built without it: the synchronous fallback below stages
+// through a plain host tensor (tensor.to(kCPU) and copy_ on completion).
 bool needs_host_staging(const Transport& transport, const at::Tensor& t) {
-  return t.is_cuda() && transport.backend() == Backend::kMpi && !mpi_cuda_aware();
+  return via_mpi_device_path(transport, t) && !mpi_cuda_aware();
 }
 
 // A receive into host memory whose data is copied into the (GPU) destination on completion.
@@ -85,17 +103,28 @@ class StagedRecv final : public RequestState {
   at::Tensor host_, out_;
   bool copied_ = false;
 };
+#endif
 
 }  // namespace
 
 Request isend_tensor(Transport& transport, const at::Tensor& tensor, int peer, int tag,
                      MessageHeader header) {
   at::Tensor t = tensor.contiguous();
-  if (needs_host_staging(transport, t)) t = t.to(at::kCPU);
   if (header.codec == "none") {
     header.elem_type = elem_type_of(t.scalar_type());
     header.shape.assign(t.sizes().begin(), t.sizes().end());
   }
+#ifdef GEOPIPE_ADAPTER_CUDA
+  if (via_mpi_device_path(transport, t)) {
+    // Ordered after the work queued so far on the current stream (the producer of `t`).
+    Request request = isend_device(transport, t.device().index(), t.data_ptr(), tensor_bytes(t), peer,
+                                   tag, header, current_stream(t));
+    request.keep_alive(std::make_shared<at::Tensor>(t));
+    return request;
+  }
+#else
+  if (needs_host_staging(transport, t)) t = t.to(at::kCPU);
+#endif
   Request request = transport.isend(t.data_ptr(), tensor_bytes(t), peer, tag, header);
   request.keep_alive(std::make_shared<at::Tensor>(t));
   return request;
@@ -108,11 +137,21 @@ Request irecv_tensor(Transport& transport, const at::Tensor& out, int peer, int 
                 std::to_string(tag) + ")");
   if (!expect.elem_type) expect.elem_type = elem_type_of(out.scalar_type());
   if (!expect.shape) expect.shape = std::vector<int64_t>(out.sizes().begin(), out.sizes().end());
+#ifdef GEOPIPE_ADAPTER_CUDA
+  if (via_mpi_device_path(transport, out)) {
+    // Once the request completes, work queued on the current stream sees the data.
+    Request request = irecv_device(transport, out.device().index(), out.data_ptr(), tensor_bytes(out),
+                                   peer, tag, expect, current_stream(out));
+    request.keep_alive(std::make_shared<at::Tensor>(out));
+    return request;
+  }
+#else
   if (needs_host_staging(transport, out)) {
     at::Tensor host = at::empty(out.sizes(), out.options().device(at::kCPU));
     Request inner = transport.irecv(host.data_ptr(), tensor_bytes(host), peer, tag, expect);
     return Request(std::make_shared<StagedRecv>(std::move(inner), host, out));
   }
+#endif
   Request request = transport.irecv(out.data_ptr(), tensor_bytes(out), peer, tag, expect);
   request.keep_alive(std::make_shared<at::Tensor>(out));
   return request;

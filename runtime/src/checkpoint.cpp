@@ -1,7 +1,9 @@
 #include <geopipe/core/error.h>
 #include <geopipe/runtime/checkpoint.h>
 
+#include <caffe2/serialize/inline_container.h>
 #include <torch/csrc/jit/serialization/pickle.h>
+#include <torch/csrc/jit/serialization/pickler.h>
 
 #include <nlohmann/json.hpp>
 
@@ -41,6 +43,32 @@ std::vector<NamedTensor> tensors_of(const c10::IValue& v, const std::string& key
   return out;
 }
 
+// torch.save's zip layout (archive/data.pkl + archive/data/N), as torch::jit::pickle_save writes it,
+// but with a plain pickle: pickle_save wraps every dict in a torch.jit._pickle.restore_type_tag
+// call, which torch.load(weights_only=True), the default from PyTorch 2.6, refuses. The pickle
+// then only names tensor-rebuild globals, which every torch.load accepts.
+std::string torch_save_bytes(const c10::IValue& value) {
+  std::string pkl;
+  torch::jit::Pickler pickler([&](const char* b, size_t n) { pkl.append(b, n); }, nullptr, nullptr, nullptr,
+                              nullptr, /*tag_aggregates=*/false);
+  pickler.protocol();
+  pickler.pushIValue(value);
+  pickler.stop();
+  std::string out;
+  caffe2::serialize::PyTorchStreamWriter writer([&](const void* b, size_t n) {
+    out.append(static_cast<const char*>(b), n);
+    return n;
+  });
+  const std::vector<at::Tensor>& tensors = pickler.tensorData();
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    torch::jit::WriteableTensorData data = torch::jit::getWriteableTensorData(tensors[i]);
+    writer.writeRecord("data/" + std::to_string(i), data.data(), data.sizeInBytes());
+  }
+  writer.writeRecord("data.pkl", pkl.data(), pkl.size());
+  writer.writeEndOfFile();
+  return out;
+}
+
 }  // namespace
 
 void write_file_atomic(const std::string& path, const std::string& bytes) {
@@ -76,8 +104,7 @@ void save_stage_checkpoint(const std::string& dir, const StageCheckpoint& c) {
   root.insert("model", tensor_dict(c.model));
   root.insert("optimizer", tensor_dict(c.optimizer));
   root.insert("meta", meta);
-  std::vector<char> bytes = torch::jit::pickle_save(c10::IValue(root));
-  write_file_atomic(path, std::string(bytes.begin(), bytes.end()));
+  write_file_atomic(path, torch_save_bytes(c10::IValue(root)));
 }
 
 void save_model_file(const std::string& path, const std::vector<NamedTensor>& model, const GptConfig& c,
@@ -94,8 +121,7 @@ void save_model_file(const std::string& path, const std::vector<NamedTensor>& mo
   root.insert("model", tensor_dict(model));
   root.insert("model_args", args);
   root.insert("iter_num", step);
-  std::vector<char> bytes = torch::jit::pickle_save(c10::IValue(root));
-  write_file_atomic(path, std::string(bytes.begin(), bytes.end()));
+  write_file_atomic(path, torch_save_bytes(c10::IValue(root)));
 }
 
 StageCheckpoint load_stage_checkpoint(const std::string& path) {

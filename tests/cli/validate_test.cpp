@@ -1,33 +1,19 @@
 // The `geopipe` binary, run as a user runs it: exit codes and messages.
 #include <geopipe/core/config.h>
 
+#include "../support/run_command.h"
+
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include <array>
 #include <cstdio>
 #include <string>
-#include <sys/wait.h>
 
 namespace {
 
-struct Result {
-  int exit_code;
-  std::string output;  // stdout and stderr together
-};
+using Result = geopipe::testing::CommandResult;
 
-Result run(const std::string& args) {
-  std::string cmd = std::string(GEOPIPE_CLI) + " " + args + " 2>&1";
-  Result r{-1, ""};
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return r;
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
-  int status = pclose(p);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+Result run(const std::string& args) { return geopipe::testing::run_command(std::string(GEOPIPE_CLI) + " " + args); }
 
 std::string src(const std::string& rel) { return std::string(GEOPIPE_SOURCE_DIR) + "/" + rel; }
 

@@ -51,8 +51,8 @@ void init_mpi(int* argc, char*** argv);
 // MPI_Finalize if initialised and not yet finalised.
 void finalize_mpi();
 
-// Is this Open MPI built CUDA-aware (MPIX_Query_cuda_support)? When not, GPU tensors are staged
-// through host memory by the tensor adapter.
+// Is this Open MPI built CUDA-aware (MPIX_Query_cuda_support)? When not, GPU buffers are staged
+// through pinned host memory (staging.h: isend_device / irecv_device, used by the tensor adapter).
 bool mpi_cuda_aware();
 
 // Payloads up to this size travel inside the header message (one MPI message in all).

@@ -1,9 +1,9 @@
 // LibTorch adapter (target geopipe_comm_torch, the only comm code that includes LibTorch):
 // send and receive at::Tensor through any Transport. The header's element type and shape are
 // taken from the tensor; the request keeps the tensor alive until it completes.
-// CPU tensors go straight from their storage. CUDA tensors on the MPI backend are staged
-// through host memory unless Open MPI is CUDA-aware (mpi_cuda_aware()); on NCCL they stay on
-// the GPU.
+// CPU tensors go straight from their storage. CUDA tensors on the MPI backend go through
+// staging.h on the current CUDA stream (pinned host buffers, or the device pointer itself when
+// Open MPI is CUDA-aware, mpi_cuda_aware()); on NCCL they stay on the GPU.
 #pragma once
 
 #include <geopipe/comm/communicator.h>

@@ -1,5 +1,6 @@
-// Checkpoints: one file per stage, in the zip/pickle format LibTorch's pickle_save writes and
-// Python's torch.load reads, plus a JSON manifest that names the complete checkpoint.
+// Checkpoints: one file per stage, in torch.save's zip/pickle format (as LibTorch's pickle_save
+// writes it, without TorchScript type tags) that Python's torch.load reads, weights_only=True
+// included, plus a JSON manifest that names the complete checkpoint.
 //
 //   DIR/step-000100/stage-0.pt   {"model": {name: tensor}, "optimizer": {"exp_avg.<name>": ...},
 //                                 "meta": {"step": 100, "seed": 1, "stage": 0, "data_position": 100}}
