@@ -1,7 +1,7 @@
 // geopipe-pipeline-bench: measured vs predicted iteration time of pipeline plans.
 //
 //   mpirun -n 4 --oversubscribe -x GEOPIPE_EMULATE=software geopipe-pipeline-bench
-//       --topology examples/topologies/local4.json --data examples/gpt/data/kjv-pentateuch.txt \
+//       --topology examples/topologies/local4.json --data examples/gpt/data/kjv-pentateuch.txt
 //       --plans gpipe.json,1f1b.json,1f1b-int8.json [--iters 3] [--warmup-iters 1] [--json out.json]
 //
 // Each plan (written by `geopipe plan`, which also predicts its iteration time) is trained for
@@ -51,14 +51,8 @@ int main(int argc, char** argv) {
     comm::init_mpi(&argc, &argv);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
-    if (threads <= 0) {
-      MPI_Comm local;
-      MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local);
-      int local_size = 1;
-      MPI_Comm_size(local, &local_size);
-      MPI_Comm_free(&local);
-      threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / local_size);
-    }
+    // Ranks emulating regions on one host share its cores.
+    if (threads <= 0) threads = runtime::default_threads_per_rank();
     at::set_num_threads(threads);
     std::vector<std::string> files;
     std::stringstream ss(plans_arg);

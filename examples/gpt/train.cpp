@@ -64,15 +64,8 @@ int main(int argc, char** argv) {
     comm::init_mpi(&argc, &argv);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
-    if (threads <= 0) {
-      // Ranks emulating regions on one host share its cores.
-      MPI_Comm local;
-      MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local);
-      int local_size = 1;
-      MPI_Comm_size(local, &local_size);
-      MPI_Comm_free(&local);
-      threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / local_size);
-    }
+    // Ranks emulating regions on one host share its cores.
+    if (threads <= 0) threads = runtime::default_threads_per_rank();
     at::set_num_threads(threads);
     Plan plan = load_plan(cfg.plan_file);
     const int stage = plan.stage_of_rank(rank);

@@ -6,6 +6,7 @@
 #include <geopipe/scheduler/profile.h>
 
 #include <ATen/ATen.h>
+#include <mpi.h>
 
 #include <nlohmann/json.hpp>
 
@@ -18,6 +19,7 @@
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <thread>
 
 namespace geopipe::runtime {
 
@@ -83,6 +85,15 @@ struct RankTotals {
 };
 
 }  // namespace
+
+int default_threads_per_rank() {
+  MPI_Comm local;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local);
+  int local_size = 1;
+  MPI_Comm_size(local, &local_size);
+  MPI_Comm_free(&local);
+  return std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / local_size);
+}
 
 std::pair<std::string, std::string> codec_pair(const std::string& flag) {
   if (flag.empty() || flag == "plan") return {"", ""};

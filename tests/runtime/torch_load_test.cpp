@@ -8,16 +8,16 @@
 #include <geopipe/runtime/gpt.h>
 #include <geopipe/runtime/trainer.h>
 
+#include "../support/run_command.h"
+
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string>
-#include <sys/wait.h>
 
 using namespace geopipe;
 using namespace geopipe::runtime;
@@ -25,22 +25,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct CommandOutput {
-  int exit_code = -1;
-  std::string output;
-};
+using CommandOutput = geopipe::test_support::CommandResult;
 
-CommandOutput run(const std::string& command) {
-  CommandOutput r;
-  FILE* p = popen((command + " 2>&1").c_str(), "r");
-  if (!p) return r;
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
-  int status = pclose(p);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+CommandOutput run(const std::string& command) { return geopipe::test_support::run_command(command); }
 
 // $GEOPIPE_PYTHON, else the first of python3 on PATH and the system's python3 that imports torch.
 std::string python_with_torch() {

@@ -13,9 +13,9 @@
 
 namespace {
 
-using Result = geopipe::testing::CommandResult;
+using Result = geopipe::test_support::CommandResult;
 
-Result run(const std::string& args) { return geopipe::testing::run_command(std::string(GEOPIPE_CLI) + " " + args); }
+Result run(const std::string& args) { return geopipe::test_support::run_command(std::string(GEOPIPE_CLI) + " " + args); }
 
 std::string src(const std::string& rel) { return std::string(GEOPIPE_SOURCE_DIR) + "/" + rel; }
 std::string out(const std::string& name) { return std::string(GEOPIPE_BINARY_DIR) + "/tests/" + name; }

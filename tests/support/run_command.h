@@ -7,7 +7,7 @@
 #include <string>
 #include <sys/wait.h>
 
-namespace geopipe::testing {
+namespace geopipe::test_support {
 
 struct CommandResult {
   int exit_code = -1;  // -1 when the program did not exit normally
@@ -26,4 +26,4 @@ inline CommandResult run_command(const std::string& command_line) {
   return r;
 }
 
-}  // namespace geopipe::testing
+}  // namespace geopipe::test_support

@@ -57,6 +57,10 @@ struct TrainResult {
 // backward (int4 gradients are too coarse, as the plan validator also says); "plan" -> {"", ""}.
 std::pair<std::string, std::string> codec_pair(const std::string& flag);
 
+// LibTorch threads for this rank when the user gave none: the host's cores shared by the ranks
+// on this host (emulated regions on one host must not oversubscribe it). Needs MPI initialised.
+int default_threads_per_rank();
+
 // Runs training for this rank. `comm` may be null for a one-stage plan. Collective: every rank
 // of the plan calls it with the same config.
 TrainResult run_training(const Plan& plan, const TrainConfig& config, comm::Communicator* comm);
