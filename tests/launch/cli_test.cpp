@@ -24,6 +24,12 @@ namespace {
 
 namespace fs = std::filesystem;
 using testing::src;
+using testing::record_pid_and_sleep;
+using testing::spawn;
+using testing::survivors;
+using testing::terminate_and_reap;
+using testing::wait_for_rank_pids;
+using testing::wait_until;
 
 // A fresh folder per test, removed afterwards.
 class LaunchCli : public ::testing::Test {
@@ -141,56 +147,17 @@ TEST_F(LaunchCli, ExitsWithTheStatusOfAFailingRank) {
 }
 
 TEST_F(LaunchCli, SigtermIsForwardedAndStopsEveryRank) {
-  // Each rank records its pid, then sleeps far longer than the test.
-  std::string script = "echo $$ > " + path("pid.") + "$OMPI_COMM_WORLD_RANK.tmp && mv " + path("pid.") +
-                       "$OMPI_COMM_WORLD_RANK.tmp " + path("pid.") + "$OMPI_COMM_WORLD_RANK && exec sleep 300";
-  std::vector<std::string> args = {GEOPIPE_CLI, "launch", "--topology", kLocal4, "--ranks-per-region", "1",
-                                   "--emulate", "none", "--", "sh", "-c", script};
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  pid_t pid = fork();
+  pid_t pid = spawn({GEOPIPE_CLI, "launch", "--topology", kLocal4, "--ranks-per-region", "1", "--emulate", "none", "--",
+                     "sh", "-c", record_pid_and_sleep(path("pid."))});
   ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  auto wait_until = [](const std::function<bool()>& done, double seconds) {
-    auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-    while (!done()) {
-      if (std::chrono::steady_clock::now() > end) return false;
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    return true;
-  };
-  bool started = wait_until([&] {
-    for (int r = 0; r < 4; ++r)
-      if (!fs::exists(path("pid." + std::to_string(r)))) return false;
-    return true;
-  }, 60);
-  std::vector<pid_t> ranks;
-  for (int r = 0; r < 4 && started; ++r) {
-    std::ifstream in(path("pid." + std::to_string(r)));
-    pid_t p = 0;
-    in >> p;
-    ranks.push_back(p);
-  }
-  kill(pid, SIGTERM);
+  std::vector<pid_t> ranks = wait_for_rank_pids(path("pid."), 4);
   int status = 0;
-  bool ended = wait_until([&] { return waitpid(pid, &status, WNOHANG) == pid; }, 60);
-  if (!ended) {
-    kill(pid, SIGKILL);
-    waitpid(pid, &status, 0);
-  }
-  ASSERT_TRUE(started) << "the ranks did not start";
+  bool ended = terminate_and_reap(pid, &status);
+  ASSERT_EQ(ranks.size(), 4u) << "the ranks did not start";
   ASSERT_TRUE(ended) << "geopipe launch did not end after SIGTERM";
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_NE(WEXITSTATUS(status), 0);
-  for (pid_t p : ranks) {
-    bool gone = wait_until([&] { return kill(p, 0) != 0; }, 20);
-    EXPECT_TRUE(gone) << "rank process " << p << " still runs";
-    if (!gone) kill(p, SIGKILL);
-  }
+  for (pid_t p : survivors(ranks)) ADD_FAILURE() << "rank process " << p << " still runs";
 }
 
 TEST_F(LaunchCli, TimeoutStopsTheJobWithStatus124) {

@@ -4,7 +4,16 @@
 #include <geopipe/core/config.h>
 #include <geopipe/core/plan.h>
 
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <functional>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -59,6 +68,79 @@ inline Plan make_plan(const Topology& topology, const std::vector<std::pair<std:
   p.provenance.topology_hash = topology.hash();
   p.provenance.topology_name = topology.name;
   return p;
+}
+
+
+// Polls `done` every 50 ms for up to `seconds`.
+inline bool wait_until(const std::function<bool()>& done, double seconds) {
+  auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > end) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return true;
+}
+
+// A shell script for each rank: writes its pid to PREFIX<rank> (atomically), then sleeps far
+// longer than any test.
+inline std::string record_pid_and_sleep(const std::string& prefix) {
+  return "echo $$ > " + prefix + "$OMPI_COMM_WORLD_RANK.tmp && mv " + prefix + "$OMPI_COMM_WORLD_RANK.tmp " + prefix +
+         "$OMPI_COMM_WORLD_RANK && exec sleep 300";
+}
+
+// Starts `args` (args[0] a path) in a child; `own_group` puts it in a process group of its own.
+inline pid_t spawn(std::vector<std::string> args, bool own_group = false) {
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = fork();
+  if (pid == 0) {
+    if (own_group) setpgid(0, 0);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+// Waits until PREFIX0..PREFIX<n-1> exist, then reads the pids; empty if they never appeared.
+inline std::vector<pid_t> wait_for_rank_pids(const std::string& prefix, int n, double seconds = 60) {
+  bool started = wait_until([&] {
+    for (int r = 0; r < n; ++r)
+      if (!std::filesystem::exists(prefix + std::to_string(r))) return false;
+    return true;
+  }, seconds);
+  std::vector<pid_t> pids;
+  for (int r = 0; r < n && started; ++r) {
+    std::ifstream in(prefix + std::to_string(r));
+    pid_t p = 0;
+    in >> p;
+    pids.push_back(p);
+  }
+  return pids;
+}
+
+// Sends SIGTERM and reaps the child; SIGKILL if it has not ended within `seconds`.
+// Returns whether it ended by itself; *status gets its wait status.
+inline bool terminate_and_reap(pid_t pid, int* status, double seconds = 60) {
+  kill(pid, SIGTERM);
+  bool ended = wait_until([&] { return waitpid(pid, status, WNOHANG) == pid; }, seconds);
+  if (!ended) {
+    kill(pid, SIGKILL);
+    waitpid(pid, status, 0);
+  }
+  return ended;
+}
+
+// The processes that are still alive after `seconds` (each then killed, so nothing leaks).
+inline std::vector<pid_t> survivors(const std::vector<pid_t>& pids, double seconds = 20) {
+  std::vector<pid_t> alive;
+  for (pid_t p : pids) {
+    if (!wait_until([&] { return kill(p, 0) != 0; }, seconds)) {
+      alive.push_back(p);
+      kill(p, SIGKILL);
+    }
+  }
+  return alive;
 }
 
 }  // namespace geopipe::launch::testing

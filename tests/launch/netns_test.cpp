@@ -23,18 +23,16 @@
 #include <thread>
 
 namespace geopipe::launch {
+using testing::record_pid_and_sleep;
+using testing::spawn;
+using testing::survivors;
+using testing::terminate_and_reap;
+using testing::wait_for_rank_pids;
+using testing::wait_until;
 namespace {
 
 namespace fs = std::filesystem;
 
-bool wait_until(const std::function<bool()>& done, double seconds) {
-  auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > end) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  return true;
-}
 
 // Interfaces of the host's own namespace whose names our runs use inside their namespaces.
 std::vector<std::string> host_links_named_like_ours() {
@@ -192,61 +190,25 @@ TEST_F(LaunchNetns, FailingJobStillTearsDownAndReportsItsStatus) {
 
 TEST_F(LaunchNetns, SigtermStopsTheRanksAndTearsDown) {
   std::string pidfile = (dir_ / "pid.").string();
-  std::string script = "echo $$ > " + pidfile + "$OMPI_COMM_WORLD_RANK.tmp && mv " + pidfile +
-                       "$OMPI_COMM_WORLD_RANK.tmp " + pidfile + "$OMPI_COMM_WORLD_RANK && exec sleep 300";
-  std::vector<std::string> args = {GEOPIPE_CLI, "launch", "--topology", two_regions(0.2), "--ranks-per-region", "1",
-                                   "--emulate", "netns", "--", "sh", "-c", script};
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  pid_t pid = fork();
+  pid_t pid = spawn({GEOPIPE_CLI, "launch", "--topology", two_regions(0.2), "--ranks-per-region", "1", "--emulate",
+                     "netns", "--", "sh", "-c", record_pid_and_sleep(pidfile)});
   ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  bool started = wait_until([&] { return fs::exists(pidfile + "0") && fs::exists(pidfile + "1"); }, 60);
-  std::vector<pid_t> ranks;
-  for (int r = 0; r < 2 && started; ++r) {
-    std::ifstream in(pidfile + std::to_string(r));
-    pid_t p = 0;
-    in >> p;
-    ranks.push_back(p);
-  }
-  kill(pid, SIGTERM);
+  std::vector<pid_t> ranks = wait_for_rank_pids(pidfile, 2);
   int status = 0;
-  bool ended = wait_until([&] { return waitpid(pid, &status, WNOHANG) == pid; }, 60);
-  if (!ended) {
-    kill(pid, SIGKILL);
-    waitpid(pid, &status, 0);
-  }
-  ASSERT_TRUE(started) << "the ranks did not start";
+  bool ended = terminate_and_reap(pid, &status);
+  ASSERT_EQ(ranks.size(), 2u) << "the ranks did not start";
   EXPECT_TRUE(ended) << "geopipe launch did not end after SIGTERM";
   EXPECT_FALSE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-  for (pid_t p : ranks) {
-    bool gone = wait_until([&] { return kill(p, 0) != 0; }, 20);
-    EXPECT_TRUE(gone) << "rank process " << p << " still runs";
-    if (!gone) kill(p, SIGKILL);
-  }
+  for (pid_t p : survivors(ranks)) ADD_FAILURE() << "rank process " << p << " still runs";
   expect_nothing_left();
 }
 
 TEST_F(LaunchNetns, CleanupRemovesNamespacesOfAKilledRun) {
   std::string pidfile = (dir_ / "pid.").string();
-  std::string script = "echo $$ > " + pidfile + "$OMPI_COMM_WORLD_RANK.tmp && mv " + pidfile +
-                       "$OMPI_COMM_WORLD_RANK.tmp " + pidfile + "$OMPI_COMM_WORLD_RANK && exec sleep 300";
-  std::vector<std::string> args = {GEOPIPE_CLI, "launch", "--topology", two_regions(0.2), "--ranks-per-region", "1",
-                                   "--emulate", "netns", "--", "sh", "-c", script};
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  pid_t pid = fork();
+  pid_t pid = spawn({GEOPIPE_CLI, "launch", "--topology", two_regions(0.2), "--ranks-per-region", "1", "--emulate",
+                     "netns", "--", "sh", "-c", record_pid_and_sleep(pidfile)},
+                    /*own_group=*/true);
   ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    setpgid(0, 0);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
   const std::string hub = "geopipe-" + std::to_string(pid) + "-hub";
   bool started = wait_until([&] { return fs::exists(pidfile + "0") && fs::exists(pidfile + "1"); }, 60);
   auto ours = list_geopipe_namespaces();
