@@ -4,6 +4,8 @@
 #include <geopipe/core/config.h>
 #include <geopipe/core/error.h>
 
+#include "comm_test_util.h"
+
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -17,22 +19,12 @@ using namespace geopipe::comm;
 
 namespace {
 
+using test_util::now_s;
+using test_util::world_rank;
+using test_util::world_size;
+
 const Seconds kWait{30};
 
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-int world_rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
-int world_size() {
-  int s = 0;
-  MPI_Comm_size(MPI_COMM_WORLD, &s);
-  return s;
-}
 int partner() {
   const int p = world_rank() ^ 1;
   return p < world_size() ? p : -1;

@@ -4,6 +4,8 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include "comm_test_util.h"
+
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -16,17 +18,12 @@ using namespace geopipe::comm;
 
 namespace {
 
+using test_util::now_s;
+using test_util::world_rank;
+using test_util::world_size;
+
 const Seconds kWait{60};
 
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-int world_rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
 
 CommOptions options() {
   CommOptions o;
