@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 namespace geopipe::cli {
 
 namespace {
@@ -57,8 +59,14 @@ void register_launch(CLI::App& app, int& exit_code) {
       ->expected(1)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   cmd->add_option("--run-dir", q.run_dir, "Folder for the generated files (default: a temporary one, removed after)");
-  cmd->add_option("--mpirun", q.mpirun, "The mpirun to use");
-  cmd->add_option("--timeout", q.timeout_s, "Stop the job after this many seconds (exit 124)");
+  cmd->add_option("--mpirun", q.mpirun, "The mpirun to use")->check([](const std::string& mpirun) {
+    // A path must name a file now; a bare name is looked up on PATH when the job starts.
+    return mpirun.find('/') == std::string::npos || access(mpirun.c_str(), X_OK) == 0
+               ? std::string()
+               : "no program " + mpirun + " (or it is not executable)";
+  });
+  cmd->add_option("--timeout", q.timeout_s, "Stop the job after this many seconds (exit 124)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_flag("--dry-run", q.dry_run, "Print the exact command and files; run nothing");
   cmd->add_flag("--slurm", q.slurm, "Print an sbatch script (srun --mpi=pmix) with the same placement");
   cmd->add_flag("--cleanup", o->cleanup, "Remove network namespaces left by a killed --emulate netns run");

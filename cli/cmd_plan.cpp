@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -88,7 +89,12 @@ void register_plan(CLI::App& app, int& exit_code) {
   auto* cmd = app.add_subcommand("plan", "Place one job on an empty cluster (BACE-Pipe or a baseline) and write its plan");
   cmd->add_option("--topology", o->topology, "Topology file")->required()->check(CLI::ExistingFile);
   cmd->add_option("--job", o->job, "Job file")->required()->check(CLI::ExistingFile);
-  cmd->add_option("-o,--output", o->out, "Plan file to write (default: print the plan's JSON)");
+  cmd->add_option("-o,--output", o->out, "Plan file to write (default: print the plan's JSON)")
+      ->check([](const std::string& path) {  // refuse a path in a missing folder now, not after the work
+        const auto folder = std::filesystem::path(path).parent_path();
+        return folder.empty() || std::filesystem::is_directory(folder) ? std::string()
+                                                                       : "folder " + folder.string() + " does not exist";
+      });
   std::vector<std::string> names;
   for (auto p : scheduler::all_policies()) names.push_back(scheduler::policy_name(p));
   cmd->add_option("--policy", o->policy, "Placement policy (default bace)")->check(CLI::IsMember(names));

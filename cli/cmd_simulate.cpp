@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -100,15 +101,20 @@ void register_simulate(CLI::App& app, int& exit_code) {
       ->delimiter(',');
   cmd->add_option("--bandwidth-scale", o->scales, "Inter-region bandwidth factors, comma separated (default 1)")
       ->delimiter(',');
-  cmd->add_option("--seed", o->seed, "Seed of the generated workload (default 1)");
+  cmd->add_option("--seed", o->seed, "Seed of the generated workload (default 1)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--jobs", o->jobs, "Jobs in the generated workload (default 200)")->check(CLI::Range(1, 1000000));
   cmd->add_option("--load", o->load, "Offered GPU load of the generated workload (default 0.8)")
       ->check(CLI::Range(0.01, 100.0));
   cmd->add_option("--slack", o->slack, "BACE allocator slack (default 0.10)")->check(CLI::Range(0.0, 10.0));
   cmd->add_option("--efficiency", o->efficiency, "Achieved fraction of peak GPU FLOP/s (default 0.4)")
       ->check(CLI::Range(0.001, 1.0));
-  cmd->add_option("--json", o->json_out, "Write every result (and per-job records) as JSON");
-  cmd->add_option("--csv", o->csv_out, "Write one row per job and policy");
+  const auto folder_exists = [](const std::string& path) {  // refuse a path in a missing folder before simulating
+    const auto folder = std::filesystem::path(path).parent_path();
+    return folder.empty() || std::filesystem::is_directory(folder) ? std::string()
+                                                                   : "folder " + folder.string() + " does not exist";
+  };
+  cmd->add_option("--json", o->json_out, "Write every result (and per-job records) as JSON")->check(folder_exists);
+  cmd->add_option("--csv", o->csv_out, "Write one row per job and policy")->check(folder_exists);
   cmd->callback([o, &exit_code] { exit_code = run_simulate(*o); });
 }
 

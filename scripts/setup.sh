@@ -17,6 +17,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev
   nlohmann-json3-dev libcli11-dev
   iproute2
+  clang libclang-rt-14-dev   # scripts/fuzz.sh: libFuzzer, AddressSanitizer, UndefinedBehaviorSanitizer
   python3 python3-torch   # reference checks: checkpoints load in PyTorch, nanoGPT-style forward
 )
 

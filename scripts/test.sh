@@ -19,3 +19,11 @@ fi
 
 cd build
 ctest --output-on-failure -j "$(nproc)" "$@"
+cd ..
+
+# Fuzz every input parser briefly (libFuzzer + sanitizers, build-fuzz/); a crash fails the run.
+# GEOPIPE_FUZZ_SECONDS=0 skips it.
+fuzz_seconds="${GEOPIPE_FUZZ_SECONDS:-15}"
+if [[ "$fuzz_seconds" != 0 ]]; then
+  ./scripts/fuzz.sh --seconds "$fuzz_seconds" --jobs "$(( $(nproc) < 2 ? 1 : 2 ))"
+fi

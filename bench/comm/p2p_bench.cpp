@@ -14,6 +14,7 @@
 //   --codec int8-block  (bw, host modes) each message is `size` bytes of fp32 activations,
 //                    encoded by the kernels CPU codec before the send and decoded after the
 //                    receive, both inside the timed loop; MB/s counts the uncompressed bytes
+#include <geopipe/comm/auth.h>
 #include <geopipe/comm/communicator.h>
 #include <geopipe/comm/crc32c.h>
 #include <geopipe/comm/nccl_transport.h>
@@ -83,6 +84,7 @@ struct Args {
   std::string chunk = "1M";
   std::string json_path;
   std::string codec = "none";
+  std::string auth_key_file;
 };
 
 // One way of moving bytes between rank 0 and rank 1.
@@ -368,6 +370,8 @@ int run(int argc, char** argv) {
   app.add_option("--chunk", a.chunk, "geopipe: chunk size");
   app.add_option("--json", a.json_path, "also write the results as JSON");
   app.add_option("--codec", a.codec, "bw: compress fp32 messages with a kernels codec (CPU)");
+  app.add_option("--auth-key-file", a.auth_key_file,
+                 "geopipe: authenticate every header with this per-job key (>= 32 bytes)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -393,6 +397,12 @@ int run(int argc, char** argv) {
   o.checksum = a.checksum;
   o.chunk_bytes = parse_size(a.chunk, "--chunk");
   o.emulate = EmulateMode::kNone;
+  o.auth_key = std::vector<uint8_t>{};  // no key unless --auth-key-file (the environment is ignored)
+  if (!a.auth_key_file.empty()) {
+    if (a.mode != "geopipe")
+      throw InputError("", "--auth-key-file", "authentication is part of the geopipe transport: use --mode geopipe");
+    o.auth_key = read_auth_key_file(a.auth_key_file);
+  }
   std::optional<LinkRate> link;
   if (!a.emulate_link.empty()) {
     link = parse_link_rate(a.emulate_link, "--emulate-link");
@@ -431,17 +441,37 @@ int run(int argc, char** argv) {
     }
     crc_gbs = block.size() / best / 1e9 + (sink == 1 ? 1e-12 : 0.0);
   }
+  // What authentication costs per message and side: sealing (or checking) one header.
+  double seal_us = 0;
+  if (comm.authenticating()) {
+    const AuthKey key(*o.auth_key);
+    uint8_t wire[kHeaderWireBytes] = {0};
+    double best = 1e9;
+    for (int pass = 0; pass < 5; ++pass) {
+      const double t0 = now_s();
+      for (int i = 0; i < 10000; ++i) {
+        wire[8] = static_cast<uint8_t>(i);
+        seal_header(wire, key);
+      }
+      best = std::min(best, (now_s() - t0) / 10000);
+    }
+    seal_us = best * 1e6;
+  }
   const bool measure_raw = a.mode == "geopipe" && !link && a.pattern != "exchange";
   nlohmann::json results = nlohmann::json::array();
   if (rank == 0) {
     std::printf("# geopipe-p2p-bench mode=%s pattern=%s%s window=%d iters=%d warmup=%d checksum=%s "
-                "chunk=%s crc32c=%s(%.1f GB/s)%s%s%s\n",
+                "chunk=%s crc32c=%s(%.1f GB/s)%s%s%s%s\n",
                 a.mode.c_str(), a.pattern.c_str(), a.bidir ? " bidir" : "", a.window, a.iters,
                 a.warmup, a.checksum ? "on" : "off", size_str(comm.chunk_bytes()).c_str(),
                 crc32c_hardware() ? "sse4.2" : "table", crc_gbs,
                 link ? (" link=" + a.emulate_link).c_str() : "",
                 a.pattern == "exchange" ? (" micro_batches=" + std::to_string(a.micro_batches)).c_str() : "",
-                a.codec != "none" ? (" codec=" + a.codec).c_str() : "");
+                a.codec != "none" ? (" codec=" + a.codec).c_str() : "",
+                comm.authenticating()
+                    ? (" auth=hmac-sha256(" + std::to_string(seal_us).substr(0, 4) + " us/header," +
+                       (sha256_hardware() ? "sha-ni)" : "portable)")).c_str()
+                    : "");
     if (a.pattern == "exchange")
       std::printf("%12s %12s %12s %10s %8s\n", "size", "time_us", "ideal_us", "MB/s", "x_ideal");
     else
@@ -530,6 +560,8 @@ int run(int argc, char** argv) {
       doc["micro_batches"] = a.micro_batches;
       doc["crc32c_gb_s"] = crc_gbs;
       doc["codec"] = a.codec;
+      doc["auth"] = comm.authenticating();
+      doc["auth_seal_us"] = seal_us;
       doc["results"] = results;
       std::ofstream f(a.json_path);
       if (!f) throw InputError(a.json_path, "", "cannot write the JSON output");

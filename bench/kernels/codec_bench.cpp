@@ -2,6 +2,7 @@
 //
 //   geopipe-codec-bench --device cuda                      # CUDA events, L2 flushed, median of -n runs
 //   geopipe-codec-bench --device cpu -n 5 --json out.json  # CPU twins on one core against memcpy
+//   geopipe-codec-bench --device cpu --cpu-path both       # AVX2 loops and portable loops, same run
 //
 // GB/s counts bytes read + written (input + wire buffer for quantize, wire buffer + output for
 // dequantize), 1 GB = 1e9 B. The reference columns: on CUDA the device's HBM peak and a measured
@@ -46,11 +47,12 @@ struct Options {
   int iters = 0;   // 0: 100 on CUDA, 5 on CPU
   int warmup = 2;
   bool eager = true;
+  std::string cpu_path = "auto";  // auto, portable, avx2 or both (each codec timed with both loops)
   std::string json;
 };
 
 struct Row {
-  std::string shape, codec, op, dtype;
+  std::string shape, codec, op, dtype, path;
   int64_t numel = 0;
   size_t bytes_moved = 0;
   double time_us = 0, gbps = 0, ref_pct = 0, copy_pct = 0, eager_us = -1;
@@ -137,41 +139,49 @@ void run_cpu(const Options& o, std::vector<Row>& rows) {
       eager_q = time_cpu_us([&] { e.quantize(x); }, std::max(1, iters / 2), 1);
       eager_d = time_cpu_us([&] { (void)e.dequantize(st); }, std::max(1, iters / 2), 1);
     }
+    std::vector<CpuPath> paths{CpuPath::kPortable, CpuPath::kAvx2};
+    if (o.cpu_path != "both")
+      paths = {o.cpu_path == "portable" ? CpuPath::kPortable : o.cpu_path == "avx2" ? CpuPath::kAvx2 : CpuPath::kAuto};
     for (const auto& name : o.codecs) {
-      const CodecSpec spec{codec_from_name(name)};
-      const size_t bytes = packed_size(spec, dt, shape);
-      std::vector<uint8_t> buf(bytes);
-      at::Tensor out = at::empty(shape, x.options());
-      const double q_us = time_cpu_us(
-          [&] {
-            if (encode_cpu(spec, dt, shape.data(), static_cast<int>(shape.size()), x.data_ptr(), nullptr, buf.data(), bytes) != Status::kOk)
-              throw std::runtime_error("encode_cpu failed");
-          },
-          iters, o.warmup);
-      const double d_us = time_cpu_us(
-          [&] {
-            if (decode_cpu(buf.data(), bytes, out.data_ptr(), static_cast<size_t>(out.nbytes())) != Status::kOk)
-              throw std::runtime_error("decode_cpu failed");
-          },
-          iters, o.warmup);
-      const double err = rel_l2(x, out);
-      for (int op = 0; op < 2; ++op) {
-        Row r;
-        r.shape = shape_s;
-        r.codec = name;
-        r.op = op == 0 ? "quantize" : "dequantize";
-        r.dtype = o.dtype;
-        r.numel = x.numel();
-        r.bytes_moved = in_bytes + bytes;
-        r.time_us = op == 0 ? q_us : d_us;
-        r.gbps = r.bytes_moved / r.time_us / 1e3;
-        r.ref_pct = 100.0 * r.gbps / memcpy_gbps;
-        r.copy_pct = r.ref_pct;
-        if (name == "int8-block") r.eager_us = op == 0 ? eager_q : eager_d;
-        r.rel_l2 = err;
-        rows.push_back(r);
+      for (const CpuPath path : paths) {
+        if (!set_cpu_path(path)) throw std::invalid_argument("--cpu-path avx2: this CPU or build has no AVX2 loops");
+        const CodecSpec spec{codec_from_name(name)};
+        const size_t bytes = packed_size(spec, dt, shape);
+        std::vector<uint8_t> buf(bytes);
+        at::Tensor out = at::empty(shape, x.options());
+        const double q_us = time_cpu_us(
+            [&] {
+              if (encode_cpu(spec, dt, shape.data(), static_cast<int>(shape.size()), x.data_ptr(), nullptr, buf.data(), bytes) != Status::kOk)
+                throw std::runtime_error("encode_cpu failed");
+            },
+            iters, o.warmup);
+        const double d_us = time_cpu_us(
+            [&] {
+              if (decode_cpu(buf.data(), bytes, out.data_ptr(), static_cast<size_t>(out.nbytes())) != Status::kOk)
+                throw std::runtime_error("decode_cpu failed");
+            },
+            iters, o.warmup);
+        const double err = rel_l2(x, out);
+        for (int op = 0; op < 2; ++op) {
+          Row r;
+          r.shape = shape_s;
+          r.codec = name;
+          r.op = op == 0 ? "quantize" : "dequantize";
+          r.dtype = o.dtype;
+          r.path = cpu_path_name(cpu_path());
+          r.numel = x.numel();
+          r.bytes_moved = in_bytes + bytes;
+          r.time_us = op == 0 ? q_us : d_us;
+          r.gbps = r.bytes_moved / r.time_us / 1e3;
+          r.ref_pct = 100.0 * r.gbps / memcpy_gbps;
+          r.copy_pct = r.ref_pct;
+          if (name == "int8-block") r.eager_us = op == 0 ? eager_q : eager_d;
+          r.rel_l2 = err;
+          rows.push_back(r);
+        }
       }
     }
+    set_cpu_path(CpuPath::kAuto);
     std::printf("# %s: one-core memcpy of %zu B: %.1f us, %.2f GB/s (read + written)\n", shape_s.c_str(), in_bytes, memcpy_us,
                 memcpy_gbps);
   }
@@ -307,7 +317,7 @@ void run_cuda(const Options& o, std::vector<Row>& rows) {
 
 void print_table(const Options& o, const std::vector<Row>& rows) {
   const bool gpu = o.device == "cuda";
-  std::printf("#\n# %14s %11s %5s %15s %10s %11s %9s %8s %8s %11s %8s %8s %7s\n", "shape", "numel", "type", "codec", "op",
+  std::printf("#\n# %14s %11s %5s %15s %8s %10s %11s %9s %8s %8s %11s %8s %8s %7s\n", "shape", "numel", "type", "codec", "path", "op",
               "time(us)", "GB/s", gpu ? "%peak" : "%memcpy", gpu ? "%d2d" : "", "eager(us)", "speedup", "relL2", "#wrong");
   for (const Row& r : rows) {
     char eager[32] = "-", speedup[32] = "-", wrong[32] = "-", copy[32] = "";
@@ -317,8 +327,9 @@ void print_table(const Options& o, const std::vector<Row>& rows) {
     }
     if (r.wrong >= 0) std::snprintf(wrong, sizeof wrong, "%lld", static_cast<long long>(r.wrong));
     if (gpu) std::snprintf(copy, sizeof copy, "%.1f", r.copy_pct);
-    std::printf("  %14s %11lld %5s %15s %10s %11.1f %9.2f %8.1f %8s %11s %8s %8.5f %7s\n", r.shape.c_str(),
-                static_cast<long long>(r.numel), r.dtype.c_str(), r.codec.c_str(), r.op.c_str(), r.time_us, r.gbps, r.ref_pct,
+    std::printf("  %14s %11lld %5s %15s %8s %10s %11.1f %9.2f %8.1f %8s %11s %8s %8.5f %7s\n", r.shape.c_str(),
+                static_cast<long long>(r.numel), r.dtype.c_str(), r.codec.c_str(),
+                r.path.empty() ? "cuda" : r.path.c_str(), r.op.c_str(), r.time_us, r.gbps, r.ref_pct,
                 copy, eager, speedup, r.rel_l2, wrong);
   }
   double sum = 0;
@@ -334,7 +345,7 @@ void write_json(const Options& o, const std::vector<Row>& rows) {
   j["iters"] = o.iters;
   j["rows"] = nlohmann::json::array();
   for (const Row& r : rows) {
-    j["rows"].push_back({{"shape", r.shape},   {"numel", r.numel},     {"dtype", r.dtype},       {"codec", r.codec},
+    j["rows"].push_back({{"shape", r.shape},   {"numel", r.numel},     {"dtype", r.dtype},       {"codec", r.codec}, {"path", r.path},
                          {"op", r.op},         {"time_us", r.time_us}, {"bytes", r.bytes_moved}, {"gbps", r.gbps},
                          {"ref_pct", r.ref_pct}, {"copy_pct", r.copy_pct}, {"eager_us", r.eager_us}, {"rel_l2", r.rel_l2},
                          {"wrong", r.wrong}});
@@ -358,6 +369,8 @@ int main(int argc, char** argv) {
   std::string clock = "wall";
   app.add_option("--clock", clock, "CPU timing: wall (default) or thread (CPU time of this thread)")
       ->check(CLI::IsMember({"wall", "thread"}));
+  app.add_option("--cpu-path", o.cpu_path, "CPU loops: auto, portable, avx2, or both (each codec with both)")
+      ->check(CLI::IsMember({"auto", "portable", "avx2", "both"}));
   app.add_flag("!--no-eager", o.eager, "skip the LibTorch eager baseline");
   app.add_option("--json", o.json, "also write the rows as JSON to this file");
   CLI11_PARSE(app, argc, argv);

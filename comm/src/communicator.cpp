@@ -1,6 +1,7 @@
 // The MPI backend. One Engine per Communicator owns every MPI request of the transport; all of
 // them are created, tested and retired under one mutex (mu_), by whichever thread holds it: the
 // caller inside isend/irecv/test/wait, or the progress thread when nobody waits.
+#include <geopipe/comm/auth.h>
 #include <geopipe/comm/communicator.h>
 #include <geopipe/comm/crc32c.h>
 
@@ -21,6 +22,7 @@
 #include <cstring>
 #include <deque>
 #include <mutex>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -96,10 +98,21 @@ constexpr double kProgressSpinS = 50e-6, kProgressSleepCapS = 200e-6;
 
 enum OpState : int { kActive = 0, kArrived = 1, kDone = 2, kFailed = 3 };
 
+// A refused (unauthenticated) message's chunks are drained only up to this size: its header,
+// and so its size, cannot be trusted.
+constexpr uint64_t kMaxRefusedDrainBytes = uint64_t(1) << 30;
+
 }  // namespace
 
 // One message (a send or a receive) and everything the engine needs to move it.
 struct Op {
+  // Counts the engine's live records (CommQueues::live_messages).
+  explicit Op(std::atomic<int64_t>* live_counter) : live(live_counter) { ++*live; }
+  ~Op() { --*live; }
+  Op(const Op&) = delete;
+  Op& operator=(const Op&) = delete;
+  std::atomic<int64_t>* live;
+
   bool is_send = false;
   int peer = 0;
   int tag = 0;
@@ -146,6 +159,22 @@ class Communicator::Engine {
   std::vector<int> region_index_;  // shaper region of each rank
   std::unique_ptr<LinkShaper> shaper_;
   bool checksum_ = true;
+  std::unique_ptr<AuthKey> auth_;  // null: messages carry no tag
+  // Authenticated sequence numbers received from each peer (under mu_): all below `low`, and
+  // those above it in `above` (messages on different tags complete out of order).
+  struct SeenSequences {
+    uint32_t low = 0;
+    std::set<uint32_t> above;
+    bool insert(uint32_t seq) {  // false: already seen (a replay)
+      if (seq < low || !above.insert(seq).second) return false;
+      while (!above.empty() && *above.begin() == low) {
+        above.erase(above.begin());
+        ++low;
+      }
+      return true;
+    }
+  };
+  std::vector<SeenSequences> seen_;
   size_t chunk_bytes_ = 1 << 20;
   int max_inflight_ = 16;
   double default_timeout_s_ = 300;
@@ -172,6 +201,7 @@ class Communicator::Engine {
   std::atomic<double> next_release_{0};        // earliest pending shaper release (0: none)
 
   std::atomic<uint64_t> sent_msgs_{0}, recv_msgs_{0}, sent_bytes_{0}, recv_bytes_{0};
+  std::atomic<int64_t> live_ops_{0};
   std::atomic<double> shaper_delay_{0};
   // Collectives given up after a timeout: MPI still owns them, so their communicator is never
   // freed (freeing it under a pending collective crashes Open MPI's progress engine).
@@ -222,6 +252,7 @@ class Communicator::Engine {
   void on_complete_locked(Slot& slot, const MPI_Status& status, int err);
   void process_headers_locked();
   void process_header_locked(const std::shared_ptr<Op>& op);
+  void post_chunk_receives_locked(const std::shared_ptr<Op>& op);
   void fail_locked(Op& op, const std::string& message);
   void update_next_release_locked();
   bool idle_locked() const { return reqs_.empty() && sending_.empty(); }
@@ -298,6 +329,16 @@ Communicator::Engine::Engine(CommOptions options) {
     const std::string v = env_or("GEOPIPE_CHECKSUM", "1");
     checksum_ = !(v == "0" || v == "off" || v == "false");
   }
+  if (options.auth_key) {
+    if (!options.auth_key->empty()) auth_ = std::make_unique<AuthKey>(*options.auth_key, "auth_key");
+  } else if (const std::string file = env_or("GEOPIPE_AUTH_KEY_FILE", ""); !file.empty()) {
+    auth_ = std::make_unique<AuthKey>(AuthKey::from_file(file));
+  }
+  if (auth_ && !checksum_)
+    throw InputError("GEOPIPE_CHECKSUM", "",
+                     "message authentication needs payload checksums: the header's tag covers the "
+                     "payload through its CRC32C (do not set GEOPIPE_CHECKSUM=0 with a key)");
+  seen_.resize(static_cast<size_t>(size_));
   chunk_bytes_ = options.chunk_bytes;
   if (chunk_bytes_ == 0) {
     const std::string v = env_or("GEOPIPE_CHUNK_BYTES", "1048576");
@@ -356,6 +397,18 @@ Communicator::Engine::Engine(CommOptions options) {
       region_index_.push_back(idx);
     }
   }
+  // Scripted link events, timed from now (every rank is past the all-gather above).
+  const bool events_from_env = !options.link_events;
+  const std::string events_text =
+      options.link_events ? *options.link_events : env_or("GEOPIPE_LINK_EVENTS", "");
+  const std::string events_what = events_from_env ? "GEOPIPE_LINK_EVENTS" : "link_events";
+  const auto events = parse_link_events(events_text, events_what);
+  if (!events.empty()) {
+    if (!shaper_)
+      throw InputError(events_what, "",
+                       "link events need link emulation (set GEOPIPE_EMULATE=software)");
+    shaper_->add_events(events, now_s(), events_what);
+  }
   if (options.progress_thread) progress_ = std::thread([this] { progress_main(); });
 }
 
@@ -389,27 +442,28 @@ Communicator::Engine::~Engine() {
 Request Communicator::Engine::isend(const void* data, size_t bytes, int peer, int tag,
                                     const MessageHeader& header) {
   check_peer_tag(peer, tag, "isend");
-  auto op = std::make_shared<Op>();
+  auto op = std::make_shared<Op>(&live_ops_);
   op->is_send = true;
   op->peer = peer;
   op->tag = tag;
   op->start = now_s();
   op->data = static_cast<const uint8_t*>(data);
   op->bytes = bytes;
+  const TestFault fault = fault_.exchange(TestFault::kNone);
   MessageHeader& h = op->header;
   h = header;
   h.payload_bytes = bytes;
   h.src_rank = rank_;
-  h.seq = seq_[peer]++;
+  h.seq = fault == TestFault::kReplaySequence ? seq_[peer].load() - 1 : seq_[peer]++;
   const bool out_of_band = (header.flags & kFlagOutOfBand) != 0;
   h.flags = out_of_band ? kFlagOutOfBand : 0;
+  if (auth_) h.flags |= kFlagAuthTag;
   if (!out_of_band && checksum_) {
     h.flags |= kFlagHasChecksum;
     h.crc32c = crc32c(data, bytes);
   } else {
     h.crc32c = 0;
   }
-  const TestFault fault = fault_.exchange(TestFault::kNone);
   if (fault == TestFault::kCorruptPayload && bytes > 0 && !out_of_band) {
     op->scratch.assign(op->data, op->data + bytes);  // corrupt a copy, never the caller's data
     op->scratch[bytes / 2] ^= 0x5A;
@@ -418,7 +472,13 @@ Request Communicator::Engine::isend(const void* data, size_t bytes, int peer, in
   const bool inline_payload = out_of_band || bytes <= kInlineBytes;
   op->wire.resize(kHeaderWireBytes + (inline_payload && !out_of_band ? bytes : 0));
   encode_header(h, op->wire.data());
+  if (auth_) seal_header(op->wire.data(), *auth_);
   if (fault == TestFault::kBadMagic) op->wire[0] ^= 0xFF;
+  if (fault == TestFault::kTamperHeader) {
+    op->wire[20] ^= 0x01;  // micro_batch's low byte (header.cpp layout)
+    const uint32_t crc = crc32c(op->wire.data(), 140);
+    for (int i = 0; i < 4; ++i) op->wire[140 + i] = static_cast<uint8_t>(crc >> (8 * i));
+  }
   if (inline_payload) {
     if (!out_of_band && bytes) std::memcpy(op->wire.data() + kHeaderWireBytes, op->data, bytes);
     if (fault == TestFault::kTruncatePayload && bytes > 0 && !out_of_band) op->wire.pop_back();
@@ -455,7 +515,7 @@ Request Communicator::Engine::isend(const void* data, size_t bytes, int peer, in
 Request Communicator::Engine::irecv(void* data, size_t capacity, bool any_size, int peer, int tag,
                                     const Expect& expect) {
   check_peer_tag(peer, tag, "irecv");
-  auto op = std::make_shared<Op>();
+  auto op = std::make_shared<Op>(&live_ops_);
   op->peer = peer;
   op->tag = tag;
   op->start = now_s();
@@ -674,6 +734,39 @@ void Communicator::Engine::process_header_locked(const std::shared_ptr<Op>& op_p
     fail_locked(op, prefix + bad);
     return;
   }
+  // Authentication first: nothing of a header without a valid tag is believed.
+  std::string refusal;
+  if (auth_) {
+    if (!(h.flags & kFlagAuthTag))
+      refusal = "refused: the message from " + who(op.peer) +
+                " carries no authentication tag, but this job uses a key "
+                "(GEOPIPE_AUTH_KEY_FILE must be set on every rank)";
+    else if (!header_tag_valid(op.wire.data(), *auth_))
+      refusal = "refused: the authentication tag of the message from " + who(op.peer) +
+                " is wrong (another key, or the header was altered on the way)";
+    else if (!seen_[static_cast<size_t>(op.peer)].insert(h.seq))
+      refusal = "refused: replayed message from " + who(op.peer) + " (sequence number " +
+                std::to_string(h.seq) + " was already received)";
+  } else if (h.flags & kFlagAuthTag) {
+    refusal = "refused: the message from " + who(op.peer) +
+              " carries an authentication tag, but this rank has no key "
+              "(GEOPIPE_AUTH_KEY_FILE must be set on every rank, or on none)";
+  }
+  if (!refusal.empty()) {
+    // Its chunks are drained into scratch (never the caller's buffer) so that the sender is
+    // not left hanging, unless the unauthenticated size is implausibly large.
+    const bool chunked = !(h.flags & kFlagOutOfBand) && h.payload_bytes > kInlineBytes;
+    if (!chunked || h.payload_bytes > kMaxRefusedDrainBytes) {
+      fail_locked(op, prefix + refusal);
+      return;
+    }
+    op.header = h;
+    op.pending_error = refusal;
+    op.scratch.resize(h.payload_bytes);
+    op.dest = op.scratch.data();
+    post_chunk_receives_locked(op_ptr);
+    return;
+  }
   op.header = h;
   std::string problem = check_header(h, op.expect);
   auto add = [&problem](const std::string& p) { problem += (problem.empty() ? "" : "; ") + p; };
@@ -729,14 +822,20 @@ void Communicator::Engine::process_header_locked(const std::shared_ptr<Op>& op_p
   } else {
     op.dest = op.user;
   }
-  const int chunks = static_cast<int>((h.payload_bytes + chunk_bytes_ - 1) / chunk_bytes_);
+  post_chunk_receives_locked(op_ptr);
+  recv_bytes_ += h.payload_bytes;
+}
+
+void Communicator::Engine::post_chunk_receives_locked(const std::shared_ptr<Op>& op_ptr) {
+  Op& op = *op_ptr;
+  const uint64_t total = op.header.payload_bytes;
+  const int chunks = static_cast<int>((total + chunk_bytes_ - 1) / chunk_bytes_);
   op.pieces = 1 + chunks;
   for (int c = 0; c < chunks; ++c) {
     const size_t offset = static_cast<size_t>(c) * chunk_bytes_;
-    const size_t n = std::min<uint64_t>(chunk_bytes_, h.payload_bytes - offset);
+    const size_t n = std::min<uint64_t>(chunk_bytes_, total - offset);
     post_recv_locked(op_ptr, op.dest + offset, static_cast<int>(n), data_comm_, c + 1);
   }
-  recv_bytes_ += h.payload_bytes;
 }
 
 // ---- completion ----------------------------------------------------------------------------
@@ -940,6 +1039,7 @@ const std::vector<std::string>& Communicator::regions() const { return engine_->
 bool Communicator::emulating() const { return engine_->shaper_ != nullptr; }
 const LinkShaper* Communicator::shaper() const { return engine_->shaper_.get(); }
 bool Communicator::checksum_enabled() const { return engine_->checksum_; }
+bool Communicator::authenticating() const { return engine_->auth_ != nullptr; }
 size_t Communicator::chunk_bytes() const { return engine_->chunk_bytes_; }
 
 Request Communicator::isend(const void* data, size_t bytes, int peer, int tag,
@@ -985,6 +1085,23 @@ CommStats Communicator::stats() const {
   s.bytes_received = engine_->recv_bytes_;
   s.shaper_delay_s = engine_->shaper_delay_;
   return s;
+}
+
+CommQueues Communicator::queues() const {
+  Engine& e = *engine_;
+  CommQueues q;
+  std::lock_guard<std::mutex> lock(e.mu_);
+  q.mpi_requests = e.reqs_.size();
+  q.sends_queued = e.sending_.size();
+  q.receives_queued = e.recv_order_.size();
+  q.live_messages = e.live_ops_.load();
+  q.abandoned_collectives = e.abandoned_.size();
+  for (MPI_Comm c : {e.hdr_comm_, e.data_comm_}) {
+    int flag = 0;
+    MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, c, &flag, MPI_STATUS_IGNORE);
+    q.unexpected_messages = q.unexpected_messages || flag != 0;
+  }
+  return q;
 }
 
 void Communicator::inject_fault_for_testing(TestFault fault) { engine_->fault_ = fault; }

@@ -65,7 +65,8 @@ std::string shape_str(const std::vector<int64_t>& shape) {
 //   0 magic u32 | 4 version u16 | 6 wire size u16 | 8 job u64 | 16 stage i32 | 20 micro_batch i32
 //  24 kind u8 | 25 elem_type u8 | 26 ndim u8 | 27 codec length u8 | 28 flags u32
 //  32 shape i64 x 8 | 96 payload_bytes u64 | 104 seq u32 | 108 src_rank i32 | 112 crc32c u32
-// 116 codec char[16] (NUL padded) | 132 reserved (8 zero bytes) | 140 CRC32C of bytes [0, 140)
+// 116 codec char[16] (NUL padded) | 132 authentication tag (8 bytes, zero unless flags has
+// kFlagAuthTag; written by auth.h's seal_header) | 140 CRC32C of bytes [0, 140)
 struct Writer {
   uint8_t* p;
   size_t at = 0;
@@ -114,7 +115,7 @@ void encode_header(const MessageHeader& h, uint8_t* out) {
   w.u32(h.crc32c);                                       // 112
   for (size_t i = 0; i < 16; ++i)                        // 116 .. 131
     w.u8(i < h.codec.size() ? static_cast<uint8_t>(h.codec[i]) : 0);
-  w.u64(0);                                              // 132 reserved
+  w.u64(0);                                              // 132 tag (seal_header)
   w.u32(crc32c(out, 140));                               // 140 header checksum
 }
 
@@ -169,6 +170,12 @@ std::string decode_header(const uint8_t* data, size_t bytes, MessageHeader& h) {
       h.shape[i] = d;
     }
   }
+  // numel() and the payload check multiply the dims: refuse a tensor of 2^63 bytes or more.
+  uint64_t tensor_bytes = elem_type_bytes(h.elem_type);
+  for (int64_t d : h.shape)
+    if (__builtin_mul_overflow(tensor_bytes, static_cast<uint64_t>(d), &tensor_bytes) ||
+        tensor_bytes > static_cast<uint64_t>(INT64_MAX))
+      return "header shape " + shape_str(h.shape) + " is too large (2^63 bytes or more)";
   h.payload_bytes = r.u64();
   h.seq = r.u32();
   h.src_rank = static_cast<int32_t>(r.u32());

@@ -62,7 +62,7 @@ json read_json_file(const std::string& path) {
   if (in.bad()) throw InputError(path, "", "error while reading the file");
   try {
     return json::parse(ss.str());
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e400
     throw InputError(path, "", std::string("malformed JSON: ") + e.what());
   }
 }

@@ -128,8 +128,8 @@ Plan parse_plan(const json& doc, const std::string& file) {
         for (size_t k = 0; k < ranks->size(); ++k) {
           const json& rv = (*ranks)[k];
           const std::string rp = index_path(child_path(p, "ranks"), k);
-          if (!rv.is_number_integer() || rv.get<long long>() < 0) {
-            r.error(rp, "expected a rank number >= 0, got " + detail::json_type_name(rv));
+          if (!rv.is_number_integer() || rv.get<long long>() < 0 || rv.get<long long>() > (1 << 20)) {
+            r.error(rp, "expected a rank number in [0, 1048576], got " + detail::json_type_name(rv));
             continue;
           }
           int rank = rv.get<int>();
@@ -143,10 +143,13 @@ Plan parse_plan(const json& doc, const std::string& file) {
             !(*layers)[1].is_number_integer()) {
           r.error(lp, "expected [begin, end) as two integers, got " + detail::json_type_name(*layers));
         } else {
-          s.layer_begin = (*layers)[0].get<int>();
-          s.layer_end = (*layers)[1].get<int>();
-          if (s.layer_begin < 0 || s.layer_end <= s.layer_begin)
-            r.error(lp, "expected 0 <= begin < end, got " + layers->dump());
+          const long long begin = (*layers)[0].get<long long>(), end = (*layers)[1].get<long long>();
+          if (begin < 0 || end <= begin || end > 100000) {
+            r.error(lp, "expected 0 <= begin < end <= 100000, got " + layers->dump());
+          } else {
+            s.layer_begin = static_cast<int>(begin);
+            s.layer_end = static_cast<int>(end);
+          }
         }
       }
       plan.stages.push_back(std::move(s));
@@ -204,7 +207,7 @@ Plan parse_plan(const json& doc, const std::string& file) {
           l.to_region = (*pair)[1].get<std::string>();
         }
       }
-      if (from && to && *to < static_cast<long long>(plan.stages.size())) {
+      if (from && to && *to == *from + 1 && *to < static_cast<long long>(plan.stages.size())) {
         const auto& a = plan.stages[static_cast<size_t>(*from)];
         const auto& b = plan.stages[static_cast<size_t>(*to)];
         if (l.from_region.empty()) {
@@ -246,8 +249,8 @@ Plan parse_plan(const json& doc, const std::string& file) {
     if (const json* w = r.field(*sch, "schedule", "warmup", false); w && r.expect_array(*w, "schedule.warmup")) {
       for (size_t i = 0; i < w->size(); ++i) {
         const json& x = (*w)[i];
-        if (!x.is_number_integer() || x.get<long long>() < 0)
-          r.error(index_path("schedule.warmup", i), "expected a warm-up depth >= 0, got " + detail::json_type_name(x));
+        if (!x.is_number_integer() || x.get<long long>() < 0 || x.get<long long>() > (1 << 20))
+          r.error(index_path("schedule.warmup", i), "expected a warm-up depth in [0, 1048576], got " + detail::json_type_name(x));
         else
           plan.schedule.warmup.push_back(x.get<int>());
       }

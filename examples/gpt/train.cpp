@@ -1,5 +1,6 @@
 // geopipe-train: trains the plan's GPT, one rank per stage (under mpirun / geopipe launch), or the
 // whole model in one process for a one-stage plan (the reference). Flags: --help.
+#include <geopipe/comm/auth.h>
 #include <geopipe/comm/communicator.h>
 #include <geopipe/core/error.h>
 #include <geopipe/core/log.h>
@@ -21,34 +22,37 @@ int main(int argc, char** argv) {
   CLI::App app{"geopipe-train: pipeline-parallel GPT training across regions"};
   runtime::TrainConfig cfg;
   std::string topology_file, export_file, profile_file;
+  std::string auth_key_file;  // per-job key authenticating message headers (comm/auth.h)
   int threads = 0;
   app.add_option("--plan", cfg.plan_file, "plan.json from `geopipe plan`")->required()->check(CLI::ExistingFile);
-  app.add_option("--iters", cfg.iters, "optimizer steps in total (default: the job's iterations)");
-  app.add_option("--seed", cfg.seed, "seed of initialisation and data order");
+  app.add_option("--iters", cfg.iters, "optimizer steps in total (default: the job's iterations)")->check(CLI::NonNegativeNumber);
+  app.add_option("--seed", cfg.seed, "seed of initialisation and data order")->check(CLI::NonNegativeNumber);
   app.add_option("--dtype", cfg.dtype, "fp32 or bf16 (bf16 autocast in forward)")->check(CLI::IsMember({"fp32", "bf16"}));
   app.add_option("--codec", cfg.codec, "none|int8|fp8|int4|plan: codec on every inter-stage link");
   app.add_option("--schedule", cfg.schedule, "gpipe|1f1b|plan")->check(CLI::IsMember({"gpipe", "1f1b", "plan"}));
-  app.add_option("--schedule-file", cfg.schedule_file, "action lists in text form (overrides --schedule)");
-  app.add_option("--data", cfg.data_file, "training data file")->required();
+  app.add_option("--schedule-file", cfg.schedule_file, "action lists in text form (overrides --schedule)")->check(CLI::ExistingFile);
+  app.add_option("--data", cfg.data_file, "training data file")->required()->check(CLI::ExistingFile);
   app.add_option("--data-format", cfg.data_format, "text (bytes) or bin (llm.c uint16 shard)")
       ->check(CLI::IsMember({"text", "bin"}));
   app.add_option("--val-fraction", cfg.val_fraction, "tail of the data held out for validation");
-  app.add_option("--eval-every", cfg.eval_every, "validation loss every N steps (0: never)");
-  app.add_option("--eval-batches", cfg.eval_batches, "micro-batches per validation");
+  app.add_option("--eval-every", cfg.eval_every, "validation loss every N steps (0: never)")->check(CLI::NonNegativeNumber);
+  app.add_option("--eval-batches", cfg.eval_batches, "micro-batches per validation")->check(CLI::Range(1, 1 << 20));
   app.add_option("--json-log", cfg.json_log, "one JSON object per step");
   app.add_option("--trace", cfg.trace_file, "Chrome/Perfetto trace merged across ranks");
   app.add_option("--checkpoint-dir", cfg.checkpoint_dir, "checkpoint folder");
-  app.add_option("--checkpoint-every", cfg.checkpoint_every, "checkpoint every N steps (and at the end)");
+  app.add_option("--checkpoint-every", cfg.checkpoint_every, "checkpoint every N steps (and at the end)")->check(CLI::NonNegativeNumber);
   app.add_flag("--resume", cfg.resume, "continue from --checkpoint-dir's manifest");
-  app.add_option("--comm-timeout", cfg.comm_timeout_s, "seconds any wait may block");
-  app.add_option("--device", cfg.device, "cpu, cuda or auto");
+  app.add_option("--comm-timeout", cfg.comm_timeout_s, "seconds any wait may block")->check(CLI::PositiveNumber);
+  app.add_option("--auth-key-file", auth_key_file, "authenticate message headers with this per-job key (>= 32 bytes; default $GEOPIPE_AUTH_KEY_FILE)");
+  app.add_option("--device", cfg.device, "cpu, cuda or auto")->check(CLI::IsMember({"cpu", "cuda", "auto"}));
   app.add_option("--topology", topology_file, "topology of the plan (checks it, prices the run; default $GEOPIPE_TOPOLOGY)");
-  app.add_option("--lr", cfg.optim.lr, "peak learning rate");
-  app.add_option("--min-lr", cfg.optim.min_lr, "final learning rate of the cosine");
-  app.add_option("--warmup", cfg.optim.warmup_steps, "learning-rate warm-up steps");
-  app.add_option("--weight-decay", cfg.optim.weight_decay, "AdamW weight decay (matrices only)");
-  app.add_option("--grad-clip", cfg.optim.grad_clip, "clip the global gradient norm (0: off)");
-  app.add_option("--threads", threads, "CPU threads per rank (0: cores / ranks on this host, at least 1)");
+  app.add_option("--lr", cfg.optim.lr, "peak learning rate")->check(CLI::PositiveNumber);
+  app.add_option("--min-lr", cfg.optim.min_lr, "final learning rate of the cosine")->check(CLI::NonNegativeNumber);
+  app.add_option("--warmup", cfg.optim.warmup_steps, "learning-rate warm-up steps")->check(CLI::NonNegativeNumber);
+  app.add_option("--weight-decay", cfg.optim.weight_decay, "AdamW weight decay (matrices only)")->check(CLI::NonNegativeNumber);
+  app.add_option("--grad-clip", cfg.optim.grad_clip, "clip the global gradient norm (0: off)")->check(CLI::NonNegativeNumber);
+  app.add_option("--threads", threads, "CPU threads per rank (0: cores / ranks on this host, at least 1)")
+      ->check(CLI::Range(0, 4096));
   app.add_flag("--progress,!--no-progress", cfg.progress, "progress line per step (default on)");
   app.add_option("--export", export_file, "gather --checkpoint-dir into one state-dict file and exit");
   app.add_option("--profile", profile_file, "time embedding/blocks/head on this device, write a profile, exit");
@@ -107,6 +111,7 @@ int main(int argc, char** argv) {
       co.region = plan.stages[stage].region;
       co.topology = topo;
       co.default_timeout_s = cfg.comm_timeout_s;
+      if (!auth_key_file.empty()) co.auth_key = comm::read_auth_key_file(auth_key_file);
       comm = std::make_unique<comm::Communicator>(co);
     }
     runtime::TrainResult r = runtime::run_training(plan, cfg, comm.get());

@@ -1,12 +1,17 @@
 // CPU twins of the CUDA codec kernels: the same per-element arithmetic (numeric.h), so buffers,
 // residuals and dequantized values are bit-identical to the GPU's. This file is compiled with
 // -ffp-contract=off (see kernels/CMakeLists.txt): a fused multiply-add would round once where the
-// device rounds twice. Loops are written per codec/dtype so the compiler can vectorize them.
+// device rounds twice. Loops are written per codec/dtype so the compiler can vectorize them; on
+// CPUs with AVX2, whole blocks of round-to-nearest encoding without error feedback, and decoding,
+// run the explicit AVX2 loops of codec_cpu_avx2.cpp instead (identical bytes, tested against these).
 #include <geopipe/kernels/codec.h>
 #include <geopipe/kernels/numeric.h>
 
+#include "codec_cpu_simd.h"
+
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstring>
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && !defined(GEOPIPE_NO_CPU_CLONES)
@@ -29,16 +34,19 @@ using namespace num;
 // ---- loading and storing the three input dtypes -------------------------------------------
 struct F32 {
   using T = float;
+  static constexpr DType kDType = DType::kFloat32;
   static float load(float v) { return v; }
   static float store(float v) { return v; }
 };
 struct BF16 {
   using T = uint16_t;
+  static constexpr DType kDType = DType::kBFloat16;
   static float load(uint16_t v) { return bf16_to_f32(v); }
   static uint16_t store(float v) { return f32_to_bf16(v); }
 };
 struct F16 {
   using T = uint16_t;
+  static constexpr DType kDType = DType::kFloat16;
   static float load(uint16_t v) { return f16_to_f32(v); }
   static uint16_t store(float v) { return f32_to_f16(v); }
 };
@@ -50,6 +58,7 @@ struct Work {
   float* scales;
   uint8_t* payload;
   float* residual;
+  bool avx2 = false;  // whole blocks of round-to-nearest without error feedback go to the AVX2 loops
   bool nonfinite = false;
 };
 
@@ -166,6 +175,15 @@ GEOPIPE_CPU_INLINE void encode_all(Work& w, const void* src) {
   int64_t b = 0;
   for (int64_t row = 0; row < w.L.rows; ++row) {
     int64_t c0 = 0;
+    if (!SR && !EF && w.avx2 && full > 0) {
+      const int64_t base = row * w.L.row_len;
+      uint8_t* q = w.payload + (C == Codec::kInt4Block ? row * ((w.L.row_len + 1) / 2) : base);
+      const bool stream = w.L.payload_bytes >= simd::kStreamBytes;
+      if (simd::encode_blocks_avx2(C, In::kDType, x + base, full / B, static_cast<int>(B), w.qmax, w.scales + b, q, stream))
+        w.nonfinite = true;
+      b += full / B;
+      c0 = full;
+    }
     if (B == 128) {
       for (; c0 < full; c0 += B, ++b) encode_block<In, C, SR, EF, 128>(w, x, row, c0, b);
     } else if (B == 32) {
@@ -248,7 +266,7 @@ GEOPIPE_CPU_INLINE void decode_block(const Layout& L, const float* lut, const fl
 }
 
 template <class Out, Codec C>
-GEOPIPE_CPU_INLINE void decode_all(const Layout& L, const float* scales, const uint8_t* payload, void* dst) {
+GEOPIPE_CPU_INLINE void decode_all(const Layout& L, const float* scales, const uint8_t* payload, void* dst, bool avx2) {
   auto* out = static_cast<typename Out::T*>(dst);
   const float* lut = C == Codec::kFp8E4M3Block ? fp8_tables().e4m3.data() : fp8_tables().e5m2.data();
   const int64_t B = L.block_size;
@@ -256,6 +274,14 @@ GEOPIPE_CPU_INLINE void decode_all(const Layout& L, const float* scales, const u
   int64_t b = 0;
   for (int64_t row = 0; row < L.rows; ++row) {
     int64_t c0 = 0;
+    if (avx2 && full > 0) {
+      const int64_t base = row * L.row_len;
+      const uint8_t* q = payload + (C == Codec::kInt4Block ? row * ((L.row_len + 1) / 2) : base);
+      const bool stream = static_cast<size_t>(L.numel) * sizeof(typename Out::T) >= simd::kStreamBytes;
+      simd::decode_blocks_avx2(C, Out::kDType, scales + b, q, out + base, full / B, static_cast<int>(B), stream);
+      b += full / B;
+      c0 = full;
+    }
     if (B == 128) {
       for (; c0 < full; c0 += B, ++b) decode_block<Out, C, 128>(L, lut, scales, payload, out, row, c0, b);
     } else if (B == 32) {
@@ -266,12 +292,13 @@ GEOPIPE_CPU_INLINE void decode_all(const Layout& L, const float* scales, const u
 }
 
 template <class Out>
-GEOPIPE_CPU_INLINE void decode_codec(Codec c, const Layout& L, const float* scales, const uint8_t* payload, void* dst) {
+GEOPIPE_CPU_INLINE void decode_codec(Codec c, const Layout& L, const float* scales, const uint8_t* payload, void* dst,
+                                     bool avx2) {
   switch (c) {
-    case Codec::kInt8Block: decode_all<Out, Codec::kInt8Block>(L, scales, payload, dst); break;
-    case Codec::kFp8E4M3Block: decode_all<Out, Codec::kFp8E4M3Block>(L, scales, payload, dst); break;
-    case Codec::kFp8E5M2Block: decode_all<Out, Codec::kFp8E5M2Block>(L, scales, payload, dst); break;
-    case Codec::kInt4Block: decode_all<Out, Codec::kInt4Block>(L, scales, payload, dst); break;
+    case Codec::kInt8Block: decode_all<Out, Codec::kInt8Block>(L, scales, payload, dst, avx2); break;
+    case Codec::kFp8E4M3Block: decode_all<Out, Codec::kFp8E4M3Block>(L, scales, payload, dst, avx2); break;
+    case Codec::kFp8E5M2Block: decode_all<Out, Codec::kFp8E5M2Block>(L, scales, payload, dst, avx2); break;
+    case Codec::kInt4Block: decode_all<Out, Codec::kInt4Block>(L, scales, payload, dst, avx2); break;
     case Codec::kNone: break;
   }
 }
@@ -283,11 +310,38 @@ GEOPIPE_CPU_INLINE void decode_codec(Codec c, const Layout& L, const float* scal
 GEOPIPE_CPU_CLONES void encode_f32(Work& w, Codec c, const void* src, bool sr) { encode_codec<F32>(w, c, src, sr); }
 GEOPIPE_CPU_CLONES void encode_f16(Work& w, Codec c, const void* src, bool sr) { encode_codec<F16>(w, c, src, sr); }
 GEOPIPE_CPU_CLONES void encode_bf16(Work& w, Codec c, const void* src, bool sr) { encode_codec<BF16>(w, c, src, sr); }
-GEOPIPE_CPU_CLONES void decode_f32(Codec c, const Layout& L, const float* s, const uint8_t* p, void* d) { decode_codec<F32>(c, L, s, p, d); }
-GEOPIPE_CPU_CLONES void decode_f16(Codec c, const Layout& L, const float* s, const uint8_t* p, void* d) { decode_codec<F16>(c, L, s, p, d); }
-GEOPIPE_CPU_CLONES void decode_bf16(Codec c, const Layout& L, const float* s, const uint8_t* p, void* d) { decode_codec<BF16>(c, L, s, p, d); }
+GEOPIPE_CPU_CLONES void decode_f32(Codec c, const Layout& L, const float* s, const uint8_t* p, void* d, bool avx2) { decode_codec<F32>(c, L, s, p, d, avx2); }
+GEOPIPE_CPU_CLONES void decode_f16(Codec c, const Layout& L, const float* s, const uint8_t* p, void* d, bool avx2) { decode_codec<F16>(c, L, s, p, d, avx2); }
+GEOPIPE_CPU_CLONES void decode_bf16(Codec c, const Layout& L, const float* s, const uint8_t* p, void* d, bool avx2) { decode_codec<BF16>(c, L, s, p, d, avx2); }
+
+std::atomic<CpuPath> g_cpu_path{CpuPath::kAuto};
+
+bool use_avx2() {
+  const CpuPath p = g_cpu_path.load(std::memory_order_relaxed);
+  return p == CpuPath::kAvx2 || (p == CpuPath::kAuto && simd::avx2_available());
+}
 
 }  // namespace
+
+bool cpu_avx2_available() { return simd::avx2_available(); }
+
+bool set_cpu_path(CpuPath path) {
+  if (path == CpuPath::kAvx2 && !simd::avx2_available()) return false;
+  if (path != CpuPath::kAuto && path != CpuPath::kPortable && path != CpuPath::kAvx2) return false;
+  g_cpu_path.store(path, std::memory_order_relaxed);
+  return true;
+}
+
+CpuPath cpu_path() { return use_avx2() ? CpuPath::kAvx2 : CpuPath::kPortable; }
+
+const char* cpu_path_name(CpuPath path) {
+  switch (path) {
+    case CpuPath::kAuto: return "auto";
+    case CpuPath::kPortable: return "portable";
+    case CpuPath::kAvx2: return "avx2";
+  }
+  return "?";
+}
 
 Status encode_cpu(const CodecSpec& spec, DType dtype, const int64_t* shape, int ndim, const void* src,
                   float* residual, void* dst, size_t dst_bytes) {
@@ -322,6 +376,7 @@ Status encode_cpu(const CodecSpec& spec, DType dtype, const int64_t* shape, int 
     w.scales = reinterpret_cast<float*>(out + L.scales_offset);
     w.payload = out + L.payload_offset;
     w.residual = residual;
+    w.avx2 = use_avx2();
     const bool sr = spec.rounding == Rounding::kStochastic;
     switch (dtype) {
       case DType::kFloat32: encode_f32(w, spec.codec, src, sr); break;
@@ -364,10 +419,11 @@ Status decode_cpu(const void* buf, size_t bytes, void* dst, size_t dst_bytes, st
     }
   }
   const uint8_t* payload = in + L.payload_offset;
+  const bool avx2 = use_avx2();
   switch (dtype) {
-    case DType::kFloat32: decode_f32(codec, L, scales.data(), payload, dst); break;
-    case DType::kFloat16: decode_f16(codec, L, scales.data(), payload, dst); break;
-    case DType::kBFloat16: decode_bf16(codec, L, scales.data(), payload, dst); break;
+    case DType::kFloat32: decode_f32(codec, L, scales.data(), payload, dst, avx2); break;
+    case DType::kFloat16: decode_f16(codec, L, scales.data(), payload, dst, avx2); break;
+    case DType::kBFloat16: decode_bf16(codec, L, scales.data(), payload, dst, avx2); break;
   }
   return Status::kOk;
 }

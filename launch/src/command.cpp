@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -68,6 +69,10 @@ std::vector<std::pair<std::string, std::string>> rank_environment(const LaunchSp
   env.emplace_back("GEOPIPE_TOPOLOGY", spec.topology_path);
   env.emplace_back("GEOPIPE_EMULATE", spec.emulate_env.empty() ? emulation_name(spec.emulation) : spec.emulate_env);
   if (!spec.plan_path.empty()) env.emplace_back("GEOPIPE_PLAN", spec.plan_path);
+  // The comm layer's per-job settings, when the caller set them: the authentication key file
+  // (the same path on every host) and scripted link events (comm/communicator.h).
+  for (const char* name : {"GEOPIPE_AUTH_KEY_FILE", "GEOPIPE_LINK_EVENTS"})
+    if (const char* value = std::getenv(name); value && *value) env.emplace_back(name, value);
   if (spec.emulation == Emulation::kNetns) {
     env.emplace_back("NCCL_SOCKET_IFNAME", "gpeth");
   } else if (const std::string iface = spec.interfaces.for_region(rank.region); !iface.empty()) {

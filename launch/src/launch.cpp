@@ -8,8 +8,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <ostream>
 
@@ -143,6 +145,16 @@ int launch(const LaunchRequest& request, std::ostream& out) {
     out << "geopipe launch: " << p.netns->regions.size() << " region namespaces up in "
         << std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() << " s (subnet "
         << p.netns->subnet << ", netem " << (netns->netem() ? "present" : "absent") << ")\n";
+  }
+  if (p.own_run_dir) {
+    // A fresh private folder (mkdtemp: mode 0700, a name nobody can prepare in advance), never
+    // the predictable $TMPDIR/geopipe-launch-<pid> itself: another user could have made that a
+    // folder or link of theirs, and the launch agent written there runs as root with netns.
+    std::string made = spec.run_dir + "-XXXXXX";
+    if (!mkdtemp(made.data()))
+      throw Error("geopipe launch: cannot create a run folder " + made + ": " + std::strerror(errno));
+    spec.run_dir = made;
+    if (p.netns) spec.netns_agent = spec.run_dir + "/netns-agent.sh";
   }
   MpirunCommand cmd = build_mpirun(spec);
   int status = kExitFailure;

@@ -1,3 +1,4 @@
+#include <geopipe/comm/crc32c.h>
 #include <geopipe/core/error.h>
 #include <geopipe/runtime/checkpoint.h>
 
@@ -8,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -71,13 +73,17 @@ std::string torch_save_bytes(const c10::IValue& value) {
 
 }  // namespace
 
-void write_file_atomic(const std::string& path, const std::string& bytes) {
+void write_file_atomic(const std::string& path, const std::string& bytes, const std::function<void()>& midway) {
   const fs::path p(path);
   const std::string tmp = path + ".tmp";
   {
     std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
     if (!f) throw Error("cannot write " + tmp);
-    f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    const size_t half = midway ? bytes.size() / 2 : bytes.size();
+    f.write(bytes.data(), static_cast<std::streamsize>(half));
+    f.flush();
+    if (midway) midway();
+    f.write(bytes.data() + half, static_cast<std::streamsize>(bytes.size() - half));
     f.flush();
     if (!f) throw Error("cannot write " + tmp);
   }
@@ -92,7 +98,9 @@ std::string stage_checkpoint_path(const std::string& dir, int64_t step, int stag
   return (fs::path(dir) / name).string();
 }
 
-void save_stage_checkpoint(const std::string& dir, const StageCheckpoint& c) {
+FileDigest digest_of(const void* data, size_t bytes) { return {bytes, comm::crc32c(data, bytes)}; }
+
+FileDigest save_stage_checkpoint(const std::string& dir, const StageCheckpoint& c, const std::function<void()>& midway) {
   const std::string path = stage_checkpoint_path(dir, c.step, c.stage);
   fs::create_directories(fs::path(path).parent_path());
   c10::impl::GenericDict meta(c10::StringType::get(), c10::IntType::get());
@@ -104,7 +112,9 @@ void save_stage_checkpoint(const std::string& dir, const StageCheckpoint& c) {
   root.insert("model", tensor_dict(c.model));
   root.insert("optimizer", tensor_dict(c.optimizer));
   root.insert("meta", meta);
-  write_file_atomic(path, torch_save_bytes(c10::IValue(root)));
+  const std::string bytes = torch_save_bytes(c10::IValue(root));
+  write_file_atomic(path, bytes, midway);
+  return digest_of(bytes.data(), bytes.size());
 }
 
 void save_model_file(const std::string& path, const std::vector<NamedTensor>& model, const GptConfig& c,
@@ -124,10 +134,15 @@ void save_model_file(const std::string& path, const std::vector<NamedTensor>& mo
   write_file_atomic(path, torch_save_bytes(c10::IValue(root)));
 }
 
-StageCheckpoint load_stage_checkpoint(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw Error("cannot open checkpoint " + path);
-  std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+namespace {
+
+std::string hex32(uint32_t v) {
+  char buf[16];
+  std::snprintf(buf, sizeof(buf), "%08x", v);
+  return buf;
+}
+
+StageCheckpoint parse_stage_checkpoint(const std::vector<char>& bytes, const std::string& path) {
   c10::IValue v;
   try {
     v = torch::jit::pickle_load(bytes);
@@ -149,27 +164,129 @@ StageCheckpoint load_stage_checkpoint(const std::string& path) {
   return c;
 }
 
+}  // namespace
+
+const char* file_check_name(FileCheck check) {
+  switch (check) {
+    case FileCheck::kOk: return "sound";
+    case FileCheck::kMissing: return "missing";
+    case FileCheck::kWrongSize: return "of the wrong size (truncated or overwritten)";
+    case FileCheck::kWrongChecksum: return "corrupted (CRC32C mismatch)";
+    case FileCheck::kUnreadable: return "unreadable";
+  }
+  return "?";
+}
+
+StageCheckpoint load_stage_checkpoint(const std::string& dir, const Manifest& m, int stage, FileCheck* check) {
+  FileCheck scratch;
+  FileCheck& why = check ? *check : scratch;
+  why = FileCheck::kOk;
+  const std::string mpath = manifest_path(dir);
+  if (stage < 0 || stage >= static_cast<int>(m.files.size()))
+    throw InputError(mpath, "files", "names no file for stage " + std::to_string(stage));
+  const ManifestFile& entry = m.files[static_cast<size_t>(stage)];
+  const std::string path = (fs::path(dir) / entry.path).string();
+  const std::string named = " (stage " + std::to_string(stage) + " of step " + std::to_string(m.step) +
+                            ", named by " + mpath + ")";
+  std::ifstream f(path, std::ios::binary);
+  if (!f) {
+    why = FileCheck::kMissing;
+    throw InputError(path, "", "checkpoint file is missing or cannot be opened" + named);
+  }
+  std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  if (f.bad()) {
+    why = FileCheck::kUnreadable;
+    throw InputError(path, "", "checkpoint file cannot be read" + named);
+  }
+  // Verified before parsing: a damaged file never reaches the unpickler.
+  if (bytes.size() != entry.digest.bytes) {
+    why = FileCheck::kWrongSize;
+    throw InputError(path, "bytes", "checkpoint file is " + std::to_string(bytes.size()) + " bytes, the manifest recorded " +
+                                        std::to_string(entry.digest.bytes) + " (truncated or overwritten)" + named +
+                                        "; refusing to load it");
+  }
+  const uint32_t crc = comm::crc32c(bytes.data(), bytes.size());
+  if (crc != entry.digest.crc32c) {
+    why = FileCheck::kWrongChecksum;
+    throw InputError(path, "crc32c", "checkpoint file is corrupted: CRC32C " + hex32(crc) + " computed, the manifest recorded " +
+                                         hex32(entry.digest.crc32c) + named + "; refusing to load it");
+  }
+  StageCheckpoint c;
+  try {
+    c = parse_stage_checkpoint(bytes, path);
+  } catch (const std::exception& e) {  // geopipe::Error, or c10::Error for a missing meta key
+    why = FileCheck::kUnreadable;
+    throw InputError(path, "", std::string(e.what()) + named);
+  }
+  if (c.step != m.step || c.stage != stage) {
+    why = FileCheck::kUnreadable;
+    throw InputError(path, "meta", "holds stage " + std::to_string(c.stage) + " of step " + std::to_string(c.step) +
+                                       ", expected" + named);
+  }
+  return c;
+}
+
+std::string manifest_path(const std::string& dir) { return (fs::path(dir) / "manifest.json").string(); }
+
 void write_manifest(const std::string& dir, const Manifest& m) {
-  nlohmann::json j = {{"step", m.step}, {"num_stages", m.num_stages}, {"job", m.job}, {"files", m.files}};
+  nlohmann::json files = nlohmann::json::array(), bytes = nlohmann::json::array(), crcs = nlohmann::json::array();
+  for (const auto& f : m.files) {
+    files.push_back(f.path);
+    bytes.push_back(f.digest.bytes);
+    crcs.push_back(hex32(f.digest.crc32c));
+  }
+  nlohmann::json j = {{"format", 2},      {"step", m.step},   {"num_stages", m.num_stages}, {"job", m.job},
+                      {"files", files},   {"bytes", bytes},   {"crc32c", crcs}};
   fs::create_directories(dir);
-  write_file_atomic((fs::path(dir) / "manifest.json").string(), j.dump(1) + "\n");
+  write_file_atomic(manifest_path(dir), j.dump(1) + "\n");
 }
 
 std::optional<Manifest> read_manifest(const std::string& dir) {
-  const std::string path = (fs::path(dir) / "manifest.json").string();
+  const std::string path = manifest_path(dir);
   std::ifstream f(path);
   if (!f) return std::nullopt;
+  nlohmann::json j;
+  Manifest m;
+  std::vector<std::string> files, crcs;
+  std::vector<uint64_t> bytes;
   try {
-    nlohmann::json j = nlohmann::json::parse(f);
-    Manifest m;
+    j = nlohmann::json::parse(f);
     m.step = j.at("step").get<int64_t>();
     m.num_stages = j.at("num_stages").get<int>();
     m.job = j.at("job").get<std::string>();
-    m.files = j.at("files").get<std::vector<std::string>>();
-    return m;
+    files = j.at("files").get<std::vector<std::string>>();
   } catch (const std::exception& e) {
     throw InputError(path, "", std::string("malformed checkpoint manifest: ") + e.what());
   }
+  if (!j.contains("crc32c") || !j.contains("bytes"))
+    throw InputError(path, "crc32c",
+                     "manifest records no checksums (format 1, written before checkpoints were checksummed): "
+                     "its files cannot be verified, so they are not loaded");
+  try {
+    bytes = j.at("bytes").get<std::vector<uint64_t>>();
+    crcs = j.at("crc32c").get<std::vector<std::string>>();
+  } catch (const std::exception& e) {
+    throw InputError(path, "crc32c", std::string("malformed checkpoint manifest: ") + e.what());
+  }
+  if (m.num_stages < 1 || files.size() != static_cast<size_t>(m.num_stages) || bytes.size() != files.size() ||
+      crcs.size() != files.size())
+    throw InputError(path, "files", "expected num_stages (" + std::to_string(m.num_stages) +
+                                        ") entries in files, bytes and crc32c, found " + std::to_string(files.size()) +
+                                        ", " + std::to_string(bytes.size()) + ", " + std::to_string(crcs.size()));
+  for (size_t i = 0; i < files.size(); ++i) {
+    const fs::path rel(files[i]);
+    bool escapes = rel.empty() || rel.is_absolute();
+    for (const auto& part : rel) escapes = escapes || part == "..";
+    if (escapes)
+      throw InputError(path, "files[" + std::to_string(i) + "]",
+                       "\"" + files[i] + "\" is not a path inside the checkpoint folder");
+    char* end = nullptr;
+    const unsigned long crc = std::strtoul(crcs[i].c_str(), &end, 16);
+    if (crcs[i].size() != 8 || *end != '\0')
+      throw InputError(path, "crc32c[" + std::to_string(i) + "]", "expected 8 hex digits, got \"" + crcs[i] + "\"");
+    m.files.push_back({files[i], {bytes[i], static_cast<uint32_t>(crc)}});
+  }
+  return m;
 }
 
 void copy_into(const std::vector<NamedTensor>& saved, const std::vector<NamedTensor>& params, const std::string& source) {

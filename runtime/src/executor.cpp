@@ -7,10 +7,13 @@
 #include <ATen/autocast_mode.h>
 #include <torch/version.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <map>
 #include <memory>
 #include <optional>
+#include <thread>
 
 namespace geopipe::runtime {
 
@@ -26,7 +29,28 @@ double now_us() {
 
 uint64_t job_id_of(const std::string& name) { return std::stoull(fnv1a_hex(name), nullptr, 16); }
 
+std::string secs(double s) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%g s", s);
+  return buf;
+}
+
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// Length of the union of [start, end] intervals: the time a link had something in flight.
+double busy_time(std::vector<std::pair<double, double>> spans) {
+  if (spans.empty()) return 0;
+  std::sort(spans.begin(), spans.end());
+  double total = 0, open = spans[0].first, close = spans[0].second;
+  for (const auto& [a, b] : spans) {
+    if (a > close) {  // a gap: the link was idle
+      total += close - open;
+      open = a;
+    }
+    close = std::max(close, b);
+  }
+  return total + close - open;
+}
 
 // Tags: forward activations, their gradients and evaluation activations never share a tag.
 constexpr int kTagForward = 0, kTagBackward = 8192, kTagEval = 16384, kMaxMicroBatches = 8192;
@@ -79,7 +103,12 @@ struct PipelineExecutor::Impl {
     bool compressed = false;
   };
   std::map<std::pair<ActionKind, int>, Posted> recvs;
-  std::vector<comm::Request> sends;
+  struct InFlight {
+    comm::Request request;
+    bool forward = true;            // to the next stage (activation) or the previous (gradient)
+    double start_s = 0, end_s = -1; // seconds since the step began; end < 0: not seen complete
+  };
+  std::vector<InFlight> sends;
   std::map<int, std::pair<at::Tensor, at::Tensor>> live;  // mb -> (input leaf, output)
   std::map<int, at::Tensor> losses;                       // last stage: mb -> loss / M
   std::map<int, at::Tensor> received;                     // mb -> received activation (F input)
@@ -185,22 +214,56 @@ StepStats PipelineExecutor::train_step(int64_t step) {
     I.recvs[{a.kind, a.micro_batch}] = std::move(p);
   }
 
+  double wait_from_prev = 0, wait_from_next = 0;
+  // Marks sends seen complete (their end time: now, to within one action).
+  auto poll_sends = [&] {
+    for (auto& f : I.sends)
+      if (f.end_s < 0 && f.request.test()) f.end_s = seconds_since(t_step);
+  };
+  auto sends_in_flight = [&] {
+    for (const auto& f : I.sends)
+      if (f.end_s < 0) return true;
+    return false;
+  };
+
   auto wait_recv = [&](ActionKind kind, int mb) -> at::Tensor {
     const double t0 = now_us();
     const auto w0 = Clock::now();
     Impl::Posted& p = I.recvs.at({kind, mb});
+    const int from = kind == ActionKind::kRecvF ? stage_ - 1 : stage_ + 1;
     try {
-      p.request.wait(timeout);
+      // While this step's sends are in flight, poll them too (every 200 us), so their completion
+      // times (the links' busy time) are not hidden behind this wait; the last part of the
+      // timeout (at least min(1 s, timeout / 4)) is one blocking wait, which reports comm's detail.
+      const auto deadline = w0 + std::chrono::duration_cast<Clock::duration>(timeout);
+      const auto poll_until = deadline - std::chrono::duration_cast<Clock::duration>(
+                                             std::min(comm::Seconds(1.0), timeout / 4));
+      poll_sends();
+      while (sends_in_flight() && Clock::now() < poll_until && !p.request.test()) {
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+        poll_sends();
+      }
+      p.request.wait(std::max(comm::Seconds(0), comm::Seconds(deadline - Clock::now())));
     } catch (const TimeoutError& e) {
-      const int from = kind == ActionKind::kRecvF ? stage_ - 1 : stage_ + 1;
+      std::string also;
+      for (const auto& f : I.sends)
+        if (f.end_s < 0) also = " (this step's sends to stage " + std::to_string(f.forward ? stage_ + 1 : stage_ - 1) +
+                                " have not finished either)";
       throw TimeoutError("stage " + std::to_string(stage_) + " (rank " + std::to_string(peer(stage_)) + ") waited " +
-                         std::to_string(options_.comm_timeout_s) + " s at " + to_string({stage_, kind, mb}) +
-                         " of step " + std::to_string(step) + " for stage " + std::to_string(from) + " (rank " +
-                         std::to_string(peer(from)) + "): " + e.what());
+                         secs(options_.comm_timeout_s) + " at " + to_string({stage_, kind, mb}) +
+                         " of step " + std::to_string(step + 1) + " for stage " + std::to_string(from) + " (rank " +
+                         std::to_string(peer(from)) + ")" + also + ": " + e.what());
+    } catch (const Error& e) {  // a bad message: checksum, header, size
+      throw Error("stage " + std::to_string(stage_) + " (rank " + std::to_string(peer(stage_)) +
+                  ") received a bad message at " + to_string({stage_, kind, mb}) + " of step " +
+                  std::to_string(step + 1) + " from stage " + std::to_string(from) + " (rank " +
+                  std::to_string(peer(from)) + "); the step is abandoned, no optimizer step taken: " + e.what());
     }
     at::Tensor out = p.buffer;
     if (p.compressed) out = kernels::decompress(p.buffer.narrow(0, 0, static_cast<int64_t>(p.request.header().payload_bytes)));
-    st.wait_s += seconds_since(w0);
+    const double waited = seconds_since(w0);
+    st.wait_s += waited;
+    (kind == ActionKind::kRecvF ? wait_from_prev : wait_from_next) += waited;
     span(std::string(action_kind_name(kind)) + std::to_string(mb) + " wait", t0);
     I.recvs.erase({kind, mb});
     return out.to(dev);
@@ -217,8 +280,9 @@ StepStats PipelineExecutor::train_step(int64_t step) {
     uint64_t& raw = fwd ? st.fwd_raw : st.bwd_raw;
     uint64_t& wire = fwd ? st.fwd_wire : st.bwd_wire;
     raw += static_cast<uint64_t>(x.numel()) * sizeof(float);
+    const double start_s = seconds_since(t_step);
     if (codec == "none") {
-      I.sends.push_back(comm::isend_tensor(*comm_, x, dst, tag, h));
+      I.sends.push_back({comm::isend_tensor(*comm_, x, dst, tag, h), fwd, start_s});
       wire += static_cast<uint64_t>(x.numel()) * sizeof(float);
     } else {
       kernels::Packed packed = kernels::compress(x, codec_spec(codec, mb, !fwd));
@@ -226,7 +290,7 @@ StepStats PipelineExecutor::train_step(int64_t step) {
       h.codec = codec;
       comm::Request r = comm_->isend(bytes.data_ptr(), static_cast<size_t>(bytes.numel()), dst, tag, h);
       r.keep_alive(std::make_shared<at::Tensor>(bytes));
-      I.sends.push_back(r);
+      I.sends.push_back({r, fwd, start_s});
       wire += static_cast<uint64_t>(bytes.numel());
     }
     span(std::string(fwd ? "SEND_F" : "SEND_B") + std::to_string(mb), t0);
@@ -235,6 +299,7 @@ StepStats PipelineExecutor::train_step(int64_t step) {
   double compute_s = 0;
   for (const Action& a : actions_) {
     const int mb = a.micro_batch;
+    poll_sends();
     switch (a.kind) {
       case ActionKind::kRecvF:
         I.received[mb] = wait_recv(a.kind, mb).set_requires_grad(true);
@@ -266,6 +331,7 @@ StepStats PipelineExecutor::train_step(int64_t step) {
         I.live[mb] = {input, out};
         compute_s += seconds_since(c0);
         span("F" + std::to_string(mb), t0);
+        if (options_.after_compute) options_.after_compute(step, a);
         break;
       }
       case ActionKind::kSendF:
@@ -286,6 +352,7 @@ StepStats PipelineExecutor::train_step(int64_t step) {
         I.live.erase(mb);                           // activations of mb freed here
         compute_s += seconds_since(c0);
         span("B" + std::to_string(mb), t0);
+        if (options_.after_compute) options_.after_compute(step, a);
         break;
       }
       case ActionKind::kSendB:
@@ -296,27 +363,71 @@ StepStats PipelineExecutor::train_step(int64_t step) {
         // Sends must complete before the next step reuses tags; their buffers are ours.
         const auto w0 = Clock::now();
         const double tw = now_us();
-        comm::wait_all(I.sends, timeout);
+        // One at a time, in the order sent (a link is a FIFO): each end time is when it finished.
+        const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(timeout);
+        std::vector<std::pair<double, double>> busy_next, busy_prev;
+        for (auto& f : I.sends) {
+          if (f.end_s < 0) {
+            try {
+              f.request.wait(std::max(comm::Seconds(0), comm::Seconds(deadline - Clock::now())));
+            } catch (const TimeoutError& e) {
+              const int to = f.forward ? stage_ + 1 : stage_ - 1;
+              throw TimeoutError("stage " + std::to_string(stage_) + " (rank " + std::to_string(peer(stage_)) +
+                                 ") waited " + secs(options_.comm_timeout_s) + " before " +
+                                 to_string({stage_, ActionKind::kOptimizer, 0}) + " of step " + std::to_string(step + 1) +
+                                 " for its send to stage " + std::to_string(to) + " (rank " + std::to_string(peer(to)) +
+                                 ") to finish: " + e.what());
+            }
+            f.end_s = seconds_since(t_step);
+          }
+          (f.forward ? busy_next : busy_prev).emplace_back(f.start_s, f.end_s);
+        }
         I.sends.clear();
         st.wait_s += seconds_since(w0);
         span("send wait", tw);
         const double t0 = now_us();
         const auto c0 = Clock::now();
-        // Loss (last stage) and per-unit squared gradient norms, one all-reduce for both.
+        // Loss (last stage), per-unit squared gradient norms and the links' measurements (each
+        // stage fills its own slots), one all-reduce for all.
         const int L = plan_.job.model.layers;
-        std::vector<double> v(static_cast<size_t>(L) + 3, 0.0);
+        const size_t link0 = static_cast<size_t>(L) + 3;  // 6 slots per stage boundary b
+        std::vector<double> v(link0 + 6 * static_cast<size_t>(S - 1), 0.0);
         if (last)
           for (const auto& [m, l] : I.losses) v[0] += l.item<double>();
         for (const auto& [unit, sq] : unit_grad_sq_norms(model_)) v[1 + unit] = sq;
+        if (!last) {  // boundary stage_ -> stage_+1: I send activations, receive gradients
+          double* b = &v[link0 + 6 * static_cast<size_t>(stage_)];
+          b[0] = static_cast<double>(st.fwd_wire);
+          b[1] = busy_time(busy_next);
+          b[5] = wait_from_next;
+        }
+        if (!first) {  // boundary stage_-1 -> stage_: I receive activations, send gradients
+          double* b = &v[link0 + 6 * static_cast<size_t>(stage_ - 1)];
+          b[2] = wait_from_prev;
+          b[3] = static_cast<double>(st.bwd_wire);
+          b[4] = busy_time(busy_prev);
+        }
         compute_s += seconds_since(c0);
         const auto r0 = Clock::now();
-        allreduce_sum(comm_, v, options_.comm_timeout_s);
+        try {
+          allreduce_sum(comm_, v, options_.comm_timeout_s);
+        } catch (const TimeoutError& e) {
+          throw TimeoutError("stage " + std::to_string(stage_) + " (rank " + std::to_string(peer(stage_)) + ") waited " +
+                             secs(options_.comm_timeout_s) + " at " + to_string(a) + " of step " +
+                             std::to_string(step + 1) + " for the all-reduce of loss and gradient norms (some rank "
+                             "never arrived): " + e.what());
+        }
         st.wait_s += seconds_since(r0);
         const auto c1 = Clock::now();
         st.loss = v[0];
         std::vector<std::pair<int, double>> units;
         for (int u = 0; u <= L + 1; ++u) units.emplace_back(u, v[1 + u]);
         st.grad_norm = global_norm(units);
+        for (int b = 0; b + 1 < S; ++b) {
+          const double* x = &v[link0 + 6 * static_cast<size_t>(b)];
+          st.links.push_back({b, b + 1, x[0], x[1], x[2]});
+          st.links.push_back({b + 1, b, x[3], x[4], x[5]});
+        }
         optimizer_.step(st.lr, clip_scale(st.grad_norm, optim_.grad_clip));
         optimizer_.zero_grad();
         compute_s += seconds_since(c1);

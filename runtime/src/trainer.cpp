@@ -5,6 +5,9 @@
 #include <geopipe/runtime/trainer.h>
 #include <geopipe/scheduler/profile.h>
 
+#include <csignal>
+#include <cstdlib>
+
 #include <ATen/ATen.h>
 #include <mpi.h>
 
@@ -12,6 +15,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -79,6 +83,43 @@ Schedule build_schedule(const Plan& plan, const TrainConfig& cfg) {
                           cfg.plan_file + " (schedule " + kind + ")");
 }
 
+std::string fault_kind_name(TestFault::Kind k) {
+  switch (k) {
+    case TestFault::Kind::kKill: return "kill";
+    case TestFault::Kind::kKillInCheckpoint: return "kill-in-checkpoint";
+    case TestFault::Kind::kCorrupt: return "corrupt";
+    case TestFault::Kind::kNone: break;
+  }
+  return "none";
+}
+
+// The test hook's last words, then SIGKILL (nothing after it runs: no destructor, no MPI_Abort).
+[[noreturn]] void die_by_sigkill(const TestFault& f, const std::string& where) {
+  const auto unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                           std::chrono::system_clock::now().time_since_epoch()).count();
+  std::fprintf(stderr, "geopipe-train: rank %d: GEOPIPE_TEST_FAULT %s: SIGKILL at step %lld %s (unix_ms %lld)\n",
+               f.rank, fault_kind_name(f.kind).c_str(), static_cast<long long>(f.step), where.c_str(),
+               static_cast<long long>(unix_ms));
+  std::fflush(stderr);
+  std::raise(SIGKILL);
+  std::abort();  // not reached
+}
+
+// On resume, rank 0 keeps the JSON log's lines up to the resumed step (a killed run may have
+// logged steps after its last checkpoint, or a torn last line), so the log stays one trajectory.
+void trim_json_log(const std::string& path, int64_t last_step) {
+  std::ifstream in(path);
+  if (!in) return;
+  std::string kept, line;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (j.is_object() && j.contains("step") && j["step"].is_number_integer() && j["step"].get<int64_t>() <= last_step)
+      kept += line + "\n";
+  }
+  in.close();
+  write_file_atomic(path, kept);
+}
+
 // Everything the summary needs from every rank, in one all-reduce (each rank fills its slot).
 struct RankTotals {
   double compute_s = 0, wait_s = 0, wall_s = 0, fwd_raw = 0, fwd_wire = 0, bwd_raw = 0, bwd_wire = 0;
@@ -107,6 +148,41 @@ std::pair<std::string, std::string> codec_pair(const std::string& flag) {
   throw InputError("--codec", "codec", "expected none, int8, fp8, int4, plan or a codec name, got \"" + flag + "\"");
 }
 
+TestFault parse_test_fault(const std::string& text) {
+  TestFault f;
+  if (text.empty()) return f;
+  auto bad = [&](const std::string& why) {
+    return InputError("GEOPIPE_TEST_FAULT", "", "\"" + text + "\": " + why +
+                                                   " (expected kill|kill-in-checkpoint|corrupt:rank=R:step=S)");
+  };
+  std::vector<std::string> parts;
+  size_t pos = 0;
+  while (true) {
+    const size_t colon = text.find(':', pos);
+    parts.push_back(text.substr(pos, colon - pos));
+    if (colon == std::string::npos) break;
+    pos = colon + 1;
+  }
+  if (parts.size() != 3) throw bad("three ':'-separated fields expected");
+  if (parts[0] == "kill") f.kind = TestFault::Kind::kKill;
+  else if (parts[0] == "kill-in-checkpoint") f.kind = TestFault::Kind::kKillInCheckpoint;
+  else if (parts[0] == "corrupt") f.kind = TestFault::Kind::kCorrupt;
+  else throw bad("unknown fault \"" + parts[0] + "\"");
+  auto number = [&](const std::string& field, const std::string& key, long long min) {
+    if (field.rfind(key + "=", 0) != 0) throw bad("expected " + key + "=N, got \"" + field + "\"");
+    const std::string digits = field.substr(key.size() + 1);
+    char* end = nullptr;
+    errno = 0;
+    const long long v = std::strtoll(digits.c_str(), &end, 10);
+    if (digits.empty() || *end != '\0' || errno != 0 || v < min || v > (1LL << 40))
+      throw bad(key + " must be an integer >= " + std::to_string(min) + ", got \"" + digits + "\"");
+    return v;
+  };
+  f.rank = static_cast<int>(number(parts[1], "rank", 0));
+  f.step = number(parts[2], "step", 1);
+  return f;
+}
+
 TrainResult run_training(const Plan& plan, const TrainConfig& cfg, comm::Communicator* comm) {
   const int S = plan.num_stages();
   const int rank = comm ? comm->rank() : 0;
@@ -120,6 +196,17 @@ TrainResult run_training(const Plan& plan, const TrainConfig& cfg, comm::Communi
   const bool first = stage == 0, last = stage == S - 1;
   const int64_t iters = cfg.iters > 0 ? cfg.iters : plan.job.iterations;
   const bool rank0 = rank == 0;
+  std::string fault_text;
+  if (cfg.test_fault) fault_text = *cfg.test_fault;
+  else if (const char* env = std::getenv("GEOPIPE_TEST_FAULT")) fault_text = env;
+  const TestFault fault = parse_test_fault(fault_text);
+  const int world = comm ? comm->size() : 1;
+  if (fault.kind != TestFault::Kind::kNone && fault.rank >= world)
+    throw InputError("GEOPIPE_TEST_FAULT", "", "\"" + fault_text + "\": rank " + std::to_string(fault.rank) +
+                                                  " does not exist (the job has " + std::to_string(world) + " ranks)");
+  if (fault.kind == TestFault::Kind::kCorrupt && !comm)
+    throw InputError("GEOPIPE_TEST_FAULT", "", "\"" + fault_text + "\": a one-stage run sends no messages to corrupt");
+  const bool my_fault = fault.kind != TestFault::Kind::kNone && fault.rank == rank;
 
   GptConfig gc = gpt_config(plan.job.model);
   if (cfg.dtype != "fp32" && cfg.dtype != "bf16")
@@ -146,18 +233,40 @@ TrainResult run_training(const Plan& plan, const TrainConfig& cfg, comm::Communi
     auto manifest = read_manifest(cfg.checkpoint_dir);
     if (!manifest) throw InputError(cfg.checkpoint_dir, "manifest.json", "no checkpoint to resume from");
     if (manifest->num_stages != S || manifest->job != plan.job.name)
-      throw InputError(cfg.checkpoint_dir + "/manifest.json", "num_stages",
+      throw InputError(manifest_path(cfg.checkpoint_dir), "num_stages",
                        "checkpoint of job " + manifest->job + " with " + std::to_string(manifest->num_stages) +
                            " stages does not match plan " + plan.job.name + " with " + std::to_string(S));
-    const std::string path = (fs::path(cfg.checkpoint_dir) / manifest->files.at(stage)).string();
-    StageCheckpoint ck = load_stage_checkpoint(path);
-    if (ck.seed != cfg.seed)
-      throw InputError(path, "meta.seed", "checkpoint was trained with seed " + std::to_string(ck.seed) +
-                                              ", this run has --seed " + std::to_string(cfg.seed));
-    copy_into(ck.model, model.named_parameters(), path);
-    opt.load_state(ck.optimizer, ck.step, path);
+    // Every rank verifies its own stage file (size, CRC32C, meta); then all learn which stages
+    // failed, so every rank refuses together, naming the file, before anything is written.
+    FileCheck check = FileCheck::kOk;
+    std::optional<InputError> refused;
+    StageCheckpoint ck;
+    try {
+      ck = load_stage_checkpoint(cfg.checkpoint_dir, *manifest, stage, &check);
+      if (ck.seed != cfg.seed)
+        throw InputError(stage_checkpoint_path(cfg.checkpoint_dir, ck.step, stage), "meta.seed",
+                         "checkpoint was trained with seed " + std::to_string(ck.seed) + ", this run has --seed " +
+                             std::to_string(cfg.seed));
+    } catch (const InputError& e) {
+      refused = e;
+      if (check == FileCheck::kOk) check = FileCheck::kUnreadable;
+    }
+    std::vector<double> failed(static_cast<size_t>(S), 0.0);
+    failed[static_cast<size_t>(stage)] = static_cast<double>(check);
+    if (comm) comm->allreduce_max(failed.data(), S, comm::Seconds(timeout_s));
+    if (refused) throw *refused;
+    for (int s = 0; s < S; ++s)
+      if (failed[static_cast<size_t>(s)] != 0)
+        throw InputError((fs::path(cfg.checkpoint_dir) / manifest->files[static_cast<size_t>(s)].path).string(), "",
+                         std::string("stage ") + std::to_string(s) + "'s checkpoint file is " +
+                             file_check_name(static_cast<FileCheck>(static_cast<int>(failed[static_cast<size_t>(s)]))) +
+                             " (named by " + manifest_path(cfg.checkpoint_dir) + "); not resuming");
+    copy_into(ck.model, model.named_parameters(), stage_checkpoint_path(cfg.checkpoint_dir, ck.step, stage));
+    opt.load_state(ck.optimizer, ck.step, stage_checkpoint_path(cfg.checkpoint_dir, ck.step, stage));
     result.first_step = ck.step;
-    if (rank0) spdlog::info("resumed from {} at step {}", cfg.checkpoint_dir, ck.step);
+    if (rank0) spdlog::info("resumed from {} at step {} (every stage file verified: size and CRC32C)",
+                            manifest_path(cfg.checkpoint_dir), ck.step);
+    if (rank0 && !cfg.json_log.empty()) trim_json_log(cfg.json_log, ck.step);
   }
 
   ExecutorOptions eo;
@@ -166,6 +275,10 @@ TrainResult run_training(const Plan& plan, const TrainConfig& cfg, comm::Communi
   eo.comm_timeout_s = timeout_s;
   eo.bf16_autocast = cfg.dtype == "bf16";
   eo.record_trace = !cfg.trace_file.empty();
+  if (my_fault && fault.kind == TestFault::Kind::kKill)
+    eo.after_compute = [fault](int64_t step, const Action& a) {
+      if (step + 1 == fault.step) die_by_sigkill(fault, "after " + to_string(a) + ", mid-iteration");
+    };
   PipelineExecutor exec(plan, stage, model, opt, data, comm, build_schedule(plan, cfg), oc, eo);
 
   std::ofstream jlog;
@@ -183,6 +296,10 @@ TrainResult run_training(const Plan& plan, const TrainConfig& cfg, comm::Communi
   RankTotals tot;
   const auto t_run = Clock::now();
   for (int64_t step = result.first_step; step < iters; ++step) {
+    if (my_fault && fault.kind == TestFault::Kind::kCorrupt && step + 1 == fault.step) {
+      spdlog::warn("GEOPIPE_TEST_FAULT corrupt: rank {}'s first send of step {} flips a payload byte", rank, step + 1);
+      comm->inject_fault_for_testing(comm::TestFault::kCorruptPayload);
+    }
     StepStats st = exec.train_step(step);
     if (!std::isfinite(st.loss)) throw Error("training diverged at step " + std::to_string(step) + ": loss is not finite");
     tot.compute_s += st.compute_s;
@@ -192,6 +309,7 @@ TrainResult run_training(const Plan& plan, const TrainConfig& cfg, comm::Communi
     tot.bwd_raw += static_cast<double>(st.bwd_raw);
     tot.bwd_wire += static_cast<double>(st.bwd_wire);
     result.steps.push_back(st);
+    result.steps.back().links = {};  // logged below; not kept per step (memory of long runs)
     std::optional<double> val;
     const bool final_step = step + 1 == iters;
     if (cfg.eval_every > 0 && ((step + 1) % cfg.eval_every == 0 || final_step)) {
@@ -200,12 +318,24 @@ TrainResult run_training(const Plan& plan, const TrainConfig& cfg, comm::Communi
     }
     if (!cfg.checkpoint_dir.empty() && cfg.checkpoint_every > 0 && ((step + 1) % cfg.checkpoint_every == 0 || final_step)) {
       StageCheckpoint ck{stage, step + 1, cfg.seed, step + 1, model.named_parameters(), opt.state()};
-      save_stage_checkpoint(cfg.checkpoint_dir, ck);
-      if (comm) comm->barrier(comm::Seconds(timeout_s));  // every stage's file is on disk
+      std::function<void()> midway;
+      if (my_fault && fault.kind == TestFault::Kind::kKillInCheckpoint && step + 1 == fault.step)
+        midway = [&] { die_by_sigkill(fault, "half-way through writing " + stage_checkpoint_path(cfg.checkpoint_dir, step + 1, stage) + ".tmp"); };
+      const FileDigest d = save_stage_checkpoint(cfg.checkpoint_dir, ck, midway);
+      // Sizes and checksums to every rank (one slot pair per stage, filled by the stage's first
+      // rank: the sum is exact). It is also the barrier: every stage's file is on disk.
+      std::vector<double> dv(2 * static_cast<size_t>(S), 0.0);
+      if (rank == sp.ranks.at(0)) {
+        dv[2 * static_cast<size_t>(stage)] = static_cast<double>(d.bytes);
+        dv[2 * static_cast<size_t>(stage) + 1] = static_cast<double>(d.crc32c);
+      }
+      allreduce_sum(comm, dv, timeout_s);
       if (rank0) {
         Manifest m{step + 1, S, plan.job.name, {}};
         for (int s = 0; s < S; ++s)
-          m.files.push_back(fs::relative(stage_checkpoint_path(cfg.checkpoint_dir, step + 1, s), cfg.checkpoint_dir).string());
+          m.files.push_back({fs::relative(stage_checkpoint_path(cfg.checkpoint_dir, step + 1, s), cfg.checkpoint_dir).string(),
+                             {static_cast<uint64_t>(dv[2 * static_cast<size_t>(s)]),
+                              static_cast<uint32_t>(dv[2 * static_cast<size_t>(s) + 1])}});
         write_manifest(cfg.checkpoint_dir, m);
       }
     }
@@ -216,8 +346,14 @@ TrainResult run_training(const Plan& plan, const TrainConfig& cfg, comm::Communi
       const double eta = elapsed / static_cast<double>(done) * static_cast<double>(iters - step - 1);
       std::string line = fmt::format("step {}/{} | loss {:.4f}", step + 1, iters, st.loss);
       if (val) line += fmt::format(" | val {:.4f}", *val);
-      line += fmt::format(" | lr {:.2e} | norm {:.3f} | {:.0f} tok/s | {:.3f} s/step | ETA {}", st.lr, st.grad_norm,
-                          tok_s, st.step_s, fmt_duration(eta));
+      line += fmt::format(" | lr {:.2e} | norm {:.3f} | {:.0f} tok/s | {:.3f} s/step", st.lr, st.grad_norm, tok_s,
+                          st.step_s);
+      // The slowest link this step by measured throughput, and how long its receiver waited.
+      const LinkStats* slow = nullptr;
+      for (const auto& l : st.links)
+        if (l.busy_s > 0 && (!slow || l.mb_per_s() < slow->mb_per_s())) slow = &l;
+      if (slow) line += fmt::format(" | slowest link {} {:.3g} MB/s wait {:.3f} s", slow->name(), slow->mb_per_s(), slow->wait_s);
+      line += " | ETA " + fmt_duration(eta);
       std::printf("%s\n", line.c_str());
       std::fflush(stdout);
     }
@@ -226,6 +362,12 @@ TrainResult run_training(const Plan& plan, const TrainConfig& cfg, comm::Communi
                           {"grad_norm", st.grad_norm}, {"tokens_per_s", tok_s}, {"step_s", st.step_s},
                           {"elapsed_s", elapsed}};
       if (val) j["val_loss"] = *val;
+      if (!st.links.empty()) {
+        nlohmann::json links = nlohmann::json::object();
+        for (const auto& l : st.links)
+          links[l.name()] = {{"mb_per_s", l.mb_per_s()}, {"wait_s", l.wait_s}, {"busy_s", l.busy_s}, {"bytes", l.bytes}};
+        j["links"] = links;
+      }
       jlog << j.dump() << "\n";
       jlog.flush();
     }
@@ -311,8 +453,8 @@ int64_t export_checkpoint(const std::string& dir, const ModelSpec& spec, const s
   auto manifest = read_manifest(dir);
   if (!manifest) throw InputError(dir, "manifest.json", "no checkpoint found");
   std::vector<NamedTensor> all;
-  for (const auto& f : manifest->files) {
-    StageCheckpoint ck = load_stage_checkpoint((fs::path(dir) / f).string());
+  for (int s = 0; s < manifest->num_stages; ++s) {
+    StageCheckpoint ck = load_stage_checkpoint(dir, *manifest, s);  // size and CRC32C verified
     all.insert(all.end(), ck.model.begin(), ck.model.end());
   }
   const GptConfig gc = gpt_config(spec);

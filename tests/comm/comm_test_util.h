@@ -1,9 +1,11 @@
 // Small helpers shared by the MPI comm tests.
 #pragma once
 
+#include <gtest/gtest.h>
 #include <mpi.h>
 
 #include <chrono>
+#include <cstdio>
 
 namespace geopipe::comm::test_util {
 
@@ -22,5 +24,20 @@ inline int world_size() {
   MPI_Comm_size(MPI_COMM_WORLD, &s);
   return s;
 }
+
+// The MPI test main prints GoogleTest's report from rank 0 only; this prints the failed
+// assertions of the other ranks (to stderr, with the rank), so their failures are not silent.
+class OtherRankFailurePrinter : public ::testing::EmptyTestEventListener {
+  void OnTestPartResult(const ::testing::TestPartResult& result) override {
+    if (!result.failed() || world_rank() == 0) return;
+    std::fprintf(stderr, "[rank %d] %s:%d: Failure\n%s\n", world_rank(),
+                 result.file_name() ? result.file_name() : "?", result.line_number(),
+                 result.message());
+  }
+};
+inline const bool kOtherRankFailuresPrinted = [] {
+  ::testing::UnitTest::GetInstance()->listeners().Append(new OtherRankFailurePrinter);
+  return true;
+}();
 
 }  // namespace geopipe::comm::test_util

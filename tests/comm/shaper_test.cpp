@@ -90,6 +90,102 @@ TEST(LinkShaper, UniformLinkJoinsEveryPairOfDifferentRegions) {
   EXPECT_DOUBLE_EQ(s.schedule(1, 1, 250000, 0.0), 0.0);  // inside a region: free
 }
 
+// ---- scripted link events ------------------------------------------------------------------
+
+TEST(LinkEvents, MessageStartedBeforeAStallFinishesAfterIt) {
+  LinkShaper s = two_regions();
+  s.add_event(0, 1, 0.005, 1.005, 0.0);  // a -> b stalled for one second from 5 ms
+  // 1 MB at 100 MB/s: 0.5 MB leave before the stall, the other 0.5 MB after it, plus 10 ms.
+  EXPECT_NEAR(s.schedule(0, 1, 1000000, 0.0), 1.010 + 0.010, 1e-12);
+  // The next message queues behind it; the other direction never noticed.
+  EXPECT_NEAR(s.schedule(0, 1, 100000, 0.5), 1.010 + 0.001 + 0.010, 1e-12);
+  EXPECT_DOUBLE_EQ(s.schedule(1, 0, 1000000, 0.5), 0.5 + 0.020 + 0.020);
+}
+
+TEST(LinkEvents, NothingIsDeliveredDuringAStallNotEvenAnEmptyMessage) {
+  LinkShaper s = two_regions();
+  s.add_event(0, 1, 2.0, 3.0, 0.0);
+  EXPECT_DOUBLE_EQ(s.schedule(0, 1, 0, 2.5), 3.0 + 0.010);
+  EXPECT_DOUBLE_EQ(s.schedule(0, 1, 100000, 2.6), 3.0 + 0.001 + 0.010);
+}
+
+TEST(LinkEvents, SlowdownAppliesOnlyDuringTheEventThenTheTopologyRateReturns) {
+  LinkShaper s = two_regions();
+  s.add_event(0, 1, 0.0, 0.05, 10e6);  // 10 MB/s for 50 ms
+  // 0.5 MB at 10 MB/s in the first 50 ms, the remaining 0.5 MB at 100 MB/s (5 ms).
+  EXPECT_NEAR(s.schedule(0, 1, 1000000, 0.0), 0.055 + 0.010, 1e-12);
+  // Well after the event: the topology's 100 MB/s.
+  EXPECT_NEAR(s.schedule(0, 1, 1000000, 5.0), 5.010 + 0.010, 1e-12);
+}
+
+TEST(LinkEvents, SeveralEventsOnOneLinkAddUpPiecewise) {
+  LinkShaper s = two_regions();
+  s.add_event(0, 1, 0.02, 0.03, 0.0);     // stall 10 ms
+  s.add_event(0, 1, 0.0, 0.01, 50e6);     // half rate first (added out of order)
+  // 0..10 ms at 50 MB/s: 0.5 MB; 10..20 ms at 100 MB/s: 1 MB; stall; then 0.5 MB in 5 ms.
+  EXPECT_NEAR(s.schedule(0, 1, 2000000, 0.0), 0.035 + 0.010, 1e-12);
+}
+
+TEST(LinkEvents, AFasterRateOnAnUnlimitedLinkShapesIt) {
+  EXPECT_DOUBLE_EQ(transmit_end({}, 0.0, 1.0, 1e9), 1.0);  // unlimited: instant
+  EXPECT_NEAR(transmit_end({{1.0, 2.0, 1e6}}, 0.0, 1.5, 1e6), 2.0, 1e-12);  // 0.5 MB, rest instant
+}
+
+TEST(LinkEvents, OverlappingEventsOnOneLinkAreRejected) {
+  LinkShaper s = two_regions();
+  s.add_event(0, 1, 1.0, 2.0, 0.0);
+  EXPECT_THROW(s.add_event(0, 1, 1.5, 2.5, 0.0), Error);
+  EXPECT_NO_THROW(s.add_event(0, 1, 2.0, 2.5, 0.0));  // touching is fine
+  EXPECT_NO_THROW(s.add_event(1, 0, 1.5, 2.5, 0.0));  // another link
+  EXPECT_THROW(s.add_event(0, 1, 3.0, 3.0, 0.0), Error);
+}
+
+TEST(LinkEvents, ParsesTheEnvironmentSyntax) {
+  const auto events = parse_link_events("a>b@2+1.5=0; b>a@0.25+10=20mbit;;us-east>eu-central@0+1=500kbit");
+  ASSERT_EQ(events.size(), 3u);
+  EXPECT_EQ(events[0].from, "a");
+  EXPECT_EQ(events[0].to, "b");
+  EXPECT_DOUBLE_EQ(events[0].start_s, 2.0);
+  EXPECT_DOUBLE_EQ(events[0].duration_s, 1.5);
+  EXPECT_DOUBLE_EQ(events[0].bytes_per_s, 0.0);
+  EXPECT_DOUBLE_EQ(events[1].start_s, 0.25);
+  EXPECT_DOUBLE_EQ(events[1].bytes_per_s, 2.5e6);
+  EXPECT_EQ(events[2].from, "us-east");
+  EXPECT_EQ(events[2].to, "eu-central");
+  EXPECT_DOUBLE_EQ(events[2].bytes_per_s, 62500.0);
+  EXPECT_TRUE(parse_link_events("").empty());
+}
+
+TEST(LinkEvents, MalformedEventIsAnInputErrorNamingTheVariableAndTheEvent) {
+  for (const char* bad : {"a>b@2+1.5", "a-b@2+1=0", ">b@1+1=0", "a>b@x+1=0", "a>b@-1+1=0",
+                          "a>b@1+0=0", "a>b@1+2=fast", "a>b@1+2=20mb", "a>b@1+2=-3mbit"}) {
+    try {
+      parse_link_events(std::string("a>b@0+1=0;") + bad);
+      FAIL() << bad;
+    } catch (const InputError& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find("GEOPIPE_LINK_EVENTS"), std::string::npos) << msg;
+      EXPECT_NE(msg.find(std::string("'") + bad + "'"), std::string::npos) << msg;
+    }
+  }
+}
+
+TEST(LinkEvents, UnknownRegionOrMissingLinkNamesTheEvent) {
+  std::vector<std::optional<LinkRate>> links(4);
+  links[1] = LinkRate{1e6, 0.0};  // x -> y only
+  LinkShaper s(2, links, {"x", "y"});
+  EXPECT_NO_THROW(s.add_events(parse_link_events("x>y@1+1=0"), 100.0));
+  EXPECT_DOUBLE_EQ(s.schedule(0, 1, 0, 101.0), 102.0);  // timed from the origin
+  for (const char* bad : {"x>mars@0+1=0", "y>x@0+1=0", "x>y@1.5+1=0"}) {
+    try {
+      s.add_events(parse_link_events(bad), 100.0);
+      FAIL() << bad;
+    } catch (const InputError& e) {
+      EXPECT_NE(std::string(e.what()).find(std::string("'") + bad + "'"), std::string::npos) << e.what();
+    }
+  }
+}
+
 TEST(LinkRateText, ParsesTcStyleRatesAndLatencies) {
   LinkRate r = parse_link_rate("200mbit,20ms");
   EXPECT_DOUBLE_EQ(r.bytes_per_s, 25e6);

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cstdlib>
 
 namespace geopipe::launch {
 namespace {
@@ -93,6 +94,25 @@ TEST(LaunchCommand, Local4SoftwareHasOneAppContextPerRankInPlanOrder) {
   auto placement = nlohmann::json::parse(cmd.files[1].content);
   EXPECT_EQ(placement["ranks"][2]["region"], "eu-central");
   EXPECT_EQ(placement["ranks"][2]["stage"], 2);
+}
+
+TEST(LaunchCommand, ForwardsTheAuthKeyFileAndLinkEventsOnlyWhenSet) {
+  unsetenv("GEOPIPE_AUTH_KEY_FILE");
+  unsetenv("GEOPIPE_LINK_EVENTS");
+  for (const auto& a : build_mpirun(local4_spec()).argv) {
+    EXPECT_EQ(a.find("GEOPIPE_AUTH_KEY_FILE"), std::string::npos) << a;
+    EXPECT_EQ(a.find("GEOPIPE_LINK_EVENTS"), std::string::npos) << a;
+  }
+  setenv("GEOPIPE_AUTH_KEY_FILE", "/secrets/job.key", 1);
+  setenv("GEOPIPE_LINK_EVENTS", "us-east>us-west@5+2=0", 1);
+  auto ctx = app_contexts(build_mpirun(local4_spec()).argv);
+  unsetenv("GEOPIPE_AUTH_KEY_FILE");
+  unsetenv("GEOPIPE_LINK_EVENTS");
+  ASSERT_EQ(ctx.size(), 4u);
+  for (const auto& c : ctx) {  // every rank, including those on other hosts, gets them
+    EXPECT_TRUE(has_pair(c, "-x", "GEOPIPE_AUTH_KEY_FILE=/secrets/job.key"));
+    EXPECT_TRUE(has_pair(c, "-x", "GEOPIPE_LINK_EVENTS=us-east>us-west@5+2=0"));
+  }
 }
 
 TEST(LaunchCommand, Aws6ClusterGroupsConsecutiveRanksPerHostAndSetsInterfaces) {

@@ -151,11 +151,14 @@ TEST(Checkpoint, StageFileRoundTripsModelOptimizerAndMeta) {
   GptStage s(small(), 1, 3, false, false, 5);
   AdamW opt(s.named_parameters(), OptimConfig{});
   StageCheckpoint ck{1, 42, 5, 42, s.named_parameters(), opt.state()};
-  save_stage_checkpoint(dir, ck);
+  const FileDigest digest = save_stage_checkpoint(dir, ck);
   const std::string path = stage_checkpoint_path(dir, 42, 1);
   EXPECT_TRUE(fs::exists(path));
   EXPECT_FALSE(fs::exists(path + ".tmp"));
-  StageCheckpoint back = load_stage_checkpoint(path);
+  EXPECT_EQ(digest.bytes, fs::file_size(path));
+  // A two-stage manifest whose stage 1 is this file (stage 0 is never read).
+  Manifest m{42, 2, "gpt-test", {{"step-000042/stage-0.pt", {}}, {"step-000042/stage-1.pt", digest}}};
+  StageCheckpoint back = load_stage_checkpoint(dir, m, 1);
   EXPECT_EQ(back.step, 42);
   EXPECT_EQ(back.seed, 5u);
   EXPECT_EQ(back.stage, 1);
@@ -177,11 +180,13 @@ TEST(Checkpoint, StageFileRoundTripsModelOptimizerAndMeta) {
 TEST(Checkpoint, ManifestNamesTheLatestCompleteCheckpoint) {
   std::string dir = fresh_dir("ckpt_manifest");
   EXPECT_FALSE(read_manifest(dir).has_value());
-  write_manifest(dir, {10, 2, "gpt-test", {"step-000010/stage-0.pt", "step-000010/stage-1.pt"}});
+  write_manifest(dir, {10, 2, "gpt-test", {{"step-000010/stage-0.pt", {100, 0xdeadbeef}}, {"step-000010/stage-1.pt", {7, 1}}}});
   auto m = read_manifest(dir);
   ASSERT_TRUE(m.has_value());
   EXPECT_EQ(m->step, 10);
-  EXPECT_EQ(m->files.size(), 2u);
+  ASSERT_EQ(m->files.size(), 2u);
+  EXPECT_EQ(m->files[1].path, "step-000010/stage-1.pt");
+  EXPECT_EQ(m->files[0].digest, (FileDigest{100, 0xdeadbeef}));
   { std::ofstream(dir + "/manifest.json") << "{\"step\": "; }
   EXPECT_THROW(read_manifest(dir), InputError);
 }

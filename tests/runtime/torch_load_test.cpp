@@ -66,7 +66,7 @@ TEST(TorchLoad, PythonLoadsCheckpointsAndExportAndNanoGptForwardGivesTheSameLoss
   const GptConfig gc = gpt_config(plan.job.model);
   auto manifest = read_manifest(cfg.checkpoint_dir);
   ASSERT_TRUE(manifest.has_value());
-  StageCheckpoint trained = load_stage_checkpoint((fs::path(cfg.checkpoint_dir) / manifest->files.at(0)).string());
+  StageCheckpoint trained = load_stage_checkpoint(cfg.checkpoint_dir, *manifest, 0);
   GptStage full(gc, 0, gc.n_layer, true, true, 99);
   copy_into(trained.model, full.named_parameters(), "1-stage checkpoint");
 
@@ -78,8 +78,8 @@ TEST(TorchLoad, PythonLoadsCheckpointsAndExportAndNanoGptForwardGivesTheSameLoss
     GptStage part(gc, b, e, b == 0, e == gc.n_layer, 99);
     copy_into(trained.model, part.named_parameters(), "1-stage checkpoint");
     StageCheckpoint ck{b, trained.step, trained.seed, trained.data_position, part.named_parameters(), {}};
-    save_stage_checkpoint(split_dir, ck);
-    m2.files.push_back(fs::relative(stage_checkpoint_path(split_dir, trained.step, b), split_dir).string());
+    const FileDigest digest = save_stage_checkpoint(split_dir, ck);
+    m2.files.push_back({fs::relative(stage_checkpoint_path(split_dir, trained.step, b), split_dir).string(), digest});
   }
   write_manifest(split_dir, m2);
   const std::string export2 = testing::TempDir() + "/torch_load_export2.pt";

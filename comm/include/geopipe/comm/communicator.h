@@ -25,6 +25,16 @@
 // CommOptions::topology, else the file named by env GEOPIPE_TOPOLOGY, else
 // CommOptions::emulate_link (one link between any two different regions). A send is delayed so
 // that it is delivered at shaper.schedule(...) time; a rank sending to itself is not shaped.
+// Scripted link events (CommOptions::link_events, else env GEOPIPE_LINK_EVENTS; shaper.h) slow
+// or stall a link for a while, timed from this Communicator's construction; they need the
+// shaper (emulation on).
+//
+// Authentication (optional, auth.h): with a per-job key every header carries a truncated
+// HMAC-SHA256 tag over its fields (the payload's CRC32C and the per-peer sequence number
+// included). A receiver with a key refuses a message without a valid tag, or with a sequence
+// number already received from that sender (a replay); one without a key refuses a message
+// with a tag. The error names both ranks. A refused message's chunks are not drained (its
+// header cannot be trusted): that (peer, tag) stream is unusable afterwards.
 //
 // After a TimeoutError the peers may be out of step; the job should stop (runtime's decision).
 #pragma once
@@ -64,6 +74,9 @@ enum class TestFault {
   kCorruptPayload,   // flips one payload byte after the checksum was computed
   kTruncatePayload,  // sends one byte less than the header announces
   kBadMagic,         // sends a header with a wrong magic number
+  kTamperHeader,     // changes the micro-batch after the header was sealed, fixing the header
+                     // CRC as a man in the middle would (only the authentication tag notices)
+  kReplaySequence,   // reuses the previous message's sequence number (a replayed header)
 };
 
 struct CommOptions {
@@ -71,17 +84,34 @@ struct CommOptions {
   std::shared_ptr<const Topology> topology;  // empty: env GEOPIPE_TOPOLOGY (when emulating)
   std::optional<EmulateMode> emulate;     // empty: env GEOPIPE_EMULATE (default none)
   std::optional<LinkRate> emulate_link;   // one link for every region pair (benchmarks)
+  // "FROM>TO@START+DURATION=RATE;..." (shaper.h); empty optional: env GEOPIPE_LINK_EVENTS.
+  std::optional<std::string> link_events;
   size_t chunk_bytes = 0;                 // 0: env GEOPIPE_CHUNK_BYTES, else 1 MiB
   int max_chunks_in_flight = 16;          // per message
   std::optional<bool> checksum;           // empty: env GEOPIPE_CHECKSUM (0 disables), else on
   bool progress_thread = true;            // false: progress only inside test()/wait()
   double default_timeout_s = 0;           // 0: env GEOPIPE_COMM_TIMEOUT_S, else 300
+  // Per-job shared key that authenticates every message header (auth.h), >= 32 bytes; needs
+  // checksums on. Empty optional: the file named by env GEOPIPE_AUTH_KEY_FILE, if set; an
+  // empty vector: no key. Every rank of the job must use the same key, or none.
+  std::optional<std::vector<uint8_t>> auth_key;
 };
 
 struct CommStats {
   uint64_t messages_sent = 0, messages_received = 0;
   uint64_t bytes_sent = 0, bytes_received = 0;  // payload bytes
   double shaper_delay_s = 0;                    // total time sends were held by the shaper
+};
+
+// What the engine holds right now (leak checks in tests, diagnostics). After every request was
+// completed and dropped, all of it is zero/false.
+struct CommQueues {
+  size_t mpi_requests = 0;      // MPI requests in flight (header, inline and chunk pieces)
+  size_t sends_queued = 0;      // sends with pieces not yet handed to MPI (shaper, window)
+  size_t receives_queued = 0;   // receives whose header has not been processed yet
+  int64_t live_messages = 0;    // send/receive records alive (held by the engine or a Request)
+  size_t abandoned_collectives = 0;  // collectives given up after a timeout
+  bool unexpected_messages = false;  // MPI holds a message of this transport nobody asked for
 };
 
 class Communicator final : public Transport {
@@ -102,6 +132,7 @@ class Communicator final : public Transport {
   bool emulating() const;                           // is the shaper active?
   const LinkShaper* shaper() const;                 // nullptr when not emulating
   bool checksum_enabled() const;
+  bool authenticating() const;                      // does every header carry a tag?
   size_t chunk_bytes() const;
 
   Request isend(const void* data, size_t bytes, int peer, int tag,
@@ -116,6 +147,7 @@ class Communicator final : public Transport {
   void barrier(Seconds timeout);
 
   CommStats stats() const;
+  CommQueues queues() const;
   // Requests must not outlive the communicator that made them.
   void inject_fault_for_testing(TestFault fault);
 

@@ -34,6 +34,7 @@ size_t elem_type_bytes(ElemType type);
 // Flag bits of MessageHeader::flags.
 inline constexpr uint32_t kFlagHasChecksum = 1u << 0;  // crc32c is valid and must be checked
 inline constexpr uint32_t kFlagOutOfBand = 1u << 1;    // payload travels elsewhere (NCCL)
+inline constexpr uint32_t kFlagAuthTag = 1u << 2;      // bytes [132, 140) hold an HMAC tag (auth.h)
 
 struct MessageHeader {
   uint64_t job = 0;            // job id (e.g. a hash of the job name); 0 = unspecified

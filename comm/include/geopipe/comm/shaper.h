@@ -5,6 +5,13 @@
 // This is a token bucket of depth zero (no burst): the long-run rate is exact and a message
 // never jumps the queue. Independent of any transport and of the clock (times are plain
 // seconds), so its arithmetic is unit-tested with made-up times. Thread-safe.
+//
+// Scripted link events (env GEOPIPE_LINK_EVENTS, CommOptions::link_events) change one directed
+// link's bandwidth for a while: during [start, end) the link moves `bytes_per_s` (0: nothing
+// moves, a stall), afterwards the topology's rate again. The link's rate is then a
+// piecewise-constant function of time and a message occupies the link until the integral of
+// the rate since its start reaches its size: one that starts before a stall finishes after it.
+// Events change the bandwidth only; the one-way latency stays the link's.
 #pragma once
 
 #include <cstddef>
@@ -34,13 +41,39 @@ struct LinkRate {
 // then an optional one-way latency in us/ms/s. Throws InputError naming `what`.
 LinkRate parse_link_rate(const std::string& text, const std::string& what = "--emulate-link");
 
+// One scripted event, as written: "FROM>TO@START+DURATION=RATE" (regions by name, seconds
+// since the transport was created, RATE as parse_link_rate's rate part or 0 for a stall).
+struct LinkEvent {
+  std::string from, to;
+  double start_s = 0;
+  double duration_s = 0;
+  double bytes_per_s = 0;  // 0: stalled
+  std::string text;        // the event as written (for error messages)
+};
+
+// Parses semicolon-separated events, e.g. "a>b@2+1.5=0;b>a@0+10=20mbit". Empty text: none.
+// Throws InputError naming `what` and the bad event.
+std::vector<LinkEvent> parse_link_events(const std::string& text,
+                                         const std::string& what = "GEOPIPE_LINK_EVENTS");
+
+// A scripted interval of one link: during [start, end) it moves bytes_per_s (0: stalled).
+struct RateSegment {
+  double start, end, bytes_per_s;
+};
+// When `bytes` that start on a free link at time `start` have all left it: the link moves
+// `base_bytes_per_s` (<= 0: unlimited) except during `events` (sorted by start, disjoint).
+// Even zero bytes wait for a stall to end. LinkShaper::schedule is built on it.
+double transmit_end(const std::vector<RateSegment>& events, double base_bytes_per_s,
+                    double start, double bytes);
+
 class LinkShaper {
  public:
   // links[from * num_regions + to]; nullopt = no link (scheduling on it is an error).
   // LinkShaper is not copyable (it holds a mutex) but movable through the factory functions.
   LinkShaper(LinkShaper&& other) noexcept
       : num_regions_(other.num_regions_), links_(std::move(other.links_)),
-        names_(std::move(other.names_)), free_at_(std::move(other.free_at_)) {}
+        names_(std::move(other.names_)), free_at_(std::move(other.free_at_)),
+        events_(std::move(other.events_)) {}
   LinkShaper(int num_regions, std::vector<std::optional<LinkRate>> links,
              std::vector<std::string> region_names = {});
   // From a topology: every directed link and the intra-region link. kLatencyOnly drops rates.
@@ -53,6 +86,15 @@ class LinkShaper {
   int region_index(const std::string& name) const;  // -1 when unknown
   bool has_link(int from, int to) const;
   LinkRate link(int from, int to) const;            // throws when there is none
+
+  // Sets the link from -> to to `bytes_per_s` (0: stalled) during [start, end) (shaper times).
+  // Throws geopipe::Error when there is no such link, end <= start, the rate is negative, or
+  // the interval overlaps another event of the same link.
+  void add_event(int from, int to, double start, double end, double bytes_per_s);
+  // Adds parsed events with times relative to `origin` (the transport's creation time).
+  // Throws InputError naming `what` and the event for an unknown region or a missing link.
+  void add_events(const std::vector<LinkEvent>& events, double origin,
+                  const std::string& what = "GEOPIPE_LINK_EVENTS");
 
   // Reserves the link for `bytes` submitted at time `now` (seconds on any monotonic clock);
   // returns the delivery time. Throws geopipe::Error when the regions have no link.
@@ -68,6 +110,7 @@ class LinkShaper {
   std::vector<std::string> names_;
   mutable std::mutex mu_;
   std::vector<double> free_at_;
+  std::vector<std::vector<RateSegment>> events_;  // per link, sorted, never overlapping
 };
 
 }  // namespace geopipe::comm

@@ -126,6 +126,19 @@ Status encode_cpu(const CodecSpec& spec, DType dtype, const int64_t* shape, int 
 // header's dtype (dst_bytes must equal numel * dtype_size). Refuses non-finite/negative scales.
 Status decode_cpu(const void* buf, size_t bytes, void* dst, size_t dst_bytes, std::string* why = nullptr);
 
+// Which loops encode_cpu/decode_cpu run. kAvx2: explicit AVX2 loops for whole blocks of
+// round-to-nearest encoding without error feedback (the default codec path) and for decoding, the
+// portable loops for the rest; kPortable: the compiler-vectorized loops only (the reference). Both
+// give identical bytes; the default (kAuto) is kAvx2 where the CPU has AVX2 and F16C. Process-wide;
+// meant for tests and benchmarks that compare the two.
+enum class CpuPath : uint8_t { kAuto = 0, kPortable = 1, kAvx2 = 2 };
+bool cpu_avx2_available();
+// Returns false (and changes nothing) for kAvx2 where it is not available.
+bool set_cpu_path(CpuPath path);
+// The path in use now: kPortable or kAvx2.
+CpuPath cpu_path();
+const char* cpu_path_name(CpuPath path);  // "auto", "portable", "avx2"
+
 // ---- CUDA kernels (kNoCuda in a build without CUDA) ------------------------------------------
 // Same contract as encode_cpu with device pointers, asynchronous on `stream` (a cudaStream_t).
 // `dst` must be 16-byte aligned. Non-finite input is reported in the buffer's header status word

@@ -4,16 +4,27 @@
 //
 //   DIR/step-000100/stage-0.pt   {"model": {name: tensor}, "optimizer": {"exp_avg.<name>": ...},
 //                                 "meta": {"step": 100, "seed": 1, "stage": 0, "data_position": 100}}
-//   DIR/manifest.json            {"step": 100, "num_stages": 4, "files": [...], "plan_job": "gpt-tiny"}
+//   DIR/manifest.json            {"format": 2, "step": 100, "num_stages": 4, "job": "gpt-tiny",
+//                                 "files": ["step-000100/stage-0.pt", ...],
+//                                 "bytes": [123456, ...], "crc32c": ["1a2b3c4d", ...]}
 //
 // Every file is written atomically (temp file in the same folder, fsync, rename, fsync of the
 // folder). The manifest is written last, by one rank, after every stage's file is on disk, so
 // a crash leaves the previous manifest pointing at a complete checkpoint.
+//
+// Integrity: the manifest records each stage file's size and CRC32C (comm's crc32c.h, the
+// transport's own checksum, SSE4.2-accelerated: the size catches truncation, the CRC every burst
+// error up to 32 bits and other damage but for a 2^-32 chance; it is no defence against a
+// forger, which docs/SECURITY.md leaves to the file system's permissions). Loading
+// checks size, then checksum, BEFORE the bytes are parsed, and refuses a mismatch with an
+// InputError naming the file and the manifest. A manifest without checksums (format 1, written
+// before they existed) is refused: its files cannot be verified.
 #pragma once
 
 #include <geopipe/runtime/gpt.h>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -29,18 +40,45 @@ struct StageCheckpoint {
   std::vector<NamedTensor> optimizer;
 };
 
-std::string stage_checkpoint_path(const std::string& dir, int64_t step, int stage);
-void save_stage_checkpoint(const std::string& dir, const StageCheckpoint& ckpt);
-StageCheckpoint load_stage_checkpoint(const std::string& path);
+// Size and CRC32C of a file's bytes: what the manifest records for each stage file.
+struct FileDigest {
+  uint64_t bytes = 0;
+  uint32_t crc32c = 0;
+  bool operator==(const FileDigest& o) const { return bytes == o.bytes && crc32c == o.crc32c; }
+};
+FileDigest digest_of(const void* data, size_t bytes);
 
+std::string stage_checkpoint_path(const std::string& dir, int64_t step, int stage);
+// Writes the stage file atomically and returns its digest. `midway` (tests' fault hook) is
+// called when half of the temp file has been written and flushed.
+FileDigest save_stage_checkpoint(const std::string& dir, const StageCheckpoint& ckpt,
+                                 const std::function<void()>& midway = {});
+
+struct ManifestFile {
+  std::string path;  // relative to the checkpoint folder
+  FileDigest digest;
+};
 struct Manifest {
   int64_t step = 0;
   int num_stages = 0;
   std::string job;
-  std::vector<std::string> files;  // relative to the checkpoint folder, one per stage
+  std::vector<ManifestFile> files;  // one per stage, in stage order
 };
+std::string manifest_path(const std::string& dir);  // DIR/manifest.json
 void write_manifest(const std::string& dir, const Manifest& manifest);
-std::optional<Manifest> read_manifest(const std::string& dir);  // nullopt when there is none
+// nullopt when there is none; InputError naming the manifest when it is malformed, has no
+// checksums (format 1), or names a file outside the folder.
+std::optional<Manifest> read_manifest(const std::string& dir);
+
+// Why a stage file was refused (FileCheck::kOk when it is sound).
+enum class FileCheck { kOk = 0, kMissing = 1, kWrongSize = 2, kWrongChecksum = 3, kUnreadable = 4 };
+const char* file_check_name(FileCheck check);  // "missing", "truncated or overwritten", ...
+
+// Loads stage `stage` of the checkpoint `manifest` names: reads DIR/<file>, checks its size
+// and CRC32C against the manifest before parsing, then that its meta (step, stage) agrees.
+// Throws InputError naming the file and the manifest; `*check` (when given) says why.
+StageCheckpoint load_stage_checkpoint(const std::string& dir, const Manifest& manifest, int stage,
+                                      FileCheck* check = nullptr);
 
 // Copies checkpointed tensors into `params` by name; throws Error naming the file and the
 // parameter when one is missing or has another shape.
@@ -51,7 +89,8 @@ void copy_into(const std::vector<NamedTensor>& saved, const std::vector<NamedTen
 void save_model_file(const std::string& path, const std::vector<NamedTensor>& model, const GptConfig& config,
                      int64_t step);
 
-// Atomic whole-file write: `path`.tmp, fsync, rename, fsync of the folder.
-void write_file_atomic(const std::string& path, const std::string& bytes);
+// Atomic whole-file write: `path`.tmp, fsync, rename, fsync of the folder. `midway`, when set,
+// runs after the first half of the bytes is written and flushed (tests' kill-in-checkpoint).
+void write_file_atomic(const std::string& path, const std::string& bytes, const std::function<void()>& midway = {});
 
 }  // namespace geopipe::runtime

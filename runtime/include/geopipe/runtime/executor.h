@@ -20,6 +20,7 @@
 #include <geopipe/runtime/schedule.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,22 @@ struct ExecutorOptions {
   double comm_timeout_s = 300;
   bool bf16_autocast = false;  // forward under bf16 autocast (parameters and optimizer stay fp32)
   bool record_trace = false;
+  // Called after every F and B action (tests' fault hooks: GEOPIPE_TEST_FAULT kill).
+  std::function<void(int64_t step, const Action& action)> after_compute;
+};
+
+// One directed link between consecutive stages in one step, measured by its two ends and
+// gathered by the step's all-reduce (every rank sees every link). A step's sends are polled at
+// every action boundary and every 200 us inside receive waits, so busy_s is exact to within one
+// compute action's duration.
+struct LinkStats {
+  int from_stage = 0, to_stage = 0;  // from + 1 == to: activations; from - 1 == to: gradients
+  double bytes = 0;    // on the wire (after the codec), sent by from_stage
+  double busy_s = 0;   // sender: time with at least one of this step's messages in flight
+  double wait_s = 0;   // receiver: time blocked waiting for them (transfer and upstream bubble)
+  // Measured throughput: wire bytes over the time the link was busy (MB = 1e6 bytes).
+  double mb_per_s() const { return busy_s > 0 ? bytes / busy_s / 1e6 : 0; }
+  std::string name() const { return std::to_string(from_stage) + "->" + std::to_string(to_stage); }
 };
 
 struct StepStats {
@@ -49,6 +66,9 @@ struct StepStats {
   // Bytes this rank sent: to the next stage (activations) and to the previous one (gradients),
   // raw = the tensors' uncompressed size, wire = after the codec.
   uint64_t fwd_raw = 0, fwd_wire = 0, bwd_raw = 0, bwd_wire = 0;
+  // Every directed link of the pipeline, "0->1", "1->0", "1->2", ... (empty for one stage).
+  // run_training logs them (JSON log, progress line); its TrainResult::steps keep them empty.
+  std::vector<LinkStats> links;
 };
 
 // One span for the Chrome/Perfetto trace ("X" events), microseconds since the Unix epoch.

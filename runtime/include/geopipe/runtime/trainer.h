@@ -43,7 +43,28 @@ struct TrainConfig {
   std::optional<Topology> topology; // for the electricity cost in the summary
   OptimConfig optim = [] { OptimConfig o; o.decay_steps = 0; return o; }();  // decay_steps <= 0: iters
   bool progress = true;             // rank 0 prints a progress line per step
+  // Fault injection for tests (see TestFault); nullopt: env GEOPIPE_TEST_FAULT, read once.
+  std::optional<std::string> test_fault;
 };
+
+// FOR TESTS ONLY: env GEOPIPE_TEST_FAULT makes one rank fail on purpose, to prove the fault
+// promises (docs/RELIABILITY.md). STEP is the 1-based step of the progress line and JSON log.
+//   kill:rank=R:step=S                SIGKILL on rank R after its first F/B of step S
+//                                     (mid-iteration, with messages in flight)
+//   kill-in-checkpoint:rank=R:step=S  SIGKILL on rank R half-way through writing its stage
+//                                     file of the checkpoint after step S (temp file partly written)
+//   corrupt:rank=R:step=S             rank R's first send of step S flips a payload byte after
+//                                     its checksum was computed (comm's TestFault::kCorruptPayload)
+// Before raising SIGKILL the rank prints one line to stderr:
+//   "geopipe-train: rank R: GEOPIPE_TEST_FAULT <kind>: SIGKILL at step S ... (unix_ms T)".
+struct TestFault {
+  enum class Kind { kNone, kKill, kKillInCheckpoint, kCorrupt };
+  Kind kind = Kind::kNone;
+  int rank = -1;
+  int64_t step = 0;
+};
+// "" -> kNone. A malformed value is an InputError naming GEOPIPE_TEST_FAULT.
+TestFault parse_test_fault(const std::string& text);
 
 struct TrainResult {
   std::vector<StepStats> steps;       // steps run in this call

@@ -1,0 +1,230 @@
+// Checkpoint integrity in one process: the manifest records every stage file's size and CRC32C,
+// loading verifies both before parsing and refuses a damaged, missing or unverifiable file with
+// an InputError naming it and the manifest; an interrupted write never replaces a good file; a
+// refused --resume writes nothing. Also the GEOPIPE_TEST_FAULT parser.
+#include "job_runner.h"
+
+#include "../runtime/test_plan.h"
+
+#include <geopipe/comm/crc32c.h>
+#include <geopipe/core/error.h>
+#include <geopipe/runtime/checkpoint.h>
+#include <geopipe/runtime/trainer.h>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+#include <string>
+
+namespace geopipe::reliability {
+namespace {
+
+using runtime::FileCheck;
+using runtime::Manifest;
+using runtime::StageCheckpoint;
+
+class CheckpointIntegrity : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = (fs::path(GEOPIPE_BINARY_DIR) / "tests" /
+            ("reliability_ckpt_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name())))
+               .string();
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  // Two stages of step 6, each a 64x64 matrix with its optimizer moment, and their manifest.
+  Manifest write_checkpoint() {
+    Manifest m{6, 2, "gpt-test", {}};
+    for (int s = 0; s < 2; ++s) {
+      at::manual_seed(s);
+      StageCheckpoint c{s, 6, 1234, 6, {{"w" + std::to_string(s), at::randn({64, 64})}},
+                        {{"exp_avg.w" + std::to_string(s), at::randn({64, 64})}}};
+      const runtime::FileDigest d = runtime::save_stage_checkpoint(dir_, c);
+      m.files.push_back({fs::relative(runtime::stage_checkpoint_path(dir_, 6, s), dir_).string(), d});
+    }
+    runtime::write_manifest(dir_, m);
+    return m;
+  }
+
+  // Loads stage `stage` expecting a refusal; returns the message.
+  std::string refused(int stage, FileCheck want) {
+    auto m = runtime::read_manifest(dir_);
+    EXPECT_TRUE(m.has_value());
+    FileCheck check = FileCheck::kOk;
+    try {
+      runtime::load_stage_checkpoint(dir_, *m, stage, &check);
+    } catch (const InputError& e) {
+      EXPECT_EQ(check, want) << e.what();
+      return e.what();
+    }
+    ADD_FAILURE() << "stage " << stage << " loaded although damaged";
+    return "";
+  }
+
+  std::string stage_file(int stage) const { return runtime::stage_checkpoint_path(dir_, 6, stage); }
+  std::string manifest() const { return dir_ + "/manifest.json"; }
+
+  std::string dir_;
+};
+
+TEST_F(CheckpointIntegrity, ManifestRecordsSizeAndCrc32cOfEveryStageFile) {
+  write_checkpoint();
+  auto m = runtime::read_manifest(dir_);
+  ASSERT_TRUE(m.has_value());
+  ASSERT_EQ(m->files.size(), 2u);
+  for (int s = 0; s < 2; ++s) {
+    const std::string bytes = read_file(stage_file(s));
+    EXPECT_EQ(m->files[s].digest.bytes, bytes.size());
+    EXPECT_EQ(m->files[s].digest.crc32c, comm::crc32c_portable(bytes.data(), bytes.size()));
+    StageCheckpoint c = runtime::load_stage_checkpoint(dir_, *m, s);
+    EXPECT_EQ(c.stage, s);
+    EXPECT_EQ(c.step, 6);
+    ASSERT_EQ(c.model.size(), 1u);
+    at::manual_seed(s);
+    EXPECT_TRUE(at::equal(c.model[0].tensor, at::randn({64, 64})));
+  }
+  auto j = nlohmann::json::parse(read_file(manifest()));
+  EXPECT_EQ(j.at("format"), 2);
+  EXPECT_EQ(j.at("crc32c").size(), 2u);
+}
+
+TEST_F(CheckpointIntegrity, TruncatedStageFileIsRefusedNamingItAndTheManifest) {
+  write_checkpoint();
+  fs::resize_file(stage_file(1), fs::file_size(stage_file(1)) - 1);
+  const std::string what = refused(1, FileCheck::kWrongSize);
+  EXPECT_NE(what.find(stage_file(1)), std::string::npos) << what;
+  EXPECT_NE(what.find(manifest()), std::string::npos) << what;
+  EXPECT_NE(what.find("truncated or overwritten"), std::string::npos) << what;
+  EXPECT_NO_THROW(runtime::load_stage_checkpoint(dir_, *runtime::read_manifest(dir_), 0));  // the other is sound
+}
+
+TEST_F(CheckpointIntegrity, OneFlippedBitInTheMiddleIsRefusedBeforeParsing) {
+  write_checkpoint();
+  // The middle of the file is tensor data: the unpickler would load it without complaint.
+  flip_bit(stage_file(0), fs::file_size(stage_file(0)) / 2, 0);
+  const std::string what = refused(0, FileCheck::kWrongChecksum);
+  EXPECT_NE(what.find(stage_file(0)), std::string::npos) << what;
+  EXPECT_NE(what.find("CRC32C"), std::string::npos) << what;
+  EXPECT_NE(what.find(manifest()), std::string::npos) << what;
+}
+
+TEST_F(CheckpointIntegrity, MissingStageFileIsRefusedNamingIt) {
+  write_checkpoint();
+  fs::remove(stage_file(1));
+  const std::string what = refused(1, FileCheck::kMissing);
+  EXPECT_NE(what.find(stage_file(1)), std::string::npos) << what;
+  EXPECT_NE(what.find("missing"), std::string::npos) << what;
+}
+
+TEST_F(CheckpointIntegrity, CorruptManifestJsonIsRefusedNamingIt) {
+  write_checkpoint();
+  std::string text = read_file(manifest());
+  text.resize(text.size() / 2);  // cut in the middle of the JSON
+  std::ofstream(manifest(), std::ios::trunc) << text;
+  try {
+    runtime::read_manifest(dir_);
+    FAIL() << "a torn manifest was accepted";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find(manifest()), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("malformed"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(CheckpointIntegrity, ManifestWithoutChecksumsIsRefused) {
+  write_checkpoint();
+  auto j = nlohmann::json::parse(read_file(manifest()));
+  j.erase("crc32c");
+  j.erase("bytes");
+  j.erase("format");
+  std::ofstream(manifest(), std::ios::trunc) << j.dump();
+  try {
+    runtime::read_manifest(dir_);
+    FAIL() << "an unverifiable manifest was accepted";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find(manifest()), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("no checksums"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(CheckpointIntegrity, ManifestNamingAFileOutsideTheFolderIsRefused) {
+  write_checkpoint();
+  auto j = nlohmann::json::parse(read_file(manifest()));
+  j["files"][1] = "../elsewhere/stage-1.pt";
+  std::ofstream(manifest(), std::ios::trunc) << j.dump();
+  EXPECT_THROW(runtime::read_manifest(dir_), InputError);
+}
+
+TEST_F(CheckpointIntegrity, InterruptedAtomicWriteNeverReplacesTheGoodFile) {
+  const std::string file = dir_ + "/data.bin";
+  runtime::write_file_atomic(file, std::string(1000, 'a'));
+  bool midway_ran = false;
+  EXPECT_THROW(runtime::write_file_atomic(file, std::string(1000, 'b'),
+                                          [&] {
+                                            midway_ran = true;
+                                            throw std::runtime_error("crash half-way");
+                                          }),
+               std::runtime_error);
+  EXPECT_TRUE(midway_ran);
+  EXPECT_EQ(read_file(file), std::string(1000, 'a'));
+  EXPECT_EQ(read_file(file + ".tmp"), std::string(500, 'b'));  // the half that was written
+}
+
+// One process: a resume from a bit-flipped checkpoint throws before anything is written.
+TEST_F(CheckpointIntegrity, ResumeFromACorruptCheckpointThrowsAndWritesNothing) {
+  at::set_num_threads(1);
+  Plan plan = testing_support::tiny_plan({{0, 2}}, {"us-east"});
+  runtime::TrainConfig cfg = testing_support::tiny_config(2);
+  cfg.checkpoint_dir = dir_ + "/ckpt";
+  cfg.checkpoint_every = 2;
+  cfg.json_log = dir_ + "/log.jsonl";
+  cfg.test_fault = "";
+  runtime::run_training(plan, cfg, nullptr);
+  const std::string file = runtime::stage_checkpoint_path(cfg.checkpoint_dir, 2, 0);
+  flip_bit(file, fs::file_size(file) / 2, 7);
+  const auto before = snapshot(cfg.checkpoint_dir);
+  const std::string log_before = read_file(cfg.json_log);
+  cfg.resume = true;
+  cfg.iters = 4;
+  try {
+    runtime::run_training(plan, cfg, nullptr);
+    FAIL() << "resumed from a corrupted checkpoint";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find(file), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(snapshot(cfg.checkpoint_dir), before);
+  EXPECT_EQ(read_file(cfg.json_log), log_before);
+}
+
+TEST(TestFaultSpec, ParsesEachKind) {
+  using K = runtime::TestFault::Kind;
+  EXPECT_EQ(runtime::parse_test_fault("").kind, K::kNone);
+  auto k = runtime::parse_test_fault("kill:rank=3:step=17");
+  EXPECT_EQ(k.kind, K::kKill);
+  EXPECT_EQ(k.rank, 3);
+  EXPECT_EQ(k.step, 17);
+  EXPECT_EQ(runtime::parse_test_fault("kill-in-checkpoint:rank=0:step=1").kind, K::kKillInCheckpoint);
+  EXPECT_EQ(runtime::parse_test_fault("corrupt:rank=2:step=5").kind, K::kCorrupt);
+}
+
+TEST(TestFaultSpec, MalformedValueIsAnInputErrorNamingTheVariable) {
+  for (const char* bad : {"kill", "kill:rank=1", "explode:rank=1:step=2", "kill:rank=x:step=2", "kill:rank=1:step=0",
+                          "kill:rank=-1:step=2", "kill:step=2:rank=1", "kill:rank=1:step=2:extra", "kill:rank=1:step=2x",
+                          "kill:rank=:step=2"}) {
+    try {
+      runtime::parse_test_fault(bad);
+      ADD_FAILURE() << "accepted " << bad;
+    } catch (const InputError& e) {
+      EXPECT_NE(std::string(e.what()).find("GEOPIPE_TEST_FAULT"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(bad), std::string::npos) << e.what();
+    }
+  }
+}
+
+}  // namespace
+}  // namespace geopipe::reliability
