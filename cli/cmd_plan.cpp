@@ -27,6 +27,7 @@ struct PlanOptions {
   int stages = 0;
   double slack = 0.10;
   double efficiency = 0.4;
+  int shared_compute_slots = 0;
 };
 
 void print_summary(const Plan& plan, const std::string& out) {
@@ -67,6 +68,7 @@ int run_plan(const PlanOptions& o) {
   po.fixed_stages = o.stages;
   po.slack = o.slack;
   po.cost.efficiency = o.efficiency;
+  po.cost.shared_compute_slots = o.shared_compute_slots;
   std::unique_ptr<scheduler::Profile> profile;
   if (!o.profile.empty()) {
     profile = std::make_unique<scheduler::Profile>(scheduler::load_profile(o.profile));
@@ -113,6 +115,10 @@ void register_plan(CLI::App& app, int& exit_code) {
       ->check(CLI::Range(0.001, 1.0));
   cmd->add_option("--profile", o->profile, "Measured compute profile (replaces the FLOPs model for its device)")
       ->check(CLI::ExistingFile);
+  cmd->add_option("--shared-compute-slots", o->shared_compute_slots,
+                  "Every stage runs on this one host, which computes N stages at once (emulated regions: its cores, "
+                  "one LibTorch thread per rank); 0 (default): each stage has its own device")
+      ->check(CLI::Range(0, 1 << 20));
   cmd->callback([o, &exit_code] { exit_code = run_plan(*o); });
 }
 

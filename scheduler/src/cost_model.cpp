@@ -136,7 +136,8 @@ const char* schedule_kind_name(ScheduleKind kind) {
 }
 
 PipelineTiming pipeline_timing(const std::vector<double>& t, const std::vector<double>& x,
-                               const std::vector<double>& lat, int micro_batches, ScheduleKind kind) {
+                               const std::vector<double>& lat, int micro_batches, ScheduleKind kind,
+                               int shared_compute_slots) {
   PipelineTiming p;
   const int S = static_cast<int>(t.size());
   const int M = std::max(1, micro_batches);
@@ -178,6 +179,17 @@ PipelineTiming pipeline_timing(const std::vector<double>& t, const std::vector<d
   }
   p.period_s = period;
   p.iteration_s = (M - 1) * period + p.fill_s;
+  const int D = shared_compute_slots;
+  if (D > 0 && D < S) {
+    double work = 0, ramp = 0;
+    for (int k = 0; k < S; ++k) work += M * t[k];
+    for (int k = 0; k + 1 < D; ++k) ramp += t[k] + 2.0 * (x[k] + lat[k]);
+    const double shared = work / D + ramp;
+    if (shared > p.iteration_s) {
+      p.iteration_s = shared;
+      p.compute_shared = true;
+    }
+  }
   return p;
 }
 

@@ -168,15 +168,15 @@ Eval evaluate(const Context& c, const std::vector<int>& path, const std::vector<
   PipelineTiming timing;
   if (c.opt.schedule == "gpipe") {
     kind = ScheduleKind::kGPipe;
-    timing = pipeline_timing(t, x, lat, M, kind);
+    timing = pipeline_timing(t, x, lat, M, kind, c.opt.cost.shared_compute_slots);
   } else if (c.opt.schedule == "1f1b-lh") {
     kind = ScheduleKind::kOneFOneBLatencyHiding;
-    timing = pipeline_timing(t, x, lat, M, kind);
+    timing = pipeline_timing(t, x, lat, M, kind, c.opt.cost.shared_compute_slots);
   } else {
-    timing = pipeline_timing(t, x, lat, M, kind);
+    timing = pipeline_timing(t, x, lat, M, kind, c.opt.cost.shared_compute_slots);
     if (c.opt.schedule == "auto" && timing.latency_stall) {
       kind = ScheduleKind::kOneFOneBLatencyHiding;
-      timing = pipeline_timing(t, x, lat, M, kind);
+      timing = pipeline_timing(t, x, lat, M, kind, c.opt.cost.shared_compute_slots);
     }
   }
   std::vector<const Region*> regs(S);

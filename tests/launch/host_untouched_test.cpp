@@ -248,11 +248,13 @@ class HostUntouched : public ::testing::Test {
 };
 
 TEST_F(HostUntouched, SnapshotSeesAHostChange) {
-  // The comparison must be able to fail: a dummy interface and a namespace made here show up.
-  const std::string dummy = "gpt" + std::to_string(getpid() % 100000);
-  ASSERT_EQ(run_capture({"ip", "link", "add", dummy, "type", "dummy"}).exit_code, 0);
+  // The comparison must be able to fail: an interface and a namespace made here show up. A veth
+  // pair, not a dummy interface: some kernels have no dummy driver, every one that runs the
+  // netns emulation has veth.
+  const std::string veth = "gpt" + std::to_string(getpid() % 100000);
+  ASSERT_EQ(run_capture({"ip", "link", "add", veth + "a", "type", "veth", "peer", "name", veth + "b"}).exit_code, 0);
   HostSnapshot now = snapshot_host();
-  run_capture({"ip", "link", "del", dummy});
+  run_capture({"ip", "link", "del", veth + "a"});  // removes its peer too
   EXPECT_FALSE(differences(before_, now).empty()) << "an added interface went unnoticed";
   EXPECT_EQ(differences(before_, snapshot_host()), std::vector<std::string>{}) << "removing it did not restore";
 

@@ -61,6 +61,25 @@ TEST(CliPlan, ProfileReplacesTheFlopsModel) {
   EXPECT_NEAR(doc["predicted"]["stage_compute_s"][1].get<double>(), 0.012, 1e-12);
 }
 
+TEST(CliPlan, SharedComputeSlotsLengthenTheIterationOfCoLocatedStages) {
+  // With a slow device gpt-tiny's 4 stages on local4 are compute-bound (120-185 ms per micro-batch
+  // against 5-40 ms links): on 2 shared slots they take turns, so the iteration is at least the 8
+  // micro-batches' work over 2 slots (2.36 s against 1.98 s with one device per stage).
+  const std::string base = "plan --topology " + src("examples/topologies/local4.json") + " --job " +
+                           src("examples/jobs/gpt-tiny.json") + " --profile " +
+                           src("tests/scheduler/data/profile-cpu-gpt-tiny-compute-bound.json") + " --schedule gpipe";
+  Result own = run(base);
+  Result shared = run(base + " --shared-compute-slots 2");
+  ASSERT_EQ(own.exit_code, 0) << own.output;
+  ASSERT_EQ(shared.exit_code, 0) << shared.output;
+  auto a = nlohmann::json::parse(own.output), b = nlohmann::json::parse(shared.output);
+  double work = 0;
+  for (const auto& t : b["predicted"]["stage_compute_s"]) work += 8 * t.get<double>();
+  EXPECT_GE(b["predicted"]["iteration_s"].get<double>(), work / 2);
+  EXPECT_GT(b["predicted"]["iteration_s"].get<double>(), a["predicted"]["iteration_s"].get<double>() * 1.1);
+  EXPECT_EQ(run(base + " --shared-compute-slots -1").exit_code, 2);
+}
+
 TEST(CliPlan, BadInputExitsTwoNamingTheField) {
   Result bad = run("plan --topology " + src("examples/topologies/local4.json") + " --job " +
                    src("examples/jobs/gpt-tiny.json") + " --profile " + src("tests/scheduler/data/profile-bad.json"));

@@ -115,6 +115,27 @@ TEST(CostModel, PlainOneFOneBStallsOnLatencyAndLatencyHidingWarmupRemovesIt) {
   EXPECT_EQ(few.warmup[0], 2);
 }
 
+TEST(CostModel, StagesSharingComputeSlotsTakeTurns) {
+  // 4 stages of 1 s on 2 slots, 8 micro-batches: the work is 32 s, 16 s on 2 slots, plus the first
+  // stage's micro-batch and round trip (1 + 2 * (0.5 + 0.1)) while stage 1 has nothing yet.
+  const std::vector<double> t = {1, 1, 1, 1}, x = {0.5, 0.5, 0.5}, lat = {0.1, 0.1, 0.1};
+  auto own = gs::pipeline_timing(t, x, lat, 8, gs::ScheduleKind::kGPipe);
+  EXPECT_FALSE(own.compute_shared);
+  EXPECT_DOUBLE_EQ(own.iteration_s, 7 * 1.0 + 4 + 2 * 3 * 0.6);
+  auto shared = gs::pipeline_timing(t, x, lat, 8, gs::ScheduleKind::kGPipe, 2);
+  EXPECT_TRUE(shared.compute_shared);
+  EXPECT_DOUBLE_EQ(shared.iteration_s, 32.0 / 2 + 1 + 2 * 0.6);
+  EXPECT_DOUBLE_EQ(shared.period_s, own.period_s);
+  // One slot: everything in turn, nothing to add.
+  EXPECT_DOUBLE_EQ(gs::pipeline_timing(t, x, lat, 8, gs::ScheduleKind::kOneFOneB, 1).iteration_s, 32.0);
+  // As many slots as stages (or 0, the default): each stage has its own device.
+  EXPECT_DOUBLE_EQ(gs::pipeline_timing(t, x, lat, 8, gs::ScheduleKind::kGPipe, 4).iteration_s, own.iteration_s);
+  // A link-bound pipe is slower than the shared compute: the pipeline formula stands.
+  auto slow_link = gs::pipeline_timing(t, {5, 5, 5}, lat, 8, gs::ScheduleKind::kGPipe, 2);
+  EXPECT_FALSE(slow_link.compute_shared);
+  EXPECT_DOUBLE_EQ(slow_link.iteration_s, gs::pipeline_timing(t, {5, 5, 5}, lat, 8, gs::ScheduleKind::kGPipe).iteration_s);
+}
+
 TEST(CostModel, EnergyCountsBusyAndIdleTimeAtRegionalPrice) {
   Region r;
   r.gpu_power_w = 700;

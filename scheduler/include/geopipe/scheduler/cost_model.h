@@ -16,6 +16,9 @@ struct Profile;  // profile.h
 struct CostParams {
   double efficiency = 0.4;           // achieved fraction of a GPU's peak gpu_tflops
   double idle_power_fraction = 0.2;  // a reserved GPU waiting in a bubble draws this share of board power
+  // > 0: every stage runs on one host that can compute only this many stages at once (emulated
+  // regions: the host's cores, one LibTorch thread per rank). 0: each stage has its own device.
+  int shared_compute_slots = 0;
 };
 
 // Floating-point operations of one micro-batch.
@@ -76,9 +79,17 @@ struct PipelineTiming {
   std::vector<int> warmup;      // forwards each stage runs before its first backward
   bool link_bound = false;      // a link is slower than the slowest stage (it stalls the pipe)
   bool latency_stall = false;   // the warm-up depths do not cover a round trip
+  bool compute_shared = false;  // the shared compute slots, not the pipeline, set the iteration time
 };
+// `shared_compute_slots` D (CostParams): when 0 < D < stages, the stages take turns on D compute
+// slots, so the iteration also lasts at least the work divided among the slots, M * sum_k t[k] / D,
+// plus the start and the end of the iteration where fewer than D stages can have work: the first
+// D - 1 stages' forward, backward and round trip of one micro-batch,
+// sum_{k < D-1} (t[k] + 2 (x[k] + lat[k])). The iteration is the larger of that and the
+// one-device-per-stage time; period_s stays the latter's.
 PipelineTiming pipeline_timing(const std::vector<double>& t, const std::vector<double>& x,
-                               const std::vector<double>& lat, int micro_batches, ScheduleKind kind);
+                               const std::vector<double>& lat, int micro_batches, ScheduleKind kind,
+                               int shared_compute_slots = 0);
 
 // Energy (joules) of one iteration on the stages' GPUs (one GPU per stage): busy time at board
 // power, the rest of the iteration at idle power, times PUE. Cost in USD at each region's price.
