@@ -55,7 +55,9 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0, 4096));
   app.add_flag("--progress,!--no-progress", cfg.progress, "progress line per step (default on)");
   app.add_option("--export", export_file, "gather --checkpoint-dir into one state-dict file and exit");
-  app.add_option("--profile", profile_file, "time embedding/blocks/head on this device, write a profile, exit");
+  app.add_option("--profile", profile_file,
+                 "time embedding/blocks/head on this device, write a profile, exit (under mpirun -n K: K ranks "
+                 "measure at once, as K stages sharing this host run; rank 0 writes their mean)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -85,10 +87,17 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (!profile_file.empty()) {
-      if (rank == 0) {
-        runtime::write_profile(plan, cfg.device, profile_file);
-        std::printf("wrote profile %s\n", profile_file.c_str());
+      // Under mpirun -n K every rank measures at once (stages sharing this host); rank 0 writes.
+      std::unique_ptr<comm::Communicator> pcomm;
+      if (size > 1) {
+        comm::CommOptions co;
+        co.region = "profile";
+        co.default_timeout_s = cfg.comm_timeout_s;
+        pcomm = std::make_unique<comm::Communicator>(co);
       }
+      runtime::write_profile(plan, cfg.device, profile_file, 5, pcomm.get(), cfg.comm_timeout_s);
+      if (rank == 0) std::printf("wrote profile %s (%d rank%s at once)\n", profile_file.c_str(), size, size > 1 ? "s" : "");
+      pcomm.reset();
       comm::finalize_mpi();
       return 0;
     }

@@ -1,10 +1,12 @@
 #include <geopipe/comm/communicator.h>
+#include <geopipe/comm/nccl_transport.h>
 #include <geopipe/comm/torch.h>
 #include <geopipe/core/error.h>
 #include <geopipe/kernels/torch_codec.h>
 #include <geopipe/runtime/executor.h>
 
 #include <ATen/autocast_mode.h>
+#include <spdlog/spdlog.h>
 #include <torch/version.h>
 
 #include <algorithm>
@@ -151,6 +153,19 @@ PipelineExecutor::PipelineExecutor(const Plan& plan, int stage, GptStage& model,
     codec_in_fwd_ = pick(l->codec_forward, of);
     codec_bwd_ = pick(l->codec_backward, ob);
   }
+  // NCCL where the plan says so and it can run: CUDA tensors, a transport that reaches the peer.
+  auto over_nccl = [&](const LinkPlan* l, int peer_stage) {
+    if (!l || l->transport != "nccl") return false;
+    const int peer_rank = plan.stages.at(peer_stage).ranks.at(0);
+    if (options_.nccl && model.device().is_cuda() && options_.nccl->reaches(peer_rank)) return true;
+    spdlog::warn("stage {}: the plan's link to stage {} says nccl, but {}; using MPI", stage, peer_stage,
+                 !model.device().is_cuda() ? "this stage runs on the CPU"
+                 : !options_.nccl         ? "NCCL is not available here"
+                                          : "NCCL does not reach rank " + std::to_string(peer_rank));
+    return false;
+  };
+  nccl_next_ = over_nccl(plan.link_between(stage, stage + 1), stage + 1);
+  nccl_prev_ = over_nccl(plan.link_between(stage - 1, stage), stage - 1);
   for (const std::string& c : {codec_fwd_, codec_bwd_, codec_in_fwd_, codec_in_bwd_}) {
     kernels::Codec parsed;
     if (c != "none" && !kernels::parse_codec(c, &parsed))
@@ -186,32 +201,45 @@ StepStats PipelineExecutor::train_step(int64_t step) {
     return spec;
   };
 
-  // Post every receive of the step now.
-  for (const Action& a : actions_) {
-    if (a.kind != ActionKind::kRecvF && a.kind != ActionKind::kRecvB) continue;
+  // The transport of the link to stage s (a neighbour), and whether it is NCCL.
+  auto is_nccl = [&](int s) { return s > stage_ ? nccl_next_ : nccl_prev_; };
+  auto transport = [&](int s) -> comm::Transport& {
+    if (is_nccl(s)) return *options_.nccl;
+    return *comm_;
+  };
+  auto post_recv = [&](const Action& a) {
     const bool fwd = a.kind == ActionKind::kRecvF;
-    const int src = peer(fwd ? stage_ - 1 : stage_ + 1);
+    const int from = fwd ? stage_ - 1 : stage_ + 1;
+    const int src = peer(from);
     const int tag = (fwd ? kTagForward : kTagBackward) + a.micro_batch;
     const std::string& codec = fwd ? codec_in_fwd_ : codec_in_bwd_;
     comm::Expect expect;
-    expect.stage = fwd ? stage_ - 1 : stage_ + 1;
+    expect.stage = from;
     expect.micro_batch = a.micro_batch;
     expect.kind = fwd ? comm::MessageKind::kActivation : comm::MessageKind::kGradient;
     expect.shape = act_shape;
     expect.elem_type = comm::ElemType::kFloat32;
     expect.codec = codec;
     expect.job = job_id;
+    // NCCL receives land on the GPU and need the exact size (packed_size is exact); MPI ones in host memory.
+    const at::Device where = is_nccl(from) ? dev : at::Device(at::kCPU);
     Impl::Posted p;
     if (codec == "none") {
-      p.buffer = at::empty(act_shape, at::TensorOptions().dtype(at::kFloat));
-      p.request = comm::irecv_tensor(*comm_, p.buffer, src, tag, expect);
+      p.buffer = at::empty(act_shape, at::TensorOptions().dtype(at::kFloat).device(where));
+      p.request = comm::irecv_tensor(transport(from), p.buffer, src, tag, expect);
     } else {
       const size_t cap = kernels::packed_size(codec_spec(codec, a.micro_batch, !fwd), at::kFloat, act_shape);
-      p.buffer = at::empty({static_cast<int64_t>(cap)}, at::TensorOptions().dtype(at::kByte));
-      p.request = comm_->irecv(p.buffer.data_ptr(), cap, src, tag, expect);
+      p.buffer = at::empty({static_cast<int64_t>(cap)}, at::TensorOptions().dtype(at::kByte).device(where));
+      p.request = transport(from).irecv(p.buffer.data_ptr(), cap, src, tag, expect);
       p.compressed = true;
     }
     I.recvs[{a.kind, a.micro_batch}] = std::move(p);
+  };
+
+  // Post every MPI receive of the step now; NCCL ones are issued with their group (below).
+  for (const Action& a : actions_) {
+    if (a.kind != ActionKind::kRecvF && a.kind != ActionKind::kRecvB) continue;
+    if (!is_nccl(a.kind == ActionKind::kRecvF ? stage_ - 1 : stage_ + 1)) post_recv(a);
   }
 
   double wait_from_prev = 0, wait_from_next = 0;
@@ -271,9 +299,11 @@ StepStats PipelineExecutor::train_step(int64_t step) {
 
   auto send = [&](bool fwd, int mb, const at::Tensor& tensor) {
     const double t0 = now_us();
-    const int dst = peer(fwd ? stage_ + 1 : stage_ - 1);
+    const int to = fwd ? stage_ + 1 : stage_ - 1;
+    const int dst = peer(to);
     const int tag = (fwd ? kTagForward : kTagBackward) + mb;
     const std::string& codec = fwd ? codec_fwd_ : codec_bwd_;
+    const bool gpu_link = is_nccl(to);  // NCCL: the bytes stay on the GPU
     at::Tensor x = tensor.detach().to(at::kFloat).contiguous();
     comm::MessageHeader h = comm::tensor_header(x, fwd ? comm::MessageKind::kActivation : comm::MessageKind::kGradient,
                                                 stage_, mb, job_id);
@@ -282,24 +312,58 @@ StepStats PipelineExecutor::train_step(int64_t step) {
     raw += static_cast<uint64_t>(x.numel()) * sizeof(float);
     const double start_s = seconds_since(t_step);
     if (codec == "none") {
-      I.sends.push_back({comm::isend_tensor(*comm_, x, dst, tag, h), fwd, start_s});
+      I.sends.push_back({comm::isend_tensor(transport(to), x, dst, tag, h), fwd, start_s});
       wire += static_cast<uint64_t>(x.numel()) * sizeof(float);
     } else {
       kernels::Packed packed = kernels::compress(x, codec_spec(codec, mb, !fwd));
-      at::Tensor bytes = packed.bytes.to(at::kCPU).contiguous();
+      at::Tensor bytes = gpu_link ? packed.bytes.contiguous() : packed.bytes.to(at::kCPU).contiguous();
       h.codec = codec;
-      comm::Request r = comm_->isend(bytes.data_ptr(), static_cast<size_t>(bytes.numel()), dst, tag, h);
+      comm::Request r = transport(to).isend(bytes.data_ptr(), static_cast<size_t>(bytes.numel()), dst, tag, h);
       r.keep_alive(std::make_shared<at::Tensor>(bytes));
       I.sends.push_back({r, fwd, start_s});
       wire += static_cast<uint64_t>(bytes.numel());
     }
     span(std::string(fwd ? "SEND_F" : "SEND_B") + std::to_string(mb), t0);
   };
+  // The tensor a SEND action sends (its compute has run).
+  auto send_action = [&](const Action& a) {
+    if (a.kind == ActionKind::kSendF) {
+      send(true, a.micro_batch, I.live.at(a.micro_batch).second);
+    } else {
+      send(false, a.micro_batch, I.grads_out.at(a.micro_batch));
+      I.grads_out.erase(a.micro_batch);
+    }
+  };
+  auto action_peer = [&](const Action& a) {
+    return a.kind == ActionKind::kSendF || a.kind == ActionKind::kRecvB ? stage_ + 1 : stage_ - 1;
+  };
+  // NCCL: each run of consecutive sends and receives is one group, issued when the list reaches it.
+  std::map<size_t, size_t> nccl_groups;  // first index -> one past the last
+  std::vector<bool> issued(actions_.size(), false);
+  if (nccl_prev_ || nccl_next_)
+    for (const auto& [b, e] : comm_groups(actions_))
+      for (size_t i = b; i < e; ++i)
+        if (is_nccl(action_peer(actions_[i]))) {
+          nccl_groups[b] = e;
+          break;
+        }
 
   double compute_s = 0;
-  for (const Action& a : actions_) {
+  for (size_t index = 0; index < actions_.size(); ++index) {
+    const Action& a = actions_[index];
     const int mb = a.micro_batch;
     poll_sends();
+    if (auto g = nccl_groups.find(index); g != nccl_groups.end()) {
+      options_.nccl->group_start();
+      for (size_t i = g->first; i < g->second; ++i) {
+        const Action& op = actions_[i];
+        if (!is_nccl(action_peer(op))) continue;
+        if (op.kind == ActionKind::kRecvF || op.kind == ActionKind::kRecvB) post_recv(op);
+        else send_action(op);
+        issued[i] = true;
+      }
+      options_.nccl->group_end();
+    }
     switch (a.kind) {
       case ActionKind::kRecvF:
         I.received[mb] = wait_recv(a.kind, mb).set_requires_grad(true);
@@ -335,7 +399,7 @@ StepStats PipelineExecutor::train_step(int64_t step) {
         break;
       }
       case ActionKind::kSendF:
-        send(true, mb, I.live.at(mb).second);
+        if (!issued[index]) send_action(a);
         break;
       case ActionKind::kBackward: {
         const double t0 = now_us();
@@ -356,8 +420,7 @@ StepStats PipelineExecutor::train_step(int64_t step) {
         break;
       }
       case ActionKind::kSendB:
-        send(false, mb, I.grads_out.at(mb));
-        I.grads_out.erase(mb);
+        if (!issued[index]) send_action(a);
         break;
       case ActionKind::kOptimizer: {
         // Sends must complete before the next step reuses tags; their buffers are ours.

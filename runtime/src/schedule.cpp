@@ -30,6 +30,11 @@ void check_shape(int num_stages, int num_micro_batches, const char* who) {
                      "expected at least 1 micro-batch, got " + std::to_string(num_micro_batches));
 }
 
+bool is_comm(const Action& a) {
+  return a.kind == ActionKind::kSendF || a.kind == ActionKind::kSendB || a.kind == ActionKind::kRecvF ||
+         a.kind == ActionKind::kRecvB;
+}
+
 // The receive that a send pairs with: (receiving stage, kind, micro-batch).
 Action peer_of_send(const Action& send) {
   if (send.kind == ActionKind::kSendF) return {send.stage + 1, ActionKind::kRecvF, send.micro_batch};
@@ -273,6 +278,87 @@ SimulationResult simulate(const Schedule& sch) {
       res.completed = false;
       res.blocked.push_back("stage " + std::to_string(st) + " blocked at " + to_string(sch.stages[st][pc[st]]) +
                             " (index " + std::to_string(pc[st]) + ")");
+    }
+  }
+  return res;
+}
+
+std::vector<std::pair<size_t, size_t>> comm_groups(const std::vector<Action>& list) {
+  std::vector<std::pair<size_t, size_t>> groups;
+  for (size_t i = 0; i < list.size();) {
+    if (!is_comm(list[i])) {
+      ++i;
+      continue;
+    }
+    size_t j = i;
+    while (j < list.size() && is_comm(list[j])) ++j;
+    groups.emplace_back(i, j);
+    i = j;
+  }
+  return groups;
+}
+
+SimulationResult simulate_rendezvous(const Schedule& sch, bool group_adjacent) {
+  SimulationResult res;
+  const int S = static_cast<int>(sch.stages.size());
+  // pc: next action; a stage at a comm group has issued all of the group's operations and stays
+  // there until every one of them has met its peer's operation, itself issued (in the peer's group).
+  std::vector<size_t> pc(S, 0), group_end(S, 0);
+  std::vector<std::vector<bool>> matched(S);
+  for (int st = 0; st < S; ++st) matched[st].assign(sch.stages[st].size(), false);
+  auto issued = [&](int st, const Action& op, size_t* index) {
+    if (st < 0 || st >= S || group_end[st] <= pc[st]) return false;
+    for (size_t i = pc[st]; i < group_end[st]; ++i)
+      if (sch.stages[st][i] == op && !matched[st][i]) {
+        *index = i;
+        return true;
+      }
+    return false;
+  };
+  bool progress = true;
+  while (progress) {
+    progress = false;
+    for (int st = 0; st < S; ++st) {
+      const auto& list = sch.stages[st];
+      while (pc[st] < list.size()) {
+        if (!is_comm(list[pc[st]])) {
+          ++pc[st];
+          ++res.steps;
+          progress = true;
+          continue;
+        }
+        if (group_end[st] <= pc[st]) {  // issue the whole run of consecutive sends and receives
+          size_t j = pc[st];
+          while (j < list.size() && is_comm(list[j]) && (group_adjacent || j == pc[st])) ++j;
+          group_end[st] = j;
+          progress = true;
+        }
+        for (size_t i = pc[st]; i < group_end[st]; ++i) {
+          const Action& a = list[i];
+          if (matched[st][i] || (a.kind != ActionKind::kSendF && a.kind != ActionKind::kSendB)) continue;
+          const Action r = peer_of_send(a);
+          size_t ri = 0;
+          if (issued(r.stage, r, &ri)) {
+            matched[st][i] = matched[r.stage][ri] = true;
+            res.steps += 2;
+            progress = true;
+          }
+        }
+        bool done = true;
+        for (size_t i = pc[st]; i < group_end[st]; ++i) done = done && matched[st][i];
+        if (!done) break;
+        pc[st] = group_end[st];
+      }
+    }
+  }
+  res.completed = true;
+  for (int st = 0; st < S; ++st) {
+    if (pc[st] < sch.stages[st].size()) {
+      res.completed = false;
+      std::string what = to_string(sch.stages[st][pc[st]]);
+      for (size_t i = pc[st] + 1; i < group_end[st]; ++i) what += " + " + to_string(sch.stages[st][i]);
+      res.blocked.push_back("stage " + std::to_string(st) + " blocked at " + what + " (index " +
+                            std::to_string(pc[st]) + ")");
     }
   }
   return res;

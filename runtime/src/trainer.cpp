@@ -1,4 +1,5 @@
 #include <geopipe/comm/communicator.h>
+#include <geopipe/comm/nccl_transport.h>
 #include <geopipe/core/error.h>
 #include <geopipe/core/log.h>
 #include <geopipe/runtime/checkpoint.h>
@@ -279,6 +280,16 @@ TrainResult run_training(const Plan& plan, const TrainConfig& cfg, comm::Communi
     eo.after_compute = [fault](int64_t step, const Action& a) {
       if (step + 1 == fault.step) die_by_sigkill(fault, "after " + to_string(a) + ", mid-iteration");
     };
+  // NCCL for the links the plan marks "nccl" (ranks of one region on GPUs). Every rank decides
+  // alike from the plan and its device, since creating the transport is collective.
+  std::unique_ptr<comm::NcclTransport> nccl;
+  const bool plan_wants_nccl = std::any_of(plan.links.begin(), plan.links.end(),
+                                           [](const LinkPlan& l) { return l.transport == "nccl"; });
+  if (comm && plan_wants_nccl && device.is_cuda() && comm::NcclTransport::available()) {
+    nccl = std::make_unique<comm::NcclTransport>(*comm, device.has_index() ? device.index() : 0);
+    if (rank0) spdlog::info("NCCL transport up for the plan's nccl links");
+  }
+  eo.nccl = nccl.get();
   PipelineExecutor exec(plan, stage, model, opt, data, comm, build_schedule(plan, cfg), oc, eo);
 
   std::ofstream jlog;
@@ -464,7 +475,8 @@ int64_t export_checkpoint(const std::string& dir, const ModelSpec& spec, const s
   return manifest->step;
 }
 
-void write_profile(const Plan& plan, const std::string& device_name, const std::string& out_file, int repeats) {
+void write_profile(const Plan& plan, const std::string& device_name, const std::string& out_file, int repeats,
+                   comm::Communicator* comm, double timeout_s) {
   GptConfig gc = gpt_config(plan.job.model);
   const at::Device device = pick_device(device_name);
   GptStage model(gc, 0, gc.n_layer, true, true, 1, device);
@@ -494,6 +506,8 @@ void write_profile(const Plan& plan, const std::string& device_name, const std::
     return scheduler::PhaseTimes{f[f.size() / 2], b[b.size() / 2]};
   };
   at::Tensor hidden = model.embed(tokens).detach();
+  // Co-located ranks start together, so each one measures while the others compute too.
+  if (comm) comm->barrier(comm::Seconds(timeout_s));
   scheduler::Profile p;
   p.device = device.is_cuda() ? "cuda" : "cpu";
   p.model = plan.job.model;
@@ -511,6 +525,19 @@ void write_profile(const Plan& plan, const std::string& device_name, const std::
   at::Tensor targets = at::randint(gc.vocab_size, {B, T}, at::TensorOptions().dtype(at::kLong)).to(device);
   p.head = time_it([&] { return GptStage::loss(model.head(x), targets); });
   p.note = "measured by geopipe-train --profile (median of " + std::to_string(repeats) + " runs)";
+  if (comm && comm->size() > 1) {
+    std::vector<double> v = {p.embedding.forward_s, p.embedding.backward_s, p.layer.forward_s,
+                             p.layer.backward_s,    p.head.forward_s,      p.head.backward_s};
+    comm->allreduce_sum(v.data(), static_cast<int>(v.size()), comm::Seconds(timeout_s));
+    for (double& x : v) x /= comm->size();
+    p.embedding = {v[0], v[1]};
+    p.layer = {v[2], v[3]};
+    p.head = {v[4], v[5]};
+    p.note = "measured by geopipe-train --profile on " + std::to_string(comm->size()) +
+             " ranks at once, mean over the ranks of each one's median of " + std::to_string(repeats) +
+             " runs: the times of stages that share this host";
+    if (comm->rank() != 0) return;
+  }
   scheduler::save_profile(p, out_file);
 }
 

@@ -162,6 +162,11 @@ PipelineTiming pipeline_timing(const std::vector<double>& t, const std::vector<d
   double period = base_period;
   if (kind == ScheduleKind::kGPipe) {
     for (int k = 0; k < S; ++k) p.warmup[k] = M;  // every forward before any backward
+    // All forwards, then all backwards: the activations cross each link as one wave and the
+    // gradients as a second one, so a slow link is paid per wave, not once per micro-batch as in
+    // 1F1B, where an activation and a gradient cross in opposite directions at the same time.
+    // Forward = t / 3 and backward = 2 t / 3 (the FLOPs ratio, layer_flops).
+    period = std::max(p.compute_period_s / 3, link_max) + std::max(2 * p.compute_period_s / 3, link_max);
   } else {
     for (int k = 0; k < S; ++k) {
       int plain = std::min(S - 1 - k, M - 1);

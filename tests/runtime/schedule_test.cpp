@@ -101,6 +101,43 @@ TEST(Schedule, EveryGeneratedScheduleCompletesInTheDryRun) {
     }
 }
 
+TEST(Schedule, RendezvousDryRunOfEveryGeneratedSchedule) {
+  // What NCCL links need: sends and receives issued in list order, each held until its peer's.
+  for (int S = 1; S <= 6; ++S)
+    for (int M = 1; M <= 9; ++M) {
+      for (const char* kind : {"gpipe", "1f1b"}) {
+        SimulationResult r = simulate_rendezvous(lower(schedule_for(kind, S, M, {})));
+        EXPECT_TRUE(r.completed) << kind << " S=" << S << " M=" << M << ": " << r.message();
+      }
+      for (int extra = 1; extra <= 3; ++extra) {  // latency-hiding: deeper warm-ups
+        std::vector<int> w = one_f_one_b_warmup(S);
+        for (int& d : w) d += extra;
+        SimulationResult r = simulate_rendezvous(lower(schedule_for("1f1b-lh", S, M, w)));
+        EXPECT_TRUE(r.completed) << "1f1b-lh +" << extra << " S=" << S << " M=" << M << ": " << r.message();
+      }
+    }
+}
+
+TEST(Schedule, RendezvousDryRunCatchesWhatBufferedSendsHide) {
+  // Stage 0 sends F1 before it receives B0; stage 1 sends B0 before it receives F1. Buffered
+  // sends (MPI isend) run it; with rendezvous each stage's send waits for a receive the other
+  // has not reached - unless the adjacent send and receive form one group, as comm_groups makes them.
+  const std::string text = "0F0 0SEND_F0 0F1 0SEND_F1 0RECV_B0 0B0 0RECV_B1 0B1 0OPT\n"
+                           "1RECV_F0 1F0 1B0 1SEND_B0 1RECV_F1 1F1 1B1 1SEND_B1 1OPT\n";
+  Schedule grouped = parse_schedule(text, "test");
+  EXPECT_TRUE(simulate(grouped).completed);
+  EXPECT_TRUE(simulate_rendezvous(grouped).completed) << simulate_rendezvous(grouped).message();
+  auto groups = comm_groups(grouped.stages[0]);
+  ASSERT_EQ(groups.size(), 3u);
+  EXPECT_EQ(groups[1], (std::pair<size_t, size_t>{3, 5}));  // 0SEND_F1 0RECV_B0: one group
+  // Without groups each stage's send waits for a receive the other never reaches.
+  SimulationResult r = simulate_rendezvous(grouped, /*group_adjacent=*/false);
+  EXPECT_FALSE(r.completed);
+  ASSERT_EQ(r.blocked.size(), 2u) << r.message();
+  EXPECT_EQ(r.blocked[0], "stage 0 blocked at 0SEND_F1 (index 3)");
+  EXPECT_EQ(r.blocked[1], "stage 1 blocked at 1SEND_B0 (index 3)");
+}
+
 TEST(Schedule, DryRunReportsDeadlockWithEachBlockedStage) {
   // Stage 0 wants B0 after one forward, stage 1 wants four forwards first: a cycle.
   Schedule s = lower(one_f_one_b_schedule(2, 4, {0, 3}));

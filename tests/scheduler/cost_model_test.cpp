@@ -92,11 +92,20 @@ TEST(CostModel, SlowestStageSetsThePeriod) {
 }
 
 TEST(CostModel, LinkSlowerThanStagesStallsThePipe) {
-  // Period 2 (the link), fill 1 + 1 + 2 * 2 = 6, T = 3 * 2 + 6.
-  auto p = gs::pipeline_timing({1, 1}, {2}, {0}, 4, gs::ScheduleKind::kGPipe);
+  // 1F1B (warm-up deep enough to cover the round trip): period 2 (the link carries one activation
+  // and, the other way, one gradient per period), fill 1 + 1 + 2 * 2 = 6, T = 3 * 2 + 6.
+  auto p = gs::pipeline_timing({1, 1}, {2}, {0}, 4, gs::ScheduleKind::kOneFOneBLatencyHiding);
   EXPECT_TRUE(p.link_bound);
   EXPECT_DOUBLE_EQ(p.period_s, 2.0);
   EXPECT_DOUBLE_EQ(p.iteration_s, 12.0);
+  // GPipe: the 4 activations cross as one wave, the 4 gradients as another: the link is paid
+  // twice per micro-batch, period 2 + 2, T = 3 * 4 + 6.
+  auto g = gs::pipeline_timing({1, 1}, {2}, {0}, 4, gs::ScheduleKind::kGPipe);
+  EXPECT_TRUE(g.link_bound);
+  EXPECT_DOUBLE_EQ(g.period_s, 4.0);
+  EXPECT_DOUBLE_EQ(g.iteration_s, 18.0);
+  // A link faster than the forward (1/3 of t = 3) costs GPipe nothing: period = t.
+  EXPECT_DOUBLE_EQ(gs::pipeline_timing({3, 3}, {0.5}, {0}, 4, gs::ScheduleKind::kGPipe).period_s, 3.0);
 }
 
 TEST(CostModel, PlainOneFOneBStallsOnLatencyAndLatencyHidingWarmupRemovesIt) {
@@ -117,14 +126,14 @@ TEST(CostModel, PlainOneFOneBStallsOnLatencyAndLatencyHidingWarmupRemovesIt) {
 
 TEST(CostModel, StagesSharingComputeSlotsTakeTurns) {
   // 4 stages of 1 s on 2 slots, 8 micro-batches: the work is 32 s, 16 s on 2 slots, plus the first
-  // stage's micro-batch and round trip (1 + 2 * (0.5 + 0.1)) while stage 1 has nothing yet.
-  const std::vector<double> t = {1, 1, 1, 1}, x = {0.5, 0.5, 0.5}, lat = {0.1, 0.1, 0.1};
+  // stage's micro-batch and round trip (1 + 2 * (0.2 + 0.1)) while stage 1 has nothing yet.
+  const std::vector<double> t = {1, 1, 1, 1}, x = {0.2, 0.2, 0.2}, lat = {0.1, 0.1, 0.1};
   auto own = gs::pipeline_timing(t, x, lat, 8, gs::ScheduleKind::kGPipe);
   EXPECT_FALSE(own.compute_shared);
-  EXPECT_DOUBLE_EQ(own.iteration_s, 7 * 1.0 + 4 + 2 * 3 * 0.6);
+  EXPECT_DOUBLE_EQ(own.iteration_s, 7 * 1.0 + 4 + 2 * 3 * 0.3);
   auto shared = gs::pipeline_timing(t, x, lat, 8, gs::ScheduleKind::kGPipe, 2);
   EXPECT_TRUE(shared.compute_shared);
-  EXPECT_DOUBLE_EQ(shared.iteration_s, 32.0 / 2 + 1 + 2 * 0.6);
+  EXPECT_DOUBLE_EQ(shared.iteration_s, 32.0 / 2 + 1 + 2 * 0.3);
   EXPECT_DOUBLE_EQ(shared.period_s, own.period_s);
   // One slot: everything in turn, nothing to add.
   EXPECT_DOUBLE_EQ(gs::pipeline_timing(t, x, lat, 8, gs::ScheduleKind::kOneFOneB, 1).iteration_s, 32.0);

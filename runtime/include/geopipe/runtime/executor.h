@@ -7,6 +7,12 @@
 // - F m keeps (input, output) of micro-batch m until B m, then frees them.
 // - Links the plan marks with a codec carry compressed tensors (kernels' LibTorch adapter):
 //   forward activations with the link's codec_forward, their gradients with codec_backward.
+// - Links the plan marks "nccl" (same region) go over comm's NcclTransport when the stage's
+//   tensors are on a GPU and NCCL reaches the peer (otherwise MPI, with a warning): tensors and
+//   compressed bytes stay on the GPU. NCCL pairs operations in issue order and a send holds its
+//   stream until the receive runs, so nothing is posted early there: each run of consecutive
+//   sends and receives (comm_groups) is issued as one NCCL group when the list reaches it, which
+//   every generated schedule survives (simulate_rendezvous; runtime_schedule_test).
 // - OPT: gradient norm from every stage's per-unit squared norms (one all-reduce), clipping,
 //   AdamW with the step's learning rate. The loss is the mean over micro-batches, all-reduced
 //   from the last stage so every rank reports it.
@@ -26,6 +32,7 @@
 
 namespace geopipe::comm {
 class Communicator;
+class NcclTransport;
 }
 
 namespace geopipe::runtime {
@@ -37,6 +44,8 @@ struct ExecutorOptions {
   double comm_timeout_s = 300;
   bool bf16_autocast = false;  // forward under bf16 autocast (parameters and optimizer stay fp32)
   bool record_trace = false;
+  // Links the plan marks "nccl" use this transport (null: every link is MPI). Must outlive the executor.
+  comm::NcclTransport* nccl = nullptr;
   // Called after every F and B action (tests' fault hooks: GEOPIPE_TEST_FAULT kill).
   std::function<void(int64_t step, const Action& action)> after_compute;
 };
@@ -107,6 +116,7 @@ class PipelineExecutor {
   ExecutorOptions options_;
   std::string codec_fwd_ = "none", codec_bwd_ = "none";  // codec on my outgoing links
   std::string codec_in_fwd_ = "none", codec_in_bwd_ = "none";  // codec of what I receive
+  bool nccl_prev_ = false, nccl_next_ = false;  // link to the previous / next stage goes over NCCL
   std::vector<TraceSpan> trace_;
 };
 

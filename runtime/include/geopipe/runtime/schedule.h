@@ -10,6 +10,7 @@
 #pragma once
 
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace geopipe::runtime {
@@ -77,6 +78,18 @@ struct SimulationResult {
 // Dry run of a lowered schedule: round-robin over stages, a stage advances while it can; SEND
 // never blocks; RECV waits for the matching SEND. Deadlock = nobody can advance, not all done.
 SimulationResult simulate(const Schedule& lowered);
+
+// Runs of consecutive sends and receives in one stage's list, [begin, end) indices: on NCCL links
+// each run is issued as one group (ncclGroupStart/End), so its operations progress together, as
+// Megatron-LM's batched send_forward_recv_backward does.
+std::vector<std::pair<size_t, size_t>> comm_groups(const std::vector<Action>& actions);
+
+// Dry run under rendezvous semantics, the way NCCL point-to-point behaves: every stage issues
+// each run of consecutive sends and receives (comm_groups) as one group when it reaches it and
+// stays there until each of the group's operations has met its peer's (a send completes only
+// together with its receive, both issued). A schedule that completes here runs on NCCL links.
+// group_adjacent = false issues every operation alone (no groups).
+SimulationResult simulate_rendezvous(const Schedule& lowered, bool group_adjacent = true);
 
 // validate() + simulate(); throws InputError(source, "schedule", ...) with the problems and the
 // schedule's text form when anything is wrong. `source` names the file or the generator.

@@ -93,6 +93,10 @@ int64_t export_checkpoint(const std::string& checkpoint_dir, const ModelSpec& mo
 
 // Profile mode: times embedding, blocks and head (forward and backward) of the plan's model on
 // this device and writes geopipe::scheduler's profile JSON (for `geopipe plan --profile`).
-void write_profile(const Plan& plan, const std::string& device, const std::string& out_file, int repeats = 5);
+// With a communicator of several ranks (stages that will share one host, e.g. emulated regions),
+// every rank measures at the same time and rank 0 writes the mean over the ranks: times under
+// the contention training will see. Collective over `comm`'s ranks.
+void write_profile(const Plan& plan, const std::string& device, const std::string& out_file, int repeats = 5,
+                   comm::Communicator* comm = nullptr, double timeout_s = 300);
 
 }  // namespace geopipe::runtime

@@ -73,7 +73,8 @@ const char* schedule_kind_name(ScheduleKind kind);  // "gpipe", "1f1b", "1f1b-lh
 // direction (bytes / bandwidth, the larger of activation and gradient), lat[j] = one-way latency.
 struct PipelineTiming {
   double compute_period_s = 0;  // max_k t[k]
-  double period_s = 0;          // steady-state time per micro-batch: max(compute, links, stalls)
+  double period_s = 0;          // steady-state time per micro-batch: max(compute, links, stalls);
+                                // GPipe: max(forward, link) + max(backward, link), one wave each way
   double fill_s = 0;            // one micro-batch through every stage and link and back
   double iteration_s = 0;       // (M - 1) * period + fill
   std::vector<int> warmup;      // forwards each stage runs before its first backward
