@@ -31,7 +31,10 @@ $BIN/geopipe plan --topology "$TOPO" --job "$JOB" --stages 1 -o "$OUT/one-stage.
 $BIN/geopipe-train --plan "$OUT/one-stage.json" --data "$DATA" --profile "$OUT/profile.json" --threads 1
 
 step "3/4 plan: BACE-Pipe picks the regions' order, the layer split, codecs and warm-up depths"
-$BIN/geopipe plan --topology "$TOPO" --job "$JOB" --profile "$OUT/profile.json" -o "$OUT/plan.json"
+# The emulated regions share this host's cores (one LibTorch thread per rank): the cost model lets
+# the stages take turns on them, so the predicted iteration time is this host's.
+$BIN/geopipe plan --topology "$TOPO" --job "$JOB" --profile "$OUT/profile.json" \
+  --shared-compute-slots "$(nproc)" -o "$OUT/plan.json"
 
 step "4/4 train: 4 ranks, one per emulated region, $ITERS steps"
 $BIN/geopipe launch --plan "$OUT/plan.json" --topology "$TOPO" --emulate software --timeout 1800 -- \
