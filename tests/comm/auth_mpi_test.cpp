@@ -20,6 +20,7 @@ using namespace geopipe::comm;
 
 namespace {
 
+using test_util::activation_header;
 using test_util::world_rank;
 
 #define CONTAINS(text, part) EXPECT_NE(std::string(text).find(part), std::string::npos) << (text)
@@ -48,14 +49,6 @@ std::vector<uint8_t> pattern(size_t n, uint32_t seed) {
   return v;
 }
 
-MessageHeader header(int mb) {
-  MessageHeader h;
-  h.stage = world_rank();
-  h.micro_batch = mb;
-  h.kind = MessageKind::kActivation;
-  return h;
-}
-
 std::string error_of(Request& r) {
   try {
     r.wait(kWait);
@@ -72,7 +65,7 @@ std::string send_one(Communicator& comm, size_t n, int tag, TestFault fault = Te
   std::string err;
   if (world_rank() == 0) {
     comm.inject_fault_for_testing(fault);
-    Request s = comm.isend(out.data(), n, 1, tag, header(tag));
+    Request s = comm.isend(out.data(), n, 1, tag, activation_header(tag));
     s.wait(kWait);
   } else {
     std::vector<uint8_t> in(n);

@@ -1,6 +1,8 @@
 // Small helpers shared by the MPI comm tests.
 #pragma once
 
+#include <geopipe/comm/header.h>
+
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -23,6 +25,15 @@ inline int world_size() {
   int s = 0;
   MPI_Comm_size(MPI_COMM_WORLD, &s);
   return s;
+}
+
+// The header of an activation from this rank (as its stage) for micro-batch `mb`.
+inline MessageHeader activation_header(int mb) {
+  MessageHeader h;
+  h.stage = world_rank();
+  h.micro_batch = mb;
+  h.kind = MessageKind::kActivation;
+  return h;
 }
 
 // The MPI test main prints GoogleTest's report from rank 0 only; this prints the failed

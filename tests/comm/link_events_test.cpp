@@ -18,6 +18,7 @@ using namespace geopipe::comm;
 namespace {
 
 using test_util::now_s;
+using test_util::activation_header;
 using test_util::world_rank;
 
 #define CONTAINS(text, part) EXPECT_NE(std::string(text).find(part), std::string::npos) << (text)
@@ -45,14 +46,6 @@ std::vector<uint8_t> pattern(size_t n, uint32_t seed) {
   return v;
 }
 
-MessageHeader header(int mb) {
-  MessageHeader h;
-  h.stage = world_rank();
-  h.micro_batch = mb;
-  h.kind = MessageKind::kActivation;
-  return h;
-}
-
 }  // namespace
 
 TEST(LinkEvents, StallShorterThanTheTimeoutDelaysTheMessageAndLosesNothing) {
@@ -66,7 +59,7 @@ TEST(LinkEvents, StallShorterThanTheTimeoutDelaysTheMessageAndLosesNothing) {
   const auto out = pattern(n, world_rank());
   std::vector<uint8_t> in(n);
   Request recv = comm.irecv(in.data(), n, peer, 3, {});
-  Request send = comm.isend(out.data(), n, peer, 3, header(0));
+  Request send = comm.isend(out.data(), n, peer, 3, activation_header(0));
   // Well inside the timeout: the wait rides out the stall.
   recv.wait(Seconds(20));
   send.wait(Seconds(20));
@@ -85,7 +78,7 @@ TEST(LinkEvents, StallLongerThanTheTimeoutFailsTheWaitNamingRankPeerTagAndWhat) 
   const auto out = pattern(5000, 11);
   std::vector<uint8_t> in(5000);
   if (world_rank() == 0) {
-    Request send = comm.isend(out.data(), out.size(), peer, 7, header(4));
+    Request send = comm.isend(out.data(), out.size(), peer, 7, activation_header(4));
     try {
       send.wait(Seconds(0.3));
       FAIL() << "expected a timeout on the stalled link";

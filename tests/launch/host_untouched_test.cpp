@@ -28,6 +28,7 @@
 #include <thread>
 
 namespace geopipe::launch {
+using testing::netns_test_setup;
 using testing::spawn;
 using testing::survivors;
 using testing::terminate_and_reap;
@@ -201,12 +202,8 @@ std::string joined(const std::vector<std::string>& v) {
 class HostUntouched : public ::testing::Test {
  protected:
   void SetUp() override {
-    std::string why = netns_unavailable_reason();
+    std::string why = netns_test_setup("geopipe-host-untouched-", dir_);
     if (!why.empty()) GTEST_SKIP() << why;
-    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
-    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
-    dir_ = fs::temp_directory_path() / ("geopipe-host-untouched-" + std::to_string(getpid()));
-    fs::create_directories(dir_);
     before_ = snapshot_host();
   }
   void TearDown() override {

@@ -3,12 +3,14 @@
 
 #include <geopipe/core/config.h>
 #include <geopipe/core/plan.h>
+#include <geopipe/launch/netns.h>
 
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -20,6 +22,18 @@
 namespace geopipe::launch::testing {
 
 inline std::string src(const std::string& rel) { return std::string(GEOPIPE_SOURCE_DIR) + "/" + rel; }
+
+// The common start of the root-only netns tests: "" when they can run here (then Open MPI may run
+// as root and `dir` is a fresh folder named `prefix` + pid), else the reason to skip.
+inline std::string netns_test_setup(const std::string& prefix, std::filesystem::path& dir) {
+  std::string why = netns_unavailable_reason();
+  if (!why.empty()) return why;
+  setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
+  setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+  dir = std::filesystem::temp_directory_path() / (prefix + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  return "";
+}
 
 inline Topology local4() { return load_topology(src("examples/topologies/local4.json")); }
 

@@ -24,6 +24,7 @@
 
 namespace geopipe::launch {
 using testing::record_pid_and_sleep;
+using testing::netns_test_setup;
 using testing::spawn;
 using testing::survivors;
 using testing::terminate_and_reap;
@@ -50,12 +51,8 @@ std::vector<std::string> host_links_named_like_ours() {
 class LaunchNetns : public ::testing::Test {
  protected:
   void SetUp() override {
-    std::string why = netns_unavailable_reason();
+    std::string why = netns_test_setup("geopipe-launch-netns-", dir_);
     if (!why.empty()) GTEST_SKIP() << why;
-    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
-    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
-    dir_ = fs::temp_directory_path() / ("geopipe-launch-netns-" + std::to_string(getpid()));
-    fs::create_directories(dir_);
     auto before = list_geopipe_namespaces();
     before_ = std::set<std::string>(before.begin(), before.end());
   }
