@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs setup, proves the CPU-only configuration (no CUDA) builds, then runs every test with
-# ctest: unit tests and MPI tests (started by ctest through mpiexec). ctest's summary is last.
+# Runs setup, proves the CPU-only configuration (no CUDA) builds, fuzzes the input parsers for a
+# bounded time, then runs every test with ctest: unit tests and MPI tests (started by ctest
+# through mpiexec). ctest's summary is last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,13 +18,13 @@ if [[ "${GEOPIPE_SKIP_CPU_ONLY_BUILD:-0}" != 1 ]]; then
     ./scripts/setup.sh
 fi
 
-cd build
-ctest --output-on-failure -j "$(nproc)" "$@"
-cd ..
-
 # Fuzz every input parser briefly (libFuzzer + sanitizers, build-fuzz/); a crash fails the run.
 # GEOPIPE_FUZZ_SECONDS=0 skips it.
 fuzz_seconds="${GEOPIPE_FUZZ_SECONDS:-15}"
 if [[ "$fuzz_seconds" != 0 ]]; then
   ./scripts/fuzz.sh --seconds "$fuzz_seconds" --jobs "$(( $(nproc) < 2 ? 1 : 2 ))"
 fi
+
+# Every test, last, so that ctest's summary closes the output.
+cd build
+ctest --output-on-failure -j "$(nproc)" "$@"
