@@ -1,5 +1,6 @@
 #include <geopipe/comm/communicator.h>
 #include <geopipe/comm/nccl_transport.h>
+#include <geopipe/comm/router.h>
 #include <geopipe/comm/torch.h>
 #include <geopipe/core/error.h>
 #include <geopipe/kernels/torch_codec.h>
@@ -153,19 +154,37 @@ PipelineExecutor::PipelineExecutor(const Plan& plan, int stage, GptStage& model,
     codec_in_fwd_ = pick(l->codec_forward, of);
     codec_bwd_ = pick(l->codec_backward, ob);
   }
-  // NCCL where the plan says so and it can run: CUDA tensors, a transport that reaches the peer.
-  auto over_nccl = [&](const LinkPlan* l, int peer_stage) {
-    if (!l || l->transport != "nccl") return false;
-    const int peer_rank = plan.stages.at(peer_stage).ranks.at(0);
-    if (options_.nccl && model.device().is_cuda() && options_.nccl->reaches(peer_rank)) return true;
-    spdlog::warn("stage {}: the plan's link to stage {} says nccl, but {}; using MPI", stage, peer_stage,
-                 !model.device().is_cuda() ? "this stage runs on the CPU"
-                 : !options_.nccl         ? "NCCL is not available here"
-                                          : "NCCL does not reach rank " + std::to_string(peer_rank));
-    return false;
-  };
-  nccl_next_ = over_nccl(plan.link_between(stage, stage + 1), stage + 1);
-  nccl_prev_ = over_nccl(plan.link_between(stage - 1, stage), stage - 1);
+  // Backend per neighbour from comm's Router (same region + GPU tensors + NCCL -> NCCL), then the
+  // plan's transport: "mpi" forces MPI; "nccl" where the Router cannot reach the peer falls back
+  // to MPI with a warning (a GPU plan tried on CPU), instead of the Router's InputError.
+  if (comm) {
+    router_ = std::make_unique<comm::Router>(*comm, options_.nccl, model.device().is_cuda());
+    for (int s : {stage - 1, stage + 1}) {
+      const LinkPlan* l = s < stage ? plan.link_between(s, stage) : plan.link_between(stage, s);
+      if (!l) continue;
+      const int peer_rank = plan.stages.at(s).ranks.at(0);
+      if (l->transport == "nccl" && router_->backend_for(peer_rank) != comm::Backend::kNccl)
+        spdlog::warn("stage {}: the plan's link to stage {} says nccl, but {}; using MPI", stage, s,
+                     !model.device().is_cuda() ? "this stage runs on the CPU"
+                     : !options_.nccl         ? "NCCL is not available here"
+                                              : "NCCL does not reach rank " + std::to_string(peer_rank));
+      else
+        router_->set_plan_transport(peer_rank, l->transport);
+    }
+    nccl_next_ = stage + 1 < S && router_->backend_for(plan.stages[stage + 1].ranks.at(0)) == comm::Backend::kNccl;
+    nccl_prev_ = stage > 0 && router_->backend_for(plan.stages[stage - 1].ranks.at(0)) == comm::Backend::kNccl;
+  }
+  // NCCL: each run of consecutive sends and receives with an NCCL operation is one group.
+  if (nccl_prev_ || nccl_next_)
+    for (const auto& [begin, end] : comm_groups(actions_))
+      for (size_t i = begin; i < end; ++i) {
+        const ActionKind k = actions_[i].kind;
+        const bool to_next = k == ActionKind::kSendF || k == ActionKind::kRecvB;
+        if (to_next ? nccl_next_ : nccl_prev_) {
+          nccl_groups_[begin] = end;
+          break;
+        }
+      }
   for (const std::string& c : {codec_fwd_, codec_bwd_, codec_in_fwd_, codec_in_bwd_}) {
     kernels::Codec parsed;
     if (c != "none" && !kernels::parse_codec(c, &parsed))
@@ -203,10 +222,7 @@ StepStats PipelineExecutor::train_step(int64_t step) {
 
   // The transport of the link to stage s (a neighbour), and whether it is NCCL.
   auto is_nccl = [&](int s) { return s > stage_ ? nccl_next_ : nccl_prev_; };
-  auto transport = [&](int s) -> comm::Transport& {
-    if (is_nccl(s)) return *options_.nccl;
-    return *comm_;
-  };
+  auto transport = [&](int s) -> comm::Transport& { return router_->to(peer(s)); };
   auto post_recv = [&](const Action& a) {
     const bool fwd = a.kind == ActionKind::kRecvF;
     const int from = fwd ? stage_ - 1 : stage_ + 1;
@@ -337,23 +353,14 @@ StepStats PipelineExecutor::train_step(int64_t step) {
   auto action_peer = [&](const Action& a) {
     return a.kind == ActionKind::kSendF || a.kind == ActionKind::kRecvB ? stage_ + 1 : stage_ - 1;
   };
-  // NCCL: each run of consecutive sends and receives is one group, issued when the list reaches it.
-  std::map<size_t, size_t> nccl_groups;  // first index -> one past the last
-  std::vector<bool> issued(actions_.size(), false);
-  if (nccl_prev_ || nccl_next_)
-    for (const auto& [b, e] : comm_groups(actions_))
-      for (size_t i = b; i < e; ++i)
-        if (is_nccl(action_peer(actions_[i]))) {
-          nccl_groups[b] = e;
-          break;
-        }
+  std::vector<bool> issued(actions_.size(), false);  // SENDs already issued with their NCCL group
 
   double compute_s = 0;
   for (size_t index = 0; index < actions_.size(); ++index) {
     const Action& a = actions_[index];
     const int mb = a.micro_batch;
     poll_sends();
-    if (auto g = nccl_groups.find(index); g != nccl_groups.end()) {
+    if (auto g = nccl_groups_.find(index); g != nccl_groups_.end()) {
       options_.nccl->group_start();
       for (size_t i = g->first; i < g->second; ++i) {
         const Action& op = actions_[i];

@@ -41,6 +41,21 @@ Action peer_of_send(const Action& send) {
   return {send.stage - 1, ActionKind::kRecvB, send.micro_batch};
 }
 
+// Fills `res` after a dry run stopped: completed, or each unfinished stage's blocked action(s)
+// [pc, max(pc + 1, group_end)) as "stage 1 blocked at 1SEND_B0 + 1RECV_F1 (index 3)".
+void report_blocked(const Schedule& sch, const std::vector<size_t>& pc, const std::vector<size_t>& group_end,
+                    SimulationResult& res) {
+  res.completed = true;
+  for (size_t st = 0; st < sch.stages.size(); ++st) {
+    if (pc[st] >= sch.stages[st].size()) continue;
+    res.completed = false;
+    std::string what = to_string(sch.stages[st][pc[st]]);
+    for (size_t i = pc[st] + 1; i < group_end[st]; ++i) what += " + " + to_string(sch.stages[st][i]);
+    res.blocked.push_back("stage " + std::to_string(st) + " blocked at " + what + " (index " +
+                          std::to_string(pc[st]) + ")");
+  }
+}
+
 }  // namespace
 
 const char* action_kind_name(ActionKind kind) {
@@ -272,14 +287,7 @@ SimulationResult simulate(const Schedule& sch) {
       }
     }
   }
-  res.completed = true;
-  for (int st = 0; st < S; ++st) {
-    if (pc[st] < sch.stages[st].size()) {
-      res.completed = false;
-      res.blocked.push_back("stage " + std::to_string(st) + " blocked at " + to_string(sch.stages[st][pc[st]]) +
-                            " (index " + std::to_string(pc[st]) + ")");
-    }
-  }
+  report_blocked(sch, pc, pc, res);
   return res;
 }
 
@@ -305,7 +313,13 @@ SimulationResult simulate_rendezvous(const Schedule& sch, bool group_adjacent) {
   // there until every one of them has met its peer's operation, itself issued (in the peer's group).
   std::vector<size_t> pc(S, 0), group_end(S, 0);
   std::vector<std::vector<bool>> matched(S);
-  for (int st = 0; st < S; ++st) matched[st].assign(sch.stages[st].size(), false);
+  std::vector<std::vector<size_t>> group_end_of(S);  // comm action index -> end of its comm_groups() run
+  for (int st = 0; st < S; ++st) {
+    matched[st].assign(sch.stages[st].size(), false);
+    group_end_of[st].assign(sch.stages[st].size(), 0);
+    for (const auto& [b, e] : comm_groups(sch.stages[st]))
+      for (size_t i = b; i < e; ++i) group_end_of[st][i] = e;
+  }
   auto issued = [&](int st, const Action& op, size_t* index) {
     if (st < 0 || st >= S || group_end[st] <= pc[st]) return false;
     for (size_t i = pc[st]; i < group_end[st]; ++i)
@@ -327,10 +341,8 @@ SimulationResult simulate_rendezvous(const Schedule& sch, bool group_adjacent) {
           progress = true;
           continue;
         }
-        if (group_end[st] <= pc[st]) {  // issue the whole run of consecutive sends and receives
-          size_t j = pc[st];
-          while (j < list.size() && is_comm(list[j]) && (group_adjacent || j == pc[st])) ++j;
-          group_end[st] = j;
+        if (group_end[st] <= pc[st]) {  // issue the whole group (or, without groups, one operation)
+          group_end[st] = group_adjacent ? group_end_of[st][pc[st]] : pc[st] + 1;
           progress = true;
         }
         for (size_t i = pc[st]; i < group_end[st]; ++i) {
@@ -351,16 +363,7 @@ SimulationResult simulate_rendezvous(const Schedule& sch, bool group_adjacent) {
       }
     }
   }
-  res.completed = true;
-  for (int st = 0; st < S; ++st) {
-    if (pc[st] < sch.stages[st].size()) {
-      res.completed = false;
-      std::string what = to_string(sch.stages[st][pc[st]]);
-      for (size_t i = pc[st] + 1; i < group_end[st]; ++i) what += " + " + to_string(sch.stages[st][i]);
-      res.blocked.push_back("stage " + std::to_string(st) + " blocked at " + what + " (index " +
-                            std::to_string(pc[st]) + ")");
-    }
-  }
+  report_blocked(sch, pc, group_end, res);
   return res;
 }
 

@@ -27,12 +27,15 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 namespace geopipe::comm {
 class Communicator;
 class NcclTransport;
+class Router;
 }
 
 namespace geopipe::runtime {
@@ -116,7 +119,9 @@ class PipelineExecutor {
   ExecutorOptions options_;
   std::string codec_fwd_ = "none", codec_bwd_ = "none";  // codec on my outgoing links
   std::string codec_in_fwd_ = "none", codec_in_bwd_ = "none";  // codec of what I receive
+  std::unique_ptr<comm::Router> router_;        // backend per neighbour (null for one stage)
   bool nccl_prev_ = false, nccl_next_ = false;  // link to the previous / next stage goes over NCCL
+  std::map<size_t, size_t> nccl_groups_;        // NCCL groups of actions_: first index -> one past the last
   std::vector<TraceSpan> trace_;
 };
 
