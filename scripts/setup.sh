@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
   build-essential cmake ninja-build pkg-config git
   libtorch-dev
+  libopenblas0-openmp   # optimized BLAS behind libblas.so.3 (why OpenMP: below the list)
   libopenmpi-dev openmpi-bin
   libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev
@@ -20,6 +21,13 @@ PACKAGES=(
   clang libclang-rt-14-dev   # scripts/fuzz.sh: libFuzzer, AddressSanitizer, UndefinedBehaviorSanitizer
   python3 python3-torch   # reference checks: checkpoints load in PyTorch, nanoGPT-style forward
 )
+# libopenblas0-openmp: Debian's LibTorch calls sgemm_ through libblas.so.3, which a machine
+# without an optimized BLAS resolves to netlib's reference code (13x slower on the GPT stages,
+# docs/PERFORMANCE.md); installing OpenBLAS switches the libblas.so.3 alternative to it. The
+# OpenMP build, not the pthread one, on purpose: LibTorch's intra-op threads are OpenMP, so the
+# OpenMP build runs its threads in the same OpenMP pool, bounded by the rank's --threads
+# (runtime/trainer.h set_compute_threads), where the pthread build keeps a pool of its own that
+# oversubscribes the cores when ranks share a host.
 
 if [[ "${GEOPIPE_SKIP_APT:-0}" != 1 ]]; then
   missing=()

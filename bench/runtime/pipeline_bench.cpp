@@ -53,7 +53,8 @@ int main(int argc, char** argv) {
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     // Ranks emulating regions on one host share its cores.
     if (threads <= 0) threads = runtime::default_threads_per_rank();
-    at::set_num_threads(threads);
+    const std::string compute = runtime::set_compute_threads(threads);
+    if (rank == 0) std::printf("# compute per rank: %s\n", compute.c_str());
     std::vector<std::string> files;
     std::stringstream ss(plans_arg);
     for (std::string f; std::getline(ss, f, ',');)

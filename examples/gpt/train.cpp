@@ -4,19 +4,62 @@
 #include <geopipe/comm/communicator.h>
 #include <geopipe/core/error.h>
 #include <geopipe/core/log.h>
+#include <geopipe/kernels/blas.h>
+#include <geopipe/runtime/sample.h>
 #include <geopipe/runtime/trainer.h>
 
-#include <ATen/Parallel.h>
 #include <CLI/CLI.hpp>
 #include <mpi.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <algorithm>
 #include <memory>
 #include <thread>
 
 using namespace geopipe;
+
+namespace {
+
+// The corpus shipped with geopipe, copied next to the programs at build time
+// (bin/../share/geopipe/, examples/gpt/CMakeLists.txt), found from this program's own path.
+std::string shipped_corpus() {
+  std::error_code ec;
+  const auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (ec) return "kjv-pentateuch.txt";
+  return (exe.parent_path().parent_path() / "share" / "geopipe" / "kjv-pentateuch.txt").lexically_normal().string();
+}
+
+// --sample: generation through this plan's stages; rank 0 prints the text.
+int run_sample(const Plan& plan, const runtime::TrainConfig& cfg, runtime::SampleConfig sample, int rank, int size) {
+  if (size != plan.world_size())
+    throw InputError(cfg.plan_file, "stages", "plan needs " + std::to_string(plan.world_size()) +
+                                                  " ranks, started with " + std::to_string(size));
+  std::unique_ptr<comm::Communicator> comm;
+  if (size > 1) {
+    comm::CommOptions co;
+    co.region = plan.stages[static_cast<size_t>(plan.stage_of_rank(rank))].region;
+    co.default_timeout_s = cfg.comm_timeout_s;
+    comm = std::make_unique<comm::Communicator>(co);
+  }
+  sample.checkpoint_dir = cfg.checkpoint_dir;
+  sample.seed = cfg.seed;
+  sample.device = cfg.device;
+  sample.comm_timeout_s = cfg.comm_timeout_s;
+  runtime::SampleResult r = runtime::generate(plan, sample, comm.get());
+  if (rank == 0) {
+    std::printf("sample (step %lld of %s, seed %llu, temperature %g, top-k %d):\n%s\n",
+                static_cast<long long>(r.step), cfg.checkpoint_dir.c_str(), static_cast<unsigned long long>(sample.seed),
+                sample.temperature, sample.top_k, r.text.c_str());
+    std::fflush(stdout);
+  }
+  comm.reset();
+  comm::finalize_mpi();
+  return 0;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"geopipe-train: pipeline-parallel GPT training across regions"};
@@ -25,13 +68,18 @@ int main(int argc, char** argv) {
   std::string auth_key_file;  // per-job key authenticating message headers (comm/auth.h)
   int threads = 0;
   app.add_option("--plan", cfg.plan_file, "plan.json from `geopipe plan`")->required()->check(CLI::ExistingFile);
-  app.add_option("--iters", cfg.iters, "optimizer steps in total (default: the job's iterations)")->check(CLI::NonNegativeNumber);
+  app.add_option("--iters", cfg.iters,
+                 "optimizer steps in total (default: the job's iterations; 0: none, e.g. with --checkpoint-at-start)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--seed", cfg.seed, "seed of initialisation and data order")->check(CLI::NonNegativeNumber);
   app.add_option("--dtype", cfg.dtype, "fp32 or bf16 (bf16 autocast in forward)")->check(CLI::IsMember({"fp32", "bf16"}));
   app.add_option("--codec", cfg.codec, "none|int8|fp8|int4|plan: codec on every inter-stage link");
   app.add_option("--schedule", cfg.schedule, "gpipe|1f1b|plan")->check(CLI::IsMember({"gpipe", "1f1b", "plan"}));
   app.add_option("--schedule-file", cfg.schedule_file, "action lists in text form (overrides --schedule)")->check(CLI::ExistingFile);
-  app.add_option("--data", cfg.data_file, "training data file")->required()->check(CLI::ExistingFile);
+  cfg.data_file = shipped_corpus();
+  app.add_option("--data", cfg.data_file, "training data file (default: the shipped corpus, the King James "
+                                          "Pentateuch, " + cfg.data_file + ")")
+      ->check(CLI::ExistingFile);
   app.add_option("--data-format", cfg.data_format, "text (bytes) or bin (llm.c uint16 shard)")
       ->check(CLI::IsMember({"text", "bin"}));
   app.add_option("--val-fraction", cfg.val_fraction, "tail of the data held out for validation");
@@ -41,6 +89,8 @@ int main(int argc, char** argv) {
   app.add_option("--trace", cfg.trace_file, "Chrome/Perfetto trace merged across ranks");
   app.add_option("--checkpoint-dir", cfg.checkpoint_dir, "checkpoint folder");
   app.add_option("--checkpoint-every", cfg.checkpoint_every, "checkpoint every N steps (and at the end)")->check(CLI::NonNegativeNumber);
+  app.add_flag("--checkpoint-at-start", cfg.checkpoint_at_start,
+               "also checkpoint the initial weights as step 0 (with --iters 0: only that)");
   app.add_flag("--resume", cfg.resume, "continue from --checkpoint-dir's manifest");
   app.add_option("--comm-timeout", cfg.comm_timeout_s, "seconds any wait may block")->check(CLI::PositiveNumber);
   app.add_option("--auth-key-file", auth_key_file, "authenticate message headers with this per-job key (>= 32 bytes; default $GEOPIPE_AUTH_KEY_FILE)");
@@ -58,6 +108,17 @@ int main(int argc, char** argv) {
   app.add_option("--profile", profile_file,
                  "time embedding/blocks/head on this device, write a profile, exit (under mpirun -n K: K ranks "
                  "measure at once, as K stages sharing this host run; rank 0 writes their mean)");
+  runtime::SampleConfig sample;
+  auto* sample_opt = app.add_option("--sample", sample.tokens,
+                                    "generate N tokens from --checkpoint-dir's latest checkpoint and exit (forward only)")
+                         ->check(CLI::PositiveNumber);
+  app.add_option("--prompt", sample.prompt, "--sample: the text to continue (default a newline)")->needs(sample_opt);
+  app.add_option("--temperature", sample.temperature, "--sample: softmax temperature (0: always the most likely)")
+      ->check(CLI::NonNegativeNumber)
+      ->needs(sample_opt);
+  app.add_option("--top-k", sample.top_k, "--sample: draw among the K most likely tokens (0: all)")
+      ->check(CLI::NonNegativeNumber)
+      ->needs(sample_opt);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -72,10 +133,15 @@ int main(int argc, char** argv) {
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     // Ranks emulating regions on one host share its cores.
     if (threads <= 0) threads = runtime::default_threads_per_rank();
-    at::set_num_threads(threads);
+    const std::string compute = runtime::set_compute_threads(threads);
     Plan plan = load_plan(cfg.plan_file);
     const int stage = plan.stage_of_rank(rank);
     log::set_rank_context(rank, stage >= 0 ? plan.stages[stage].region : "none");
+    if (rank == 0) {
+      spdlog::info("compute: {}", compute);
+      if (!kernels::blas_info().optimized())
+        spdlog::warn("the BLAS is not an optimized one: CPU training runs about 13x slower (docs/PERFORMANCE.md)");
+    }
 
     if (!export_file.empty()) {
       if (rank == 0) {
@@ -86,6 +152,7 @@ int main(int argc, char** argv) {
       comm::finalize_mpi();
       return 0;
     }
+    if (*sample_opt) return run_sample(plan, cfg, sample, rank, size);
     if (!profile_file.empty()) {
       // Under mpirun -n K every rank measures at once (stages sharing this host); rank 0 writes.
       std::unique_ptr<comm::Communicator> pcomm;

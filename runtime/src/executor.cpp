@@ -6,6 +6,8 @@
 #include <geopipe/kernels/torch_codec.h>
 #include <geopipe/runtime/executor.h>
 
+#include "tags.h"
+
 #include <ATen/autocast_mode.h>
 #include <spdlog/spdlog.h>
 #include <torch/version.h>
@@ -55,8 +57,6 @@ double busy_time(std::vector<std::pair<double, double>> spans) {
   return total + close - open;
 }
 
-// Tags: forward activations, their gradients and evaluation activations never share a tag.
-constexpr int kTagForward = 0, kTagBackward = 8192, kTagEval = 16384, kMaxMicroBatches = 8192;
 
 // Bf16 autocast for the duration of a forward (CPU or CUDA, whichever the tensor lives on).
 // LibTorch 2.4 replaced the per-device setters with ones taking the device type.

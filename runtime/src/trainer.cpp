@@ -6,6 +6,8 @@
 #include <geopipe/runtime/trainer.h>
 #include <geopipe/scheduler/profile.h>
 
+#include "tags.h"
+
 #include <csignal>
 #include <cstdlib>
 
@@ -24,7 +26,6 @@
 #include <fstream>
 #include <map>
 #include <sstream>
-#include <thread>
 
 namespace geopipe::runtime {
 
@@ -33,7 +34,6 @@ namespace fs = std::filesystem;
 namespace {
 
 using Clock = std::chrono::steady_clock;
-constexpr int kTagTrace = 20000;
 
 std::string fmt_duration(double s) {
   char buf[32];
@@ -52,17 +52,6 @@ std::string fmt_bytes(double b) {
   else if (b >= 1e3) std::snprintf(buf, sizeof(buf), "%.1f kB", b / 1e3);
   else std::snprintf(buf, sizeof(buf), "%.0f B", b);
   return buf;
-}
-
-at::Device pick_device(const std::string& name) {
-  if (name == "cpu") return at::kCPU;
-  const bool have_cuda = at::hasCUDA();
-  if (name == "cuda") {
-    if (!have_cuda) throw InputError("--device", "device", "cuda requested but LibTorch sees no CUDA device");
-    return at::Device(at::kCUDA, 0);
-  }
-  if (name == "auto") return have_cuda ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
-  throw InputError("--device", "device", "expected cpu, cuda or auto, got \"" + name + "\"");
 }
 
 Schedule build_schedule(const Plan& plan, const TrainConfig& cfg) {
@@ -126,15 +115,41 @@ struct RankTotals {
   double compute_s = 0, wait_s = 0, wall_s = 0, fwd_raw = 0, fwd_wire = 0, bwd_raw = 0, bwd_wire = 0;
 };
 
+// Every stage writes its file, then rank 0 the manifest naming them all (checkpoint.h).
+void write_checkpoint(const Plan& plan, const TrainConfig& cfg, int stage, int rank, int64_t step,
+                      const GptStage& model, const AdamW& opt, comm::Communicator* comm,
+                      const std::function<void()>& midway = {}) {
+  const int S = plan.num_stages();
+  StageCheckpoint ck{stage, step, cfg.seed, step, model.named_parameters(), opt.state()};
+  const FileDigest d = save_stage_checkpoint(cfg.checkpoint_dir, ck, midway);
+  // Sizes and checksums to every rank (one slot pair per stage, filled by the stage's first
+  // rank: the sum is exact). It is also the barrier: every stage's file is on disk.
+  std::vector<double> dv(2 * static_cast<size_t>(S), 0.0);
+  if (rank == plan.stages[static_cast<size_t>(stage)].ranks.at(0)) {
+    dv[2 * static_cast<size_t>(stage)] = static_cast<double>(d.bytes);
+    dv[2 * static_cast<size_t>(stage) + 1] = static_cast<double>(d.crc32c);
+  }
+  allreduce_sum(comm, dv, cfg.comm_timeout_s);
+  if (rank != 0) return;
+  Manifest m{step, S, plan.job.name, {}};
+  for (int s = 0; s < S; ++s)
+    m.files.push_back({fs::relative(stage_checkpoint_path(cfg.checkpoint_dir, step, s), cfg.checkpoint_dir).string(),
+                       {static_cast<uint64_t>(dv[2 * static_cast<size_t>(s)]),
+                        static_cast<uint32_t>(dv[2 * static_cast<size_t>(s) + 1])}});
+  write_manifest(cfg.checkpoint_dir, m);
+}
+
 }  // namespace
 
-int default_threads_per_rank() {
-  MPI_Comm local;
-  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local);
-  int local_size = 1;
-  MPI_Comm_size(local, &local_size);
-  MPI_Comm_free(&local);
-  return std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / local_size);
+at::Device pick_device(const std::string& name) {
+  if (name == "cpu") return at::kCPU;
+  const bool have_cuda = at::hasCUDA();
+  if (name == "cuda") {
+    if (!have_cuda) throw InputError("--device", "device", "cuda requested but LibTorch sees no CUDA device");
+    return at::Device(at::kCUDA, 0);
+  }
+  if (name == "auto") return have_cuda ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
+  throw InputError("--device", "device", "expected cpu, cuda or auto, got \"" + name + "\"");
 }
 
 std::pair<std::string, std::string> codec_pair(const std::string& flag) {
@@ -195,7 +210,7 @@ TrainResult run_training(const Plan& plan, const TrainConfig& cfg, comm::Communi
   if (stage < 0) throw InputError(cfg.plan_file, "stages", "rank " + std::to_string(rank) + " has no stage");
   const StagePlan& sp = plan.stages[stage];
   const bool first = stage == 0, last = stage == S - 1;
-  const int64_t iters = cfg.iters > 0 ? cfg.iters : plan.job.iterations;
+  const int64_t iters = cfg.iters ? *cfg.iters : plan.job.iterations;
   const bool rank0 = rank == 0;
   std::string fault_text;
   if (cfg.test_fault) fault_text = *cfg.test_fault;
@@ -302,6 +317,11 @@ TrainResult run_training(const Plan& plan, const TrainConfig& cfg, comm::Communi
                  plan.job.name, S, plan.job.micro_batches, plan.job.micro_batch, plan.job.model.seq_len,
                  result.first_step, iters, model.num_parameters());
 
+  if (cfg.checkpoint_at_start && !cfg.resume) {
+    if (cfg.checkpoint_dir.empty()) throw InputError("--checkpoint-at-start", "checkpoint-at-start", "needs --checkpoint-dir");
+    write_checkpoint(plan, cfg, stage, rank, 0, model, opt, comm);
+    if (rank0) spdlog::info("checkpointed the initial weights as step 0: {}", manifest_path(cfg.checkpoint_dir));
+  }
   const double tokens_per_step =
       static_cast<double>(plan.job.micro_batch) * plan.job.model.seq_len * plan.job.micro_batches;
   RankTotals tot;
@@ -328,27 +348,10 @@ TrainResult run_training(const Plan& plan, const TrainConfig& cfg, comm::Communi
       result.val_losses.emplace_back(step + 1, *val);
     }
     if (!cfg.checkpoint_dir.empty() && cfg.checkpoint_every > 0 && ((step + 1) % cfg.checkpoint_every == 0 || final_step)) {
-      StageCheckpoint ck{stage, step + 1, cfg.seed, step + 1, model.named_parameters(), opt.state()};
       std::function<void()> midway;
       if (my_fault && fault.kind == TestFault::Kind::kKillInCheckpoint && step + 1 == fault.step)
         midway = [&] { die_by_sigkill(fault, "half-way through writing " + stage_checkpoint_path(cfg.checkpoint_dir, step + 1, stage) + ".tmp"); };
-      const FileDigest d = save_stage_checkpoint(cfg.checkpoint_dir, ck, midway);
-      // Sizes and checksums to every rank (one slot pair per stage, filled by the stage's first
-      // rank: the sum is exact). It is also the barrier: every stage's file is on disk.
-      std::vector<double> dv(2 * static_cast<size_t>(S), 0.0);
-      if (rank == sp.ranks.at(0)) {
-        dv[2 * static_cast<size_t>(stage)] = static_cast<double>(d.bytes);
-        dv[2 * static_cast<size_t>(stage) + 1] = static_cast<double>(d.crc32c);
-      }
-      allreduce_sum(comm, dv, timeout_s);
-      if (rank0) {
-        Manifest m{step + 1, S, plan.job.name, {}};
-        for (int s = 0; s < S; ++s)
-          m.files.push_back({fs::relative(stage_checkpoint_path(cfg.checkpoint_dir, step + 1, s), cfg.checkpoint_dir).string(),
-                             {static_cast<uint64_t>(dv[2 * static_cast<size_t>(s)]),
-                              static_cast<uint32_t>(dv[2 * static_cast<size_t>(s) + 1])}});
-        write_manifest(cfg.checkpoint_dir, m);
-      }
+      write_checkpoint(plan, cfg, stage, rank, step + 1, model, opt, comm, midway);
     }
     const double tok_s = st.step_s > 0 ? tokens_per_step / st.step_s : 0;
     const double elapsed = std::chrono::duration<double>(Clock::now() - t_run).count();

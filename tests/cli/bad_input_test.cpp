@@ -191,6 +191,13 @@ TEST_F(BadInput, TrainRefusesEveryBadFlagValue) {
           {ok + " --grad-clip -1", "--grad-clip"},
           {ok + " --threads -1", "--threads"},
           {ok + " --no-such-flag", "--no-such-flag"},
+          {ok + " --checkpoint-at-start", "--checkpoint-dir"},
+          {ok + " --sample 0", "--sample"},
+          {ok + " --sample 5", "--checkpoint-dir"},
+          {ok + " --sample 5 --checkpoint-dir " + *dir_, "manifest.json"},
+          {ok + " --prompt hello", "--sample"},
+          {ok + " --sample 5 --temperature -1", "--temperature"},
+          {ok + " --sample 5 --top-k -2", "--top-k"},
       },
       train);
 }

@@ -177,7 +177,7 @@ TEST_F(CheckpointIntegrity, InterruptedAtomicWriteNeverReplacesTheGoodFile) {
 
 // One process: a resume from a bit-flipped checkpoint throws before anything is written.
 TEST_F(CheckpointIntegrity, ResumeFromACorruptCheckpointThrowsAndWritesNothing) {
-  at::set_num_threads(1);
+  runtime::set_compute_threads(1);
   Plan plan = testing_support::tiny_plan({{0, 2}}, {"us-east"});
   runtime::TrainConfig cfg = testing_support::tiny_config(2);
   cfg.checkpoint_dir = dir_ + "/ckpt";

@@ -5,9 +5,9 @@
 #include <geopipe/comm/communicator.h>
 #include <geopipe/core/error.h>
 #include <geopipe/runtime/checkpoint.h>
+#include <geopipe/runtime/sample.h>
 #include <geopipe/runtime/trainer.h>
 
-#include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 #include <mpi.h>
 #include <nlohmann/json.hpp>
@@ -34,7 +34,7 @@ std::unique_ptr<comm::Communicator> g_world;
 class WorldEnvironment : public ::testing::Environment {
  public:
   void SetUp() override {
-    at::set_num_threads(1);  // 4 ranks share 2 cores
+    runtime::set_compute_threads(1);  // 4 ranks share 2 cores
     int rank = 0;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     comm::CommOptions o;
@@ -57,7 +57,7 @@ std::vector<double> losses(const TrainResult& r) {
 // The one-process reference (every rank computes it; it is deterministic).
 const std::vector<double>& reference_losses() {
   static std::vector<double> ref = [] {
-    at::set_num_threads(1);
+    runtime::set_compute_threads(1);
     Plan one = testing_support::tiny_plan({{0, 4}}, {"us-east"});
     return losses(run_training(one, testing_support::tiny_config(10), nullptr));
   }();
@@ -190,6 +190,26 @@ TEST(Pipeline, TraceMergesEveryRanksSpansAndSummaryNamesEachLink) {
     EXPECT_TRUE(names.count(n)) << n;
   EXPECT_NE(r.summary.find("0->1"), std::string::npos) << r.summary;
   EXPECT_NE(r.summary.find("2->3"), std::string::npos) << r.summary;
+}
+
+TEST(Pipeline, SamplingThroughFourStagesWritesWhatOneProcessWrites) {
+  Plan plan = testing_support::tiny_plan(kFourStages, kTwoRegions, "1f1b");
+  TrainConfig cfg = testing_support::tiny_config(3);
+  cfg.checkpoint_dir = shared_dir("sample");
+  cfg.checkpoint_every = 3;
+  run_training(plan, cfg, &world());
+  SampleConfig sc;
+  sc.checkpoint_dir = cfg.checkpoint_dir;
+  sc.tokens = 24;
+  sc.prompt = "In the beginning";
+  sc.seed = 11;
+  sc.top_k = 20;
+  SampleResult piped = generate(plan, sc, &world());
+  // Every rank knows the text; one process holding all four stages' tensors writes the same.
+  SampleResult alone = generate(testing_support::tiny_plan({{0, 4}}, {"us-east"}), sc, nullptr);
+  EXPECT_EQ(piped.step, 3);
+  ASSERT_EQ(piped.generated.size(), 24u);
+  EXPECT_EQ(piped.text, alone.text);
 }
 
 // Last on purpose: it leaves the ranks out of step (as a real failure would, before the job stops).

@@ -22,7 +22,7 @@ namespace geopipe::runtime {
 
 struct TrainConfig {
   std::string plan_file;            // for messages
-  int64_t iters = 0;                // total optimizer steps (0: the job's iterations)
+  std::optional<int64_t> iters;     // total optimizer steps; unset: the job's iterations; 0: none
   uint64_t seed = 1;
   std::string dtype = "fp32";       // fp32 | bf16 (bf16 autocast in forward)
   std::string codec = "plan";       // none | int8 | fp8 | int4 | plan | a full codec name
@@ -37,6 +37,9 @@ struct TrainConfig {
   std::string trace_file;           // merged Chrome/Perfetto trace (rank 0 writes it)
   std::string checkpoint_dir;
   int checkpoint_every = 0;
+  // Also checkpoint the initial weights as step 0 (not on --resume): an outside tool (or
+  // `--iters 0`) can then start from exactly geopipe's initialisation.
+  bool checkpoint_at_start = false;
   bool resume = false;
   double comm_timeout_s = 300;
   std::string device = "cpu";       // cpu | cuda | auto
@@ -78,9 +81,20 @@ struct TrainResult {
 // backward (int4 gradients are too coarse, as the plan validator also says); "plan" -> {"", ""}.
 std::pair<std::string, std::string> codec_pair(const std::string& flag);
 
-// LibTorch threads for this rank when the user gave none: the host's cores shared by the ranks
+// Ranks that share this machine's cores: MPI's shared-memory group, or more when `geopipe
+// launch` says so (core/env.h kRanksOnHost: regions emulated in namespaces). Needs MPI.
+int ranks_on_this_host();
+// Compute threads for this rank when the user gave none: the host's cores shared by the ranks
 // on this host (emulated regions on one host must not oversubscribe it). Needs MPI initialised.
 int default_threads_per_rank();
+// Bounds ALL of this rank's compute threads to `threads`: LibTorch's intra-op pool (OpenMP,
+// shared with oneDNN) and the BLAS library's own (kernels/blas.h). Returns one line for the
+// log: the thread count and the BLAS library actually loaded, e.g.
+// "1 thread (LibTorch intra-op 1); BLAS OpenBLAS 0.3.21 (openmp, 1 thread) /usr/lib/...".
+std::string set_compute_threads(int threads);
+
+// --device cpu|cuda|auto -> the device (InputError when cuda is asked for and absent).
+at::Device pick_device(const std::string& name);
 
 // Runs training for this rank. `comm` may be null for a one-stage plan. Collective: every rank
 // of the plan calls it with the same config.
