@@ -67,8 +67,16 @@ void register_launch(CLI::App& app, int& exit_code) {
   });
   cmd->add_option("--timeout", q.timeout_s, "Stop the job after this many seconds (exit 124)")
       ->check(CLI::NonNegativeNumber);
-  cmd->add_flag("--dry-run", q.dry_run, "Print the exact command and files; run nothing");
-  cmd->add_flag("--slurm", q.slurm, "Print an sbatch script (srun --mpi=pmix) with the same placement");
+  cmd->add_flag("--dry-run", q.dry_run,
+                "Print the exact command and files; run nothing (hosts that do not resolve here are a "
+                "'# warning:' line, not an error)");
+  cmd->add_flag("--slurm", q.slurm,
+                "Print an sbatch script (srun --mpi=pmix) with the same placement (hosts that do not resolve "
+                "here are a '# warning:' line, not an error)");
+  cmd->add_flag("--allow-run-as-root", q.allow_run_as_root,
+                "Let Open MPI's mpirun run as root (passes its --allow-run-as-root). Automatic with --emulate "
+                "netns; as root without it (or OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1) a "
+                "launch is refused with exit 2. Not needed with --slurm: srun has no such refusal");
   cmd->add_flag("--cleanup", o->cleanup, "Remove network namespaces left by a killed --emulate netns run");
   cmd->add_option("program", q.program, "PROGRAM ARGS... (after --)");
   cmd->callback([o, &exit_code] { exit_code = run_launch(*o); });

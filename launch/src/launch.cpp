@@ -1,6 +1,7 @@
 #include <geopipe/launch/launch.h>
 
 #include <geopipe/core/error.h>
+#include <geopipe/core/log.h>
 #include <geopipe/core/plan.h>
 #include <geopipe/launch/netns.h>
 #include <geopipe/launch/process.h>
@@ -32,6 +33,26 @@ std::string absolute(const std::string& path) {
   return ec ? path : p.lexically_normal().string();
 }
 
+// With netns emulation each region's ranks run in its namespace: the namespace's name is the
+// "host", and mpirun runs in the hub.
+void place_in_namespaces(Prepared& out) {
+  LaunchSpec& s = out.spec;
+  out.netns = make_netns_layout(out.topology, s.placement.regions_used(), getpid());
+  s.placement.hosts.clear();
+  for (auto& r : s.placement.ranks) {
+    r.host = out.netns->find(r.region)->netns;
+    auto h = std::find_if(s.placement.hosts.begin(), s.placement.hosts.end(),
+                          [&](const HostSlots& x) { return x.host == r.host; });
+    if (h == s.placement.hosts.end())
+      s.placement.hosts.push_back({r.host, r.region, 1});
+    else
+      ++h->slots;
+  }
+  s.netns_subnet = out.netns->subnet;
+  s.netns_launcher = out.netns->hub;
+  s.netns_agent = s.run_dir + "/netns-agent.sh";
+}
+
 Prepared prepare(const LaunchRequest& q) {
   Prepared out;
   if (q.topology_file.empty()) throw InputError("--topology", "", "a topology file is required");
@@ -52,13 +73,21 @@ Prepared prepare(const LaunchRequest& q) {
     std::string why = netns_unavailable_reason();
     if (!why.empty()) throw InputError("--emulate netns", "", why);
   }
+  LaunchSpec& s = out.spec;
+  const bool starts_mpirun = !q.dry_run && !q.slurm;
 
   std::optional<std::vector<HostfileEntry>> hostfile;
   if (!q.hostfile.empty()) hostfile = load_hostfile(q.hostfile);
-  Inventory inv = make_inventory(topo, emulation, hostfile, q.hostfile);
-
-  LaunchSpec& s = out.spec;
+  // Only a launch from here needs the hosts to resolve here; a printed command or script runs
+  // on a cluster with a resolver of its own.
+  Inventory inv = make_inventory(topo, emulation, hostfile, q.hostfile,
+                                 starts_mpirun ? UnresolvedHosts::kRefuse : UnresolvedHosts::kWarn);
   s.placement = plan ? place_plan(*plan, q.plan_file, topo, inv) : place_per_region(topo, q.ranks_per_region, inv);
+  for (const auto& u : inv.unresolved) {  // only the hosts that got a rank matter to the job
+    const auto& hosts = s.placement.hosts;
+    if (std::any_of(hosts.begin(), hosts.end(), [&](const HostSlots& h) { return h.host == u.host; }))
+      s.warnings.push_back(u.note.str());
+  }
   s.emulation = emulation;
   s.topology_path = absolute(q.topology_file);
   if (plan) {
@@ -76,23 +105,9 @@ Prepared prepare(const LaunchRequest& q) {
     s.run_dir = absolute(q.run_dir);
   }
 
-  if (emulation == Emulation::kNetns) {
-    out.netns = make_netns_layout(topo, s.placement.regions_used(), getpid());
-    // Each region's ranks run in its namespace: the namespace's name is the "host".
-    s.placement.hosts.clear();
-    for (auto& r : s.placement.ranks) {
-      r.host = out.netns->find(r.region)->netns;
-      auto h = std::find_if(s.placement.hosts.begin(), s.placement.hosts.end(),
-                            [&](const HostSlots& x) { return x.host == r.host; });
-      if (h == s.placement.hosts.end())
-        s.placement.hosts.push_back({r.host, r.region, 1});
-      else
-        ++h->slots;
-    }
-    s.netns_subnet = out.netns->subnet;
-    s.netns_launcher = out.netns->hub;
-    s.netns_agent = s.run_dir + "/netns-agent.sh";
-  }
+  // Last, once the inputs are known good: the one refusal that is about who runs the launch.
+  s.allow_run_as_root = mpirun_allows_root(emulation, q.allow_run_as_root, starts_mpirun, Launcher::current());
+  if (emulation == Emulation::kNetns) place_in_namespaces(out);
   return out;
 }
 
@@ -110,6 +125,8 @@ LaunchSpec prepare_launch(const LaunchRequest& request) { return prepare(request
 int launch(const LaunchRequest& request, std::ostream& out) {
   Prepared p = prepare(request);
   LaunchSpec& spec = p.spec;
+  // Also to stderr: a script redirected to a file still warns whoever wrote it.
+  for (const auto& w : spec.warnings) spdlog::warn("geopipe launch: {}", w);
 
   if (request.slurm) {
     out << build_slurm_script(spec);
@@ -120,6 +137,7 @@ int launch(const LaunchRequest& request, std::ostream& out) {
     MpirunCommand cmd = build_mpirun(spec);
     out << "# geopipe launch --dry-run: " << spec.placement.world_size() << " ranks, emulation "
         << emulation_name(spec.emulation) << "\n";
+    for (const auto& w : spec.warnings) out << warning_comment(w);
     for (const auto& r : spec.placement.ranks)
       out << "# rank " << r.rank << ": stage " << r.stage << ", region " << r.region << ", host " << r.host << "\n";
     print_files(cmd.files, out);

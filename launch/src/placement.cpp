@@ -101,6 +101,36 @@ bool host_resolves(const std::string& host) {
   return rc == 0;
 }
 
+// Letters, digits and `.-_` (names), `:` and `%` (IPv6 with a scope), not starting with `-`:
+// the host is written unquoted into hostfiles, mpirun's argv and Slurm scripts, so a name that
+// does not resolve (placed anyway with UnresolvedHosts::kWarn) must not be able to add a line or
+// an option there.
+bool host_name_is_plain(const std::string& host) {
+  return !host.empty() && host[0] != '-' &&
+         host.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-_:%") ==
+             std::string::npos;
+}
+
+// Whether `host` of `region` may be placed. A name that is not plain, or one that does not
+// resolve under kRefuse, is a problem at `where`; one that does not resolve under kWarn is placed
+// and noted.
+bool admit_host(const std::string& host, const std::string& region, const Diagnostic& where,
+                UnresolvedHosts unresolved, std::vector<Diagnostic>& problems, std::vector<UnresolvedHost>& notes) {
+  const std::string name = "host \"" + host + "\" of region \"" + region + "\"";
+  if (!host_name_is_plain(host)) {
+    problems.push_back({where.file, where.path, name + " is not a host name (letters, digits, '.', '-', '_', ':')"});
+    return false;
+  }
+  if (host_resolves(host)) return true;
+  if (unresolved == UnresolvedHosts::kRefuse) {
+    problems.push_back({where.file, where.path, name + " does not resolve"});
+    return false;
+  }
+  notes.push_back({host, {where.file, where.path,
+                          name + " does not resolve on this machine (the cluster that runs the job must resolve it)"}});
+  return true;
+}
+
 std::string region_path(const Topology& topology, size_t region) {
   return "regions[" + std::to_string(region) + "] (\"" + topology.regions[region].name + "\")";
 }
@@ -108,7 +138,8 @@ std::string region_path(const Topology& topology, size_t region) {
 }  // namespace
 
 Inventory make_inventory(const Topology& topology, Emulation emulation,
-                         const std::optional<std::vector<HostfileEntry>>& hostfile, const std::string& hostfile_name) {
+                         const std::optional<std::vector<HostfileEntry>>& hostfile, const std::string& hostfile_name,
+                         UnresolvedHosts unresolved) {
   Inventory inv;
   inv.per_region.resize(topology.regions.size());
   inv.not_in_hostfile.resize(topology.regions.size());
@@ -147,11 +178,8 @@ Inventory make_inventory(const Topology& topology, Emulation emulation,
         }
         slots = e->slots;
       }
-      if (!host_resolves(host)) {
-        problems.push_back({topology.source, path, "host \"" + host + "\" of region \"" + region.name + "\" does not resolve"});
-        continue;
-      }
-      inv.per_region[i].push_back({host, region.name, slots});
+      if (admit_host(host, region.name, {topology.source, path, ""}, unresolved, problems, inv.unresolved))
+        inv.per_region[i].push_back({host, region.name, slots});
     }
   }
   if (!problems.empty()) throw InputError(std::move(problems));

@@ -2,6 +2,7 @@
 // with mpirun on this host (exit status of the job, forwarded signals).
 #include <geopipe/core/config.h>
 #include <geopipe/core/plan.h>
+#include <geopipe/launch/command.h>
 #include <geopipe/launch/process.h>
 
 #include "launch_test_util.h"
@@ -9,14 +10,20 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <grp.h>
 #include <signal.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <thread>
 
 namespace geopipe::launch {
@@ -74,7 +81,7 @@ TEST_F(LaunchCli, DryRunPrintsTheCommandAndFilesAndRunsNothing) {
   EXPECT_NE(r.output.find("mpirun --hostfile " + path("run") + "/hostfile --oversubscribe"), std::string::npos)
       << r.output;
   EXPECT_NE(r.output.find("-x GEOPIPE_REGION=ap-southeast -x GEOPIPE_TOPOLOGY=" + kLocal4 +
-                          " -x GEOPIPE_EMULATE=software -x GEOPIPE_PLAN=" + plan + " touch " + path("ran")),
+                          " -x GEOPIPE_EMULATE=software -x GEOPIPE_PLAN=" + plan + " -x GEOPIPE_RANKS_ON_HOST=4 touch " + path("ran")),
             std::string::npos)
       << r.output;
   EXPECT_FALSE(fs::exists(path("ran")));
@@ -96,11 +103,11 @@ TEST_F(LaunchCli, RepeatedIfaceFlagsSetEachRegionsInterface) {
                              "us-west=ib0", "--dry-run", "--", "prog"});
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("-x GEOPIPE_REGION=us-east -x GEOPIPE_TOPOLOGY=" + kLocal4 +
-                          " -x GEOPIPE_EMULATE=software -x NCCL_SOCKET_IFNAME=eth0 -x OMPI_MCA_btl_tcp_if_include=eth0 prog"),
+                          " -x GEOPIPE_EMULATE=software -x GEOPIPE_RANKS_ON_HOST=4 -x NCCL_SOCKET_IFNAME=eth0 -x OMPI_MCA_btl_tcp_if_include=eth0 prog"),
             std::string::npos)
       << r.output;
   EXPECT_NE(r.output.find("-x GEOPIPE_REGION=us-west -x GEOPIPE_TOPOLOGY=" + kLocal4 +
-                          " -x GEOPIPE_EMULATE=software -x NCCL_SOCKET_IFNAME=ib0 -x OMPI_MCA_btl_tcp_if_include=ib0 prog"),
+                          " -x GEOPIPE_EMULATE=software -x GEOPIPE_RANKS_ON_HOST=4 -x NCCL_SOCKET_IFNAME=ib0 -x OMPI_MCA_btl_tcp_if_include=ib0 prog"),
             std::string::npos)
       << r.output;
 }
@@ -209,28 +216,199 @@ TEST_F(LaunchCli, BadInputExitsTwoAndNamesTheProblem) {
   EXPECT_FALSE(fs::exists(path("ran")));
 }
 
-TEST_F(LaunchCli, NetnsWithoutRootIsRefusedWithExitTwo) {
-  if (geteuid() == 0) {
-    // Root here: drop to nobody in a child so the refusal path runs for real.
-    pid_t pid = fork();
-    ASSERT_GE(pid, 0);
-    if (pid == 0) {
-      if (setgid(65534) != 0 || setuid(65534) != 0) _exit(99);
-      execl(GEOPIPE_CLI, GEOPIPE_CLI, "launch", "--topology", kLocal4.c_str(), "--ranks-per-region", "1", "--emulate",
-            "netns", "--", "true", static_cast<char*>(nullptr));
-      _exit(98);
-    }
-    int status = 0;
-    waitpid(pid, &status, 0);
-    ASSERT_TRUE(WIFEXITED(status));
-    if (WEXITSTATUS(status) == 99) GTEST_SKIP() << "cannot drop privileges here";
-    EXPECT_EQ(WEXITSTATUS(status), 2);
-    return;
+// A fresh folder under /tmp that every user may enter (mkdtemp makes it 0700), removed with this
+// object: what a test run as nobody needs, wherever the checkout and the build tree live.
+class FolderForEveryone {
+ public:
+  FolderForEveryone() {
+    std::string name = "/tmp/geopipe-launch-nobody-XXXXXX";
+    if (mkdtemp(name.data()) && chmod(name.c_str(), 0755) == 0) path_ = name;
   }
-  CommandResult r = geopipe({"launch", "--topology", kLocal4, "--ranks-per-region", "1", "--emulate", "netns", "--",
-                             "true"});
+  ~FolderForEveryone() {
+    std::error_code ec;
+    if (!path_.empty()) fs::remove_all(path_, ec);
+  }
+  FolderForEveryone(const FolderForEveryone&) = delete;
+  FolderForEveryone& operator=(const FolderForEveryone&) = delete;
+
+  bool ok() const { return !path_.empty(); }
+  const std::string& path() const { return path_; }
+  // Copies `file` in, readable (and with `executable`, runnable) by everyone; its new path.
+  std::string copy_in(const std::string& file, bool executable) const {
+    const fs::path to = fs::path(path_) / fs::path(file).filename();
+    fs::copy_file(file, to, fs::copy_options::overwrite_existing);
+    fs::permissions(to, executable ? fs::perms(0755) : fs::perms(0644));
+    return to.string();
+  }
+
+ private:
+  std::string path_;
+};
+
+// Runs `args` (args[0] a path) as uid/gid 65534 (nobody) in `cwd`, with stdout and stderr through
+// a pipe. Exit code 99: privileges could not be dropped; 98: the exec failed (the output says why).
+CommandResult run_as_nobody(std::vector<std::string> args, const std::string& cwd) {
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  int fds[2];
+  if (pipe(fds) != 0) return {-1, "pipe failed"};
+  pid_t pid = fork();
+  if (pid == 0) {
+    // Plain system calls only between fork and exec (strerror is safe: the test has one thread).
+    dup2(fds[1], STDOUT_FILENO);
+    dup2(fds[1], STDERR_FILENO);
+    close(fds[0]);
+    close(fds[1]);
+    if (chdir(cwd.c_str()) != 0 || setgroups(0, nullptr) != 0 || setgid(65534) != 0 || setuid(65534) != 0) _exit(99);
+    execv(argv[0], argv.data());
+    const char* why = strerror(errno);
+    (void)!write(STDERR_FILENO, "exec failed: ", 13);
+    (void)!write(STDERR_FILENO, why, strlen(why));
+    _exit(98);
+  }
+  close(fds[1]);
+  CommandResult r;
+  char buf[4096];
+  for (ssize_t n; (n = read(fds[0], buf, sizeof buf)) != 0;) {
+    if (n > 0) r.output.append(buf, static_cast<size_t>(n));
+    else if (errno != EINTR) break;
+  }
+  close(fds[0]);
+  int status = 0;
+  if (pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
+  return r;
+}
+
+TEST_F(LaunchCli, NetnsWithoutRootIsRefusedWithExitTwo) {
+  const std::vector<std::string> args = {"launch", "--topology", "", "--ranks-per-region", "1", "--emulate", "netns",
+                                         "--", "true"};
+  CommandResult r;
+  if (geteuid() != 0) {
+    std::vector<std::string> a = args;
+    a[2] = kLocal4;
+    r = geopipe(a);
+  } else {
+    // Root here: run the refusal for real as nobody. Nobody may not be able to reach the build
+    // tree or the checkout (a clone under `mktemp -d` or root's 0700 home), so the binary and the
+    // topology go into a folder of their own under /tmp. The binary carries no RPATH into the
+    // build tree (the project's libraries are static; it needs only system libraries).
+    struct statvfs tmp {};
+    if (statvfs("/tmp", &tmp) == 0 && (tmp.f_flag & ST_NOEXEC)) GTEST_SKIP() << "/tmp is mounted noexec";
+    FolderForEveryone folder;
+    ASSERT_TRUE(folder.ok()) << "cannot make a folder under /tmp: " << std::strerror(errno);
+    std::vector<std::string> a = args;
+    a.insert(a.begin(), folder.copy_in(GEOPIPE_CLI, true));
+    a[3] = folder.copy_in(kLocal4, false);
+    r = run_as_nobody(a, folder.path());
+    if (r.exit_code == 99) GTEST_SKIP() << "cannot drop privileges to uid 65534 here";
+  }
   EXPECT_EQ(r.exit_code, 2) << r.output;
-  EXPECT_NE(r.output.find("needs root"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--emulate netns needs root"), std::string::npos) << r.output;
+}
+
+// Two regions whose hosts are under the reserved .invalid TLD (RFC 6761), so they never resolve.
+std::string write_unresolvable_topology(const std::string& file) {
+  Topology t = testing::local4();
+  t.regions.resize(2);
+  t.regions[0].name = "east";
+  t.regions[0].hosts = {"east-node1.invalid"};
+  t.regions[1].name = "west";
+  t.regions[1].hosts = {"west-node1.invalid"};
+  t.links.resize(1);  // local4's first link joins its first two regions
+  t.links[0].a = "east";
+  t.links[0].b = "west";
+  std::ofstream(file) << to_json(t).dump(1);
+  return file;
+}
+
+TEST_F(LaunchCli, SlurmAndDryRunWarnAboutHostsThatDoNotResolveHereAndGoOn) {
+  const std::string topo = write_unresolvable_topology(path("two.json"));
+  const std::string east = "# warning: " + topo + ": regions[0].hosts[0]: host \"east-node1.invalid\" of region "
+                           "\"east\" does not resolve on this machine";
+  const std::string west = "# warning: " + topo + ": regions[1].hosts[0]: host \"west-node1.invalid\" of region "
+                           "\"west\" does not resolve on this machine";
+
+  // The script alone on stdout (what `> job.sbatch` keeps); the warnings also go to stderr.
+  CommandResult slurm = run_capture({"sh", "-c", shell_join({GEOPIPE_CLI, "launch", "--topology", topo,
+                                                             "--ranks-per-region", "1", "--slurm", "--", "prog"}) +
+                                                     " 2>" + shell_quote(path("stderr"))});
+  ASSERT_EQ(slurm.exit_code, 0) << slurm.output;
+  EXPECT_EQ(slurm.output.rfind("#!/bin/bash\n", 0), 0u) << slurm.output;
+  std::ifstream err_file(path("stderr"));
+  const std::string err((std::istreambuf_iterator<char>(err_file)), std::istreambuf_iterator<char>());
+  EXPECT_NE(err.find("host \"east-node1.invalid\" of region \"east\" does not resolve"), std::string::npos) << err;
+  EXPECT_NE(slurm.output.find(east), std::string::npos) << slurm.output;
+  EXPECT_NE(slurm.output.find(west), std::string::npos) << slurm.output;
+  EXPECT_NE(slurm.output.find("#SBATCH --nodelist=east-node1.invalid,west-node1.invalid\n"), std::string::npos)
+      << slurm.output;
+  EXPECT_NE(slurm.output.find("geopipe-rank prog\n"), std::string::npos) << slurm.output;
+
+  CommandResult dry = geopipe({"launch", "--topology", topo, "--ranks-per-region", "1", "--dry-run", "--", "prog"});
+  ASSERT_EQ(dry.exit_code, 0) << dry.output;
+  EXPECT_NE(dry.output.find(east), std::string::npos) << dry.output;
+  EXPECT_NE(dry.output.find(west), std::string::npos) << dry.output;
+  EXPECT_NE(dry.output.find("# rank 1: stage -1, region west, host west-node1.invalid\n"), std::string::npos)
+      << dry.output;
+  EXPECT_NE(dry.output.find("-np 1 --host east-node1.invalid -x GEOPIPE_REGION=east"), std::string::npos)
+      << dry.output;
+
+  // mpirun started from here must reach the hosts from here: still a refusal naming the host.
+  CommandResult real = geopipe({"launch", "--topology", topo, "--ranks-per-region", "1", "--", "touch", path("ran")});
+  EXPECT_EQ(real.exit_code, 2) << real.output;
+  EXPECT_NE(real.output.find("host \"east-node1.invalid\" of region \"east\" does not resolve"), std::string::npos)
+      << real.output;
+  EXPECT_EQ(real.output.find("# warning"), std::string::npos) << real.output;
+  EXPECT_FALSE(fs::exists(path("ran")));
+}
+
+// The CLI with Open MPI's two OMPI_ALLOW_RUN_AS_ROOT* variables removed from its environment.
+CommandResult geopipe_without_root_variables(std::vector<std::string> args) {
+  args.insert(args.begin(), {"env", "-u", kOmpiAllowRunAsRoot, "-u", kOmpiAllowRunAsRootConfirm, GEOPIPE_CLI});
+  return run_capture(args, 120);
+}
+
+TEST_F(LaunchCli, RootWithoutAllowRunAsRootIsRefusedInOneLineBeforeMpirunStarts) {
+  if (geteuid() != 0) GTEST_SKIP() << "Open MPI refuses only root; this runs as uid " << geteuid();
+  for (const char* emulate : {"software", "none"}) {
+    SCOPED_TRACE(emulate);
+    CommandResult r = geopipe_without_root_variables({"launch", "--topology", kLocal4, "--ranks-per-region", "1",
+                                                      "--emulate", emulate, "--", "touch", path("ran")});
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_EQ(r.output,
+              "geopipe: error: mpirun: Open MPI refuses to run as root: pass --allow-run-as-root to geopipe launch, "
+              "or export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1\n");
+    EXPECT_FALSE(fs::exists(path("ran")));
+  }
+}
+
+TEST_F(LaunchCli, AllowRunAsRootLetsMpirunStartWithoutOpenMpisVariables) {
+  // As root this is what makes the job start; as anyone else Open MPI accepts the flag unchanged.
+  CommandResult r = geopipe_without_root_variables({"launch", "--topology", kLocal4, "--ranks-per-region", "1",
+                                                    "--allow-run-as-root", "--timeout", "100", "--", "touch",
+                                                    path("ran")});
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(fs::exists(path("ran"))) << r.output;
+}
+
+TEST_F(LaunchCli, DryRunShowsAllowRunAsRootWhereMpirunGetsIt) {
+  const std::vector<std::string> base = {"launch", "--topology", kLocal4, "--ranks-per-region", "1", "--dry-run"};
+  auto dry_run = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = base;
+    args.insert(args.end(), extra.begin(), extra.end());
+    args.insert(args.end(), {"--", "prog"});
+    return geopipe_without_root_variables(args);  // a dry run is never refused, root or not
+  };
+  CommandResult plain = dry_run({});
+  ASSERT_EQ(plain.exit_code, 0) << plain.output;
+  EXPECT_EQ(plain.output.find("--allow-run-as-root"), std::string::npos) << plain.output;
+  CommandResult flag = dry_run({"--allow-run-as-root"});
+  ASSERT_EQ(flag.exit_code, 0) << flag.output;
+  EXPECT_NE(flag.output.find("\nmpirun --allow-run-as-root --hostfile "), std::string::npos) << flag.output;
+  // netns needs root, so its mpirun always runs as root: the flag comes by itself.
+  CommandResult netns = dry_run({"--emulate", "netns"});
+  ASSERT_EQ(netns.exit_code, 0) << netns.output;
+  EXPECT_NE(netns.output.find("-hub mpirun --allow-run-as-root --hostfile "), std::string::npos) << netns.output;
 }
 
 }  // namespace

@@ -1,4 +1,5 @@
 // The generated mpirun command, hostfile, Slurm script and netns commands.
+#include <geopipe/core/env.h>
 #include <geopipe/core/error.h>
 #include <geopipe/launch/command.h>
 #include <geopipe/launch/netns.h>
@@ -9,8 +10,11 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdlib>
+#include <optional>
 
 namespace geopipe::launch {
 namespace {
@@ -84,6 +88,8 @@ TEST(LaunchCommand, Local4SoftwareHasOneAppContextPerRankInPlanOrder) {
     EXPECT_TRUE(has_pair(ctx[r], "-x", "GEOPIPE_TOPOLOGY=/data/local4.json"));
     EXPECT_TRUE(has_pair(ctx[r], "-x", "GEOPIPE_EMULATE=software"));
     EXPECT_TRUE(has_pair(ctx[r], "-x", "GEOPIPE_PLAN=/data/plan.json"));
+    // All 4 emulated regions share this host's cores (runtime: default threads per rank).
+    EXPECT_TRUE(has_pair(ctx[r], "-x", std::string(env::kRanksOnHost) + "=4"));
     // The program and its arguments close each app context, untouched.
     std::vector<std::string> tail(ctx[r].end() - 4, ctx[r].end());
     EXPECT_EQ(tail, s.program);
@@ -132,6 +138,8 @@ TEST(LaunchCommand, Aws6ClusterGroupsConsecutiveRanksPerHostAndSetsInterfaces) {
   EXPECT_TRUE(has_pair(ctx[2], "-x", "GEOPIPE_REGION=us-east-1-virginia"));
   EXPECT_TRUE(has_pair(ctx[2], "-x", "NCCL_SOCKET_IFNAME=ens5"));
   EXPECT_TRUE(has_pair(ctx[2], "-x", "GEOPIPE_EMULATE=none"));
+  for (const auto& c : ctx)  // real hosts: MPI knows which ranks share one
+    for (const auto& word : c) EXPECT_EQ(word.rfind(env::kRanksOnHost, 0), std::string::npos) << word;
   const std::string& hostfile = cmd.files[0].content;
   EXPECT_NE(hostfile.find("10.0.1.1 slots=32  # us-west-2-oregon"), std::string::npos) << hostfile;
   EXPECT_NE(hostfile.find("10.0.1.2 slots=2  # us-west-2-oregon"), std::string::npos) << hostfile;
@@ -188,6 +196,97 @@ TEST(LaunchCommand, SlurmScriptSetsTheRightRegionWhenBashRunsIt) {
 
 TEST(LaunchCommand, SlurmRefusesAnEmulatedLaunch) {
   EXPECT_THROW(build_slurm_script(local4_spec()), InputError);
+}
+
+TEST(LaunchCommand, SlurmScriptCarriesWarningsAsCommentsUnderItsHeader) {
+  LaunchSpec s = aws6_spec({});
+  s.warnings = {"host \"a.invalid\" of region \"r\" does not resolve", "a second\nline"};
+  std::string script = build_slurm_script(s);
+  EXPECT_NE(script.find("placement).\n# warning: host \"a.invalid\" of region \"r\" does not resolve\n"
+                        "# warning: a second line\n#SBATCH --job-name="),
+            std::string::npos)
+      << script;
+  CommandResult syntax = run_capture({"bash", "-n", "-c", script});  // still a script bash accepts
+  EXPECT_EQ(syntax.exit_code, 0) << syntax.output;
+}
+
+// Open MPI's root refusal: which launches get --allow-run-as-root, which are refused, in each mode.
+TEST(LaunchCommand, AllowRunAsRootIsAddedWhereMpirunRunsAsRootAndRefusedWhereNothingAllowsIt) {
+  enum Outcome { kNoFlag, kFlag, kRefused };
+  struct Case {
+    Emulation emulation;
+    bool requested;      // --allow-run-as-root
+    bool starts_mpirun;  // false: --dry-run or --slurm
+    Launcher launcher;   // {root, the two OMPI_ALLOW_RUN_AS_ROOT* variables are 1}
+    Outcome want;
+  };
+  const Launcher root{true, false}, root_with_env{true, true}, user{false, false};
+  const std::vector<Case> cases = {
+      {Emulation::kSoftware, false, true, root, kRefused},
+      {Emulation::kSoftware, false, true, root_with_env, kNoFlag},
+      {Emulation::kSoftware, false, true, user, kNoFlag},
+      {Emulation::kSoftware, true, true, root, kFlag},
+      {Emulation::kSoftware, true, true, user, kFlag},  // Open MPI accepts it from anyone
+      {Emulation::kSoftware, false, false, root, kNoFlag},
+      {Emulation::kNone, false, true, root, kRefused},
+      {Emulation::kNone, false, true, root_with_env, kNoFlag},
+      {Emulation::kNone, true, true, root, kFlag},
+      {Emulation::kNone, true, false, root, kFlag},  // --dry-run prints the command as it would run
+      {Emulation::kNone, false, false, root, kNoFlag},
+      {Emulation::kNetns, false, true, root, kFlag},  // netns needs root: the flag comes by itself
+      {Emulation::kNetns, false, true, root_with_env, kFlag},
+      {Emulation::kNetns, false, false, user, kFlag},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(std::string(emulation_name(c.emulation)) + (c.requested ? " --allow-run-as-root" : "") +
+                 (c.starts_mpirun ? "" : " --dry-run") + (c.launcher.root ? " as root" : " as a user") +
+                 (c.launcher.env_allows_root ? " with OMPI_ALLOW_RUN_AS_ROOT*=1" : ""));
+    if (c.want == kRefused) {
+      try {
+        mpirun_allows_root(c.emulation, c.requested, c.starts_mpirun, c.launcher);
+        ADD_FAILURE() << "not refused";
+      } catch (const InputError& e) {
+        EXPECT_STREQ(e.what(), "mpirun: Open MPI refuses to run as root: pass --allow-run-as-root to geopipe launch, "
+                               "or export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1");
+      }
+      continue;
+    }
+    LaunchSpec s = c.emulation == Emulation::kNone ? aws6_spec({}) : local4_spec();
+    s.emulation = c.emulation;
+    s.allow_run_as_root = mpirun_allows_root(c.emulation, c.requested, c.starts_mpirun, c.launcher);
+    const std::vector<std::string> argv = build_mpirun(s).argv;
+    auto mpirun = std::find(argv.begin(), argv.end(), "mpirun");
+    ASSERT_NE(mpirun, argv.end());
+    EXPECT_EQ(std::count(argv.begin(), argv.end(), "--allow-run-as-root"), c.want == kFlag ? 1 : 0);
+    if (c.want == kFlag) {
+      EXPECT_EQ(*(mpirun + 1), "--allow-run-as-root");  // a global option, before any app context
+    }
+  }
+}
+
+TEST(LaunchCommand, OpenMpisRootVariablesAllowRootOnlyWhenBothAreOne) {
+  // Saved and restored: other tests in this binary may rely on them.
+  auto saved = [](const char* name) {
+    const char* v = std::getenv(name);
+    return v ? std::optional<std::string>(v) : std::nullopt;
+  };
+  const auto allow = saved(kOmpiAllowRunAsRoot), confirm = saved(kOmpiAllowRunAsRootConfirm);
+  auto set = [](const char* name, const char* value) { value ? setenv(name, value, 1) : unsetenv(name); };
+  struct Case {
+    const char* allow;
+    const char* confirm;
+    bool allows;
+  };
+  for (const Case& c : std::vector<Case>{{"1", "1", true}, {"1", nullptr, false}, {nullptr, "1", false},
+                                         {"yes", "1", false}, {"1", "true", false}}) {
+    set(kOmpiAllowRunAsRoot, c.allow);
+    set(kOmpiAllowRunAsRootConfirm, c.confirm);
+    EXPECT_EQ(Launcher::current().env_allows_root, c.allows)
+        << (c.allow ? c.allow : "(unset)") << " " << (c.confirm ? c.confirm : "(unset)");
+  }
+  set(kOmpiAllowRunAsRoot, allow ? allow->c_str() : nullptr);
+  set(kOmpiAllowRunAsRootConfirm, confirm ? confirm->c_str() : nullptr);
+  EXPECT_EQ(Launcher::current().root, geteuid() == 0);
 }
 
 TEST(LaunchCommand, ShellQuotingSurvivesAShell) {

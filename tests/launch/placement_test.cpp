@@ -120,6 +120,34 @@ TEST(LaunchPlacement, RefusesHostThatDoesNotResolve) {
   EXPECT_NE(msg.find("\"no-such-host.invalid\" of region \"us-east-2-ohio\" does not resolve"), std::string::npos) << msg;
 }
 
+TEST(LaunchPlacement, HostThatDoesNotResolveIsPlacedWithANoteWhenAskedToWarn) {
+  Topology t = aws6_with_hosts();
+  t.regions[2].hosts = {"no-such-host.invalid"};
+  Inventory inv = make_inventory(t, Emulation::kNone, std::nullopt, "", UnresolvedHosts::kWarn);
+  ASSERT_EQ(inv.unresolved.size(), 1u);
+  EXPECT_EQ(inv.unresolved[0].host, "no-such-host.invalid");
+  EXPECT_EQ(inv.unresolved[0].note.path, "regions[2].hosts[0]");
+  EXPECT_NE(inv.unresolved[0].note.message.find("\"no-such-host.invalid\" of region \"us-east-2-ohio\" does not "
+                                                 "resolve on this machine"),
+            std::string::npos)
+      << inv.unresolved[0].note.message;
+  Placement p = place_plan(make_plan(t, {{"us-east-2-ohio", 2}}), "plan.json", t, inv);
+  EXPECT_EQ(p.ranks[1].host, "no-such-host.invalid");
+}
+
+TEST(LaunchPlacement, RefusesHostNameThatCouldBreakAGeneratedScriptEvenWhenWarning) {
+  for (const std::string bad : {"a b", "x\nsrun evil", "-n", "h;rm", "h'q", ""}) {
+    SCOPED_TRACE(bad);
+    Topology t = aws6_with_hosts();
+    t.regions[1].hosts = {bad};
+    std::string msg =
+        input_error_text([&] { make_inventory(t, Emulation::kNone, std::nullopt, "", UnresolvedHosts::kWarn); });
+    EXPECT_NE(msg.find("regions[1].hosts[0]: host \"" + bad + "\" of region \"us-east-1-virginia\" is not a host name"),
+              std::string::npos)
+        << msg;
+  }
+}
+
 TEST(LaunchPlacement, RefusesRegionWithoutHostsOnARealCluster) {
   Topology t = aws6_with_hosts();
   t.regions[5].hosts.clear();

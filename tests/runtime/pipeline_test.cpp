@@ -3,6 +3,7 @@
 #include "test_plan.h"
 
 #include <geopipe/comm/communicator.h>
+#include <geopipe/core/env.h>
 #include <geopipe/core/error.h>
 #include <geopipe/runtime/checkpoint.h>
 #include <geopipe/runtime/sample.h>
@@ -17,6 +18,7 @@
 #include <fstream>
 #include <memory>
 #include <set>
+#include <thread>
 
 using namespace geopipe;
 using namespace geopipe::runtime;
@@ -190,6 +192,19 @@ TEST(Pipeline, TraceMergesEveryRanksSpansAndSummaryNamesEachLink) {
     EXPECT_TRUE(names.count(n)) << n;
   EXPECT_NE(r.summary.find("0->1"), std::string::npos) << r.summary;
   EXPECT_NE(r.summary.find("2->3"), std::string::npos) << r.summary;
+}
+
+TEST(Pipeline, RanksOnThisHostComeFromMpiOrFromLaunchWhicheverIsMore) {
+  unsetenv(env::kRanksOnHost);
+  EXPECT_EQ(ranks_on_this_host(), 4);  // mpiexec -n 4 on this host
+  setenv(env::kRanksOnHost, "8", 1);   // regions in namespaces: launch knows better
+  EXPECT_EQ(ranks_on_this_host(), 8);
+  EXPECT_EQ(default_threads_per_rank(), std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / 8));
+  setenv(env::kRanksOnHost, "1", 1);
+  EXPECT_EQ(ranks_on_this_host(), 4);
+  setenv(env::kRanksOnHost, "four", 1);
+  EXPECT_THROW(ranks_on_this_host(), InputError);
+  unsetenv(env::kRanksOnHost);
 }
 
 TEST(Pipeline, SamplingThroughFourStagesWritesWhatOneProcessWrites) {

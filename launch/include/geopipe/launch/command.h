@@ -40,7 +40,31 @@ struct LaunchSpec {
   // The value ranks see in GEOPIPE_EMULATE (netns with netem present: "none", the kernel
   // applies latency too); empty: emulation_name(emulation).
   std::string emulate_env;
+  bool allow_run_as_root = false;     // pass Open MPI's --allow-run-as-root (mpirun_allows_root)
+  // Printed as `# warning: ...` lines in the --dry-run output and the Slurm script (hosts that do
+  // not resolve on the machine that wrote them), so the reader of the file sees them too.
+  std::vector<std::string> warnings;
 };
+
+// Open MPI's mpirun refuses to start as root unless given --allow-run-as-root or both of these
+// variables, each set to exactly "1".
+inline constexpr const char* kOmpiAllowRunAsRoot = "OMPI_ALLOW_RUN_AS_ROOT";
+inline constexpr const char* kOmpiAllowRunAsRootConfirm = "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM";
+
+// Who would start mpirun.
+struct Launcher {
+  bool root = false;             // effective uid 0
+  bool env_allows_root = false;  // both variables above are "1"
+  static Launcher current();     // this process
+};
+
+// The one place that decides about Open MPI's root refusal; returns whether mpirun gets
+// --allow-run-as-root. Yes when `requested` (geopipe launch --allow-run-as-root) or with
+// netns emulation (it needs root, so its mpirun always runs as root). A launch that starts
+// mpirun here (`starts_mpirun`: not --dry-run, not --slurm) as root without either and without the
+// two variables is an InputError with one line saying what to pass, before anything starts,
+// instead of Open MPI's page of text. srun (--slurm) has no such refusal.
+bool mpirun_allows_root(Emulation emulation, bool requested, bool starts_mpirun, const Launcher& launcher);
 
 struct GeneratedFile {
   std::string path;
@@ -61,9 +85,13 @@ std::vector<std::pair<std::string, std::string>> rank_environment(const LaunchSp
 MpirunCommand build_mpirun(const LaunchSpec& spec);
 
 // An sbatch script that starts the same placement with `srun --mpi=pmix` (arbitrary
-// distribution from a host list in rank order, per-rank environment set by a small bash case).
-// Needs real hosts: InputError for an emulated launch.
+// distribution from a host list in rank order, per-rank environment set by a small bash case),
+// with spec.warnings as comments under its header. Needs real hosts: InputError for an emulated
+// launch.
 std::string build_slurm_script(const LaunchSpec& spec);
+
+// `# warning: TEXT\n`, one line whatever TEXT holds (a newline in it becomes a space).
+std::string warning_comment(const std::string& text);
 
 // POSIX shell quoting (single quotes where needed), for printing and for generated scripts.
 std::string shell_quote(const std::string& word);

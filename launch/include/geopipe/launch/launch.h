@@ -23,16 +23,19 @@ struct LaunchRequest {
   double timeout_s = 0;            // > 0: stop the job after this long (status 124)
   bool dry_run = false;            // print the command and files, run nothing
   bool slurm = false;              // print an sbatch script, run nothing
+  bool allow_run_as_root = false;  // give mpirun Open MPI's --allow-run-as-root (see mpirun_allows_root)
   std::vector<std::string> program;
 };
 
 // Loads and checks the inputs and places the ranks: everything short of running.
-// InputError (exit 2) for bad files, unknown or short regions, hosts that do not resolve, and
-// --emulate netns without root (unless dry_run).
+// InputError (exit 2) for bad files, unknown or short regions, hosts that do not resolve (with
+// dry_run or slurm they are spec.warnings instead: the command or script is for another cluster),
+// --emulate netns without root (unless dry_run), and a launch as root that Open MPI would refuse.
 LaunchSpec prepare_launch(const LaunchRequest& request);
 
 // Runs the request: prints (dry_run, slurm) or sets up the emulation, runs mpirun, tears the
-// emulation down and returns the job's exit status. Progress goes to `out`.
+// emulation down and returns the job's exit status. Progress goes to `out`; warnings go to the
+// log (stderr) and, as `# warning:` comments, into what dry_run and slurm print.
 int launch(const LaunchRequest& request, std::ostream& out);
 
 }  // namespace geopipe::launch

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <geopipe/core/config.h>
+#include <geopipe/core/error.h>
 #include <geopipe/core/plan.h>
 
 #include <optional>
@@ -54,12 +55,26 @@ struct Placement {
   int world_size() const { return static_cast<int>(ranks.size()); }
 };
 
+// What a named host that does not resolve on this machine means.
+//   kRefuse: an error (a launch from here: mpirun must reach the host).
+//   kWarn:   a note, and the host is placed anyway (--dry-run and --slurm write a command or a
+//            script for another cluster, whose own resolver is the one that counts).
+enum class UnresolvedHosts { kRefuse, kWarn };
+
+// A host kept in the inventory although it does not resolve here, and the note saying so
+// (file: regions[i].hosts[j]: host "H" of region "R" does not resolve on this machine ...).
+struct UnresolvedHost {
+  std::string host;
+  Diagnostic note;
+};
+
 // Which hosts each region offers and how many ranks each may run.
 struct Inventory {
   std::vector<std::vector<HostSlots>> per_region;  // indexed like topology.regions
   bool local = false;                              // every host is this machine (emulation)
   std::string hostfile;                            // the hostfile the slots came from, if any
   std::vector<std::vector<std::string>> not_in_hostfile;  // per region: its hosts the hostfile lacks
+  std::vector<UnresolvedHost> unresolved;  // kWarn: the named hosts that do not resolve here
 };
 
 // kNone with hosts in the topology: each region's hosts, its GPUs spread evenly over them, or
@@ -67,10 +82,13 @@ struct Inventory {
 // of slots because of it is named with those hosts when ranks are placed).
 // kSoftware, kNetns, or kNone without hosts: one local host per region with one slot per GPU
 // ("localhost" here; launch_netns renames hosts to its namespaces).
-// Hosts that are named but do not resolve are an InputError naming the region and host.
+// Hosts that are named but do not resolve are an InputError naming the region and host (kRefuse)
+// or listed in `unresolved` (kWarn). A name with characters no host name has (space, quote, `;`,
+// a newline...) is always an InputError: it would end up in a generated script.
 Inventory make_inventory(const Topology& topology, Emulation emulation,
                          const std::optional<std::vector<HostfileEntry>>& hostfile = std::nullopt,
-                         const std::string& hostfile_name = "");
+                         const std::string& hostfile_name = "",
+                         UnresolvedHosts unresolved = UnresolvedHosts::kRefuse);
 
 // Places the plan's ranks: stage i's ranks on the hosts of stages[i].region, filling one host
 // before the next so a stage's ranks share a host. Checks the plan against the topology first
