@@ -2,7 +2,7 @@
 // them: every flag given a bad value (wrong type, out of range, missing file, unknown name), a
 // plan made for another topology, a plan with overlapping layer ranges, and a rank count that
 // does not match the plan. Each must exit 2 with a message naming the flag, file or field.
-#include "../support/run_command.h"
+#include "../support/cli_programs.h"
 
 #include <gtest/gtest.h>
 
@@ -10,14 +10,13 @@
 #include <string>
 #include <vector>
 
-#include <unistd.h>
 
 namespace {
 
 namespace fs = std::filesystem;
 using Result = geopipe::test_support::CommandResult;
 
-std::string src(const std::string& rel) { return std::string(GEOPIPE_SOURCE_DIR) + "/" + rel; }
+using geopipe::test_support::source_path;
 
 // One case: arguments after the program name, and what the message must name.
 struct Case {
@@ -28,12 +27,11 @@ struct Case {
 class BadInput : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = new std::string(std::string(GEOPIPE_BINARY_DIR) + "/tests/cli-bad-input-" + std::to_string(::getpid()));
-    fs::create_directories(*dir_);
+    dir_ = new std::string(geopipe::test_support::make_suite_dir("cli-bad-input"));
     // Plans made for local4 by the real planner: four stages (one rank each) and one stage.
-    Result four = geopipe("plan --topology " + local4() + " --job " + tiny() + " --stages 4 -o " + plan4());
+    Result four = geopipe::test_support::plan_on_local4("examples/jobs/gpt-tiny.json", 4, plan4());
     ASSERT_EQ(four.exit_code, 0) << four.output;
-    Result one = geopipe("plan --topology " + local4() + " --job " + tiny() + " --stages 1 -o " + plan1());
+    Result one = geopipe::test_support::plan_on_local4("examples/jobs/gpt-tiny.json", 1, plan1());
     ASSERT_EQ(one.exit_code, 0) << one.output;
   }
   static void TearDownTestSuite() {
@@ -41,17 +39,13 @@ class BadInput : public ::testing::Test {
     delete dir_;
   }
 
-  static Result geopipe(const std::string& args) {
-    return geopipe::test_support::run_command(std::string(GEOPIPE_CLI) + " " + args);
-  }
-  static Result train(const std::string& args) {
-    return geopipe::test_support::run_command("env -u GEOPIPE_TOPOLOGY " + std::string(GEOPIPE_TRAIN) + " " + args);
-  }
-  static std::string local4() { return src("examples/topologies/local4.json"); }
-  static std::string aws6() { return src("examples/topologies/aws6.json"); }
-  static std::string tiny() { return src("examples/jobs/gpt-tiny.json"); }
-  static std::string data() { return src("examples/gpt/data/kjv-pentateuch.txt"); }
-  static std::string overlapping() { return src("tests/data/bad/plan_overlapping_layers.json"); }
+  static Result geopipe(const std::string& args) { return geopipe::test_support::run_geopipe(args); }
+  static Result train(const std::string& args) { return geopipe::test_support::run_train(args); }
+  static std::string local4() { return source_path("examples/topologies/local4.json"); }
+  static std::string aws6() { return source_path("examples/topologies/aws6.json"); }
+  static std::string tiny() { return source_path("examples/jobs/gpt-tiny.json"); }
+  static std::string data() { return source_path("examples/gpt/data/kjv-pentateuch.txt"); }
+  static std::string overlapping() { return source_path("tests/data/bad/plan_overlapping_layers.json"); }
   static std::string plan4() { return *dir_ + "/plan4.json"; }
   static std::string plan1() { return *dir_ + "/plan1.json"; }
   static std::string missing() { return *dir_ + "/no-such-file.json"; }

@@ -1,7 +1,7 @@
 // `geopipe-train` and `geopipe version` as a user runs them: the thread bound covers every
 // compute thread (BLAS included), the BLAS in use is named, --data defaults to the shipped
 // corpus, a step-0 checkpoint, and --sample prints the same text for the same seed.
-#include "../support/run_command.h"
+#include "../support/cli_programs.h"
 
 #include <gtest/gtest.h>
 
@@ -10,34 +10,26 @@
 #include <string>
 
 #include <sys/resource.h>
-#include <unistd.h>
 
 namespace {
 
 namespace fs = std::filesystem;
 using Result = geopipe::test_support::CommandResult;
 
-std::string src(const std::string& rel) { return std::string(GEOPIPE_SOURCE_DIR) + "/" + rel; }
-
 class TrainCli : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = new std::string(std::string(GEOPIPE_BINARY_DIR) + "/tests/train-cli-" + std::to_string(::getpid()));
-    fs::create_directories(*dir_);
-    Result one = geopipe("plan --topology " + src("examples/topologies/local4.json") + " --job " +
-                         src("examples/jobs/gpt-tiny.json") + " --stages 1 -o " + plan());
+    dir_ = new std::string(geopipe::test_support::make_suite_dir("train-cli"));
+    Result one = geopipe::test_support::plan_on_local4("examples/jobs/gpt-tiny.json", 1, plan());
     ASSERT_EQ(one.exit_code, 0) << one.output;
   }
   static void TearDownTestSuite() {
     fs::remove_all(*dir_);
     delete dir_;
   }
-  static Result geopipe(const std::string& args) {
-    return geopipe::test_support::run_command(std::string(GEOPIPE_CLI) + " " + args);
-  }
+  static Result geopipe(const std::string& args) { return geopipe::test_support::run_geopipe(args); }
   static Result train(const std::string& args) {
-    return geopipe::test_support::run_command("env -u GEOPIPE_TOPOLOGY " + std::string(GEOPIPE_TRAIN) +
-                                              " --plan " + plan() + " --no-progress " + args);
+    return geopipe::test_support::run_train("--plan " + plan() + " --no-progress " + args);
   }
   static std::string plan() { return *dir_ + "/plan1.json"; }
   static std::string* dir_;
