@@ -1,4 +1,7 @@
-// The pipeline executor: one small interpreter of this rank's action list, a switch per kind.
+// The pipeline executor: one small interpreter of this rank's action list, a switch per kind
+// (run(): one loop for training and for evaluation, which is a forward-only list; any error is
+// re-thrown saying where: "stage 2 (rank 2) at 2RECV_B3 of step 41: ..."). The links — backend
+// per neighbour, codecs, posting, sends, metering — are runtime/src/stage_io.h's.
 //
 // - At the start of a step every RECV of the list is posted (irecv into its own buffer), so a
 //   neighbour's send never waits for us; RECV_F/RECV_B then only wait, right before the
@@ -35,7 +38,6 @@
 namespace geopipe::comm {
 class Communicator;
 class NcclTransport;
-class Router;
 }
 
 namespace geopipe::runtime {
@@ -89,6 +91,26 @@ struct TraceSpan {
   double start_us = 0, dur_us = 0;
 };
 
+// The per-step reduction: one all-reduce carries the loss (the last stage's slot), each
+// parameter unit's squared gradient norm (its owner's slot: the sum is exact, so every split gives
+// one process's norm) and, per stage boundary, kLinkSlots link measurements (each end fills its own).
+struct StepReduction {
+  static constexpr size_t kLinkSlots = 6;  // bytes, busy, wait forward; bytes, busy, wait backward
+  StepReduction(int layers, int stages);
+  double loss = 0;
+  std::vector<double> unit_sq_norms;  // unit 0 (embedding) .. L + 1 (head)
+  std::vector<LinkStats> links;       // after unpack: every directed link
+  static size_t link_offset(int layers);  // index of the first link slot in pack()
+  std::vector<double> pack() const;
+  static StepReduction unpack(const std::vector<double>& values, int layers, int stages);
+  double grad_norm() const;  // global norm over the units, summed in unit order
+
+ private:
+  int num_stages_;
+};
+
+class StageIO;
+
 class PipelineExecutor {
  public:
   // `comm` may be null only for a one-stage plan. `schedule` must be lowered and checked
@@ -98,16 +120,27 @@ class PipelineExecutor {
   ~PipelineExecutor();
 
   StepStats train_step(int64_t step);
-  // Mean validation loss over `batches` micro-batches (forward only, same on every rank).
+  // Mean validation loss over `batches` micro-batches (forward only, same on every rank): a
+  // forward-only action list through the same interpreter.
   double evaluate(int64_t step, int batches);
 
   const std::vector<TraceSpan>& trace() const { return trace_; }
   const std::vector<Action>& actions() const { return actions_; }
-  std::string codec_to_next() const { return codec_fwd_; }  // "none" when no next stage
-  std::string codec_to_prev() const { return codec_bwd_; }
+  std::string codec_to_next() const;  // "none" when no next stage
+  std::string codec_to_prev() const;
 
  private:
-  struct Impl;
+  enum class Mode { kTrain, kEval };
+  struct StepState;
+  void run(const std::vector<Action>& actions, StepState& s);
+  void execute(size_t index, const Action& a, StepState& s);
+  void forward(const Action& a, StepState& s);
+  void backward(const Action& a, StepState& s);
+  void optimizer_step(const Action& a, StepState& s);
+  at::Tensor tensor_to_send(const Action& a, StepState& s) const;
+  std::string where(const Action& a, int64_t step) const;  // "stage 2 (rank 2) at 2RECV_B3 of step 41: "
+  void span(const std::string& name, double start_us);
+
   const Plan& plan_;
   int stage_;
   GptStage& model_;
@@ -117,11 +150,7 @@ class PipelineExecutor {
   std::vector<Action> actions_;
   OptimConfig optim_;
   ExecutorOptions options_;
-  std::string codec_fwd_ = "none", codec_bwd_ = "none";  // codec on my outgoing links
-  std::string codec_in_fwd_ = "none", codec_in_bwd_ = "none";  // codec of what I receive
-  std::unique_ptr<comm::Router> router_;        // backend per neighbour (null for one stage)
-  bool nccl_prev_ = false, nccl_next_ = false;  // link to the previous / next stage goes over NCCL
-  std::map<size_t, size_t> nccl_groups_;        // NCCL groups of actions_: first index -> one past the last
+  std::unique_ptr<StageIO> io_;  // this stage's links
   std::vector<TraceSpan> trace_;
 };
 
