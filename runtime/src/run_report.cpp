@@ -1,0 +1,182 @@
+// What a training run reports: the progress line and JSON log line of each step, the summary at
+// the end, and the merged trace (trainer_parts.h).
+#include "trainer_parts.h"
+
+#include "tags.h"
+
+#include <geopipe/comm/communicator.h>
+#include <geopipe/core/error.h>
+#include <geopipe/runtime/checkpoint.h>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <sstream>
+
+namespace geopipe::runtime::detail {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string fmt_duration(double s) {
+  char buf[32];
+  if (s < 0 || !std::isfinite(s)) return "?";
+  const long t = static_cast<long>(s + 0.5);
+  if (t >= 3600) std::snprintf(buf, sizeof(buf), "%ldh%02ldm", t / 3600, (t / 60) % 60);
+  else if (t >= 60) std::snprintf(buf, sizeof(buf), "%ldm%02lds", t / 60, t % 60);
+  else std::snprintf(buf, sizeof(buf), "%lds", t);
+  return buf;
+}
+
+std::string fmt_bytes(double b) {
+  char buf[32];
+  if (b >= 1e9) std::snprintf(buf, sizeof(buf), "%.2f GB", b / 1e9);
+  else if (b >= 1e6) std::snprintf(buf, sizeof(buf), "%.2f MB", b / 1e6);
+  else if (b >= 1e3) std::snprintf(buf, sizeof(buf), "%.1f kB", b / 1e3);
+  else std::snprintf(buf, sizeof(buf), "%.0f B", b);
+  return buf;
+}
+
+// Electricity of the run: each stage's GPU power x PUE x wall time at its region's price.
+std::pair<double, double> electricity(const Plan& plan, const Topology& topo, const std::vector<double>& wall_s) {
+  double kwh_sum = 0, usd = 0;
+  for (size_t s = 0; s < plan.stages.size(); ++s) {
+    const int ri = topo.region_index(plan.stages[s].region);
+    if (ri < 0) continue;
+    const Region& r = topo.regions[static_cast<size_t>(ri)];
+    const double kwh = r.gpu_power_w * r.pue * wall_s[s] / 3.6e6;
+    kwh_sum += kwh;
+    usd += kwh * r.price_usd_per_kwh;
+  }
+  return {kwh_sum, usd};
+}
+
+}  // namespace
+
+void RunTotals::add(const StepStats& st) {
+  compute_s += st.compute_s;
+  wait_s += st.wait_s;
+  fwd_raw += static_cast<double>(st.fwd_raw);
+  fwd_wire += static_cast<double>(st.fwd_wire);
+  bwd_raw += static_cast<double>(st.bwd_raw);
+  bwd_wire += static_cast<double>(st.bwd_wire);
+}
+
+StepLogger::StepLogger(const Plan& plan, const TrainConfig& cfg, bool rank0, int64_t first_step, int64_t iters)
+    : config_(cfg), rank0_(rank0), first_step_(first_step), iters_(iters),
+      tokens_per_step_(static_cast<double>(plan.job.micro_batch) * plan.job.model.seq_len * plan.job.micro_batches),
+      start_(Clock::now()) {
+  if (!rank0 || cfg.json_log.empty()) return;
+  json_.open(cfg.json_log, cfg.resume ? std::ios::app : std::ios::trunc);
+  if (!json_) throw InputError("--json-log", "json-log", "cannot write " + cfg.json_log);
+}
+
+void StepLogger::log(const StepStats& st, std::optional<double> val) {
+  if (!rank0_) return;
+  const double tok_s = st.step_s > 0 ? tokens_per_step_ / st.step_s : 0;
+  const double elapsed = std::chrono::duration<double>(Clock::now() - start_).count();
+  if (config_.progress) {
+    const double done = static_cast<double>(st.step + 1 - first_step_);
+    const double eta = elapsed / done * static_cast<double>(iters_ - st.step - 1);
+    std::string line = fmt::format("step {}/{} | loss {:.4f}", st.step + 1, iters_, st.loss);
+    if (val) line += fmt::format(" | val {:.4f}", *val);
+    line += fmt::format(" | lr {:.2e} | norm {:.3f} | {:.0f} tok/s | {:.3f} s/step", st.lr, st.grad_norm, tok_s,
+                        st.step_s);
+    // The slowest link this step by measured throughput, and how long its receiver waited.
+    const LinkStats* slow = nullptr;
+    for (const auto& l : st.links)
+      if (l.busy_s > 0 && (!slow || l.mb_per_s() < slow->mb_per_s())) slow = &l;
+    if (slow) line += fmt::format(" | slowest link {} {:.3g} MB/s wait {:.3f} s", slow->name(), slow->mb_per_s(), slow->wait_s);
+    std::printf("%s | ETA %s\n", line.c_str(), fmt_duration(eta).c_str());
+    std::fflush(stdout);
+  }
+  if (!json_.is_open()) return;
+  nlohmann::json j = {{"step", st.step + 1},        {"loss", st.loss},      {"lr", st.lr},
+                      {"grad_norm", st.grad_norm}, {"tokens_per_s", tok_s}, {"step_s", st.step_s},
+                      {"elapsed_s", elapsed}};
+  if (val) j["val_loss"] = *val;
+  if (!st.links.empty()) {
+    nlohmann::json links = nlohmann::json::object();
+    for (const auto& l : st.links)
+      links[l.name()] = {{"mb_per_s", l.mb_per_s()}, {"wait_s", l.wait_s}, {"busy_s", l.busy_s}, {"bytes", l.bytes}};
+    j["links"] = links;
+  }
+  json_ << j.dump() << "\n";
+  json_.flush();
+}
+
+std::string summarize(const Plan& plan, const TrainConfig& cfg, int stage, const RunTotals& tot,
+                      const TrainResult& result, comm::Communicator* comm) {
+  // Every rank's totals in its slot, one all-reduce.
+  const int S = plan.num_stages();
+  constexpr size_t K = 7;
+  std::vector<double> v(static_cast<size_t>(S) * K, 0.0);
+  const double mine[K] = {tot.compute_s, tot.wait_s, tot.wall_s, tot.fwd_raw, tot.fwd_wire, tot.bwd_raw, tot.bwd_wire};
+  std::copy(mine, mine + K, v.begin() + static_cast<std::ptrdiff_t>(stage * K));
+  allreduce_sum(comm, v, cfg.comm_timeout_s);
+  if ((comm && comm->rank() != 0) || result.steps.empty()) return "";
+  auto at = [&](int s, size_t k) { return v[static_cast<size_t>(s) * K + k]; };
+  std::ostringstream o;
+  o << fmt::format("summary: {} steps, final loss {:.4f}", result.steps.size(), result.steps.back().loss);
+  if (!result.val_losses.empty()) o << fmt::format(", validation loss {:.4f}", result.val_losses.back().second);
+  o << fmt::format(", {:.3f} s/step\n", tot.wall_s / static_cast<double>(result.steps.size()));
+  o << "  stage  region          compute  comm-wait  idle+other\n";
+  std::vector<double> wall;
+  for (int s = 0; s < S; ++s) {
+    wall.push_back(at(s, 2));
+    const double c = at(s, 0) / std::max(at(s, 2), 1e-9), w = at(s, 1) / std::max(at(s, 2), 1e-9);
+    o << fmt::format("  {:<5}  {:<14} {:7.1f}%  {:8.1f}%  {:9.1f}%\n", s, plan.stages[static_cast<size_t>(s)].region,
+                     100 * c, 100 * w, 100 * std::max(0.0, 1 - c - w));
+  }
+  if (S > 1) o << "  link   activations raw -> wire (codec)      gradients raw -> wire (codec)\n";
+  const auto [over_f, over_b] = codec_pair(cfg.codec);
+  for (int s = 0; s + 1 < S; ++s) {
+    const LinkPlan* l = plan.link_between(s, s + 1);
+    const std::string cf = !over_f.empty() ? over_f : l ? l->codec_forward : "none";
+    const std::string cb = !over_b.empty() ? over_b : l ? l->codec_backward : "none";
+    o << fmt::format("  {}->{}   {:>9} -> {:>9} ({:<14})  {:>9} -> {:>9} ({})\n", s, s + 1, fmt_bytes(at(s, 3)),
+                     fmt_bytes(at(s, 4)), cf, fmt_bytes(at(s + 1, 5)), fmt_bytes(at(s + 1, 6)), cb);
+  }
+  if (cfg.topology) {
+    const auto [kwh, usd] = electricity(plan, *cfg.topology, wall);
+    o << fmt::format("  electricity: {:.6f} kWh, ${:.6f} at the regions' prices (GPU power x PUE x wall time)\n",
+                     kwh, usd);
+  }
+  return o.str();
+}
+
+void write_trace(const Plan& plan, const TrainConfig& cfg, int stage, const std::vector<TraceSpan>& spans,
+                 comm::Communicator* comm) {
+  const int rank = comm ? comm->rank() : 0;
+  const comm::Seconds timeout(cfg.comm_timeout_s);
+  nlohmann::json mine = nlohmann::json::array();
+  mine.push_back({{"name", "process_name"}, {"ph", "M"}, {"pid", rank}, {"tid", 0},
+                  {"args", {{"name", fmt::format("rank {} stage {} ({})", rank, stage,
+                                                 plan.stages[static_cast<size_t>(stage)].region)}}}});
+  for (const auto& s : spans)
+    mine.push_back({{"name", s.name}, {"ph", "X"}, {"pid", rank}, {"tid", 0}, {"ts", s.start_us}, {"dur", s.dur_us},
+                    {"cat", s.name.rfind("SEND", 0) == 0 || s.name.find("wait") != std::string::npos ? "comm" : "compute"}});
+  if (rank != 0) {
+    std::string text = mine.dump();
+    comm::MessageHeader h;
+    h.kind = comm::MessageKind::kBytes;
+    h.stage = stage;
+    comm->isend(text.data(), text.size(), 0, kTagTrace, h).wait(timeout);
+    return;
+  }
+  nlohmann::json all = mine;
+  for (int r = 1; comm && r < comm->size(); ++r) {
+    comm::Request req = comm->irecv_any_size(r, kTagTrace);
+    req.wait(timeout);
+    const auto& p = req.payload();
+    for (auto& e : nlohmann::json::parse(p.begin(), p.end())) all.push_back(std::move(e));
+  }
+  nlohmann::json doc = {{"traceEvents", all}, {"displayTimeUnit", "ms"}};
+  write_file_atomic(cfg.trace_file, doc.dump() + "\n");
+}
+
+}  // namespace geopipe::runtime::detail

@@ -1,0 +1,112 @@
+// GEOPIPE_TEST_FAULT: faults on purpose, for the reliability tests (trainer.h: TestFault).
+#include "trainer_parts.h"
+
+#include <geopipe/comm/communicator.h>
+#include <geopipe/core/error.h>
+
+#include <spdlog/spdlog.h>
+
+#include <cerrno>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+
+namespace geopipe::runtime {
+
+namespace {
+
+const char* fault_kind_name(TestFault::Kind k) {
+  switch (k) {
+    case TestFault::Kind::kKill: return "kill";
+    case TestFault::Kind::kKillInCheckpoint: return "kill-in-checkpoint";
+    case TestFault::Kind::kCorrupt: return "corrupt";
+    case TestFault::Kind::kNone: break;
+  }
+  return "none";
+}
+
+// The test hook's last words, then SIGKILL (nothing after it runs: no destructor, no MPI_Abort).
+[[noreturn]] void die_by_sigkill(const TestFault& f, const std::string& where) {
+  const auto unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                           std::chrono::system_clock::now().time_since_epoch()).count();
+  std::fprintf(stderr, "geopipe-train: rank %d: GEOPIPE_TEST_FAULT %s: SIGKILL at step %lld %s (unix_ms %lld)\n",
+               f.rank, fault_kind_name(f.kind), static_cast<long long>(f.step), where.c_str(),
+               static_cast<long long>(unix_ms));
+  std::fflush(stderr);
+  std::raise(SIGKILL);
+  std::abort();  // not reached
+}
+
+}  // namespace
+
+TestFault parse_test_fault(const std::string& text) {
+  TestFault f;
+  if (text.empty()) return f;
+  auto bad = [&](const std::string& why) {
+    return InputError("GEOPIPE_TEST_FAULT", "", "\"" + text + "\": " + why +
+                                                   " (expected kill|kill-in-checkpoint|corrupt:rank=R:step=S)");
+  };
+  std::vector<std::string> parts;
+  size_t pos = 0;
+  while (true) {
+    const size_t colon = text.find(':', pos);
+    parts.push_back(text.substr(pos, colon - pos));
+    if (colon == std::string::npos) break;
+    pos = colon + 1;
+  }
+  if (parts.size() != 3) throw bad("three ':'-separated fields expected");
+  if (parts[0] == "kill") f.kind = TestFault::Kind::kKill;
+  else if (parts[0] == "kill-in-checkpoint") f.kind = TestFault::Kind::kKillInCheckpoint;
+  else if (parts[0] == "corrupt") f.kind = TestFault::Kind::kCorrupt;
+  else throw bad("unknown fault \"" + parts[0] + "\"");
+  auto number = [&](const std::string& field, const std::string& key, long long min) {
+    if (field.rfind(key + "=", 0) != 0) throw bad("expected " + key + "=N, got \"" + field + "\"");
+    const std::string digits = field.substr(key.size() + 1);
+    char* end = nullptr;
+    errno = 0;
+    const long long v = std::strtoll(digits.c_str(), &end, 10);
+    if (digits.empty() || *end != '\0' || errno != 0 || v < min || v > (1LL << 40))
+      throw bad(key + " must be an integer >= " + std::to_string(min) + ", got \"" + digits + "\"");
+    return v;
+  };
+  f.rank = static_cast<int>(number(parts[1], "rank", 0));
+  f.step = number(parts[2], "step", 1);
+  return f;
+}
+
+namespace detail {
+
+FaultHooks::FaultHooks(const TrainConfig& cfg, int rank, int world, bool has_comm) {
+  std::string text;
+  if (cfg.test_fault) text = *cfg.test_fault;
+  else if (const char* env = std::getenv("GEOPIPE_TEST_FAULT")) text = env;
+  fault_ = parse_test_fault(text);
+  if (fault_.kind != TestFault::Kind::kNone && fault_.rank >= world)
+    throw InputError("GEOPIPE_TEST_FAULT", "", "\"" + text + "\": rank " + std::to_string(fault_.rank) +
+                                                  " does not exist (the job has " + std::to_string(world) + " ranks)");
+  if (fault_.kind == TestFault::Kind::kCorrupt && !has_comm)
+    throw InputError("GEOPIPE_TEST_FAULT", "", "\"" + text + "\": a one-stage run sends no messages to corrupt");
+  mine_ = fault_.kind != TestFault::Kind::kNone && fault_.rank == rank;
+}
+
+void FaultHooks::install(ExecutorOptions& options) const {
+  if (!mine_ || fault_.kind != TestFault::Kind::kKill) return;
+  options.after_compute = [f = fault_](int64_t step, const Action& a) {
+    if (step + 1 == f.step) die_by_sigkill(f, "after " + to_string(a) + ", mid-iteration");
+  };
+}
+
+void FaultHooks::before_step(int64_t step, comm::Communicator* comm) const {
+  if (!mine_ || fault_.kind != TestFault::Kind::kCorrupt || step + 1 != fault_.step) return;
+  spdlog::warn("GEOPIPE_TEST_FAULT corrupt: rank {}'s first send of step {} flips a payload byte", fault_.rank, step + 1);
+  comm->inject_fault_for_testing(comm::TestFault::kCorruptPayload);
+}
+
+std::function<void()> FaultHooks::checkpoint_midway(int64_t step, const std::string& file) const {
+  if (!mine_ || fault_.kind != TestFault::Kind::kKillInCheckpoint || step != fault_.step) return {};
+  return [f = fault_, file] { die_by_sigkill(f, "half-way through writing " + file + ".tmp"); };
+}
+
+}  // namespace detail
+}  // namespace geopipe::runtime

@@ -1,0 +1,78 @@
+// The training loop's parts (trainer.cpp runs them in order), each in a file of its own:
+// test fault hooks (test_fault.cpp), the checkpoint protocol (train_checkpoint.cpp) and what a
+// run reports — progress line, JSON log, summary, merged trace (run_report.cpp). Private to the
+// runtime.
+#pragma once
+
+#include <geopipe/runtime/executor.h>
+#include <geopipe/runtime/trainer.h>
+
+#include <cstdint>
+#include <fstream>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace geopipe::comm {
+class Communicator;
+}
+
+namespace geopipe::runtime::detail {
+
+// GEOPIPE_TEST_FAULT (trainer.h: TestFault) for this rank: parsed and checked against the job
+// once, then asked at the three places a fault can strike.
+class FaultHooks {
+ public:
+  FaultHooks(const TrainConfig& config, int rank, int world, bool has_comm);
+  void install(ExecutorOptions& options) const;  // kill: SIGKILL after the step's first F/B
+  void before_step(int64_t step, comm::Communicator* comm) const;  // corrupt: the step's first send
+  // kill-in-checkpoint: what to run half-way through writing `file` after step `step` (or nothing).
+  std::function<void()> checkpoint_midway(int64_t step, const std::string& file) const;
+
+ private:
+  TestFault fault_;
+  bool mine_ = false;
+};
+
+// Every stage writes its file, then rank 0 the manifest naming them all (checkpoint.h). `step`
+// is the number of optimizer steps taken. Collective.
+void write_checkpoint(const Plan& plan, const TrainConfig& config, int stage, int rank, int64_t step,
+                      const GptStage& model, const AdamW& optimizer, comm::Communicator* comm,
+                      const std::function<void()>& midway = {});
+// --resume: every rank verifies its own stage file, all refuse together naming the file when
+// any is damaged, else load parameters and optimizer state. Returns the step to continue from.
+// Collective.
+int64_t resume(const Plan& plan, const TrainConfig& config, int stage, int rank, GptStage& model, AdamW& optimizer,
+               comm::Communicator* comm);
+
+// Sums over a run's steps of what the summary reports per stage.
+struct RunTotals {
+  double compute_s = 0, wait_s = 0, wall_s = 0, fwd_raw = 0, fwd_wire = 0, bwd_raw = 0, bwd_wire = 0;
+  void add(const StepStats& st);
+};
+
+// Rank 0's progress line and JSON log line of each step.
+class StepLogger {
+ public:
+  StepLogger(const Plan& plan, const TrainConfig& config, bool rank0, int64_t first_step, int64_t iters);
+  void log(const StepStats& st, std::optional<double> val_loss);
+
+ private:
+  const TrainConfig& config_;
+  bool rank0_;
+  int64_t first_step_, iters_;
+  double tokens_per_step_;
+  std::chrono::steady_clock::time_point start_;
+  std::ofstream json_;
+};
+
+// The end-of-run summary (rank 0; "" elsewhere): per stage compute / comm-wait / idle, bytes per
+// link raw and on the wire, electricity. Collective (one all-reduce of every rank's totals).
+std::string summarize(const Plan& plan, const TrainConfig& config, int stage, const RunTotals& totals,
+                      const TrainResult& result, comm::Communicator* comm);
+// Every rank's spans to rank 0, which writes one Chrome/Perfetto trace (a track per rank). Collective.
+void write_trace(const Plan& plan, const TrainConfig& config, int stage, const std::vector<TraceSpan>& spans,
+                 comm::Communicator* comm);
+
+}  // namespace geopipe::runtime::detail
