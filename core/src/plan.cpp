@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <set>
 
 #include <unistd.h>
@@ -33,6 +34,18 @@ int Plan::stage_of_rank(int rank) const {
   for (const auto& s : stages)
     if (std::find(s.ranks.begin(), s.ranks.end(), rank) != s.ranks.end()) return s.index;
   return -1;
+}
+
+std::vector<int> Plan::stages_of_rank(int rank) const {
+  std::vector<int> out;
+  for (const auto& s : stages)
+    if (std::find(s.ranks.begin(), s.ranks.end(), rank) != s.ranks.end()) out.push_back(s.index);
+  return out;
+}
+
+const std::vector<std::string>& known_schedule_kinds() {
+  static const std::vector<std::string> kinds = {"gpipe", "1f1b", "1f1b-lh", "interleaved", "zb-h1", "zbv"};
+  return kinds;
 }
 
 const LinkPlan* Plan::link_between(int from_stage, int to_stage) const {
@@ -89,6 +102,53 @@ std::vector<double> read_doubles(JsonReader& r, const json& obj, const std::stri
 
 }  // namespace
 
+namespace {
+
+// Which rank runs stage s with R ranks and the schedule kind's placement.
+int placed_rank(const std::string& kind, int s, int R) {
+  if (kind == "zbv") return s < R ? s : 2 * R - 1 - s;  // a V: down the ranks, then back up
+  return s % R;  // looped (interleaved; with V = 1 the identity)
+}
+
+// One rank per stage, or with virtual stages the schedule kind's placement, one region per rank.
+void check_stage_placement(const Plan& plan, JsonReader& r) {
+  const int V = plan.schedule.virtual_stages, S = plan.num_stages();
+  const std::string& kind = plan.schedule.kind;
+  if (V > 1 && kind != "interleaved" && kind != "zbv")
+    r.error("schedule.virtual_stages", "only interleaved and zbv schedules run several stages per rank, got " +
+                                           std::to_string(V) + " for " + kind);
+  if (kind == "zbv" && V != 2) r.error("schedule.virtual_stages", "zbv runs 2 stages per rank, got " + std::to_string(V));
+  if (S == 0) return;
+  if (S % V != 0) {
+    r.error("stages", std::to_string(S) + " stages do not split into " + std::to_string(V) + " per rank");
+    return;
+  }
+  const int R = S / V;
+  std::map<int, int> first_stage_of;  // rank -> the first stage it appeared in
+  for (const auto& st : plan.stages) {
+    const std::string p = index_path("stages", static_cast<size_t>(st.index));
+    for (size_t k = 0; k < st.ranks.size(); ++k) {
+      const int rank = st.ranks[k];
+      auto [it, fresh] = first_stage_of.emplace(rank, st.index);
+      if (fresh) continue;
+      const StagePlan& other = plan.stages[static_cast<size_t>(it->second)];
+      if (V == 1)
+        r.error(index_path(child_path(p, "ranks"), k), "rank " + std::to_string(rank) + " is assigned to two stages");
+      else if (other.region != st.region)
+        r.error(child_path(p, "region"), "rank " + std::to_string(rank) + " runs stages " +
+                                             std::to_string(other.index) + " and " + std::to_string(st.index) +
+                                             ", in two regions (" + other.region + ", " + st.region + ")");
+    }
+    if (V > 1 && st.ranks.size() == 1 && st.ranks[0] != placed_rank(kind, st.index, R))
+      r.error(child_path(p, "ranks"), kind + " with " + std::to_string(V) + " stages per rank runs stage " +
+                                          std::to_string(st.index) + " on rank " +
+                                          std::to_string(placed_rank(kind, st.index, R)) + ", not " +
+                                          std::to_string(st.ranks[0]));
+  }
+}
+
+}  // namespace
+
 Plan parse_plan(const json& doc, const std::string& file) {
   JsonReader r(file);
   Plan plan;
@@ -133,7 +193,7 @@ Plan parse_plan(const json& doc, const std::string& file) {
             continue;
           }
           int rank = rv.get<int>();
-          if (!all_ranks.insert(rank).second) r.error(rp, "rank " + std::to_string(rank) + " is assigned to two stages");
+          all_ranks.insert(rank);  // a rank in two stages: allowed with virtual stages only (below)
           s.ranks.push_back(rank);
         }
       }
@@ -239,13 +299,17 @@ Plan parse_plan(const json& doc, const std::string& file) {
   }
 
   // Schedule.
-  if (const json* sch = r.field(doc, "", "schedule"); sch && r.expect_object(*sch, "schedule", {"kind", "warmup"})) {
+  if (const json* sch = r.field(doc, "", "schedule");
+      sch && r.expect_object(*sch, "schedule", {"kind", "warmup", "virtual_stages"})) {
     if (auto k = r.string(*sch, "schedule", "kind")) {
-      if (*k != "gpipe" && *k != "1f1b" && *k != "1f1b-lh")
-        r.error("schedule.kind", "expected gpipe, 1f1b or 1f1b-lh, got \"" + *k + "\"");
+      const auto& kinds = known_schedule_kinds();
+      if (std::find(kinds.begin(), kinds.end(), *k) == kinds.end())
+        r.error("schedule.kind", "expected gpipe, 1f1b, 1f1b-lh, interleaved, zb-h1 or zbv, got \"" + *k + "\"");
       else
         plan.schedule.kind = *k;
     }
+    if (r.field(*sch, "schedule", "virtual_stages", false))
+      if (auto v = r.integer(*sch, "schedule", "virtual_stages", 1, 64)) plan.schedule.virtual_stages = static_cast<int>(*v);
     if (const json* w = r.field(*sch, "schedule", "warmup", false); w && r.expect_array(*w, "schedule.warmup")) {
       for (size_t i = 0; i < w->size(); ++i) {
         const json& x = (*w)[i];
@@ -254,11 +318,13 @@ Plan parse_plan(const json& doc, const std::string& file) {
         else
           plan.schedule.warmup.push_back(x.get<int>());
       }
-      if (!plan.stages.empty() && plan.schedule.warmup.size() != plan.stages.size())
+      if (!plan.stages.empty() && !plan.schedule.warmup.empty() && plan.schedule.warmup.size() != plan.stages.size())
         r.error("schedule.warmup", "expected one warm-up depth per stage (" + std::to_string(plan.stages.size()) +
                                        "), got " + std::to_string(w->size()));
     }
   }
+
+  check_stage_placement(plan, r);
 
   // Predictions and provenance are informative; read what is there.
   if (const json* pr = r.field(doc, "", "predicted", false);
@@ -301,6 +367,7 @@ json to_json(const Plan& plan) {
                           {"codec", {{"forward", l.codec_forward}, {"backward", l.codec_backward}}},
                           {"transport", l.transport}});
   j["schedule"] = {{"kind", plan.schedule.kind}, {"warmup", plan.schedule.warmup}};
+  if (plan.schedule.virtual_stages != 1) j["schedule"]["virtual_stages"] = plan.schedule.virtual_stages;
   j["predicted"] = {{"iteration_s", plan.predicted.iteration_s},
                     {"jct_s", plan.predicted.jct_s},
                     {"energy_kwh", plan.predicted.energy_kwh},

@@ -84,3 +84,56 @@ TEST(Plan, RefusedWhenAStageNamesARegionTheTopologyLacks) {
     EXPECT_NE(std::string(e.what()).find("stages[0].region"), std::string::npos) << e.what();
   }
 }
+
+namespace {
+
+// The 4-stage good plan turned into stages on 2 ranks: rank of stage s from `ranks`, every stage
+// in `regions`, schedule `kind` with `V` stages per rank.
+nlohmann::json virtual_stage_plan(const std::vector<int>& ranks, const std::vector<std::string>& regions,
+                                  const std::string& kind, int V) {
+  auto doc = read_json_file(src(kGoodPlan));
+  for (size_t s = 0; s < 4; ++s) {
+    doc["stages"][s]["ranks"] = {ranks[s]};
+    doc["stages"][s]["region"] = regions[s];
+  }
+  for (size_t l = 0; l < 3; ++l) doc["links"][l]["region_pair"] = {regions[l], regions[l + 1]};
+  doc["schedule"] = {{"kind", kind}, {"virtual_stages", V}};
+  return doc;
+}
+
+}  // namespace
+
+TEST(Plan, VirtualStagesPutSeveralStagesOnARankAsTheScheduleKindPlacesThem) {
+  const std::vector<std::string> two = {"us-east", "us-west", "us-east", "us-west"};
+  Plan looped = parse_plan(virtual_stage_plan({0, 1, 0, 1}, two, "interleaved", 2), "p.json");
+  EXPECT_EQ(looped.world_size(), 2);
+  EXPECT_EQ(looped.stages_of_rank(0), (std::vector<int>{0, 2}));
+  EXPECT_EQ(looped.stages_of_rank(1), (std::vector<int>{1, 3}));
+  EXPECT_EQ(looped.schedule.virtual_stages, 2);
+  EXPECT_EQ(parse_plan(to_json(looped), "q.json").schedule.virtual_stages, 2);  // saved and read back
+  const std::vector<std::string> vee = {"us-east", "us-west", "us-west", "us-east"};
+  Plan zbv = parse_plan(virtual_stage_plan({0, 1, 1, 0}, vee, "zbv", 2), "p.json");
+  EXPECT_EQ(zbv.stages_of_rank(0), (std::vector<int>{0, 3}));
+}
+
+TEST(Plan, VirtualStagesOutOfPlaceInTwoRegionsOrWithAnotherKindAreRefusedNamingTheField) {
+  auto refused_at = [](const nlohmann::json& doc, const std::string& field) {
+    try {
+      parse_plan(doc, "p.json");
+      ADD_FAILURE() << "accepted; expected an error at " << field;
+    } catch (const InputError& e) {
+      EXPECT_NE(std::string(e.what()).find("p.json: " + field), std::string::npos) << e.what();
+    }
+  };
+  const std::vector<std::string> two = {"us-east", "us-west", "us-east", "us-west"};
+  // interleaved places stage s on rank s % 2: stage 2 on rank 1 is out of place.
+  refused_at(virtual_stage_plan({0, 1, 1, 0}, two, "interleaved", 2), "stages[2].ranks");
+  // Rank 0's two stages in two regions.
+  refused_at(virtual_stage_plan({0, 1, 0, 1}, {"us-east", "us-west", "eu-central", "us-west"}, "interleaved", 2),
+             "stages[2].region");
+  refused_at(virtual_stage_plan({0, 1, 0, 1}, two, "1f1b", 2), "schedule.virtual_stages");
+  refused_at(virtual_stage_plan({0, 1, 1, 0}, two, "zbv", 3), "schedule.virtual_stages");
+  refused_at(virtual_stage_plan({0, 1, 0, 1}, two, "2f2b", 2), "schedule.kind");
+  // Without virtual stages a rank in two stages stays an error.
+  refused_at(virtual_stage_plan({0, 1, 0, 1}, two, "1f1b", 1), "stages[2].ranks[0]");
+}

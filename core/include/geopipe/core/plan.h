@@ -17,6 +17,9 @@ inline constexpr int kPlanVersion = 1;
 // "none", "int8-block", "fp8-e4m3-block", "fp8-e5m2-block", "int4-block".
 const std::vector<std::string>& known_codec_names();
 
+// A stage is a model chunk. With one chunk per rank (schedule.virtual_stages = 1) every stage has
+// ranks of its own; with V > 1 a rank runs V stages, placed as the schedule kind says (interleaved:
+// stage s on rank s % R; zbv: rank r holds stages r and 2R-1-r), all in one region.
 struct StagePlan {
   int index = 0;
   std::string region;
@@ -34,11 +37,17 @@ struct LinkPlan {
   std::string transport = "mpi";        // "mpi" or "nccl"
 };
 
+// Schedule kinds a plan may name (runtime/schedule.h generates them): "gpipe", "1f1b",
+// "1f1b-lh" (latency-hiding 1F1B), "interleaved" (Megatron's interleaved 1F1B), "zb-h1" and
+// "zbv" (zero bubble, split backward).
+const std::vector<std::string>& known_schedule_kinds();
+
 struct SchedulePlan {
-  std::string kind = "1f1b";  // "gpipe", "1f1b" or "1f1b-lh" (latency-hiding 1F1B)
-  // Forward micro-batches each stage runs before its first backward (1F1B family);
-  // plain 1F1B uses S - 1 - stage, the latency-hiding variant adds what hides link latency.
+  std::string kind = "1f1b";
+  // Forward micro-batches each stage runs before its first backward (1F1B family, one per
+  // stage); plain 1F1B uses S - 1 - stage, the latency-hiding variant adds what hides latency.
   std::vector<int> warmup;
+  int virtual_stages = 1;  // stages (chunks) per rank: V > 1 for interleaved, 2 for zbv
 };
 
 struct Prediction {
@@ -69,7 +78,8 @@ struct Plan {
 
   int num_stages() const { return static_cast<int>(stages.size()); }
   int world_size() const;                 // number of distinct ranks
-  int stage_of_rank(int rank) const;      // -1 when the rank has no stage
+  int stage_of_rank(int rank) const;      // the rank's first stage; -1 when it has none
+  std::vector<int> stages_of_rank(int rank) const;  // in model order (V of them with virtual stages)
   const LinkPlan* link_between(int from_stage, int to_stage) const;  // nullptr if none
 };
 
