@@ -10,6 +10,8 @@
 #include <torch/version.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <map>
 #include <sstream>
 #include <string>
@@ -288,4 +290,48 @@ TEST(StageCompute, RecomputeFlagParses) {
   EXPECT_EQ(parse_recompute("full"), Recompute::kFull);
   EXPECT_STREQ(recompute_name(Recompute::kFull), "full");
   EXPECT_THROW(parse_recompute("selective"), InputError);
+}
+
+// Not a check: the cost of the split and of recomputation on gpt-tiny's shapes (4 layers,
+// d_model 128, 4 heads, T 64, micro-batch 8), one stage holding the whole model. Run with
+// --gtest_also_run_disabled_tests --gtest_filter='*TimesOnGptTiny*' (docs/PERFORMANCE.md).
+TEST(StageCompute, DISABLED_TimesOnGptTinyShapes) {
+  const GptConfig tiny{4, 4, 128, 64, 256};
+  GptStage s(tiny, 0, 4, true, true, 1);
+  at::Generator g = gen(5);
+  at::Tensor x = at::randint(256, {8, 64}, g, at::TensorOptions().dtype(at::kLong));
+  at::Tensor y = at::randint(256, {8, 64}, g, at::TensorOptions().dtype(at::kLong));
+  auto ms_since = [](auto t0) {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  };
+  for (Recompute r : {Recompute::kNone, Recompute::kFull}) {
+    StageCompute sc(s, r);
+    std::vector<double> f, b, f2, i, w;
+    int64_t held = 0;
+    for (int rep = 0; rep < 12; ++rep) {
+      auto t0 = std::chrono::steady_clock::now();
+      sc.forward(0, x, y, 1.0);
+      f.push_back(ms_since(t0));
+      held = sc.live_bytes(0);
+      t0 = std::chrono::steady_clock::now();
+      sc.backward(0);
+      b.push_back(ms_since(t0));
+      t0 = std::chrono::steady_clock::now();
+      sc.forward(1, x, y, 1.0);
+      f2.push_back(ms_since(t0));
+      t0 = std::chrono::steady_clock::now();
+      sc.backward_input(1);
+      i.push_back(ms_since(t0));
+      t0 = std::chrono::steady_clock::now();
+      sc.backward_weight(1);
+      w.push_back(ms_since(t0));
+    }
+    auto median = [](std::vector<double> v) {
+      v.erase(v.begin(), v.begin() + 2);  // warm-up
+      std::sort(v.begin(), v.end());
+      return v[v.size() / 2];
+    };
+    std::printf("recompute %-4s  F %.2f ms  B %.2f ms  |  F %.2f ms  I %.2f ms  W %.2f ms  |  held after F %.2f MiB\n",
+                recompute_name(r), median(f), median(b), median(f2), median(i), median(w), held / 1048576.0);
+  }
 }
