@@ -54,7 +54,9 @@ struct DeferrableLinear : torch::autograd::Function<DeferrableLinear> {
     at::Tensor y = has_bias ? at::linear(x, w, *b) : at::linear(x, w);
     // Keep the input in the dtype the product ran in (bf16 under autocast), as addmm's autograd does.
     ctx->save_for_backward({x.to(y.scalar_type()), w, has_bias ? *b : at::Tensor()});
-    ctx->saved_data["stash"] = reinterpret_cast<int64_t>(stash);
+    // An IValue holds no raw pointer; the stash outlives this node because StageCompute's
+    // micro-batch owns both the stash and the graph that holds the node.
+    ctx->saved_data["stash"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(stash));
     ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
     return y;
   }
@@ -63,7 +65,7 @@ struct DeferrableLinear : torch::autograd::Function<DeferrableLinear> {
                                                  torch::autograd::variable_list grads) {
     auto saved = ctx->get_saved_variables();
     const at::Tensor &x = saved[0], &w = saved[1], &b = saved[2];
-    auto* stash = reinterpret_cast<WeightGradStash*>(ctx->saved_data["stash"].toInt());
+    auto* stash = reinterpret_cast<WeightGradStash*>(static_cast<intptr_t>(ctx->saved_data["stash"].toInt()));
     const auto x_dtype = static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt());
     const int64_t out = w.size(0), in = w.size(1);
     at::Tensor g2 = grads[0].reshape({-1, out});
@@ -272,13 +274,14 @@ at::Tensor StageCompute::backward_recomputed(MicroBatch& s, const at::Tensor& gr
   return at::Tensor();
 }
 
-at::Tensor StageCompute::run_backward(int mb, MicroBatch& s, const at::Tensor& grad_output, const char* action) {
+at::Tensor StageCompute::run_backward(int mb, MicroBatch& s, const at::Tensor& grad_output, bool defer) {
+  const char* action = defer ? "I" : "B";
   const bool last = model_.is_last();
   if (!last && !grad_output.defined()) throw Error(where(mb, action) + ": no gradient of the stage output given");
   if (!last && grad_output.sizes() != at::IntArrayRef(s.output_sizes))
     throw Error(where(mb, action) + ": gradient of shape " + c10::str(grad_output.sizes()) + " for an output of shape " +
                 c10::str(at::IntArrayRef(s.output_sizes)));
-  s.stash->defer = std::string(action) == "I";
+  s.stash->defer = defer;
   if (recompute_ == Recompute::kFull) return backward_recomputed(s, grad_output);
   if (last) s.root.backward();
   else s.root.backward(grad_output.to(s.root.scalar_type()));
@@ -286,14 +289,14 @@ at::Tensor StageCompute::run_backward(int mb, MicroBatch& s, const at::Tensor& g
 }
 
 at::Tensor StageCompute::backward(int mb, const at::Tensor& grad_output) {
-  at::Tensor g = run_backward(mb, state(mb, "B", Phase::kForwarded), grad_output, "B");
+  at::Tensor g = run_backward(mb, state(mb, "B", Phase::kForwarded), grad_output, false);
   live_.erase(mb);
   return g;
 }
 
 at::Tensor StageCompute::backward_input(int mb, const at::Tensor& grad_output) {
   MicroBatch& s = state(mb, "I", Phase::kForwarded);
-  at::Tensor g = run_backward(mb, s, grad_output, "I");
+  at::Tensor g = run_backward(mb, s, grad_output, true);
   // Only the stash is left for W; the graph and the kept activations go now.
   s.tokens = s.input = s.root = s.targets = at::Tensor();
   s.kept.clear();

@@ -102,7 +102,7 @@ class StageCompute {
 
   MicroBatch& state(int mb, const char* action, Phase expected);
   std::string where(int mb, const char* action) const;
-  at::Tensor run_backward(int mb, MicroBatch& s, const at::Tensor& grad_output, const char* action);
+  at::Tensor run_backward(int mb, MicroBatch& s, const at::Tensor& grad_output, bool defer);  // defer: I
   at::Tensor forward_recomputable(MicroBatch& s, const at::Tensor& input);
   at::Tensor backward_recomputed(MicroBatch& s, const at::Tensor& grad_output);
   at::Tensor loss_of(const at::Tensor& logits, const MicroBatch& s) const;
