@@ -73,7 +73,9 @@ struct DeferrableLinear : torch::autograd::Function<DeferrableLinear> {
     // addmm/mm backward for the input: dy W, in the product's dtype, then back to x's.
     at::Tensor gx = g2.mm(w.to(g2.scalar_type())).view(x.sizes()).to(x_dtype);
     at::Tensor gw, gb;
-    if (stash->defer) stash->push({x2, g2, w, b});
+    // Detached: a saved input still carries its producer's grad_fn, which would keep the rest
+    // of the graph (and its saved activations) alive until W.
+    if (stash->defer) stash->push({x2.detach(), g2.detach(), w, b});
     else std::tie(gw, gb) = weight_grads(x2, g2, w, b);
     return {gx, gw, gb, at::Tensor()};
   }
