@@ -153,7 +153,8 @@ TEST(StageCompute, FullBackwardIsBitIdenticalToThePlainAutogradPath) {
 }
 
 TEST(StageCompute, InputThenWeightGivesTheFullBackwardsGradients) {
-  for (const char* order : {"F0 F1 I0 W0 I1 W1", "F0 F1 I1 I0 W0 W1", "F0 I0 F1 I1 W1 W0"}) {
+  // The last order mixes a full backward with a split one, as ZB-H1's cool-down may.
+  for (const char* order : {"F0 F1 I0 W0 I1 W1", "F0 F1 I1 I0 W0 W1", "F0 I0 F1 I1 W1 W0", "F0 F1 I1 B0 W1"}) {
     for (const StageCase& c : kStages) {
       const std::string what = std::string(c.name) + " stage, " + order;
       GptStage full = make(c), split = make(c);
