@@ -163,11 +163,6 @@ int64_t WeightGradStash::bytes() const {
   return storage_bytes(all);
 }
 
-size_t WeightGradStash::size() const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return entries_.size();
-}
-
 }  // namespace geopipe::runtime
 
 namespace geopipe::runtime {

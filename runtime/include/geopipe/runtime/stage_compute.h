@@ -40,8 +40,7 @@ class WeightGradStash {
   // grad_W += grad_out^T input and grad_b += sum_rows(grad_out) into the parameters' .grad, as
   // autograd's accumulation would (set when undefined, else add in place); then forgets them.
   void apply_and_clear();
-  int64_t bytes() const;   // the stashed inputs and output gradients
-  size_t size() const;
+  int64_t bytes() const;  // the distinct storages of the stashed inputs and output gradients
 
  private:
   mutable std::mutex mutex_;  // a CUDA backward runs on the engine's device thread
@@ -75,7 +74,8 @@ class StageCompute {
 
   // Bytes micro-batch mb holds now (0 when it holds nothing): exact for the tensors kept here
   // (input, block inputs, stash); for a live autograd graph (recompute none, F to B/I) an estimate
-  // from the documented per-block formula. Summed over micro-batches by live_bytes().
+  // from the documented per-block formula (fp32; an upper bound of what malloc holds, tested).
+  // Summed over micro-batches by live_bytes().
   int64_t live_bytes(int mb) const;
   int64_t live_bytes() const;
   // The estimate used for one micro-batch's autograd graph with recompute none (fp32 activations).
