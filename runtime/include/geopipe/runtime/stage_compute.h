@@ -66,8 +66,8 @@ class StageCompute {
   // stage input (undefined on the first stage). `grad_output`: the next stage's gradient of my
   // output; ignored on the last stage (it differentiates its loss). Frees the micro-batch.
   at::Tensor backward(int mb, const at::Tensor& grad_output = {});
-  // I: the same input gradient as B, and the gradients of the parameters that are not linear
-  // weights (LayerNorms, embeddings); each linear's (input, output gradient) is kept for W.
+  // I: the same input gradient as B, and the gradients of the parameters that are not in a linear
+  // layer (LayerNorms, embeddings); each linear's (input, output gradient) is kept for W.
   at::Tensor backward_input(int mb, const at::Tensor& grad_output = {});
   // W: the linear layers' weight and bias gradients of micro-batch mb; frees the micro-batch.
   void backward_weight(int mb);
@@ -81,7 +81,6 @@ class StageCompute {
   // The estimate used for one micro-batch's autograd graph with recompute none (fp32 activations).
   int64_t graph_bytes_estimate(int64_t batch, int64_t seq) const;
   std::vector<int> micro_batches() const;  // those F'd and not yet freed, ascending
-  Recompute recompute() const { return recompute_; }
 
  private:
   enum class Phase { kForwarded, kInputDone };
