@@ -1,6 +1,7 @@
 #include <geopipe/core/error.h>
 #include <geopipe/runtime/data.h>
 #include <geopipe/runtime/gpt.h>
+#include <geopipe/runtime/stage_compute.h>
 
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -31,6 +32,12 @@ at::Tensor normal(std::vector<int64_t> shape, double std, at::Generator& gen) {
   at::Tensor t = at::empty(shape, at::TensorOptions().dtype(at::kFloat));
   t.normal_(0.0, std, gen);
   return t;
+}
+
+// Today's at::linear unless a stash asks for the split-aware one (same forward numbers).
+at::Tensor stage_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, WeightGradStash* stash) {
+  if (stash) return deferrable_linear(x, w, b, stash);
+  return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
 }
 
 at::Tensor zeros(std::vector<int64_t> shape) { return at::zeros(shape, at::TensorOptions().dtype(at::kFloat)); }
@@ -115,12 +122,12 @@ at::Tensor GptStage::embed(const at::Tensor& tokens) const {
   return at::embedding(p("transformer.wte.weight"), tokens) + at::embedding(p("transformer.wpe.weight"), pos);
 }
 
-at::Tensor GptStage::block(int layer, const at::Tensor& x) const {
+at::Tensor GptStage::block(int layer, const at::Tensor& x, WeightGradStash* stash) const {
   const std::string h = "transformer.h." + std::to_string(layer) + ".";
   const int64_t B = x.size(0), T = x.size(1), C = x.size(2), nh = config_.n_head, hs = C / nh;
   // Causal self-attention, pre-LN.
   at::Tensor a = at::layer_norm(x, {C}, p(h + "ln_1.weight"), p(h + "ln_1.bias"), 1e-5);
-  at::Tensor qkv = at::linear(a, p(h + "attn.c_attn.weight"), p(h + "attn.c_attn.bias"));
+  at::Tensor qkv = stage_linear(a, p(h + "attn.c_attn.weight"), p(h + "attn.c_attn.bias"), stash);
   std::vector<at::Tensor> parts = qkv.split(C, 2);
   at::Tensor q = parts[0].view({B, T, nh, hs}).transpose(1, 2);  // [B, nh, T, hs]
   at::Tensor k = parts[1].view({B, T, nh, hs}).transpose(1, 2);
@@ -130,23 +137,23 @@ at::Tensor GptStage::block(int layer, const at::Tensor& x) const {
   att = att.masked_fill(mask.logical_not(), -std::numeric_limits<float>::infinity());
   att = at::softmax(att, -1);
   at::Tensor y = at::matmul(att, v).transpose(1, 2).contiguous().view({B, T, C});
-  at::Tensor x1 = x + at::linear(y, p(h + "attn.c_proj.weight"), p(h + "attn.c_proj.bias"));
+  at::Tensor x1 = x + stage_linear(y, p(h + "attn.c_proj.weight"), p(h + "attn.c_proj.bias"), stash);
   // MLP with tanh-GELU.
   at::Tensor m = at::layer_norm(x1, {C}, p(h + "ln_2.weight"), p(h + "ln_2.bias"), 1e-5);
-  m = at::gelu(at::linear(m, p(h + "mlp.c_fc.weight"), p(h + "mlp.c_fc.bias")), "tanh");
-  return x1 + at::linear(m, p(h + "mlp.c_proj.weight"), p(h + "mlp.c_proj.bias"));
+  m = at::gelu(stage_linear(m, p(h + "mlp.c_fc.weight"), p(h + "mlp.c_fc.bias"), stash), "tanh");
+  return x1 + stage_linear(m, p(h + "mlp.c_proj.weight"), p(h + "mlp.c_proj.bias"), stash);
 }
 
-at::Tensor GptStage::head(const at::Tensor& x) const {
+at::Tensor GptStage::head(const at::Tensor& x, WeightGradStash* stash) const {
   const int64_t C = x.size(2);
   at::Tensor n = at::layer_norm(x, {C}, p("transformer.ln_f.weight"), p("transformer.ln_f.bias"), 1e-5);
-  return at::linear(n, p("lm_head.weight"));
+  return stage_linear(n, p("lm_head.weight"), at::Tensor(), stash);
 }
 
-at::Tensor GptStage::forward(const at::Tensor& input) const {
+at::Tensor GptStage::forward(const at::Tensor& input, WeightGradStash* stash) const {
   at::Tensor x = first_ ? embed(input) : input;
-  for (int i = layer_begin_; i < layer_end_; ++i) x = block(i, x);
-  return last_ ? head(x) : x;
+  for (int i = layer_begin_; i < layer_end_; ++i) x = block(i, x, stash);
+  return last_ ? head(x, stash) : x;
 }
 
 at::Tensor GptStage::loss(const at::Tensor& logits, const at::Tensor& targets) {

@@ -24,6 +24,8 @@
 
 namespace geopipe::runtime {
 
+class WeightGradStash;  // stage_compute.h
+
 struct GptConfig {
   int n_layer = 0, n_head = 0, n_embd = 0, block_size = 0, vocab_size = 0;
 };
@@ -49,14 +51,16 @@ class GptStage {
 
   // First stage: token ids [B, T] (int64) -> hidden [B, T, C]. Middle: hidden -> hidden.
   // Last stage: -> logits [B, T, V]. (A single stage does all of it.)
-  at::Tensor forward(const at::Tensor& input) const;
+  // With a `stash` the linear layers run through deferrable_linear (stage_compute.h), whose
+  // backward can leave the weight gradients for later; without one they are plain at::linear.
+  at::Tensor forward(const at::Tensor& input, WeightGradStash* stash = nullptr) const;
   // Mean cross-entropy of logits [B, T, V] against targets [B, T].
   static at::Tensor loss(const at::Tensor& logits, const at::Tensor& targets);
 
   // Pieces, for the profiler: embedding, one block (global index), head.
   at::Tensor embed(const at::Tensor& tokens) const;
-  at::Tensor block(int layer, const at::Tensor& x) const;
-  at::Tensor head(const at::Tensor& x) const;
+  at::Tensor block(int layer, const at::Tensor& x, WeightGradStash* stash = nullptr) const;
+  at::Tensor head(const at::Tensor& x, WeightGradStash* stash = nullptr) const;
 
   const std::vector<ParamUnit>& units() const { return units_; }
   std::vector<NamedTensor> named_parameters() const;  // all units, in order
