@@ -114,8 +114,6 @@ struct PipelineExecutor::Impl {
   std::vector<InFlight> sends;
   std::map<int, std::pair<at::Tensor, at::Tensor>> live;  // mb -> (input leaf, output)
   std::map<int, at::Tensor> losses;                       // last stage: mb -> loss / M
-  std::map<int, at::Tensor> received;                     // mb -> received activation (F input)
-  std::map<int, at::Tensor> grads_in;                     // mb -> gradient of my output
   std::map<int, at::Tensor> grads_out;                    // mb -> gradient of my input, to send
 };
 
@@ -129,9 +127,14 @@ PipelineExecutor::PipelineExecutor(const Plan& plan, int stage, GptStage& model,
     : plan_(plan), stage_(stage), model_(model), optimizer_(optimizer), data_(data), comm_(comm),
       optim_(optim), options_(std::move(options)) {
   const int S = plan.num_stages();
-  if (schedule.num_stages != S)
-    throw InputError("schedule", "stages", "schedule has " + std::to_string(schedule.num_stages) +
-                                               " stages, the plan has " + std::to_string(S));
+  if (schedule.num_ranks != S)
+    throw InputError("schedule", "ranks", "schedule has " + std::to_string(schedule.num_ranks) +
+                                              " ranks, the plan has " + std::to_string(S) + " stages");
+  // One plan stage per rank, F/B only: chunks and split backward wait for the interpreter.
+  if (has_virtual_stages(schedule) || has_split_backward(schedule))
+    throw InputError("schedule", "kind",
+                     "the schedule needs more than one chunk per rank or split backward (I/W), which this "
+                     "executor does not run yet");
   if (schedule.num_micro_batches != plan.job.micro_batches)
     throw InputError("schedule", "micro_batches", "schedule has " + std::to_string(schedule.num_micro_batches) +
                                                       " micro-batches, the job has " +
@@ -139,7 +142,7 @@ PipelineExecutor::PipelineExecutor(const Plan& plan, int stage, GptStage& model,
   if (plan.job.micro_batches > kMaxMicroBatches)
     throw InputError("job", "micro_batches", "at most " + std::to_string(kMaxMicroBatches) + " supported");
   if (S > 1 && !comm) throw Error("PipelineExecutor: a " + std::to_string(S) + "-stage plan needs a communicator");
-  actions_ = schedule.stages.at(stage);
+  actions_ = schedule.ranks.at(stage);
   auto pick = [&](const std::string& plan_codec, const std::string& override_codec) {
     if (override_codec.empty() || override_codec == "plan") return plan_codec;
     return override_codec;
@@ -373,10 +376,9 @@ StepStats PipelineExecutor::train_step(int64_t step) {
     }
     switch (a.kind) {
       case ActionKind::kRecvF:
-        I.received[mb] = wait_recv(a.kind, mb).set_requires_grad(true);
-        break;
       case ActionKind::kRecvB:
-        I.grads_in[mb] = wait_recv(a.kind, mb);
+        // Posted already (MPI: at the step's start; NCCL: with its group above). Lowering places
+        // a receive where the peer sends, which can be well before its compute: the compute waits.
         break;
       case ActionKind::kForward: {
         const double t0 = now_us();
@@ -387,8 +389,7 @@ StepStats PipelineExecutor::train_step(int64_t step) {
         if (first) {
           input = at::tensor(batch.inputs, at::TensorOptions().dtype(at::kLong)).view({B, T}).to(dev);
         } else {
-          input = I.received.at(mb);
-          I.received.erase(mb);
+          input = wait_recv(ActionKind::kRecvF, mb).set_requires_grad(true);
         }
         at::Tensor out;
         {
@@ -415,8 +416,7 @@ StepStats PipelineExecutor::train_step(int64_t step) {
         if (last) {
           I.losses.at(mb).backward();
         } else {
-          at::Tensor g = I.grads_in.at(mb);
-          I.grads_in.erase(mb);
+          at::Tensor g = wait_recv(ActionKind::kRecvB, mb);
           out.backward(g.to(out.scalar_type()));
         }
         if (!first) I.grads_out[mb] = input.grad();  // the gradient to send back
@@ -429,6 +429,9 @@ StepStats PipelineExecutor::train_step(int64_t step) {
       case ActionKind::kSendB:
         if (!issued[index]) send_action(a);
         break;
+      case ActionKind::kInputGrad:
+      case ActionKind::kWeightGrad:  // refused by the constructor
+        throw Error("stage " + std::to_string(stage_) + ": " + to_string(a) + " is not run by this executor");
       case ActionKind::kOptimizer: {
         // Sends must complete before the next step reuses tags; their buffers are ours.
         const auto w0 = Clock::now();

@@ -58,18 +58,28 @@ Schedule build_schedule(const Plan& plan, const TrainConfig& cfg) {
   const int S = plan.num_stages(), M = plan.job.micro_batches;
   if (!cfg.schedule_file.empty()) {
     Schedule s = load_schedule_file(cfg.schedule_file);
-    if (s.num_stages != S)
-      throw InputError(cfg.schedule_file, "schedule", "has " + std::to_string(s.num_stages) +
-                                                          " stages, the plan has " + std::to_string(S));
+    if (s.num_ranks != S)
+      throw InputError(cfg.schedule_file, "schedule", "has " + std::to_string(s.num_ranks) +
+                                                          " ranks, the plan has " + std::to_string(S) + " stages");
     if (s.num_micro_batches != M)
       throw InputError(cfg.schedule_file, "schedule", "has " + std::to_string(s.num_micro_batches) +
                                                           " micro-batches, the job has " + std::to_string(M));
-    return prepare_schedule(s, cfg.schedule_file);
+    Schedule ready = prepare_schedule(s, cfg.schedule_file);
+    // NCCL pairs sends and receives in issue order: a user's order must survive the rendezvous
+    // dry run (the generators' orders are checked by runtime_schedule_test).
+    const bool nccl = std::any_of(plan.links.begin(), plan.links.end(),
+                                  [](const LinkPlan& l) { return l.transport == "nccl"; });
+    if (nccl)
+      if (SimulationResult r = simulate_rendezvous(ready); !r.completed)
+        throw InputError(cfg.schedule_file, "schedule",
+                         "the plan has NCCL links and this order deadlocks under NCCL's rendezvous sends: " +
+                             r.message() + "\nschedule:\n" + format_schedule(ready));
+    return ready;
   }
   std::string kind = cfg.schedule == "plan" ? plan.schedule.kind : cfg.schedule;
   if (kind != "gpipe" && kind != "1f1b" && kind != "1f1b-lh")
     throw InputError("--schedule", "schedule", "expected gpipe, 1f1b or plan, got \"" + cfg.schedule + "\"");
-  return prepare_schedule(schedule_for(kind, S, M, plan.schedule.warmup),
+  return prepare_schedule(schedule_for(kind, S, M, 1, plan.schedule.warmup),
                           cfg.plan_file + " (schedule " + kind + ")");
 }
 

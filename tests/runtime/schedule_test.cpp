@@ -18,17 +18,6 @@ int count_kind(const std::vector<Action>& list, ActionKind k) {
   return n;
 }
 
-// Largest number of forwards a stage has run whose backward has not run yet: the number of
-// activations it must keep alive.
-int peak_in_flight(const std::vector<Action>& list) {
-  int live = 0, peak = 0;
-  for (const auto& a : list) {
-    if (a.kind == ActionKind::kForward) peak = std::max(peak, ++live);
-    if (a.kind == ActionKind::kBackward) --live;
-  }
-  return peak;
-}
-
 }  // namespace
 
 TEST(Schedule, ActionTextFormNamesStageKindAndMicroBatch) {
@@ -40,29 +29,27 @@ TEST(Schedule, ActionTextFormNamesStageKindAndMicroBatch) {
 
 TEST(Schedule, GPipeRunsAllForwardsThenAllBackwardsThenOptimizer) {
   Schedule s = gpipe_schedule(3, 4);
-  ASSERT_EQ(s.stages.size(), 3u);
-  EXPECT_EQ(format_actions(s.stages[1]), "1F0 1F1 1F2 1F3 1B0 1B1 1B2 1B3 1OPT");
+  ASSERT_EQ(s.ranks.size(), 3u);
+  EXPECT_EQ(format_actions(s.ranks[1]), "1F0 1F1 1F2 1F3 1B0 1B1 1B2 1B3 1OPT");
   EXPECT_TRUE(validate(s).empty());
-  for (const auto& list : s.stages) EXPECT_EQ(peak_in_flight(list), 4);
+  EXPECT_EQ(peak_in_flight(s), (std::vector<int>{4, 4, 4}));
 }
 
 TEST(Schedule, OneFOneBWarmsUpByRemainingStagesAndBoundsLiveActivations) {
   Schedule s = one_f_one_b_schedule(4, 8, one_f_one_b_warmup(4));
-  EXPECT_EQ(format_actions(s.stages[3]).substr(0, 23), "3F0 3B0 3F1 3B1 3F2 3B2");
-  EXPECT_EQ(format_actions(s.stages[0]).substr(0, 19), "0F0 0F1 0F2 0F3 0B0");
+  EXPECT_EQ(format_actions(s.ranks[3]).substr(0, 23), "3F0 3B0 3F1 3B1 3F2 3B2");
+  EXPECT_EQ(format_actions(s.ranks[0]).substr(0, 19), "0F0 0F1 0F2 0F3 0B0");
   for (int st = 0; st < 4; ++st) {
-    EXPECT_EQ(peak_in_flight(s.stages[st]), 4 - st) << "stage " << st;
-    EXPECT_EQ(count_kind(s.stages[st], ActionKind::kForward), 8);
-    EXPECT_EQ(count_kind(s.stages[st], ActionKind::kBackward), 8);
+    EXPECT_EQ(peak_in_flight(s)[st], 4 - st) << "rank " << st;
+    EXPECT_EQ(count_kind(s.ranks[st], ActionKind::kForward), 8);
+    EXPECT_EQ(count_kind(s.ranks[st], ActionKind::kBackward), 8);
   }
   EXPECT_TRUE(validate(s).empty());
 }
 
 TEST(Schedule, LatencyHidingWarmupDeepensEachStageAsThePlanSays) {
-  Schedule s = schedule_for("1f1b-lh", 3, 6, {4, 2, 1});
-  EXPECT_EQ(peak_in_flight(s.stages[0]), 5);
-  EXPECT_EQ(peak_in_flight(s.stages[1]), 3);
-  EXPECT_EQ(peak_in_flight(s.stages[2]), 2);
+  Schedule s = schedule_for("1f1b-lh", 3, 6, 1, {4, 2, 1});
+  EXPECT_EQ(peak_in_flight(s), (std::vector<int>{5, 3, 2}));
   EXPECT_TRUE(simulate(lower(s)).completed);
 }
 
@@ -73,7 +60,7 @@ TEST(Schedule, WarmupDeeperThanMicroBatchesIsGPipe) {
 }
 
 TEST(Schedule, UnknownKindOrBadWarmupIsInputError) {
-  EXPECT_THROW(schedule_for("zigzag", 2, 2, {}), InputError);
+  EXPECT_THROW(schedule_for("zigzag", 2, 2, 1, {}), InputError);
   EXPECT_THROW(one_f_one_b_schedule(2, 2, {1}), InputError);
   EXPECT_THROW(one_f_one_b_schedule(2, 2, {1, -1}), InputError);
   EXPECT_THROW(gpipe_schedule(0, 2), InputError);
@@ -81,9 +68,11 @@ TEST(Schedule, UnknownKindOrBadWarmupIsInputError) {
 
 TEST(Schedule, LoweringPairsEverySendWithThePeersReceive) {
   Schedule s = lower(one_f_one_b_schedule(3, 2, one_f_one_b_warmup(3)));
-  EXPECT_EQ(format_actions(s.stages[0]), "0F0 0SEND_F0 0F1 0SEND_F1 0RECV_B0 0B0 0RECV_B1 0B1 0OPT");
-  EXPECT_EQ(format_actions(s.stages[2]),
-            "2RECV_F0 2F0 2B0 2SEND_B0 2RECV_F1 2F1 2B1 2SEND_B1 2OPT");
+  EXPECT_EQ(format_actions(s.ranks[0]), "0F0 0SEND_F0 0F1 0SEND_F1 0RECV_B0 0B0 0RECV_B1 0B1 0OPT");
+  // The receive of F1 lands where rank 1 sends it (before B0), not merely before 2F1: it is
+  // posted in time, and NCCL pairs it in the order the sender issues.
+  EXPECT_EQ(format_actions(s.ranks[2]),
+            "2RECV_F0 2F0 2RECV_F1 2B0 2SEND_B0 2F1 2B1 2SEND_B1 2OPT");
   EXPECT_TRUE(validate(s).empty());
   EXPECT_TRUE(simulate(s).completed);
   EXPECT_THROW(lower(s), InputError);  // already lowered
@@ -93,7 +82,7 @@ TEST(Schedule, EveryGeneratedScheduleCompletesInTheDryRun) {
   for (int S = 1; S <= 6; ++S)
     for (int M = 1; M <= 9; ++M) {
       for (const char* kind : {"gpipe", "1f1b"}) {
-        Schedule s = lower(schedule_for(kind, S, M, {}));
+        Schedule s = lower(schedule_for(kind, S, M, 1, {}));
         EXPECT_TRUE(validate(s).empty()) << kind << " S=" << S << " M=" << M;
         SimulationResult r = simulate(s);
         EXPECT_TRUE(r.completed) << kind << " S=" << S << " M=" << M << ": " << r.message();
@@ -106,13 +95,13 @@ TEST(Schedule, RendezvousDryRunOfEveryGeneratedSchedule) {
   for (int S = 1; S <= 6; ++S)
     for (int M = 1; M <= 9; ++M) {
       for (const char* kind : {"gpipe", "1f1b"}) {
-        SimulationResult r = simulate_rendezvous(lower(schedule_for(kind, S, M, {})));
+        SimulationResult r = simulate_rendezvous(lower(schedule_for(kind, S, M, 1, {})));
         EXPECT_TRUE(r.completed) << kind << " S=" << S << " M=" << M << ": " << r.message();
       }
       for (int extra = 1; extra <= 3; ++extra) {  // latency-hiding: deeper warm-ups
         std::vector<int> w = one_f_one_b_warmup(S);
         for (int& d : w) d += extra;
-        SimulationResult r = simulate_rendezvous(lower(schedule_for("1f1b-lh", S, M, w)));
+        SimulationResult r = simulate_rendezvous(lower(schedule_for("1f1b-lh", S, M, 1, w)));
         EXPECT_TRUE(r.completed) << "1f1b-lh +" << extra << " S=" << S << " M=" << M << ": " << r.message();
       }
     }
@@ -127,34 +116,49 @@ TEST(Schedule, RendezvousDryRunCatchesWhatBufferedSendsHide) {
   Schedule grouped = parse_schedule(text, "test");
   EXPECT_TRUE(simulate(grouped).completed);
   EXPECT_TRUE(simulate_rendezvous(grouped).completed) << simulate_rendezvous(grouped).message();
-  auto groups = comm_groups(grouped.stages[0]);
+  auto groups = comm_groups(grouped.ranks[0]);
   ASSERT_EQ(groups.size(), 3u);
   EXPECT_EQ(groups[1], (std::pair<size_t, size_t>{3, 5}));  // 0SEND_F1 0RECV_B0: one group
   // Without groups each stage's send waits for a receive the other never reaches.
   SimulationResult r = simulate_rendezvous(grouped, /*group_adjacent=*/false);
   EXPECT_FALSE(r.completed);
   ASSERT_EQ(r.blocked.size(), 2u) << r.message();
-  EXPECT_EQ(r.blocked[0], "stage 0 blocked at 0SEND_F1 (index 3)");
-  EXPECT_EQ(r.blocked[1], "stage 1 blocked at 1SEND_B0 (index 3)");
+  EXPECT_EQ(r.blocked[0], "rank 0 blocked at 0SEND_F1 (index 3)");
+  EXPECT_EQ(r.blocked[1], "rank 1 blocked at 1SEND_B0 (index 3)");
 }
 
-TEST(Schedule, DryRunReportsDeadlockWithEachBlockedStage) {
-  // Stage 0 wants B0 after one forward, stage 1 wants four forwards first: a cycle.
-  Schedule s = lower(one_f_one_b_schedule(2, 4, {0, 3}));
-  EXPECT_TRUE(validate(s).empty());  // well-formed, but it cannot run
-  SimulationResult r = simulate(s);
-  EXPECT_FALSE(r.completed);
-  ASSERT_EQ(r.blocked.size(), 2u);
-  EXPECT_EQ(r.blocked[0], "stage 0 blocked at 0RECV_B0 (index 2)");
-  EXPECT_EQ(r.blocked[1], "stage 1 blocked at 1RECV_F1 (index 2)");
+TEST(Schedule, DeadlockReportsEveryBlockedRank) {
+  // Rank 0 wants B0 after one forward, rank 1 wants four forwards first: a cycle. Lowering
+  // cannot place the receives, and says where each rank waits.
+  Schedule compute = one_f_one_b_schedule(2, 4, {0, 3});
+  EXPECT_TRUE(validate(compute).empty());  // well-formed, but it cannot run
   try {
-    check_schedule(s, "plan.json");
+    prepare_schedule(compute, "plan.json");
     FAIL() << "expected InputError";
   } catch (const InputError& e) {
     std::string what = e.what();
     EXPECT_NE(what.find("plan.json"), std::string::npos);
     EXPECT_NE(what.find("deadlock"), std::string::npos);
-    EXPECT_NE(what.find("0F0 0SEND_F0 0RECV_B0"), std::string::npos) << "prints the text form";
+    EXPECT_NE(what.find("rank 0 blocked at 0B0 (index 1)"), std::string::npos) << what;
+    EXPECT_NE(what.find("rank 1 blocked at 1F1 (index 1)"), std::string::npos) << what;
+    EXPECT_NE(what.find("0F0 0B0 0F1"), std::string::npos) << "prints the text form";
+  }
+  // The same cycle written with its sends and receives: the dry run names both ranks.
+  Schedule s = parse_schedule("0F0 0SEND_F0 0RECV_B0 0B0 0F1 0SEND_F1 0RECV_B1 0B1 0OPT\n"
+                              "1RECV_F0 1F0 1RECV_F1 1F1 1B0 1SEND_B0 1B1 1SEND_B1 1OPT\n",
+                              "cycle.txt");
+  EXPECT_TRUE(validate(s).empty());
+  SimulationResult r = simulate(s);
+  EXPECT_FALSE(r.completed);
+  ASSERT_EQ(r.blocked.size(), 2u);
+  EXPECT_EQ(r.blocked[0], "rank 0 blocked at 0RECV_B0 (index 2)");
+  EXPECT_EQ(r.blocked[1], "rank 1 blocked at 1RECV_F1 (index 2)");
+  EXPECT_FALSE(simulate_rendezvous(s).completed);
+  try {
+    check_schedule(s, "cycle.txt");
+    FAIL() << "expected InputError";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("rank 1 blocked at 1RECV_F1"), std::string::npos) << e.what();
   }
 }
 
@@ -162,37 +166,37 @@ TEST(Schedule, ValidatorRejectsMissingDuplicateMisorderedAndUnpairedActions) {
   Schedule good = lower(gpipe_schedule(2, 2));
   {
     Schedule s = good;  // drop stage 1's receive of F1: the send has no receive
-    auto& l = s.stages[1];
+    auto& l = s.ranks[1];
     l.erase(std::find(l.begin(), l.end(), Action{1, ActionKind::kRecvF, 1}));
     auto errs = validate(s);
     ASSERT_FALSE(errs.empty());
     bool unpaired = false;
-    for (auto& e : errs) unpaired |= e.find("no matching receive") != std::string::npos;
-    EXPECT_TRUE(unpaired);
+    for (auto& e : errs) unpaired |= e == "rank 0: 0SEND_F1 (index 3) has no matching 1RECV_F1";
+    EXPECT_TRUE(unpaired) << errs[0];
   }
   {
     Schedule s = good;  // B before F on stage 0
-    std::swap(s.stages[0][0], s.stages[0][5]);
+    std::swap(s.ranks[0][0], s.ranks[0][5]);
     EXPECT_FALSE(validate(s).empty());
   }
   {
     Schedule s = good;  // a second OPT
-    s.stages[0].insert(s.stages[0].begin(), Action{0, ActionKind::kOptimizer, -1});
+    s.ranks[0].insert(s.ranks[0].begin(), Action{0, ActionKind::kOptimizer, -1});
     EXPECT_FALSE(validate(s).empty());
   }
   {
     Schedule s = good;  // an action in the wrong stage's list
-    s.stages[0][0].stage = 1;
+    s.ranks[0][0].stage = 1;
     EXPECT_FALSE(validate(s).empty());
   }
   {
     Schedule s = good;  // micro-batch out of range
-    s.stages[1].back() = Action{1, ActionKind::kForward, 7};
+    s.ranks[1].back() = Action{1, ActionKind::kForward, 7};
     EXPECT_FALSE(validate(s).empty());
   }
   {
     Schedule s = good;  // receive after the forward that needs it
-    auto& l = s.stages[1];
+    auto& l = s.ranks[1];
     ASSERT_EQ(to_string(l[0]), "1RECV_F0");
     std::swap(l[0], l[1]);
     EXPECT_FALSE(validate(s).empty());
