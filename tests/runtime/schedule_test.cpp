@@ -1,9 +1,10 @@
-// Schedules as data: generators, lowering, validator, dry run and text form.
+// Schedules as data: generators, lowering, validator, dry runs, text and CSV forms.
 #include <geopipe/core/error.h>
 #include <geopipe/runtime/schedule.h>
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 
@@ -239,4 +240,190 @@ TEST(Schedule, MalformedTextNamesFileLineAndToken) {
   }
   EXPECT_THROW(parse_schedule("   \n# nothing\n", "empty.txt"), InputError);
   EXPECT_THROW(load_schedule_file("/nonexistent/schedule.txt"), InputError);
+}
+
+// ---- Chunks per rank, split backward, torch's CSV --------------------------------------------
+
+namespace {
+
+// Every generator's compute schedule for R ranks and M micro-batches, named for messages.
+std::vector<std::pair<std::string, Schedule>> generated(int R, int M) {
+  std::vector<std::pair<std::string, Schedule>> out;
+  for (const char* kind : {"gpipe", "1f1b", "zb-h1", "zbv"}) out.emplace_back(kind, schedule_for(kind, R, M, 1, {}));
+  std::vector<int> deeper = one_f_one_b_warmup(R);
+  for (int& d : deeper) d += 2;
+  out.emplace_back("1f1b-lh", schedule_for("1f1b-lh", R, M, 1, deeper));
+  for (int V = 1; V <= 4; ++V)
+    if (V == 1 || M % R == 0)
+      out.emplace_back("interleaved V=" + std::to_string(V), schedule_for("interleaved", R, M, V, {}));
+  return out;
+}
+
+}  // namespace
+
+TEST(Schedule, EveryGeneratorIsValidLowersAndCompletesBothDryRuns) {
+  for (int R = 1; R <= 8; ++R)
+    for (int M = 1; M <= 16; ++M)
+      for (const auto& [name, s] : generated(R, M)) {
+        const std::string what = name + " R=" + std::to_string(R) + " M=" + std::to_string(M);
+        auto errs = validate(s);
+        ASSERT_TRUE(errs.empty()) << what << ": " << errs[0] << "\n" << format_schedule(s);
+        Schedule low;
+        ASSERT_NO_THROW(low = lower(s)) << what << "\n" << format_schedule(s);
+        errs = validate(low);
+        ASSERT_TRUE(errs.empty()) << what << ": " << errs[0] << "\n" << format_schedule(low);
+        SimulationResult r = simulate(low);
+        EXPECT_TRUE(r.completed) << what << ": " << r.message();
+        r = simulate_rendezvous(low);
+        EXPECT_TRUE(r.completed) << what << ": " << r.message() << "\n" << format_schedule(low);
+      }
+}
+
+TEST(Schedule, PlacementsPutChunksLoopedOrInAV) {
+  EXPECT_EQ(stage_ranks(Placement::kLooped, 3, 2), (std::vector<int>{0, 1, 2, 0, 1, 2}));
+  EXPECT_EQ(stage_ranks(Placement::kVShape, 3, 2), (std::vector<int>{0, 1, 2, 2, 1, 0}));
+  EXPECT_EQ(stage_ranks(Placement::kLooped, 4, 1), (std::vector<int>{0, 1, 2, 3}));
+  EXPECT_THROW(stage_ranks(Placement::kVShape, 3, 3), InputError);
+  Schedule s = interleaved_1f1b_schedule(2, 3, 4);
+  EXPECT_EQ(s.num_stages, 6);
+  EXPECT_TRUE(has_virtual_stages(s));
+  EXPECT_FALSE(has_split_backward(s));
+  EXPECT_TRUE(has_split_backward(zb_h1_schedule(2, 4)));
+  EXPECT_FALSE(has_virtual_stages(zb_h1_schedule(2, 4)));
+}
+
+TEST(Schedule, InterleavedNeedsWholeGroupsOfMicroBatches) {
+  EXPECT_THROW(interleaved_1f1b_schedule(4, 2, 6), InputError);
+  EXPECT_NO_THROW(interleaved_1f1b_schedule(4, 2, 8));
+  EXPECT_NO_THROW(interleaved_1f1b_schedule(4, 1, 6));  // V = 1 is 1F1B: any M
+  EXPECT_THROW(schedule_for("1f1b", 2, 4, 2, {}), InputError);  // one chunk per rank
+  EXPECT_THROW(schedule_for("zbv", 2, 4, 3, {}), InputError);
+  EXPECT_EQ(schedule_for("interleaved", 2, 4, 1, {}), schedule_for("1f1b", 2, 4, 1, {}));
+}
+
+TEST(Schedule, InterleavedMatchesWhatTorchDumps) {
+  // ScheduleInterleaved1F1B(2 ranks, 2 stages each, 4 micro-batches)._dump_csv("x.csv",
+  // format="compute_only"): csv.writer rows of its pipeline_order, idle steps (None) as empty cells.
+  const std::string torch_csv =
+      "0F0,0F1,2F0,2F1,,,0F2,2B0,0F3,2B1,2F2,0B0,2F3,0B1,,2B2,,2B3,,0B2,,0B3\r\n"
+      ",1F0,1F1,,3F0,3B0,3F1,3B1,1F2,1B0,1F3,1B1,3F2,3B2,3F3,3B3,,1B2,,1B3\r\n";
+  Schedule loaded = parse_schedule_csv(torch_csv, "torch.csv");
+  EXPECT_EQ(loaded.stage_rank, (std::vector<int>{0, 1, 0, 1}));
+  EXPECT_EQ(format_actions(loaded.ranks[1]).substr(0, 12), "1F0 1F1 3F0 ");
+  EXPECT_EQ(loaded.ranks[0].back(), (Action{0, ActionKind::kOptimizer, -1}));  // appended
+  EXPECT_EQ(loaded, interleaved_1f1b_schedule(2, 2, 4)) << format_schedule(loaded);
+  Schedule ready = prepare_schedule(loaded, "torch.csv");
+  EXPECT_TRUE(simulate_rendezvous(ready).completed);
+}
+
+TEST(Schedule, ZeroBubbleVMatchesWhatTorchDumps) {
+  // ScheduleZBVZeroBubble(2 ranks, V placement, M micro-batches) dumped compute-only; with fewer
+  // than 2R-1 micro-batches torch leaves the missing ones' slots empty.
+  const std::string m4 =
+      "0F0,0F1,0F2,3F0,3I0,3W0,3F1,3I1,3W1,0F3,0I0,0W0,3F2,3I2,3W2,0I1,0W1,3F3,3I3,3W3,0I2,0W2,0I3,0W3\r\n"
+      ",1F0,2F0,1F1,2F1,2I0,2W0,1F2,1I0,1W0,2F2,2I1,2W1,1F3,1I1,1W1,2F3,2I2,2W2,1I2,2I3,1I3,1W2,2W3,1W3\r\n";
+  const std::string m2 = "0F0,0F1,,3F0,3I0,3W0,3F1,3I1,3W1,0I0,0W0,,,,0I1,0W1,,\r\n"
+                         ",1F0,2F0,1F1,2F1,2I0,2W0,,1I0,1W0,,2I1,2W1,1I1,,,1W1,,\r\n";
+  Schedule a = parse_schedule_csv(m4, "zbv4.csv"), b = parse_schedule_csv(m2, "zbv2.csv");
+  EXPECT_EQ(a.stage_rank, (std::vector<int>{0, 1, 1, 0}));
+  EXPECT_EQ(a, zbv_schedule(2, 4)) << format_schedule(a);
+  EXPECT_EQ(b, zbv_schedule(2, 2)) << format_schedule(b);
+}
+
+TEST(Schedule, LoweringSkipsNeighboursOnTheSameRank) {
+  // ZB-V: stages R-1 and R are both on rank R-1 (the V's tip), stage 0 and 2R-1 on rank 0.
+  Schedule s = lower(zbv_schedule(3, 6));
+  for (const auto& list : s.ranks)
+    for (const Action& a : list) {
+      if (a.kind == ActionKind::kSendF) EXPECT_NE(a.stage, 2) << to_string(a);
+      if (a.kind == ActionKind::kSendB) EXPECT_NE(a.stage, 3) << to_string(a);
+    }
+  const std::string tip = format_actions(s.ranks[2]);
+  EXPECT_EQ(tip.find("3RECV_F"), std::string::npos) << tip;
+  EXPECT_EQ(tip.find("2RECV_B"), std::string::npos) << tip;
+  // An I sends the input gradient; its W sends nothing.
+  const auto& r0 = s.ranks[1];
+  auto i = std::find(r0.begin(), r0.end(), Action{4, ActionKind::kInputGrad, 0});
+  ASSERT_NE(i, r0.end());
+  EXPECT_EQ(*(i + 1), (Action{4, ActionKind::kSendB, 0}));
+  auto w = std::find(r0.begin(), r0.end(), Action{4, ActionKind::kWeightGrad, 0});
+  ASSERT_NE(w, r0.end());
+  EXPECT_NE((w + 1)->kind, ActionKind::kSendB);
+}
+
+TEST(Schedule, ZeroBubbleH1KeepsOneFOneBMemoryAndFillsTheCoolDownWithW) {
+  for (int R = 1; R <= 8; ++R)
+    for (int M = 1; M <= 16; ++M)
+      EXPECT_EQ(peak_in_flight(zb_h1_schedule(R, M)), peak_in_flight(one_f_one_b_schedule(R, M, one_f_one_b_warmup(R))))
+          << "R=" << R << " M=" << M;
+  // Rank 0 of 4 runs its cool-down input gradients as they arrive and its W's between them.
+  Schedule s = zb_h1_schedule(4, 8);
+  EXPECT_EQ(format_actions(s.ranks[3]).substr(0, 23), "3F0 3I0 3W0 3F1 3I1 3W1");
+  const std::string r0 = format_actions(s.ranks[0]);
+  EXPECT_NE(r0.find("0I5 0W5 0I6"), std::string::npos) << r0;
+  EXPECT_EQ(r0.substr(r0.size() - 8), "0W7 0OPT") << r0;
+}
+
+TEST(Schedule, ZeroBubbleVHoldsNoMoreThanOneFOneB) {
+  // A ZB-V chunk holds half the layers of a 1F1B stage: in stage-sized activations, no rank holds
+  // more than 1F1B's busiest rank (the paper's promise: the same peak memory as 1F1B).
+  for (int R = 1; R <= 8; ++R)
+    for (int M = 1; M <= 16; ++M) {
+      std::vector<int> one = peak_in_flight(one_f_one_b_schedule(R, M, one_f_one_b_warmup(R)));
+      const int busiest = *std::max_element(one.begin(), one.end());
+      for (int peak : peak_in_flight(zbv_schedule(R, M)))
+        EXPECT_LE(peak, 2 * busiest) << "R=" << R << " M=" << M;
+    }
+}
+
+TEST(Schedule, TextAndCsvFormsRoundTrip) {
+  for (const auto& [name, s] : generated(4, 8)) {
+    for (const Schedule& x : {s, lower(s)}) {
+      EXPECT_EQ(parse_schedule(format_schedule(x), "t.txt"), x) << name << "\n" << format_schedule(x);
+      EXPECT_EQ(parse_schedule_csv(format_schedule_csv(x), "t.csv"), x) << name << "\n" << format_schedule_csv(x);
+    }
+  }
+  EXPECT_EQ(format_schedule_csv(gpipe_schedule(2, 2)), "0F0,0F1,0B0,0B1\r\n1F0,1F1,1B0,1B1\r\n");
+  // Python's csv module may quote a cell and may end the last row without a line break.
+  Schedule q = parse_schedule_csv("\"0F0\", 0B0 \n1F0,\"1B0\"", "q.csv");
+  EXPECT_EQ(format_schedule(q), "0F0 0B0 0OPT\n1F0 1B0 1OPT\n");
+
+  Schedule s = lower(zbv_schedule(2, 4));
+  std::string path = testing::TempDir() + "/geopipe_schedule_test.csv";
+  { std::ofstream(path, std::ios::binary) << format_schedule_csv(s); }
+  EXPECT_EQ(load_schedule_file(path), s);
+  std::remove(path.c_str());
+}
+
+TEST(Schedule, MalformedCsvAndListsAreRefusedNamingWhere) {
+  auto error_of = [](const std::string& text, bool csv) -> std::string {
+    try {
+      Schedule s = csv ? parse_schedule_csv(text, "x.csv") : parse_schedule(text, "x.txt");
+      prepare_schedule(s, "x");
+    } catch (const InputError& e) {
+      return e.what();
+    }
+    return "";
+  };
+  struct Case {
+    const char* text;
+    bool csv;
+    const char* expect;
+  } cases[] = {
+      {"0F0,0X0,0B0\r\n", true, "row 1, cell 2: \"0X0\""},
+      {"0F0,0REDUCE_GRAD\r\n", true, "torch's REDUCE_GRAD is not run here"},
+      {"0F0,1UNSHARD\r\n", true, "torch's UNSHARD"},
+      {"0F0,1F0,1B0,0B0\r\n1F1\r\n", true, "stage 1 appears in row 1 (rank 0) and row 2 (rank 1)"},
+      {"0F0 0I0 0OPT\n", false, "missing 0W0 after 0I0"},
+      {"0F0 0W0 0I0 0OPT\n", false, "0W0 runs before 0I0"},
+      {"0F0 0B0 1OPT\n", false, "1OPT is rank 1's optimizer step, but this is rank 0"},
+      {"0F0 0SEND_F0 0RECV_B0 0B0 0OPT\n1F0 1B0 1SEND_B0 1OPT\n", false,
+       "rank 0: 0SEND_F0 (index 1) has no matching 1RECV_F0"},
+      {"0F0 0B0 0OPT\n", false, ""},  // well-formed
+  };
+  for (const Case& c : cases) {
+    const std::string what = error_of(c.text, c.csv);
+    if (std::string(c.expect).empty()) EXPECT_EQ(what, "") << c.text;
+    else EXPECT_NE(what.find(c.expect), std::string::npos) << c.text << " -> " << what;
+  }
 }
