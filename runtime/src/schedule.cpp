@@ -466,7 +466,7 @@ SimulationResult simulate_rendezvous(const Schedule& sch, bool group_adjacent) {
   return res;
 }
 
-void check_schedule(const Schedule& lowered, const std::string& source) {
+void check_schedule(const Schedule& lowered, const std::string& source, bool rendezvous) {
   std::vector<std::string> errs = validate(lowered);
   bool crosses = false;  // some neighbours on different ranks: the list needs sends/receives
   for (int s = 0; errs.empty() && s + 1 < lowered.num_stages; ++s)
@@ -477,11 +477,15 @@ void check_schedule(const Schedule& lowered, const std::string& source) {
     SimulationResult r = simulate(lowered);
     if (!r.completed) errs.push_back(r.message());
   }
+  if (errs.empty() && rendezvous) {
+    SimulationResult r = simulate_rendezvous(lowered);
+    if (!r.completed) errs.push_back("under NCCL's rendezvous sends, " + r.message());
+  }
   if (errs.empty()) return;
   throw InputError(source, "schedule", join(errs, "; ") + "\nschedule:\n" + format_schedule(lowered));
 }
 
-Schedule prepare_schedule(const Schedule& schedule, const std::string& source) {
+Schedule prepare_schedule(const Schedule& schedule, const std::string& source, bool rendezvous) {
   Schedule lowered = schedule;
   if (!has_communication(schedule)) {
     try {
@@ -492,7 +496,7 @@ Schedule prepare_schedule(const Schedule& schedule, const std::string& source) {
       throw InputError(source, "schedule", msg + "\nschedule:\n" + format_schedule(schedule));
     }
   }
-  check_schedule(lowered, source);
+  check_schedule(lowered, source, rendezvous);
   return lowered;
 }
 

@@ -64,17 +64,11 @@ Schedule build_schedule(const Plan& plan, const TrainConfig& cfg) {
     if (s.num_micro_batches != M)
       throw InputError(cfg.schedule_file, "schedule", "has " + std::to_string(s.num_micro_batches) +
                                                           " micro-batches, the job has " + std::to_string(M));
-    Schedule ready = prepare_schedule(s, cfg.schedule_file);
     // NCCL pairs sends and receives in issue order: a user's order must survive the rendezvous
-    // dry run (the generators' orders are checked by runtime_schedule_test).
+    // dry run too (the generators' orders are checked by runtime_schedule_test).
     const bool nccl = std::any_of(plan.links.begin(), plan.links.end(),
                                   [](const LinkPlan& l) { return l.transport == "nccl"; });
-    if (nccl)
-      if (SimulationResult r = simulate_rendezvous(ready); !r.completed)
-        throw InputError(cfg.schedule_file, "schedule",
-                         "the plan has NCCL links and this order deadlocks under NCCL's rendezvous sends: " +
-                             r.message() + "\nschedule:\n" + format_schedule(ready));
-    return ready;
+    return prepare_schedule(s, cfg.schedule_file, nccl);
   }
   std::string kind = cfg.schedule == "plan" ? plan.schedule.kind : cfg.schedule;
   if (kind != "gpipe" && kind != "1f1b" && kind != "1f1b-lh")

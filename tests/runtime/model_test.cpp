@@ -293,6 +293,25 @@ TEST(Training, ScheduleFileMustMatchThePlan) {
   EXPECT_NO_THROW(run_training(plan, cfg, nullptr));
 }
 
+TEST(Training, ScheduleFileInTorchsCsvRunsAndChunksOrSplitBackwardAreRefused) {
+  Plan plan = testing_support::tiny_plan({{0, 2}}, {"us-east"});
+  std::string path = testing::TempDir() + "/one_rank_schedule.csv";
+  TrainConfig cfg = testing_support::tiny_config(1);
+  cfg.schedule_file = path;
+  std::ofstream(path, std::ios::binary) << "0F0,0F1,,0F2,0F3,0B3,0B2,0B1,0B0\r\n";  // no OPT: appended
+  EXPECT_NO_THROW(run_training(plan, cfg, nullptr));
+  for (const Schedule& s : {zb_h1_schedule(1, 4), zbv_schedule(1, 4)}) {
+    std::ofstream(path, std::ios::binary) << format_schedule_csv(s);
+    try {
+      run_training(plan, cfg, nullptr);
+      ADD_FAILURE() << "expected InputError for\n" << format_schedule(s);
+    } catch (const InputError& e) {
+      EXPECT_NE(std::string(e.what()).find("more than one chunk per rank or split backward"), std::string::npos)
+          << e.what();
+    }
+  }
+}
+
 TEST(Training, ProfileModeWritesASchedulerProfile) {
   Plan plan = testing_support::tiny_plan({{0, 2}}, {"us-east"});
   std::string out = testing::TempDir() + "/profile.json";

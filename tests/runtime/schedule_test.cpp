@@ -163,6 +163,23 @@ TEST(Schedule, DeadlockReportsEveryBlockedRank) {
   }
 }
 
+TEST(Schedule, RendezvousCheckRefusesWhatOnlyBufferedSendsRun) {
+  // Rank 0 takes B1 before B0, rank 1 sends B0 first: buffered sends run it; under NCCL rank 1's
+  // SEND_B0 waits for a receive rank 0 posts only after its RECV_B1, which waits for rank 1.
+  Schedule s = parse_schedule("0F0 0SEND_F0 0F1 0SEND_F1 0RECV_B1 0B1 0RECV_B0 0B0 0OPT\n"
+                              "1RECV_F0 1F0 1RECV_F1 1F1 1B0 1SEND_B0 1B1 1SEND_B1 1OPT\n",
+                              "mine.txt");
+  EXPECT_NO_THROW(check_schedule(s, "mine.txt"));
+  try {
+    check_schedule(s, "mine.txt", /*rendezvous=*/true);
+    FAIL() << "expected InputError";
+  } catch (const InputError& e) {
+    std::string what = e.what();
+    EXPECT_NE(what.find("rank 0 blocked at 0SEND_F1 + 0RECV_B1 (index 3)"), std::string::npos) << what;
+    EXPECT_NE(what.find("rank 1 blocked at 1SEND_B0 (index 5)"), std::string::npos) << what;
+  }
+}
+
 TEST(Schedule, ValidatorRejectsMissingDuplicateMisorderedAndUnpairedActions) {
   Schedule good = lower(gpipe_schedule(2, 2));
   {

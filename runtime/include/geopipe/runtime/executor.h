@@ -1,8 +1,9 @@
 // The pipeline executor: one small interpreter of this rank's action list, a switch per kind.
 //
 // - At the start of a step every RECV of the list is posted (irecv into its own buffer), so a
-//   neighbour's send never waits for us; RECV_F/RECV_B then only wait, right before the
-//   compute that needs the tensor.
+//   neighbour's send never waits for us; the F/B that needs a received tensor waits for it
+//   (lowering may place its RECV earlier, where the peer sends). Runs one stage per rank with
+//   F/B only; chunks per rank and split backward (I/W) are refused until the interpreter lands.
 // - SEND_F/SEND_B are asynchronous; the step waits for them before the optimizer runs.
 // - F m keeps (input, output) of micro-batch m until B m, then frees them.
 // - Links the plan marks with a codec carry compressed tensors (kernels' LibTorch adapter):

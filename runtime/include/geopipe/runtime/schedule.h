@@ -131,12 +131,13 @@ std::vector<std::pair<size_t, size_t>> comm_groups(const std::vector<Action>& ac
 // with its receive, both issued). group_adjacent = false issues every operation alone.
 SimulationResult simulate_rendezvous(const Schedule& lowered, bool group_adjacent = true);
 
-// validate() + simulate(); throws InputError(source, "schedule", ...) with the problems and the
+// validate() + simulate(), and simulate_rendezvous() when `rendezvous` (links that use NCCL);
+// throws InputError(source, "schedule", ...) with the problems, the blocked ranks and the
 // schedule's text form when anything is wrong. `source` names the file or the generator.
-void check_schedule(const Schedule& lowered, const std::string& source);
+void check_schedule(const Schedule& lowered, const std::string& source, bool rendezvous = false);
 
 // Lowers when needed, then check_schedule(). The usual way to get an executable schedule.
-Schedule prepare_schedule(const Schedule& schedule, const std::string& source);
+Schedule prepare_schedule(const Schedule& schedule, const std::string& source, bool rendezvous = false);
 
 // ---- Text and CSV forms -----------------------------------------------------------------------------
 
