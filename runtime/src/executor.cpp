@@ -135,6 +135,11 @@ PipelineExecutor::PipelineExecutor(const Plan& plan, int stage, GptStage& model,
     throw InputError("schedule", "kind",
                      "the schedule needs more than one chunk per rank or split backward (I/W), which this "
                      "executor does not run yet");
+  for (int s = 0; s < schedule.num_stages; ++s)
+    if (schedule.stage_rank.at(s) != s)
+      throw InputError("schedule", "stage_rank", "stage " + std::to_string(s) + " runs on rank " +
+                                                     std::to_string(schedule.stage_rank[s]) +
+                                                     "; this executor runs stage r on rank r");
   if (schedule.num_micro_batches != plan.job.micro_batches)
     throw InputError("schedule", "micro_batches", "schedule has " + std::to_string(schedule.num_micro_batches) +
                                                       " micro-batches, the job has " +

@@ -104,7 +104,12 @@ std::vector<int> stage_ranks(Placement placement, int num_ranks, int chunks_per_
   return out;
 }
 
-bool has_virtual_stages(const Schedule& schedule) { return schedule.num_stages > schedule.num_ranks; }
+bool has_virtual_stages(const Schedule& schedule) {
+  std::vector<int> held(std::max(schedule.num_ranks, 0), 0);
+  for (int r : schedule.stage_rank)
+    if (r >= 0 && r < schedule.num_ranks && ++held[r] > 1) return true;
+  return false;
+}
 
 bool has_split_backward(const Schedule& schedule) {
   for (const auto& list : schedule.ranks)

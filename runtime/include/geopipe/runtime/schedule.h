@@ -52,7 +52,7 @@ struct Schedule {
 enum class Placement { kLooped, kVShape };
 std::vector<int> stage_ranks(Placement placement, int num_ranks, int chunks_per_rank);
 
-// True when some rank owns more than one stage or some stage runs split backward (I/W).
+// True when some rank owns more than one stage; when some stage runs split backward (I/W).
 bool has_virtual_stages(const Schedule& schedule);
 bool has_split_backward(const Schedule& schedule);
 
