@@ -74,8 +74,11 @@ int main(int argc, char** argv) {
   app.add_option("--seed", cfg.seed, "seed of initialisation and data order")->check(CLI::NonNegativeNumber);
   app.add_option("--dtype", cfg.dtype, "fp32 or bf16 (bf16 autocast in forward)")->check(CLI::IsMember({"fp32", "bf16"}));
   app.add_option("--codec", cfg.codec, "none|int8|fp8|int4|plan: codec on every inter-stage link");
-  app.add_option("--schedule", cfg.schedule, "gpipe|1f1b|plan")->check(CLI::IsMember({"gpipe", "1f1b", "plan"}));
-  app.add_option("--schedule-file", cfg.schedule_file, "action lists in text form (overrides --schedule)")->check(CLI::ExistingFile);
+  app.add_option("--schedule", cfg.schedule, "gpipe|1f1b|1f1b-lh|zb-h1|plan (default: the plan's)")
+      ->check(CLI::IsMember({"gpipe", "1f1b", "1f1b-lh", "zb-h1", "plan"}));
+  app.add_option("--recompute", cfg.recompute, "none|full: keep only each block's input from F to the backward")
+      ->check(CLI::IsMember({"none", "full"}));
+  app.add_option("--schedule-file", cfg.schedule_file, "action lists, text form or torch's CSV (overrides --schedule)")->check(CLI::ExistingFile);
   cfg.data_file = shipped_corpus();
   app.add_option("--data", cfg.data_file, "training data file (default: the shipped corpus, the King James "
                                           "Pentateuch, " + cfg.data_file + ")")

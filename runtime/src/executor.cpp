@@ -2,6 +2,7 @@
 // stage_io.h's; the compute and its per-micro-batch state are here; run() is the one loop, with
 // a switch per action kind and one place that says where an error happened.
 #include <geopipe/comm/communicator.h>
+#include <geopipe/comm/nccl_transport.h>
 #include <geopipe/core/error.h>
 #include <geopipe/runtime/executor.h>
 
@@ -67,59 +68,84 @@ class AutocastScope {
   bool prev_ = false;
 };
 
-// Evaluation: forward only, each micro-batch received, computed and passed on.
-std::vector<Action> eval_actions(int stage, int num_stages, int batches) {
-  std::vector<Action> list;
-  for (int mb = 0; mb < batches; ++mb) {
-    if (stage > 0) list.push_back({stage, ActionKind::kRecvF, mb});
-    list.push_back({stage, ActionKind::kForward, mb});
-    if (stage + 1 < num_stages) list.push_back({stage, ActionKind::kSendF, mb});
-  }
-  return list;
-}
-
 }  // namespace
 
-// The step's compute state: what a micro-batch holds between its actions.
+// One of this rank's stages: its model and optimizer (the caller's), its links and its compute.
+struct PipelineExecutor::Chunk {
+  int stage = 0;
+  GptStage* model = nullptr;
+  AdamW* optimizer = nullptr;
+  std::unique_ptr<StageIO> io;
+  std::unique_ptr<StageCompute> compute;
+  bool prev_here = false, next_here = false;  // the neighbouring stage runs on this rank too
+};
+
+// The step's state between actions, per (stage, micro-batch). Tensors that cross ranks go
+// through StageIO; those between two stages of this rank are handed over here, the same way.
 struct PipelineExecutor::StepState {
-  explicit StepState(int64_t s, Mode m) : step(s), mode(m) {}
+  using Key = std::pair<int, int>;  // (stage, micro-batch)
+  StepState(int64_t s, Mode m) : step(s), mode(m) {}
   int64_t step;
   Mode mode;
   StepStats stats;
   double compute_s = 0;
   double eval_loss_sum = 0;
-  std::map<int, at::Tensor> received;                     // mb -> received activation (F input)
-  std::map<int, std::pair<at::Tensor, at::Tensor>> live;  // mb -> (input leaf, output), F to B
-  std::map<int, at::Tensor> losses;                       // last stage: mb -> loss / M
-  std::map<int, at::Tensor> grads_in;                     // mb -> gradient of my output
-  std::map<int, at::Tensor> grads_out;                    // mb -> gradient of my input, to send
+  std::map<Key, at::Tensor> inputs;     // a stage's input from the previous stage on this rank
+  std::map<Key, at::Tensor> grads_in;   // the gradient of a stage's output from the next stage on this rank
+  std::map<Key, at::Tensor> outputs;    // a stage's output, to SEND_F
+  std::map<Key, at::Tensor> grads_out;  // the gradient of a stage's input, to SEND_B
+  std::map<int, at::Tensor> losses;     // last stage: mb -> loss / M
 };
 
-PipelineExecutor::PipelineExecutor(const Plan& plan, int stage, GptStage& model, AdamW& optimizer,
-                                   const TokenDataset& data, comm::Communicator* comm, Schedule schedule,
-                                   const OptimConfig& optim, ExecutorOptions options)
-    : plan_(plan), stage_(stage), model_(model), optimizer_(optimizer), data_(data), comm_(comm),
-      optim_(optim), options_(std::move(options)) {
+PipelineExecutor::PipelineExecutor(const Plan& plan, std::vector<StageChunk> chunks, const TokenDataset& data,
+                                   comm::Communicator* comm, Schedule schedule, const OptimConfig& optim,
+                                   ExecutorOptions options)
+    : plan_(plan), rank_(comm ? comm->rank() : 0), data_(data), comm_(comm), optim_(optim),
+      options_(std::move(options)) {
   const int S = plan.num_stages();
   if (schedule.num_stages != S)
     throw InputError("schedule", "stages", "schedule has " + std::to_string(schedule.num_stages) +
                                                " stages, the plan has " + std::to_string(S));
+  for (int s = 0; s < S; ++s)
+    if (plan.stages_of_rank(schedule.stage_rank.at(static_cast<size_t>(s))) != plan.stages_of_rank(plan.stages[static_cast<size_t>(s)].ranks.at(0)))
+      throw InputError("schedule", "stage_rank", "the schedule runs stage " + std::to_string(s) + " on rank " +
+                                                     std::to_string(schedule.stage_rank[static_cast<size_t>(s)]) +
+                                                     ", the plan on rank " + std::to_string(plan.stages[static_cast<size_t>(s)].ranks.at(0)));
   if (schedule.num_micro_batches != plan.job.micro_batches)
     throw InputError("schedule", "micro_batches", "schedule has " + std::to_string(schedule.num_micro_batches) +
                                                       " micro-batches, the job has " +
                                                       std::to_string(plan.job.micro_batches));
   if (plan.job.micro_batches > kMaxMicroBatches)
     throw InputError("job", "micro_batches", "at most " + std::to_string(kMaxMicroBatches) + " supported");
-  if (S > 1 && !comm) throw Error("PipelineExecutor: a " + std::to_string(S) + "-stage plan needs a communicator");
-  actions_ = schedule.stages.at(stage);
-  io_ = std::make_unique<StageIO>(plan, stage, model.device(), comm, options_,
-                                  options_.record_trace ? &trace_ : nullptr);
+  if (plan.world_size() > 1 && !comm) throw Error("PipelineExecutor: a multi-rank plan needs a communicator");
+  actions_ = schedule.ranks.at(static_cast<size_t>(rank_));
+  for (const StageChunk& c : chunks) {
+    Chunk k;
+    k.stage = c.stage;
+    k.model = c.model;
+    k.optimizer = c.optimizer;
+    k.io = std::make_unique<StageIO>(plan, c.stage, c.model->device(), comm, options_,
+                                     options_.record_trace ? &trace_ : nullptr);
+    k.compute = std::make_unique<StageCompute>(*c.model, options_.recompute);
+    chunks_.push_back(std::move(k));
+  }
+  for (Chunk& k : chunks_) {
+    k.prev_here = k.stage > 0 && stage_here(k.stage - 1);
+    k.next_here = k.stage + 1 < S && stage_here(k.stage + 1);
+  }
 }
 
 PipelineExecutor::~PipelineExecutor() = default;
 
-std::string PipelineExecutor::codec_to_next() const { return io_->codec_to_next(); }
-std::string PipelineExecutor::codec_to_prev() const { return io_->codec_to_prev(); }
+bool PipelineExecutor::stage_here(int stage) const {
+  return std::any_of(chunks_.begin(), chunks_.end(), [&](const Chunk& k) { return k.stage == stage; });
+}
+
+PipelineExecutor::Chunk& PipelineExecutor::chunk(int stage) {
+  for (Chunk& k : chunks_)
+    if (k.stage == stage) return k;
+  throw Error("stage " + std::to_string(stage) + " does not run on rank " + std::to_string(rank_));
+}
 
 void PipelineExecutor::span(const std::string& name, double start_us) {
   if (options_.record_trace) trace_.push_back({name, start_us, now_us() - start_us});
@@ -136,24 +162,48 @@ StepStats PipelineExecutor::train_step(int64_t step) {
   return s.stats;
 }
 
+// Evaluation: forward only, each micro-batch through this rank's stages in order, received,
+// computed and passed on (sends never block, so the order cannot deadlock).
+std::vector<Action> PipelineExecutor::eval_actions(int batches) const {
+  std::vector<Action> list;
+  for (int mb = 0; mb < batches; ++mb)
+    for (const Chunk& k : chunks_) {
+      if (k.stage > 0 && !k.prev_here) list.push_back({k.stage, ActionKind::kRecvF, mb});
+      list.push_back({k.stage, ActionKind::kForward, mb});
+      if (k.stage + 1 < plan_.num_stages() && !k.next_here) list.push_back({k.stage, ActionKind::kSendF, mb});
+    }
+  return list;
+}
+
 double PipelineExecutor::evaluate(int64_t step, int batches) {
   at::NoGradGuard no_grad;
+  batches = std::min(batches, kMaxMicroBatches);
   StepState s(step, Mode::kEval);
-  run(eval_actions(stage_, plan_.num_stages(), std::min(batches, kMaxMicroBatches)), s);
-  io_->finish_sends();
-  std::vector<double> v = {stage_ + 1 == plan_.num_stages() ? s.eval_loss_sum / std::min(batches, kMaxMicroBatches) : 0.0};
+  run(eval_actions(batches), s);
+  for (Chunk& k : chunks_) k.io->finish_sends();
+  std::vector<double> v = {stage_here(plan_.num_stages() - 1) ? s.eval_loss_sum / batches : 0.0};
   allreduce_sum(comm_, v, options_.comm_timeout_s);
   return v[0];
 }
 
 // The interpreter: every action in order; any error is re-thrown saying where it happened.
 void PipelineExecutor::run(const std::vector<Action>& actions, StepState& s) {
-  io_->begin(s.step, actions, s.mode == Mode::kTrain ? StageIO::Mode::kTrain : StageIO::Mode::kEval);
+  for (Chunk& k : chunks_)
+    k.io->begin(s.step, actions, s.mode == Mode::kTrain ? StageIO::Mode::kTrain : StageIO::Mode::kEval);
+  if (s.mode == Mode::kTrain) {  // NCCL groups of this list (none in evaluation, which is MPI)
+    nccl_groups_.clear();
+    for (const auto& [first, end] : comm_groups(actions))
+      for (size_t i = first; i < end; ++i)
+        if (chunk(actions[i].stage).io->on_nccl(actions[i])) {
+          nccl_groups_[first] = end;
+          break;
+        }
+  }
   for (size_t index = 0; index < actions.size(); ++index) {
     const Action& a = actions[index];
     try {
-      io_->poll_sends();
-      io_->issue_group(index, [&](const Action& send) { return tensor_to_send(send, s); });
+      for (Chunk& k : chunks_) k.io->poll_sends();
+      if (s.mode == Mode::kTrain) issue_nccl_group(index, s);
       execute(index, a, s);
     } catch (const InputError&) {
       throw;
@@ -163,113 +213,150 @@ void PipelineExecutor::run(const std::vector<Action>& actions, StepState& s) {
       throw Error(where(a, s.step) + e.what());
     }
   }
-  if (!s.live.empty() || !io_->idle())
-    throw Error("stage " + std::to_string(stage_) + ": step " + std::to_string(s.step + 1) +
+  bool idle = true;
+  for (const Chunk& k : chunks_) idle = idle && k.io->idle() && k.compute->micro_batches().empty();
+  if (!idle)
+    throw Error("rank " + std::to_string(rank_) + ": step " + std::to_string(s.step + 1) +
                 " ended with unfinished micro-batches; schedule:\n" + format_actions(actions));
 }
 
+// NCCL pairs operations in issue order: a run of consecutive sends and receives is issued as one
+// batch when the list reaches it (its sends' tensors exist: their compute came before).
+void PipelineExecutor::issue_nccl_group(size_t index, StepState& s) {
+  auto g = nccl_groups_.find(index);
+  if (g == nccl_groups_.end()) return;
+  options_.nccl->group_start();
+  for (size_t i = g->first; i < g->second; ++i) {
+    const Action& op = actions_[i];
+    Chunk& k = chunk(op.stage);
+    if (!k.io->on_nccl(op)) continue;
+    const bool send = op.kind == ActionKind::kSendF || op.kind == ActionKind::kSendB;
+    k.io->issue(i, send ? tensor_to_send(op, s) : at::Tensor());
+  }
+  options_.nccl->group_end();
+}
+
 std::string PipelineExecutor::where(const Action& a, int64_t step) const {
-  return "stage " + std::to_string(stage_) + " (rank " + std::to_string(plan_.stages.at(stage_).ranks.at(0)) +
-         ") at " + to_string(a) + " of step " + std::to_string(step + 1) + ": ";
+  const int stage = a.kind == ActionKind::kOptimizer ? chunks_.front().stage : a.stage;
+  return "stage " + std::to_string(stage) + " (rank " + std::to_string(rank_) + ") at " + to_string(a) + " of step " +
+         std::to_string(step + 1) + ": ";
 }
 
 void PipelineExecutor::execute(size_t index, const Action& a, StepState& s) {
-  const int mb = a.micro_batch;
+  const StepState::Key key{a.stage, a.micro_batch};
   switch (a.kind) {
     case ActionKind::kRecvF:
-      s.received[mb] = io_->receive(a).set_requires_grad(s.mode == Mode::kTrain);
-      break;
     case ActionKind::kRecvB:
-      s.grads_in[mb] = io_->receive(a);
-      break;
+      break;  // posted at the step's start (MPI) or with its group (NCCL); the compute waits for it
     case ActionKind::kForward:
       forward(a, s);
       break;
     case ActionKind::kBackward:
+    case ActionKind::kInputGrad:
       backward(a, s);
       break;
-    case ActionKind::kSendF:
-    case ActionKind::kSendB:
-      if (!io_->sent_with_group(index)) io_->send(index, tensor_to_send(a, s));
-      if (a.kind == ActionKind::kSendB) s.grads_out.erase(mb);
-      if (s.mode == Mode::kEval) s.live.erase(mb);
+    case ActionKind::kWeightGrad: {
+      const double t0 = now_us();
+      const auto c0 = Clock::now();
+      chunk(a.stage).compute->backward_weight(a.micro_batch);
+      s.compute_s += seconds_since(c0);
+      span(to_string(a).substr(std::to_string(a.stage).size()), t0);
+      if (options_.after_compute) options_.after_compute(s.step, a);
       break;
+    }
+    case ActionKind::kSendF:
+    case ActionKind::kSendB: {
+      StageIO& io = *chunk(a.stage).io;
+      if (!io.issued(index)) io.send(index, tensor_to_send(a, s));
+      (a.kind == ActionKind::kSendF ? s.outputs : s.grads_out).erase(key);
+      break;
+    }
     case ActionKind::kOptimizer:
-      optimizer_step(a, s);
+      optimizer_step(s);
       break;
   }
 }
 
 at::Tensor PipelineExecutor::tensor_to_send(const Action& a, StepState& s) const {
-  return a.kind == ActionKind::kSendF ? s.live.at(a.micro_batch).second : s.grads_out.at(a.micro_batch);
+  const StepState::Key key{a.stage, a.micro_batch};
+  return a.kind == ActionKind::kSendF ? s.outputs.at(key) : s.grads_out.at(key);
 }
 
 void PipelineExecutor::forward(const Action& a, StepState& s) {
   const double t0 = now_us();
-  const auto c0 = Clock::now();
   const int mb = a.micro_batch, B = plan_.job.micro_batch, T = plan_.job.model.seq_len;
-  const bool first = stage_ == 0, last = stage_ + 1 == plan_.num_stages();
-  const at::Device dev = model_.device();
+  Chunk& k = chunk(a.stage);
+  const bool first = a.stage == 0, last = a.stage + 1 == plan_.num_stages();
+  const at::Device dev = k.model->device();
   TokenBatch batch;
   if (first || last)
     batch = sample_batch(data_, s.mode == Mode::kTrain ? Split::kTrain : Split::kVal, options_.seed, s.step, mb, B, T);
   at::Tensor input;
   if (first) {
     input = at::tensor(batch.inputs, at::TensorOptions().dtype(at::kLong)).view({B, T}).to(dev);
+  } else if (k.prev_here) {
+    input = s.inputs.at({a.stage, mb});
+    s.inputs.erase({a.stage, mb});
   } else {
-    input = s.received.at(mb);
-    s.received.erase(mb);
+    input = k.io->wait_recv(ActionKind::kRecvF, mb);
   }
+  at::Tensor targets;
+  if (last) targets = at::tensor(batch.targets, at::TensorOptions().dtype(at::kLong)).view({B, T}).to(dev);
+  const auto c0 = Clock::now();
   at::Tensor out;
   {
     AutocastScope autocast(options_.bf16_autocast, dev);
-    out = model_.forward(input);
+    out = s.mode == Mode::kTrain ? k.compute->forward(mb, input, targets, static_cast<double>(plan_.job.micro_batches))
+                                 : k.model->forward(input);
   }
-  if (last) {
-    at::Tensor targets = at::tensor(batch.targets, at::TensorOptions().dtype(at::kLong)).view({B, T}).to(dev);
-    at::Tensor loss = GptStage::loss(out, targets);
-    if (s.mode == Mode::kEval) s.eval_loss_sum += loss.item<double>();
-    else s.losses[mb] = loss / static_cast<double>(plan_.job.micro_batches);
-  }
-  if (s.mode == Mode::kTrain || !last) s.live[mb] = {input, out};  // evaluation: until its send
+  if (last && s.mode == Mode::kEval) out = GptStage::loss(out, targets);  // outside autocast, as in training
   s.compute_s += seconds_since(c0);
+  if (last && s.mode == Mode::kEval) s.eval_loss_sum += out.item<double>();
+  else if (last) s.losses[mb] = out;
+  else if (k.next_here) s.inputs[{a.stage + 1, mb}] = out;
+  else s.outputs[{a.stage, mb}] = out;
   if (s.mode == Mode::kTrain) {
     span("F" + std::to_string(mb), t0);
     if (options_.after_compute) options_.after_compute(s.step, a);
   }
 }
 
+// B (every gradient) or I (the input gradient; the linear layers' weight gradients wait for W).
 void PipelineExecutor::backward(const Action& a, StepState& s) {
   const double t0 = now_us();
-  const auto c0 = Clock::now();
   const int mb = a.micro_batch;
-  auto& [input, out] = s.live.at(mb);
-  if (stage_ + 1 == plan_.num_stages()) {
-    s.losses.at(mb).backward();
-  } else {
-    at::Tensor g = s.grads_in.at(mb);
-    s.grads_in.erase(mb);
-    out.backward(g.to(out.scalar_type()));
+  Chunk& k = chunk(a.stage);
+  at::Tensor grad_output;
+  if (a.stage + 1 < plan_.num_stages()) {
+    if (k.next_here) {
+      grad_output = s.grads_in.at({a.stage, mb});
+      s.grads_in.erase({a.stage, mb});
+    } else {
+      grad_output = k.io->wait_recv(ActionKind::kRecvB, mb);
+    }
   }
-  if (stage_ > 0) s.grads_out[mb] = input.grad();  // the gradient to send back
-  s.live.erase(mb);                                // activations of mb freed here
+  const auto c0 = Clock::now();
+  at::Tensor grad_input = a.kind == ActionKind::kBackward ? k.compute->backward(mb, grad_output)
+                                                          : k.compute->backward_input(mb, grad_output);
   s.compute_s += seconds_since(c0);
-  span("B" + std::to_string(mb), t0);
+  if (a.stage > 0) (k.prev_here ? s.grads_in[{a.stage - 1, mb}] : s.grads_out[{a.stage, mb}]) = grad_input;
+  span(std::string(action_kind_name(a.kind)) + std::to_string(mb), t0);
   if (options_.after_compute) options_.after_compute(s.step, a);
 }
 
 // OPT: the step's sends finish (the next step reuses tags), one all-reduce carries the loss,
-// the gradient norms and the link measurements, then clipping and AdamW.
-void PipelineExecutor::optimizer_step(const Action& a, StepState& s) {
-  io_->finish_sends();
+// the gradient norms and the link measurements, then clipping and AdamW on every stage here.
+void PipelineExecutor::optimizer_step(StepState& s) {
+  for (Chunk& k : chunks_) k.io->finish_sends();
   const double t0 = now_us();
   const auto c0 = Clock::now();
-  StepReduction r(plan_.job.model.layers, plan_.num_stages());
-  if (stage_ + 1 == plan_.num_stages())
-    for (const auto& [m, l] : s.losses) r.loss += l.item<double>();
-  for (const auto& [unit, sq] : unit_grad_sq_norms(model_)) r.unit_sq_norms.at(static_cast<size_t>(unit)) = sq;
+  const int L = plan_.job.model.layers, S = plan_.num_stages();
+  StepReduction r(L, S);
+  for (const auto& [m, l] : s.losses) r.loss += l.item<double>();
+  for (const Chunk& k : chunks_)
+    for (const auto& [unit, sq] : unit_grad_sq_norms(*k.model)) r.unit_sq_norms.at(static_cast<size_t>(unit)) = sq;
   std::vector<double> v = r.pack();
-  io_->fill_links(v, StepReduction::link_offset(plan_.job.model.layers));
+  for (const Chunk& k : chunks_) k.io->fill_links(v, StepReduction::link_offset(L));
   s.compute_s += seconds_since(c0);
   const auto r0 = Clock::now();
   try {
@@ -279,17 +366,19 @@ void PipelineExecutor::optimizer_step(const Action& a, StepState& s) {
   }
   const double allreduce_wait = seconds_since(r0);
   const auto c1 = Clock::now();
-  r = StepReduction::unpack(v, plan_.job.model.layers, plan_.num_stages());
+  r = StepReduction::unpack(v, L, S);
   s.stats.loss = r.loss;
   s.stats.grad_norm = r.grad_norm();
   s.stats.links = r.links;
-  s.stats.wait_s = io_->wait_s() + allreduce_wait;
-  io_->add_bytes(s.stats);
-  optimizer_.step(s.stats.lr, clip_scale(s.stats.grad_norm, optim_.grad_clip));
-  optimizer_.zero_grad();
+  s.stats.wait_s = allreduce_wait;
+  for (const Chunk& k : chunks_) {
+    s.stats.wait_s += k.io->wait_s();
+    k.io->add_bytes(s.stats);
+    k.optimizer->step(s.stats.lr, clip_scale(s.stats.grad_norm, optim_.grad_clip));
+    k.optimizer->zero_grad();
+  }
   s.compute_s += seconds_since(c1);
   span("OPT", t0);
-  (void)a;
 }
 
 // ---- the step's reduction ------------------------------------------------------------------

@@ -60,10 +60,8 @@ std::pair<double, double> electricity(const Plan& plan, const Topology& topo, co
 void RunTotals::add(const StepStats& st) {
   compute_s += st.compute_s;
   wait_s += st.wait_s;
-  fwd_raw += static_cast<double>(st.fwd_raw);
-  fwd_wire += static_cast<double>(st.fwd_wire);
-  bwd_raw += static_cast<double>(st.bwd_raw);
-  bwd_wire += static_cast<double>(st.bwd_wire);
+  for (const LinkStats& l : st.links) link_wire[{l.from_stage, l.to_stage}] += l.bytes;
+  ++steps;
 }
 
 StepLogger::StepLogger(const Plan& plan, const TrainConfig& cfg, bool rank0, int64_t first_step, int64_t iters)
@@ -109,37 +107,58 @@ void StepLogger::log(const StepStats& st, std::optional<double> val) {
   json_.flush();
 }
 
-std::string summarize(const Plan& plan, const TrainConfig& cfg, int stage, const RunTotals& tot,
-                      const TrainResult& result, comm::Communicator* comm) {
-  // Every rank's totals in its slot, one all-reduce.
-  const int S = plan.num_stages();
-  constexpr size_t K = 7;
-  std::vector<double> v(static_cast<size_t>(S) * K, 0.0);
-  const double mine[K] = {tot.compute_s, tot.wait_s, tot.wall_s, tot.fwd_raw, tot.fwd_wire, tot.bwd_raw, tot.bwd_wire};
-  std::copy(mine, mine + K, v.begin() + static_cast<std::ptrdiff_t>(stage * K));
+namespace {
+
+// "0" or "0,2": the stages a rank runs.
+std::string stages_of(const Plan& plan, int rank) {
+  std::string out;
+  for (int s : plan.stages_of_rank(rank)) out += (out.empty() ? "" : ",") + std::to_string(s);
+  return out;
+}
+
+// One direction of a link over the run: raw bytes (fp32 activations of every micro-batch) and wire bytes.
+std::string link_bytes(const Plan& plan, const RunTotals& tot, int from, int to) {
+  const double raw = static_cast<double>(tot.steps) * plan.job.micro_batches * plan.job.micro_batch *
+                     plan.job.model.seq_len * plan.job.model.d_model * 4.0;
+  auto it = tot.link_wire.find({from, to});
+  return fmt::format("{:>9} -> {:>9}", fmt_bytes(raw), fmt_bytes(it == tot.link_wire.end() ? 0.0 : it->second));
+}
+
+}  // namespace
+
+std::string summarize(const Plan& plan, const TrainConfig& cfg, const RunTotals& tot, const TrainResult& result,
+                      comm::Communicator* comm) {
+  // Every rank's times in its slot, one all-reduce.
+  const int R = plan.world_size(), rank = comm ? comm->rank() : 0;
+  constexpr size_t K = 3;
+  std::vector<double> v(static_cast<size_t>(R) * K, 0.0);
+  const double mine[K] = {tot.compute_s, tot.wait_s, tot.wall_s};
+  std::copy(mine, mine + K, v.begin() + static_cast<std::ptrdiff_t>(static_cast<size_t>(rank) * K));
   allreduce_sum(comm, v, cfg.comm_timeout_s);
-  if ((comm && comm->rank() != 0) || result.steps.empty()) return "";
-  auto at = [&](int s, size_t k) { return v[static_cast<size_t>(s) * K + k]; };
+  if (rank != 0 || result.steps.empty()) return "";
+  auto at = [&](int r, size_t k) { return v[static_cast<size_t>(r) * K + k]; };
   std::ostringstream o;
   o << fmt::format("summary: {} steps, final loss {:.4f}", result.steps.size(), result.steps.back().loss);
   if (!result.val_losses.empty()) o << fmt::format(", validation loss {:.4f}", result.val_losses.back().second);
   o << fmt::format(", {:.3f} s/step\n", tot.wall_s / static_cast<double>(result.steps.size()));
   o << "  stage  region          compute  comm-wait  idle+other\n";
-  std::vector<double> wall;
-  for (int s = 0; s < S; ++s) {
-    wall.push_back(at(s, 2));
-    const double c = at(s, 0) / std::max(at(s, 2), 1e-9), w = at(s, 1) / std::max(at(s, 2), 1e-9);
-    o << fmt::format("  {:<5}  {:<14} {:7.1f}%  {:8.1f}%  {:9.1f}%\n", s, plan.stages[static_cast<size_t>(s)].region,
-                     100 * c, 100 * w, 100 * std::max(0.0, 1 - c - w));
+  std::vector<double> wall(plan.stages.size(), 0.0);
+  for (int r = 0; r < R; ++r) {
+    const std::vector<int> stages = plan.stages_of_rank(r);
+    wall[static_cast<size_t>(stages.front())] = at(r, 2);  // a rank's GPU, counted once
+    const double c = at(r, 0) / std::max(at(r, 2), 1e-9), w = at(r, 1) / std::max(at(r, 2), 1e-9);
+    o << fmt::format("  {:<5}  {:<14} {:7.1f}%  {:8.1f}%  {:9.1f}%\n", stages_of(plan, r),
+                     plan.stages[static_cast<size_t>(stages.front())].region, 100 * c, 100 * w,
+                     100 * std::max(0.0, 1 - c - w));
   }
-  if (S > 1) o << "  link   activations raw -> wire (codec)      gradients raw -> wire (codec)\n";
+  if (plan.num_stages() > 1) o << "  link   activations raw -> wire (codec)      gradients raw -> wire (codec)\n";
   const auto [over_f, over_b] = codec_pair(cfg.codec);
-  for (int s = 0; s + 1 < S; ++s) {
+  for (int s = 0; s + 1 < plan.num_stages(); ++s) {
     const LinkPlan* l = plan.link_between(s, s + 1);
     const std::string cf = !over_f.empty() ? over_f : l ? l->codec_forward : "none";
     const std::string cb = !over_b.empty() ? over_b : l ? l->codec_backward : "none";
-    o << fmt::format("  {}->{}   {:>9} -> {:>9} ({:<14})  {:>9} -> {:>9} ({})\n", s, s + 1, fmt_bytes(at(s, 3)),
-                     fmt_bytes(at(s, 4)), cf, fmt_bytes(at(s + 1, 5)), fmt_bytes(at(s + 1, 6)), cb);
+    o << fmt::format("  {}->{}   {} ({:<14})  {} ({})\n", s, s + 1, link_bytes(plan, tot, s, s + 1), cf,
+                     link_bytes(plan, tot, s + 1, s), cb);
   }
   if (cfg.topology) {
     const auto [kwh, usd] = electricity(plan, *cfg.topology, wall);
@@ -149,14 +168,14 @@ std::string summarize(const Plan& plan, const TrainConfig& cfg, int stage, const
   return o.str();
 }
 
-void write_trace(const Plan& plan, const TrainConfig& cfg, int stage, const std::vector<TraceSpan>& spans,
+void write_trace(const Plan& plan, const TrainConfig& cfg, const std::vector<TraceSpan>& spans,
                  comm::Communicator* comm) {
   const int rank = comm ? comm->rank() : 0;
   const comm::Seconds timeout(cfg.comm_timeout_s);
   nlohmann::json mine = nlohmann::json::array();
   mine.push_back({{"name", "process_name"}, {"ph", "M"}, {"pid", rank}, {"tid", 0},
-                  {"args", {{"name", fmt::format("rank {} stage {} ({})", rank, stage,
-                                                 plan.stages[static_cast<size_t>(stage)].region)}}}});
+                  {"args", {{"name", fmt::format("rank {} stage {} ({})", rank, stages_of(plan, rank),
+                                                 plan.stages[static_cast<size_t>(plan.stage_of_rank(rank))].region)}}}});
   for (const auto& s : spans)
     mine.push_back({{"name", s.name}, {"ph", "X"}, {"pid", rank}, {"tid", 0}, {"ts", s.start_us}, {"dur", s.dur_us},
                     {"cat", s.name.rfind("SEND", 0) == 0 || s.name.find("wait") != std::string::npos ? "comm" : "compute"}});
@@ -164,7 +183,7 @@ void write_trace(const Plan& plan, const TrainConfig& cfg, int stage, const std:
     std::string text = mine.dump();
     comm::MessageHeader h;
     h.kind = comm::MessageKind::kBytes;
-    h.stage = stage;
+    h.stage = plan.stage_of_rank(rank);
     comm->isend(text.data(), text.size(), 0, kTagTrace, h).wait(timeout);
     return;
   }

@@ -103,6 +103,10 @@ SampleResult generate(const Plan& plan, const SampleConfig& cfg, comm::Communica
   check_config(cfg);
   const int S = plan.num_stages();
   const int rank = comm ? comm->rank() : 0;
+  if (plan.schedule.virtual_stages > 1)
+    throw InputError("plan", "schedule.virtual_stages",
+                     "sampling runs one stage per rank; sample with a one-stage plan (a checkpoint of this model "
+                     "loads into any plan)");
   const int stage = comm ? plan.stage_of_rank(rank) : 0;
   if (S > 1 && !comm) throw Error("a " + std::to_string(S) + "-stage plan needs MPI (run it under mpirun / geopipe launch)");
   const StagePlan& sp = plan.stages.at(static_cast<size_t>(stage));

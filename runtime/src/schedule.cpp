@@ -1,58 +1,65 @@
+// Schedule IR: actions, placement, lowering, validation and the two dry runs. Generators live in
+// schedule_generators.cpp, the text and CSV forms in schedule_text.cpp.
 #include <geopipe/core/error.h>
 #include <geopipe/runtime/schedule.h>
 
 #include <algorithm>
-#include <cctype>
-#include <fstream>
 #include <map>
 #include <set>
-#include <sstream>
 #include <tuple>
 
 namespace geopipe::runtime {
 
 namespace {
 
-constexpr ActionKind kAllKinds[] = {ActionKind::kForward, ActionKind::kBackward, ActionKind::kSendF,
-                                    ActionKind::kRecvF,   ActionKind::kSendB,    ActionKind::kRecvB,
-                                    ActionKind::kOptimizer};
+using Key = std::tuple<int, int, int>;  // (stage, kind, micro-batch)
 
-bool is_comm(ActionKind k) {
-  return k == ActionKind::kSendF || k == ActionKind::kRecvF || k == ActionKind::kSendB ||
-         k == ActionKind::kRecvB;
-}
+Key key(const Action& a) { return {a.stage, static_cast<int>(a.kind), a.micro_batch}; }
+Key key(int stage, ActionKind kind, int mb) { return {stage, static_cast<int>(kind), mb}; }
 
-void check_shape(int num_stages, int num_micro_batches, const char* who) {
-  if (num_stages < 1)
-    throw InputError(who, "num_stages", "expected at least 1 stage, got " + std::to_string(num_stages));
-  if (num_micro_batches < 1)
-    throw InputError(who, "num_micro_batches",
-                     "expected at least 1 micro-batch, got " + std::to_string(num_micro_batches));
-}
+bool is_send(ActionKind k) { return k == ActionKind::kSendF || k == ActionKind::kSendB; }
+bool is_recv(ActionKind k) { return k == ActionKind::kRecvF || k == ActionKind::kRecvB; }
+bool is_comm(ActionKind k) { return is_send(k) || is_recv(k); }
+// B and I both produce the gradient of the stage's input, which the previous stage consumes.
+bool makes_input_grad(ActionKind k) { return k == ActionKind::kBackward || k == ActionKind::kInputGrad; }
 
-bool is_comm(const Action& a) {
-  return a.kind == ActionKind::kSendF || a.kind == ActionKind::kSendB || a.kind == ActionKind::kRecvF ||
-         a.kind == ActionKind::kRecvB;
-}
-
-// The receive that a send pairs with: (receiving stage, kind, micro-batch).
+// The receive that a send pairs with.
 Action peer_of_send(const Action& send) {
   if (send.kind == ActionKind::kSendF) return {send.stage + 1, ActionKind::kRecvF, send.micro_batch};
   return {send.stage - 1, ActionKind::kRecvB, send.micro_batch};
 }
 
-// Fills `res` after a dry run stopped: completed, or each unfinished stage's blocked action(s)
-// [pc, max(pc + 1, group_end)) as "stage 1 blocked at 1SEND_B0 + 1RECV_F1 (index 3)".
+// The rank that runs `stage`, or -1 when the stage is out of range (an invalid schedule).
+int rank_of(const Schedule& s, int stage) {
+  return stage >= 0 && stage < static_cast<int>(s.stage_rank.size()) ? s.stage_rank[stage] : -1;
+}
+
+// Whether a compute action's output goes to a stage on another rank (and so needs a SEND).
+bool sends_across(const Schedule& s, const Action& a) {
+  if (a.kind == ActionKind::kForward)
+    return a.stage + 1 < s.num_stages && rank_of(s, a.stage + 1) != rank_of(s, a.stage);
+  if (makes_input_grad(a.kind)) return a.stage > 0 && rank_of(s, a.stage - 1) != rank_of(s, a.stage);
+  return false;
+}
+
+std::string join(const std::vector<std::string>& parts, const std::string& sep) {
+  std::string out;
+  for (const auto& p : parts) out += (out.empty() ? "" : sep) + p;
+  return out;
+}
+
+// Fills `res` after a dry run stopped: completed, or each unfinished rank's blocked action(s)
+// [pc, max(pc + 1, group_end)) as "rank 1 blocked at 1SEND_B0 + 3RECV_F1 (index 3)".
 void report_blocked(const Schedule& sch, const std::vector<size_t>& pc, const std::vector<size_t>& group_end,
                     SimulationResult& res) {
   res.completed = true;
-  for (size_t st = 0; st < sch.stages.size(); ++st) {
-    if (pc[st] >= sch.stages[st].size()) continue;
+  for (size_t r = 0; r < sch.ranks.size(); ++r) {
+    if (pc[r] >= sch.ranks[r].size()) continue;
     res.completed = false;
-    std::string what = to_string(sch.stages[st][pc[st]]);
-    for (size_t i = pc[st] + 1; i < group_end[st]; ++i) what += " + " + to_string(sch.stages[st][i]);
-    res.blocked.push_back("stage " + std::to_string(st) + " blocked at " + what + " (index " +
-                          std::to_string(pc[st]) + ")");
+    std::string what = to_string(sch.ranks[r][pc[r]]);
+    for (size_t i = pc[r] + 1; i < group_end[r]; ++i) what += " + " + to_string(sch.ranks[r][i]);
+    res.blocked.push_back("rank " + std::to_string(r) + " blocked at " + what + " (index " + std::to_string(pc[r]) +
+                          ")");
   }
 }
 
@@ -61,6 +68,8 @@ void report_blocked(const Schedule& sch, const std::vector<size_t>& pc, const st
 const char* action_kind_name(ActionKind kind) {
   switch (kind) {
     case ActionKind::kForward: return "F";
+    case ActionKind::kInputGrad: return "I";
+    case ActionKind::kWeightGrad: return "W";
     case ActionKind::kBackward: return "B";
     case ActionKind::kSendF: return "SEND_F";
     case ActionKind::kRecvF: return "RECV_F";
@@ -77,65 +86,56 @@ std::string to_string(const Action& a) {
   return s;
 }
 
-// ---- Generators ------------------------------------------------------------------------------
-
-Schedule gpipe_schedule(int num_stages, int num_micro_batches) {
-  check_shape(num_stages, num_micro_batches, "gpipe schedule");
-  Schedule s{num_stages, num_micro_batches, std::vector<std::vector<Action>>(num_stages)};
-  for (int st = 0; st < num_stages; ++st) {
-    auto& list = s.stages[st];
-    for (int m = 0; m < num_micro_batches; ++m) list.push_back({st, ActionKind::kForward, m});
-    for (int m = 0; m < num_micro_batches; ++m) list.push_back({st, ActionKind::kBackward, m});
-    list.push_back({st, ActionKind::kOptimizer, -1});
+std::vector<int> stage_ranks(Placement placement, int num_ranks, int chunks_per_rank) {
+  if (num_ranks < 1)
+    throw InputError("schedule", "num_ranks", "expected at least 1 rank, got " + std::to_string(num_ranks));
+  if (chunks_per_rank < 1)
+    throw InputError("schedule", "chunks_per_rank",
+                     "expected at least 1 chunk per rank, got " + std::to_string(chunks_per_rank));
+  std::vector<int> out(static_cast<size_t>(num_ranks) * chunks_per_rank);
+  if (placement == Placement::kVShape) {
+    if (chunks_per_rank != 2)
+      throw InputError("schedule", "chunks_per_rank",
+                       "a V placement has 2 chunks per rank, got " + std::to_string(chunks_per_rank));
+    for (int s = 0; s < 2 * num_ranks; ++s) out[s] = s < num_ranks ? s : 2 * num_ranks - 1 - s;
+  } else {
+    for (size_t s = 0; s < out.size(); ++s) out[s] = static_cast<int>(s) % num_ranks;
   }
-  return s;
+  return out;
 }
 
-std::vector<int> one_f_one_b_warmup(int num_stages) {
-  std::vector<int> w(std::max(num_stages, 0));
-  for (int st = 0; st < num_stages; ++st) w[st] = num_stages - 1 - st;
-  return w;
+bool has_virtual_stages(const Schedule& schedule) {
+  std::vector<int> held(std::max(schedule.num_ranks, 0), 0);
+  for (int r : schedule.stage_rank)
+    if (r >= 0 && r < schedule.num_ranks && ++held[r] > 1) return true;
+  return false;
 }
 
-Schedule one_f_one_b_schedule(int num_stages, int num_micro_batches, const std::vector<int>& warmup) {
-  check_shape(num_stages, num_micro_batches, "1f1b schedule");
-  if (static_cast<int>(warmup.size()) != num_stages)
-    throw InputError("1f1b schedule", "warmup",
-                     "expected one warm-up depth per stage (" + std::to_string(num_stages) + "), got " +
-                         std::to_string(warmup.size()));
-  Schedule s{num_stages, num_micro_batches, std::vector<std::vector<Action>>(num_stages)};
-  for (int st = 0; st < num_stages; ++st) {
-    if (warmup[st] < 0)
-      throw InputError("1f1b schedule", "warmup[" + std::to_string(st) + "]",
-                       "expected a depth >= 0, got " + std::to_string(warmup[st]));
-    const int w = std::min(warmup[st], num_micro_batches);
-    auto& list = s.stages[st];
-    int next_f = 0, next_b = 0;
-    for (; next_f < w; ++next_f) list.push_back({st, ActionKind::kForward, next_f});
-    while (next_f < num_micro_batches) {  // steady state: one forward, one backward
-      list.push_back({st, ActionKind::kForward, next_f++});
-      list.push_back({st, ActionKind::kBackward, next_b++});
+bool has_split_backward(const Schedule& schedule) {
+  for (const auto& list : schedule.ranks)
+    for (const auto& a : list)
+      if (a.kind == ActionKind::kInputGrad || a.kind == ActionKind::kWeightGrad) return true;
+  return false;
+}
+
+std::vector<int> peak_in_flight(const Schedule& schedule) {
+  std::vector<int> peaks;
+  for (const auto& list : schedule.ranks) {
+    int live = 0, peak = 0;
+    for (const auto& a : list) {
+      // An activation lives from F until the pass that last reads it: B, or W when split.
+      if (a.kind == ActionKind::kForward) peak = std::max(peak, ++live);
+      if (a.kind == ActionKind::kBackward || a.kind == ActionKind::kWeightGrad) --live;
     }
-    while (next_b < num_micro_batches) list.push_back({st, ActionKind::kBackward, next_b++});
-    list.push_back({st, ActionKind::kOptimizer, -1});
+    peaks.push_back(peak);
   }
-  return s;
-}
-
-Schedule schedule_for(const std::string& kind, int num_stages, int num_micro_batches,
-                      const std::vector<int>& warmup) {
-  if (kind == "gpipe") return gpipe_schedule(num_stages, num_micro_batches);
-  if (kind == "1f1b") return one_f_one_b_schedule(num_stages, num_micro_batches, one_f_one_b_warmup(num_stages));
-  if (kind == "1f1b-lh")
-    return one_f_one_b_schedule(num_stages, num_micro_batches,
-                                warmup.empty() ? one_f_one_b_warmup(num_stages) : warmup);
-  throw InputError("schedule", "kind", "expected gpipe, 1f1b or 1f1b-lh, got \"" + kind + "\"");
+  return peaks;
 }
 
 // ---- Lowering --------------------------------------------------------------------------------
 
 bool has_communication(const Schedule& schedule) {
-  for (const auto& list : schedule.stages)
+  for (const auto& list : schedule.ranks)
     for (const auto& a : list)
       if (is_comm(a.kind)) return true;
   return false;
@@ -143,116 +143,223 @@ bool has_communication(const Schedule& schedule) {
 
 Schedule lower(const Schedule& in) {
   if (has_communication(in))
-    throw InputError("schedule", "lower", "expected a compute-only schedule (F, B, OPT), got one with sends/receives");
-  Schedule out{in.num_stages, in.num_micro_batches, std::vector<std::vector<Action>>(in.stages.size())};
-  const int last = in.num_stages - 1;
-  for (size_t st = 0; st < in.stages.size(); ++st) {
-    auto& list = out.stages[st];
-    for (const Action& a : in.stages[st]) {
-      const int s = a.stage, m = a.micro_batch;
-      if (a.kind == ActionKind::kForward) {
-        if (s > 0) list.push_back({s, ActionKind::kRecvF, m});
-        list.push_back(a);
-        if (s < last) list.push_back({s, ActionKind::kSendF, m});
-      } else if (a.kind == ActionKind::kBackward) {
-        if (s < last) list.push_back({s, ActionKind::kRecvB, m});
-        list.push_back(a);
-        if (s > 0) list.push_back({s, ActionKind::kSendB, m});
-      } else {
-        list.push_back(a);
+    throw InputError("schedule", "lower", "expected a compute-only schedule (F, I, W, B, OPT), got one with sends/receives");
+  if (auto errs = validate(in); !errs.empty()) throw InputError("schedule", "lower", join(errs, "; "));
+  const int R = in.num_ranks;
+  Schedule out = in;
+  for (auto& list : out.ranks) list.clear();
+  std::vector<size_t> next(R, 0);
+  std::vector<std::set<Key>> placed(R);  // per rank: computes run and receives posted so far
+  // A compute can be placed once its input is on this rank: the producer ran here, or its RECV
+  // was placed (by the producer's rank, when it sent).
+  auto ready = [&](int r, const Action& a) {
+    const int s = a.stage, m = a.micro_batch;
+    if (a.kind == ActionKind::kForward && s > 0)
+      return placed[r].count(key(s - 1, ActionKind::kForward, m)) + placed[r].count(key(s, ActionKind::kRecvF, m)) > 0;
+    if (makes_input_grad(a.kind) && s + 1 < in.num_stages)
+      return placed[r].count(key(s + 1, ActionKind::kBackward, m)) + placed[r].count(key(s + 1, ActionKind::kInputGrad, m)) +
+                 placed[r].count(key(s, ActionKind::kRecvB, m)) > 0;
+    return true;
+  };
+  // Round-robin, one action per rank per round, as torch's _add_send_recv: a RECV lands in the
+  // receiver's list at the point the sender issues the SEND.
+  for (bool progress = true; progress;) {
+    progress = false;
+    for (int r = 0; r < R; ++r) {
+      if (next[r] >= in.ranks[r].size()) continue;
+      const Action& a = in.ranks[r][next[r]];
+      if (!ready(r, a)) continue;
+      out.ranks[r].push_back(a);
+      placed[r].insert(key(a));
+      if (sends_across(in, a)) {
+        const Action send{a.stage, a.kind == ActionKind::kForward ? ActionKind::kSendF : ActionKind::kSendB, a.micro_batch};
+        const Action recv = peer_of_send(send);
+        const int peer = in.stage_rank[recv.stage];
+        out.ranks[r].push_back(send);
+        out.ranks[peer].push_back(recv);
+        placed[peer].insert(key(recv));
       }
+      ++next[r];
+      progress = true;
     }
   }
+  std::vector<std::string> blocked;
+  for (int r = 0; r < R; ++r)
+    if (next[r] < in.ranks[r].size())
+      blocked.push_back("rank " + std::to_string(r) + " blocked at " + to_string(in.ranks[r][next[r]]) + " (index " +
+                        std::to_string(next[r]) + ")");
+  if (!blocked.empty())
+    throw InputError("schedule", "lower", "deadlock: the compute lists wait on each other: " + join(blocked, ", "));
   return out;
 }
 
 // ---- Validation ------------------------------------------------------------------------------
 
-std::vector<std::string> validate(const Schedule& sch) {
-  std::vector<std::string> errs;
-  const int S = sch.num_stages, M = sch.num_micro_batches;
-  if (S < 1) errs.push_back("expected at least one stage, got " + std::to_string(S));
+namespace {
+
+struct Where {
+  int rank = -1;
+  int index = -1;
+};
+
+// Shape and placement; false when the rest cannot be checked.
+bool validate_shape(const Schedule& sch, std::vector<std::string>& errs) {
+  const int R = sch.num_ranks, N = sch.num_stages, M = sch.num_micro_batches;
+  if (R < 1) errs.push_back("expected at least one rank, got " + std::to_string(R));
+  if (N < 1) errs.push_back("expected at least one stage, got " + std::to_string(N));
   if (M < 1) errs.push_back("expected at least one micro-batch, got " + std::to_string(M));
-  if (static_cast<int>(sch.stages.size()) != S)
-    errs.push_back("expected " + std::to_string(S) + " stage lists, got " + std::to_string(sch.stages.size()));
-  if (!errs.empty()) return errs;
-  const bool lowered = has_communication(sch);
-  std::multiset<std::tuple<int, int, int>> sends, recvs;  // keyed by the receive they pair with
-  for (int st = 0; st < S; ++st) {
-    const auto& list = sch.stages[st];
-    const std::string where = "stage " + std::to_string(st) + ": ";
-    std::map<std::pair<int, int>, int> first_index;  // (kind, mb) -> position
-    int opt_count = 0;
-    for (size_t i = 0; i < list.size(); ++i) {
-      const Action& a = list[i];
-      const std::string at = where + to_string(a) + " (index " + std::to_string(i) + ") ";
-      if (a.stage != st) errs.push_back(at + "is in stage " + std::to_string(st) + "'s list");
-      if (a.kind == ActionKind::kOptimizer) {
-        ++opt_count;
-        if (i + 1 != list.size()) errs.push_back(at + "is not the last action");
-        continue;
-      }
-      if (a.micro_batch < 0 || a.micro_batch >= M) {
-        errs.push_back(at + "has micro-batch outside [0, " + std::to_string(M) + ")");
-        continue;
-      }
-      auto key = std::make_pair(static_cast<int>(a.kind), a.micro_batch);
-      if (first_index.count(key)) {
-        errs.push_back(at + "appears more than once");
-        continue;
-      }
-      first_index[key] = static_cast<int>(i);
-      if ((a.kind == ActionKind::kSendF || a.kind == ActionKind::kRecvB) && st == S - 1)
-        errs.push_back(at + "on the last stage has no next stage");
-      if ((a.kind == ActionKind::kSendB || a.kind == ActionKind::kRecvF) && st == 0)
-        errs.push_back(at + "on the first stage has no previous stage");
-      if (a.kind == ActionKind::kSendF || a.kind == ActionKind::kSendB) {
-        Action r = peer_of_send(a);
-        sends.insert({r.stage, static_cast<int>(r.kind), r.micro_batch});
-      } else if (a.kind == ActionKind::kRecvF || a.kind == ActionKind::kRecvB) {
-        recvs.insert({a.stage, static_cast<int>(a.kind), a.micro_batch});
-      }
+  if (static_cast<int>(sch.ranks.size()) != R)
+    errs.push_back("expected " + std::to_string(R) + " rank lists, got " + std::to_string(sch.ranks.size()));
+  if (static_cast<int>(sch.stage_rank.size()) != N)
+    errs.push_back("expected a rank for each of the " + std::to_string(N) + " stages, got " +
+                   std::to_string(sch.stage_rank.size()));
+  for (size_t s = 0; s < sch.stage_rank.size(); ++s)
+    if (sch.stage_rank[s] < 0 || sch.stage_rank[s] >= R)
+      errs.push_back("stage " + std::to_string(s) + " is placed on rank " + std::to_string(sch.stage_rank[s]) +
+                     ", outside [0, " + std::to_string(R) + ")");
+  return errs.empty();
+}
+
+// One rank's list: placement, ranges, duplicates, OPT, and sends/receives that have no peer
+// stage on another rank. Records where each action is.
+void validate_list(const Schedule& sch, int r, std::map<Key, Where>& at, std::vector<std::string>& errs) {
+  const auto& list = sch.ranks[r];
+  const std::string where = "rank " + std::to_string(r) + ": ";
+  int opt_count = 0;
+  for (size_t i = 0; i < list.size(); ++i) {
+    const Action& a = list[i];
+    const std::string what = where + to_string(a) + " (index " + std::to_string(i) + ") ";
+    if (a.kind == ActionKind::kOptimizer) {
+      ++opt_count;
+      if (a.stage != r) errs.push_back(what + "is rank " + std::to_string(a.stage) + "'s optimizer step");
+      if (i + 1 != list.size()) errs.push_back(what + "is not the last action");
+      continue;
     }
-    if (opt_count != 1)
-      errs.push_back(where + "expected exactly one OPT, got " + std::to_string(opt_count));
-    auto pos = [&](ActionKind k, int m) {
-      auto it = first_index.find({static_cast<int>(k), m});
-      return it == first_index.end() ? -1 : it->second;
-    };
-    for (int m = 0; m < M; ++m) {
-      const std::string mb = std::to_string(m);
-      int f = pos(ActionKind::kForward, m), b = pos(ActionKind::kBackward, m);
-      if (f < 0) errs.push_back(where + "missing F" + mb);
-      if (b < 0) errs.push_back(where + "missing B" + mb);
-      if (f >= 0 && b >= 0 && b < f) errs.push_back(where + "B" + mb + " runs before F" + mb);
-      if (!lowered) continue;
-      auto need = [&](ActionKind k, bool before, int compute, const char* cname) {
-        int p = pos(k, m);
-        std::string name = std::string(action_kind_name(k)) + mb;
-        if (p < 0) {
-          errs.push_back(where + "missing " + name);
-        } else if (compute >= 0 && (before ? p > compute : p < compute)) {
-          errs.push_back(where + name + (before ? " comes after " : " comes before ") + cname + mb);
-        }
+    if (a.stage < 0 || a.stage >= sch.num_stages) {
+      errs.push_back(what + "names a stage outside [0, " + std::to_string(sch.num_stages) + ")");
+      continue;
+    }
+    if (sch.stage_rank[a.stage] != r)
+      errs.push_back(what + "belongs to stage " + std::to_string(a.stage) + " on rank " +
+                     std::to_string(sch.stage_rank[a.stage]));
+    if (a.micro_batch < 0 || a.micro_batch >= sch.num_micro_batches) {
+      errs.push_back(what + "has a micro-batch outside [0, " + std::to_string(sch.num_micro_batches) + ")");
+      continue;
+    }
+    if (!at.emplace(key(a), Where{r, static_cast<int>(i)}).second) {
+      errs.push_back(what + "appears more than once");
+      continue;
+    }
+    if (!is_comm(a.kind)) continue;
+    const bool to_next = a.kind == ActionKind::kSendF || a.kind == ActionKind::kRecvB;
+    const int peer = a.stage + (to_next ? 1 : -1);
+    if (peer < 0 || peer >= sch.num_stages)
+      errs.push_back(what + "has no " + (to_next ? "next" : "previous") + " stage");
+    else if (sch.stage_rank[peer] == r)
+      errs.push_back(what + "exchanges with stage " + std::to_string(peer) + " on the same rank");
+  }
+  if (opt_count != 1) errs.push_back(where + "expected exactly one OPT, got " + std::to_string(opt_count));
+}
+
+int index_of(const std::map<Key, Where>& at, int stage, ActionKind kind, int mb) {
+  auto it = at.find(key(stage, kind, mb));
+  return it == at.end() ? -1 : it->second.index;
+}
+
+// Per stage and micro-batch: F once, then either B or I and W (I before W).
+void validate_passes(const Schedule& sch, const std::map<Key, Where>& at, std::vector<std::string>& errs) {
+  for (int s = 0; s < sch.num_stages; ++s)
+    for (int m = 0; m < sch.num_micro_batches; ++m) {
+      const std::string where = "rank " + std::to_string(sch.stage_rank[s]) + ": stage " + std::to_string(s) + " ";
+      const std::string sm = std::to_string(s), mb = std::to_string(m);
+      const int f = index_of(at, s, ActionKind::kForward, m), b = index_of(at, s, ActionKind::kBackward, m);
+      const int in = index_of(at, s, ActionKind::kInputGrad, m), w = index_of(at, s, ActionKind::kWeightGrad, m);
+      if (f < 0) errs.push_back(where + "missing " + sm + "F" + mb);
+      if (b >= 0 && (in >= 0 || w >= 0)) errs.push_back(where + "runs both " + sm + "B" + mb + " and I/W");
+      if (b < 0 && in < 0 && w < 0) errs.push_back(where + "missing " + sm + "B" + mb + " (or " + sm + "I" + mb + " and " + sm + "W" + mb + ")");
+      if (b < 0 && in >= 0 && w < 0) errs.push_back(where + "missing " + sm + "W" + mb + " after " + sm + "I" + mb);
+      if (b < 0 && in < 0 && w >= 0) errs.push_back(where + "missing " + sm + "I" + mb + " before " + sm + "W" + mb);
+      if (in >= 0 && w >= 0 && w < in) errs.push_back(where + sm + "W" + mb + " runs before " + sm + "I" + mb);
+      const int back = b >= 0 ? b : in;
+      if (f >= 0 && back >= 0 && back < f)
+        errs.push_back(where + sm + (b >= 0 ? "B" : "I") + mb + " runs before " + sm + "F" + mb);
+    }
+}
+
+// One dependency: `consumer` (on stage c) needs `producer` (on stage p, the neighbour). On one
+// rank, list order; across ranks (lowered only), RECV before the consumer, SEND after the producer.
+void validate_edge(const Schedule& sch, const std::map<Key, Where>& at, const Action& producer,
+                   const Action& consumer, bool lowered, std::vector<std::string>& errs) {
+  const int pr = sch.stage_rank[producer.stage], cr = sch.stage_rank[consumer.stage];
+  const int pi = index_of(at, producer.stage, producer.kind, producer.micro_batch);
+  const int ci = index_of(at, consumer.stage, consumer.kind, consumer.micro_batch);
+  if (pi < 0 || ci < 0) return;  // reported by validate_passes
+  const bool fwd = consumer.kind == ActionKind::kForward;
+  if (pr == cr) {
+    if (pi > ci)
+      errs.push_back("rank " + std::to_string(cr) + ": " + to_string(consumer) + " (index " + std::to_string(ci) +
+                     ") runs before its input " + to_string(producer) + " (index " + std::to_string(pi) + ")");
+    return;
+  }
+  if (!lowered) return;
+  const Action recv{consumer.stage, fwd ? ActionKind::kRecvF : ActionKind::kRecvB, consumer.micro_batch};
+  const Action send{producer.stage, fwd ? ActionKind::kSendF : ActionKind::kSendB, producer.micro_batch};
+  const int ri = index_of(at, recv.stage, recv.kind, recv.micro_batch);
+  const int si = index_of(at, send.stage, send.kind, send.micro_batch);
+  const std::string cw = "rank " + std::to_string(cr) + ": ", pw = "rank " + std::to_string(pr) + ": ";
+  if (ri < 0) errs.push_back(cw + "missing " + to_string(recv) + " before " + to_string(consumer));
+  else if (ri > ci) errs.push_back(cw + to_string(recv) + " comes after " + to_string(consumer));
+  if (si < 0) errs.push_back(pw + "missing " + to_string(send) + " after " + to_string(producer));
+  else if (si < pi) errs.push_back(pw + to_string(send) + " comes before " + to_string(producer));
+}
+
+void validate_dependencies(const Schedule& sch, const std::map<Key, Where>& at, std::vector<std::string>& errs) {
+  const bool lowered = has_communication(sch);
+  for (int s = 0; s < sch.num_stages; ++s)
+    for (int m = 0; m < sch.num_micro_batches; ++m) {
+      if (s > 0) validate_edge(sch, at, {s - 1, ActionKind::kForward, m}, {s, ActionKind::kForward, m}, lowered, errs);
+      if (s + 1 == sch.num_stages) continue;
+      auto grad = [&](int stage) {  // whichever pass makes the stage's input gradient
+        const bool split = index_of(at, stage, ActionKind::kBackward, m) < 0;
+        return Action{stage, split ? ActionKind::kInputGrad : ActionKind::kBackward, m};
       };
-      if (st > 0) need(ActionKind::kRecvF, true, f, "F");
-      if (st < S - 1) need(ActionKind::kSendF, false, f, "F");
-      if (st < S - 1) need(ActionKind::kRecvB, true, b, "B");
-      if (st > 0) need(ActionKind::kSendB, false, b, "B");
+      validate_edge(sch, at, grad(s + 1), grad(s), lowered, errs);
+    }
+}
+
+// Every SEND with its peer's RECV and every RECV with its SEND (extras the edges do not name).
+void validate_pairs(const Schedule& sch, const std::map<Key, Where>& at, std::vector<std::string>& errs) {
+  for (const auto& [k, w] : at) {
+    const Action a{std::get<0>(k), static_cast<ActionKind>(std::get<1>(k)), std::get<2>(k)};
+    if (is_send(a.kind)) {
+      const Action r = peer_of_send(a);
+      if (!at.count(key(r)))
+        errs.push_back("rank " + std::to_string(w.rank) + ": " + to_string(a) + " (index " + std::to_string(w.index) +
+                       ") has no matching " + to_string(r));
+    } else if (is_recv(a.kind)) {
+      const Action s{a.kind == ActionKind::kRecvF ? a.stage - 1 : a.stage + 1,
+                     a.kind == ActionKind::kRecvF ? ActionKind::kSendF : ActionKind::kSendB, a.micro_batch};
+      if (!at.count(key(s)))
+        errs.push_back("rank " + std::to_string(w.rank) + ": " + to_string(a) + " (index " + std::to_string(w.index) +
+                       ") has no matching " + to_string(s));
     }
   }
-  for (const auto& r : recvs)
-    if (!sends.count(r))
-      errs.push_back(to_string({std::get<0>(r), static_cast<ActionKind>(std::get<1>(r)), std::get<2>(r)}) +
-                     " has no matching send");
-  for (const auto& s : sends)
-    if (!recvs.count(s))
-      errs.push_back("send to " + to_string({std::get<0>(s), static_cast<ActionKind>(std::get<1>(s)), std::get<2>(s)}) +
-                     " has no matching receive");
+}
+
+}  // namespace
+
+std::vector<std::string> validate(const Schedule& sch) {
+  std::vector<std::string> errs;
+  if (!validate_shape(sch, errs)) return errs;
+  std::map<Key, Where> at;
+  for (int r = 0; r < sch.num_ranks; ++r) validate_list(sch, r, at, errs);
+  validate_passes(sch, at, errs);
+  validate_dependencies(sch, at, errs);
+  validate_pairs(sch, at, errs);
   return errs;
 }
 
-// ---- Dry run ---------------------------------------------------------------------------------
+// ---- Dry runs --------------------------------------------------------------------------------
 
 std::string SimulationResult::message() const {
   if (completed) return "completed (" + std::to_string(steps) + " actions)";
@@ -263,25 +370,23 @@ std::string SimulationResult::message() const {
 
 SimulationResult simulate(const Schedule& sch) {
   SimulationResult res;
-  const int S = static_cast<int>(sch.stages.size());
-  std::vector<size_t> pc(S, 0);
-  std::set<std::tuple<int, int, int>> delivered;  // sends executed, keyed by their receive
-  bool progress = true;
-  while (progress) {
+  const int R = static_cast<int>(sch.ranks.size());
+  std::vector<size_t> pc(R, 0);
+  std::multiset<Key> delivered;  // sends executed, keyed by their receive
+  for (bool progress = true; progress;) {
     progress = false;
-    for (int st = 0; st < S; ++st) {
-      const auto& list = sch.stages[st];
-      while (pc[st] < list.size()) {
-        const Action& a = list[pc[st]];
-        if (a.kind == ActionKind::kRecvF || a.kind == ActionKind::kRecvB) {
-          auto it = delivered.find({a.stage, static_cast<int>(a.kind), a.micro_batch});
+    for (int r = 0; r < R; ++r) {
+      const auto& list = sch.ranks[r];
+      while (pc[r] < list.size()) {
+        const Action& a = list[pc[r]];
+        if (is_recv(a.kind)) {
+          auto it = delivered.find(key(a));
           if (it == delivered.end()) break;
           delivered.erase(it);
-        } else if (a.kind == ActionKind::kSendF || a.kind == ActionKind::kSendB) {
-          Action r = peer_of_send(a);
-          delivered.insert({r.stage, static_cast<int>(r.kind), r.micro_batch});
+        } else if (is_send(a.kind)) {
+          delivered.insert(key(peer_of_send(a)));
         }
-        ++pc[st];
+        ++pc[r];
         ++res.steps;
         progress = true;
       }
@@ -294,12 +399,12 @@ SimulationResult simulate(const Schedule& sch) {
 std::vector<std::pair<size_t, size_t>> comm_groups(const std::vector<Action>& list) {
   std::vector<std::pair<size_t, size_t>> groups;
   for (size_t i = 0; i < list.size();) {
-    if (!is_comm(list[i])) {
+    if (!is_comm(list[i].kind)) {
       ++i;
       continue;
     }
     size_t j = i;
-    while (j < list.size() && is_comm(list[j])) ++j;
+    while (j < list.size() && is_comm(list[j].kind)) ++j;
     groups.emplace_back(i, j);
     i = j;
   }
@@ -308,58 +413,57 @@ std::vector<std::pair<size_t, size_t>> comm_groups(const std::vector<Action>& li
 
 SimulationResult simulate_rendezvous(const Schedule& sch, bool group_adjacent) {
   SimulationResult res;
-  const int S = static_cast<int>(sch.stages.size());
-  // pc: next action; a stage at a comm group has issued all of the group's operations and stays
+  const int R = static_cast<int>(sch.ranks.size());
+  // pc: next action; a rank at a comm group has issued all of the group's operations and stays
   // there until every one of them has met its peer's operation, itself issued (in the peer's group).
-  std::vector<size_t> pc(S, 0), group_end(S, 0);
-  std::vector<std::vector<bool>> matched(S);
-  std::vector<std::vector<size_t>> group_end_of(S);  // comm action index -> end of its comm_groups() run
-  for (int st = 0; st < S; ++st) {
-    matched[st].assign(sch.stages[st].size(), false);
-    group_end_of[st].assign(sch.stages[st].size(), 0);
-    for (const auto& [b, e] : comm_groups(sch.stages[st]))
-      for (size_t i = b; i < e; ++i) group_end_of[st][i] = e;
+  std::vector<size_t> pc(R, 0), group_end(R, 0);
+  std::vector<std::vector<bool>> matched(R);
+  std::vector<std::vector<size_t>> group_end_of(R);  // comm action index -> end of its comm_groups() run
+  for (int r = 0; r < R; ++r) {
+    matched[r].assign(sch.ranks[r].size(), false);
+    group_end_of[r].assign(sch.ranks[r].size(), 0);
+    for (const auto& [b, e] : comm_groups(sch.ranks[r]))
+      for (size_t i = b; i < e; ++i) group_end_of[r][i] = e;
   }
-  auto issued = [&](int st, const Action& op, size_t* index) {
-    if (st < 0 || st >= S || group_end[st] <= pc[st]) return false;
-    for (size_t i = pc[st]; i < group_end[st]; ++i)
-      if (sch.stages[st][i] == op && !matched[st][i]) {
+  auto issued = [&](int r, const Action& op, size_t* index) {
+    if (r < 0 || r >= R || group_end[r] <= pc[r]) return false;
+    for (size_t i = pc[r]; i < group_end[r]; ++i)
+      if (sch.ranks[r][i] == op && !matched[r][i]) {
         *index = i;
         return true;
       }
     return false;
   };
-  bool progress = true;
-  while (progress) {
+  for (bool progress = true; progress;) {
     progress = false;
-    for (int st = 0; st < S; ++st) {
-      const auto& list = sch.stages[st];
-      while (pc[st] < list.size()) {
-        if (!is_comm(list[pc[st]])) {
-          ++pc[st];
+    for (int r = 0; r < R; ++r) {
+      const auto& list = sch.ranks[r];
+      while (pc[r] < list.size()) {
+        if (!is_comm(list[pc[r]].kind)) {
+          ++pc[r];
           ++res.steps;
           progress = true;
           continue;
         }
-        if (group_end[st] <= pc[st]) {  // issue the whole group (or, without groups, one operation)
-          group_end[st] = group_adjacent ? group_end_of[st][pc[st]] : pc[st] + 1;
+        if (group_end[r] <= pc[r]) {  // issue the whole group (or, without groups, one operation)
+          group_end[r] = group_adjacent ? group_end_of[r][pc[r]] : pc[r] + 1;
           progress = true;
         }
-        for (size_t i = pc[st]; i < group_end[st]; ++i) {
-          const Action& a = list[i];
-          if (matched[st][i] || (a.kind != ActionKind::kSendF && a.kind != ActionKind::kSendB)) continue;
-          const Action r = peer_of_send(a);
+        for (size_t i = pc[r]; i < group_end[r]; ++i) {
+          if (matched[r][i] || !is_send(list[i].kind)) continue;
+          const Action recv = peer_of_send(list[i]);
+          const int peer = rank_of(sch, recv.stage);
           size_t ri = 0;
-          if (issued(r.stage, r, &ri)) {
-            matched[st][i] = matched[r.stage][ri] = true;
+          if (issued(peer, recv, &ri)) {
+            matched[r][i] = matched[peer][ri] = true;
             res.steps += 2;
             progress = true;
           }
         }
         bool done = true;
-        for (size_t i = pc[st]; i < group_end[st]; ++i) done = done && matched[st][i];
+        for (size_t i = pc[r]; i < group_end[r]; ++i) done = done && matched[r][i];
         if (!done) break;
-        pc[st] = group_end[st];
+        pc[r] = group_end[r];
       }
     }
   }
@@ -367,101 +471,38 @@ SimulationResult simulate_rendezvous(const Schedule& sch, bool group_adjacent) {
   return res;
 }
 
-void check_schedule(const Schedule& lowered, const std::string& source) {
+void check_schedule(const Schedule& lowered, const std::string& source, bool rendezvous) {
   std::vector<std::string> errs = validate(lowered);
-  if (errs.empty() && !has_communication(lowered) && lowered.num_stages > 1)
+  bool crosses = false;  // some neighbours on different ranks: the list needs sends/receives
+  for (int s = 0; errs.empty() && s + 1 < lowered.num_stages; ++s)
+    crosses = crosses || lowered.stage_rank[s] != lowered.stage_rank[s + 1];
+  if (errs.empty() && crosses && !has_communication(lowered))
     errs.push_back("schedule has no sends/receives; lower it first");
   if (errs.empty()) {
     SimulationResult r = simulate(lowered);
     if (!r.completed) errs.push_back(r.message());
   }
-  if (errs.empty()) return;
-  std::string msg;
-  for (const auto& e : errs) msg += (msg.empty() ? "" : "; ") + e;
-  msg += "\nschedule:\n" + format_schedule(lowered);
-  throw InputError(source, "schedule", msg);
-}
-
-Schedule prepare_schedule(const Schedule& schedule, const std::string& source) {
-  Schedule lowered = has_communication(schedule) ? schedule : lower(schedule);
-  check_schedule(lowered, source);
-  return lowered;
-}
-
-// ---- Text form -------------------------------------------------------------------------------
-
-std::string format_actions(const std::vector<Action>& actions) {
-  std::string s;
-  for (const auto& a : actions) {
-    if (!s.empty()) s += ' ';
-    s += to_string(a);
+  if (errs.empty() && rendezvous) {
+    SimulationResult r = simulate_rendezvous(lowered);
+    if (!r.completed) errs.push_back("under NCCL's rendezvous sends, " + r.message());
   }
-  return s;
+  if (errs.empty()) return;
+  throw InputError(source, "schedule", join(errs, "; ") + "\nschedule:\n" + format_schedule(lowered));
 }
 
-std::string format_schedule(const Schedule& schedule) {
-  std::string s;
-  for (const auto& list : schedule.stages) s += format_actions(list) + "\n";
-  return s;
-}
-
-Schedule parse_schedule(const std::string& text, const std::string& source) {
-  std::vector<Diagnostic> diags;
-  std::vector<Action> all;
-  std::istringstream in(text);
-  std::string line;
-  int line_no = 0;
-  while (std::getline(in, line)) {
-    ++line_no;
-    size_t hash = line.find('#');
-    if (hash != std::string::npos) line.resize(hash);
-    std::istringstream words(line);
-    std::string tok;
-    while (words >> tok) {
-      const std::string where = "line " + std::to_string(line_no) + ": \"" + tok + "\"";
-      size_t i = 0;
-      while (i < tok.size() && std::isdigit(static_cast<unsigned char>(tok[i]))) ++i;
-      size_t j = i;
-      while (j < tok.size() && (std::isupper(static_cast<unsigned char>(tok[j])) || tok[j] == '_')) ++j;
-      const std::string stage_s = tok.substr(0, i), kind_s = tok.substr(i, j - i), mb_s = tok.substr(j);
-      bool digits_ok = std::all_of(mb_s.begin(), mb_s.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)); });
-      const ActionKind* kind = nullptr;
-      for (const ActionKind& k : kAllKinds)
-        if (kind_s == action_kind_name(k)) kind = &k;
-      if (stage_s.empty() || !kind || !digits_ok || stage_s.size() > 6 || mb_s.size() > 6) {
-        diags.push_back({source, where, "expected <stage><F|B|SEND_F|RECV_F|SEND_B|RECV_B|OPT><micro-batch>, e.g. 2SEND_F0"});
-        continue;
-      }
-      Action a{std::stoi(stage_s), *kind, -1};
-      if (*kind == ActionKind::kOptimizer) {
-        if (!mb_s.empty()) diags.push_back({source, where, "OPT takes no micro-batch"});
-      } else if (mb_s.empty()) {
-        diags.push_back({source, where, std::string(action_kind_name(*kind)) + " needs a micro-batch"});
-        continue;
-      } else {
-        a.micro_batch = std::stoi(mb_s);
-      }
-      all.push_back(a);
+Schedule prepare_schedule(const Schedule& schedule, const std::string& source, bool rendezvous) {
+  Schedule lowered = schedule;
+  if (!has_communication(schedule)) {
+    try {
+      lowered = lower(schedule);
+    } catch (const InputError& e) {  // name the file or generator, and show what was given
+      std::string msg;
+      for (const auto& d : e.diagnostics()) msg += (msg.empty() ? "" : "; ") + d.message;
+      throw InputError(source, "schedule", msg + "\nschedule:\n" + format_schedule(schedule));
     }
   }
-  if (all.empty() && diags.empty()) diags.push_back({source, "", "no actions found"});
-  if (!diags.empty()) throw InputError(diags);
-  Schedule s;
-  for (const auto& a : all) {
-    s.num_stages = std::max(s.num_stages, a.stage + 1);
-    s.num_micro_batches = std::max(s.num_micro_batches, a.micro_batch + 1);
-  }
-  s.stages.resize(s.num_stages);
-  for (const auto& a : all) s.stages[a.stage].push_back(a);
-  return s;
-}
-
-Schedule load_schedule_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw InputError(path, "", "cannot open schedule file");
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return parse_schedule(ss.str(), path);
+  check_schedule(lowered, source, rendezvous);
+  return lowered;
 }
 
 }  // namespace geopipe::runtime

@@ -106,8 +106,13 @@ int StageIO::neighbour(const Action& a) const {
   return a.kind == ActionKind::kSendF || a.kind == ActionKind::kRecvB ? stage_ + 1 : stage_ - 1;
 }
 
-bool StageIO::on_nccl(int stage) const {
+bool StageIO::link_on_nccl(int stage) const {
   return mode_ == Mode::kTrain && (stage > stage_ ? nccl_next_ : nccl_prev_);
+}
+
+bool StageIO::on_nccl(const Action& a) const {
+  return a.stage == stage_ && (is_recv(a.kind) || a.kind == ActionKind::kSendF || a.kind == ActionKind::kSendB) &&
+         link_on_nccl(neighbour(a));
 }
 
 comm::Transport& StageIO::transport(int stage) {
@@ -160,17 +165,8 @@ void StageIO::begin(int64_t step, const std::vector<Action>& actions, Mode mode)
   wait_prev_s_ = wait_next_s_ = send_wait_s_ = 0;
   fwd_raw_ = fwd_wire_ = bwd_raw_ = bwd_wire_ = 0;
   issued_.assign(actions.size(), false);
-  groups_.clear();
-  // NCCL: each run of consecutive sends and receives with an NCCL operation is one batch.
-  if (on_nccl(stage_ - 1) || on_nccl(stage_ + 1))
-    for (const auto& [first, end] : comm_groups(actions))
-      for (size_t i = first; i < end; ++i)
-        if (on_nccl(neighbour(actions[i]))) {
-          groups_[first] = end;
-          break;
-        }
   for (const Action& a : actions)  // every MPI receive now, so a neighbour's send never waits for us
-    if (is_recv(a.kind) && !on_nccl(neighbour(a))) post(a);
+    if (a.stage == stage_ && is_recv(a.kind) && !on_nccl(a)) post(a);
 }
 
 void StageIO::post(const Action& a) {
@@ -187,7 +183,7 @@ void StageIO::post(const Action& a) {
   expect.codec = codec;
   expect.job = job_id_;
   // NCCL receives land on the GPU and need the exact size (packed_size is exact); MPI ones in host memory.
-  const at::Device where = on_nccl(from) ? device_ : at::Device(at::kCPU);
+  const at::Device where = link_on_nccl(from) ? device_ : at::Device(at::kCPU);
   Posted p;
   if (codec == "none") {
     p.buffer = at::empty(shape, at::TensorOptions().dtype(at::kFloat).device(where));
@@ -203,18 +199,11 @@ void StageIO::post(const Action& a) {
   recvs_[{a.kind, a.micro_batch}] = std::move(p);
 }
 
-void StageIO::issue_group(size_t index, const std::function<at::Tensor(const Action&)>& tensor_of) {
-  auto g = groups_.find(index);
-  if (g == groups_.end()) return;
-  options_.nccl->group_start();
-  for (size_t i = g->first; i < g->second; ++i) {
-    const Action& op = (*actions_)[i];
-    if (!on_nccl(neighbour(op))) continue;
-    if (is_recv(op.kind)) post(op);
-    else send_now(op, tensor_of(op));  // its compute ran before the group: the tensor exists
-    issued_[i] = true;
-  }
-  options_.nccl->group_end();
+void StageIO::issue(size_t index, const at::Tensor& tensor) {
+  const Action& op = (*actions_).at(index);
+  if (is_recv(op.kind)) post(op);
+  else send_now(op, tensor);
+  issued_.at(index) = true;
 }
 
 void StageIO::poll_sends() {
@@ -226,7 +215,8 @@ void StageIO::poll_sends() {
 // 200 us), so their completion times (the links' busy time) are not hidden behind this wait. The
 // last part of the timeout (at least min(1 s, timeout / 4)) is one blocking wait, which reports
 // comm's own detail.
-void StageIO::wait_posted(Posted& p, int from) {
+void StageIO::wait_posted(Posted& p, const Action& recv) {
+  const int from = neighbour(recv);
   const comm::Seconds timeout(options_.comm_timeout_s);
   const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(timeout);
   const auto poll_until =
@@ -247,33 +237,32 @@ void StageIO::wait_posted(Posted& p, int from) {
       if (f.end_s < 0)
         also = " (this step's sends to stage " + std::to_string(f.forward ? stage_ + 1 : stage_ - 1) +
                " have not finished either)";
-    throw TimeoutError("waited " + secs(options_.comm_timeout_s) + " for stage " + std::to_string(from) + " (rank " +
-                       std::to_string(peer_rank(from)) + ")" + also + ": " + e.what());
+    throw TimeoutError(to_string(recv) + " waited " + secs(options_.comm_timeout_s) + " for stage " +
+                       std::to_string(from) + " (rank " + std::to_string(peer_rank(from)) + ")" + also + ": " + e.what());
   } catch (const Error& e) {  // a bad message: checksum, header, size
-    throw Error("received a bad message from stage " + std::to_string(from) + " (rank " +
+    throw Error(to_string(recv) + " received a bad message from stage " + std::to_string(from) + " (rank " +
                 std::to_string(peer_rank(from)) + "); the step is abandoned, no optimizer step taken: " + e.what());
   }
 }
 
-at::Tensor StageIO::receive(const Action& a) {
+at::Tensor StageIO::wait_recv(ActionKind recv_kind, int mb) {
   const double t0 = now_us();
   const auto w0 = Clock::now();
-  auto it = recvs_.find({a.kind, a.micro_batch});
-  if (it == recvs_.end()) throw Error("no receive was posted for it (the schedule names it twice?)");
-  const int from = neighbour(a);
-  wait_posted(it->second, from);
+  const Action recv{stage_, recv_kind, mb};
+  auto it = recvs_.find({recv_kind, mb});
+  if (it == recvs_.end()) throw Error("no " + to_string(recv) + " was posted (the schedule lacks it, or names it twice)");
+  const int from = neighbour(recv);
+  wait_posted(it->second, recv);
   Posted& p = it->second;
   at::Tensor out = p.buffer;
   if (p.compressed)
     out = kernels::decompress(p.buffer.narrow(0, 0, static_cast<int64_t>(p.request.header().payload_bytes)));
   const double waited = std::chrono::duration<double>(Clock::now() - w0).count();
   (from < stage_ ? wait_prev_s_ : wait_next_s_) += waited;
-  span(std::string(action_kind_name(a.kind)) + std::to_string(a.micro_batch) + " wait", t0);
+  span(std::string(action_kind_name(recv_kind)) + std::to_string(mb) + " wait", t0);
   recvs_.erase(it);
   return out.to(device_);
 }
-
-bool StageIO::sent_with_group(size_t index) const { return issued_.at(index); }
 
 void StageIO::send(size_t index, const at::Tensor& tensor) { send_now((*actions_)[index], tensor); }
 
@@ -294,7 +283,7 @@ void StageIO::send_now(const Action& a, const at::Tensor& tensor) {
   } else {
     kernels::Packed packed =
         kernels::compress(x, codec_spec(codec, options_.seed, step_, plan_.job.micro_batches, a.micro_batch, !fwd));
-    at::Tensor bytes = on_nccl(to) ? packed.bytes.contiguous() : packed.bytes.to(at::kCPU).contiguous();
+    at::Tensor bytes = link_on_nccl(to) ? packed.bytes.contiguous() : packed.bytes.to(at::kCPU).contiguous();
     h.codec = codec;
     comm::Request r = transport(to).isend(bytes.data_ptr(), static_cast<size_t>(bytes.numel()), peer_rank(to),
                                           tag_of(a), h);

@@ -2,9 +2,9 @@
 // Megatron's p2p_communication): which backend reaches each neighbour (comm's Router, the one
 // place that decides), the codec of each direction, receives posted at the start of the step
 // (MPI) or issued with their group (NCCL: comm_groups, one Transport batch each), sends and their
-// completion, and the link measurements of the step. The executor's interpreter calls it per
-// action; it throws plain errors ("waited 5 s for stage 1 (rank 1): ...") and the interpreter
-// adds where ("stage 2 (rank 2) at 2RECV_F0 of step 3: ...").
+// completion, and the link measurements of the step. One per stage a rank runs. The executor's
+// interpreter calls it per action; it throws plain errors ("2RECV_F0 waited 5 s for stage 1
+// (rank 1): ...") and the interpreter adds where ("stage 2 (rank 2) at 2F0 of step 3: ...").
 #pragma once
 
 #include <geopipe/comm/transport.h>
@@ -41,15 +41,18 @@ class StageIO {
           std::vector<TraceSpan>* trace);
   ~StageIO();
 
-  // Starts a step over `actions` (this stage's list): posts every receive that is not on NCCL.
+  // Starts a step over `actions` (this rank's list; the actions of this stage are its own):
+  // posts every receive of this stage that is not on NCCL.
   void begin(int64_t step, const std::vector<Action>& actions, Mode mode);
-  // Before running action `index`: issues the NCCL group that starts there, if any: its
-  // receives, and its sends with `tensor_of(send)` (their compute ran before the group).
-  void issue_group(size_t index, const std::function<at::Tensor(const Action&)>& tensor_of);
-  // Was SEND action `index` already issued with its NCCL group?
-  bool sent_with_group(size_t index) const;
-  // Waits for a RECV_F / RECV_B's tensor (decoded, on the stage's device).
-  at::Tensor receive(const Action& action);
+  // Is this SEND/RECV of this stage on an NCCL link (issued with its group, not on its own)?
+  bool on_nccl(const Action& action) const;
+  // Issues NCCL operation `index` inside the caller's group: posts a RECV, or sends `tensor`.
+  void issue(size_t index, const at::Tensor& tensor);
+  bool issued(size_t index) const { return issued_.at(index); }
+  // Waits for the tensor of this stage's receive (RECV_F or RECV_B of micro-batch mb), decoded
+  // and on the stage's device: the compute that needs it calls this (a RECV action may be placed
+  // well before it, where the peer sends).
+  at::Tensor wait_recv(ActionKind recv_kind, int mb);
   // SEND_F / SEND_B of action `index`.
   void send(size_t index, const at::Tensor& tensor);
   // Notes which sends have finished (their end time is the links' busy time).
@@ -81,7 +84,7 @@ class StageIO {
   };
   int neighbour(const Action& a) const;  // the stage a SEND goes to or a RECV comes from
   int peer_rank(int stage) const { return plan_.stages.at(static_cast<size_t>(stage)).ranks.at(0); }
-  bool on_nccl(int stage) const;
+  bool link_on_nccl(int stage) const;
   comm::Transport& transport(int stage);
   const std::string& codec_of(const Action& a) const;
   int tag_of(const Action& a) const;
@@ -89,7 +92,7 @@ class StageIO {
   void send_now(const Action& a, const at::Tensor& tensor);
   void span(const std::string& name, double start_us) const;
   double since_start() const;
-  void wait_posted(Posted& p, int from);
+  void wait_posted(Posted& p, const Action& recv);
 
   const Plan& plan_;
   const int stage_;
@@ -107,8 +110,7 @@ class StageIO {
   int64_t step_ = 0;
   Mode mode_ = Mode::kTrain;
   const std::vector<Action>* actions_ = nullptr;
-  std::map<size_t, size_t> groups_;  // NCCL groups of the list: first index -> one past the last
-  std::vector<bool> issued_;         // SENDs already issued with their NCCL group
+  std::vector<bool> issued_;  // NCCL operations already issued with their group
   std::chrono::steady_clock::time_point start_;
   std::map<std::pair<ActionKind, int>, Posted> recvs_;
   std::vector<InFlight> sends_;

@@ -53,18 +53,21 @@ std::optional<StageCheckpoint> load_own_file(const TrainConfig& cfg, const Manif
 
 }  // namespace
 
-void write_checkpoint(const Plan& plan, const TrainConfig& cfg, int stage, int rank, int64_t step,
-                      const GptStage& model, const AdamW& opt, comm::Communicator* comm,
-                      const std::function<void()>& midway) {
+void write_checkpoint(const Plan& plan, const TrainConfig& cfg, const std::vector<StageChunk>& chunks, int64_t step,
+                      comm::Communicator* comm, const std::function<void()>& midway) {
   const int S = plan.num_stages();
-  StageCheckpoint ck{stage, step, cfg.seed, step, model.named_parameters(), opt.state()};
-  const FileDigest d = save_stage_checkpoint(cfg.checkpoint_dir, ck, midway);
+  const int rank = comm ? comm->rank() : 0;
   // Sizes and checksums to every rank (one slot pair per stage, filled by the stage's first
   // rank: the sum is exact). It is also the barrier: every stage's file is on disk.
   std::vector<double> dv(2 * static_cast<size_t>(S), 0.0);
-  if (rank == plan.stages[static_cast<size_t>(stage)].ranks.at(0)) {
-    dv[2 * static_cast<size_t>(stage)] = static_cast<double>(d.bytes);
-    dv[2 * static_cast<size_t>(stage) + 1] = static_cast<double>(d.crc32c);
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    const StageChunk& c = chunks[i];
+    StageCheckpoint ck{c.stage, step, cfg.seed, step, c.model->named_parameters(), c.optimizer->state()};
+    const FileDigest d = save_stage_checkpoint(cfg.checkpoint_dir, ck, i == 0 ? midway : std::function<void()>());
+    if (rank == plan.stages[static_cast<size_t>(c.stage)].ranks.at(0)) {
+      dv[2 * static_cast<size_t>(c.stage)] = static_cast<double>(d.bytes);
+      dv[2 * static_cast<size_t>(c.stage) + 1] = static_cast<double>(d.crc32c);
+    }
   }
   allreduce_sum(comm, dv, cfg.comm_timeout_s);
   if (rank != 0) return;
@@ -76,7 +79,7 @@ void write_checkpoint(const Plan& plan, const TrainConfig& cfg, int stage, int r
   write_manifest(cfg.checkpoint_dir, m);
 }
 
-int64_t resume(const Plan& plan, const TrainConfig& cfg, int stage, int rank, GptStage& model, AdamW& opt,
+int64_t resume(const Plan& plan, const TrainConfig& cfg, const std::vector<StageChunk>& chunks,
                comm::Communicator* comm) {
   const int S = plan.num_stages();
   if (cfg.checkpoint_dir.empty()) throw InputError("--resume", "resume", "needs --checkpoint-dir");
@@ -86,13 +89,16 @@ int64_t resume(const Plan& plan, const TrainConfig& cfg, int stage, int rank, Gp
     throw InputError(manifest_path(cfg.checkpoint_dir), "num_stages",
                      "checkpoint of job " + manifest->job + " with " + std::to_string(manifest->num_stages) +
                          " stages does not match plan " + plan.job.name + " with " + std::to_string(S));
-  // Every rank verifies its own stage file; then all learn which stages failed, so every rank
+  // Every rank verifies its own stage files; then all learn which stages failed, so every rank
   // refuses together, naming the file, before anything is written.
-  FileCheck check = FileCheck::kOk;
   std::optional<InputError> refused;
-  std::optional<StageCheckpoint> ck = load_own_file(cfg, *manifest, stage, &check, &refused);
+  std::vector<std::optional<StageCheckpoint>> loaded;
   std::vector<double> failed(static_cast<size_t>(S), 0.0);
-  failed[static_cast<size_t>(stage)] = static_cast<double>(check);
+  for (const StageChunk& c : chunks) {
+    FileCheck check = FileCheck::kOk;
+    loaded.push_back(load_own_file(cfg, *manifest, c.stage, &check, &refused));
+    failed[static_cast<size_t>(c.stage)] = static_cast<double>(check);
+  }
   if (comm) comm->allreduce_max(failed.data(), S, comm::Seconds(cfg.comm_timeout_s));
   if (refused) throw *refused;
   for (int s = 0; s < S; ++s)
@@ -101,15 +107,18 @@ int64_t resume(const Plan& plan, const TrainConfig& cfg, int stage, int rank, Gp
                        "stage " + std::to_string(s) + "'s checkpoint file is " +
                            file_check_name(static_cast<FileCheck>(static_cast<int>(failed[static_cast<size_t>(s)]))) +
                            " (named by " + manifest_path(cfg.checkpoint_dir) + "); not resuming");
-  const std::string file = stage_checkpoint_path(cfg.checkpoint_dir, ck->step, stage);
-  copy_into(ck->model, model.named_parameters(), file);
-  opt.load_state(ck->optimizer, ck->step, file);
-  if (rank == 0) {
-    spdlog::info("resumed from {} at step {} (every stage file verified: size and CRC32C)",
-                 manifest_path(cfg.checkpoint_dir), ck->step);
-    if (!cfg.json_log.empty()) trim_json_log(cfg.json_log, ck->step);
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    const StageCheckpoint& ck = *loaded[i];
+    const std::string file = stage_checkpoint_path(cfg.checkpoint_dir, ck.step, chunks[i].stage);
+    copy_into(ck.model, chunks[i].model->named_parameters(), file);
+    chunks[i].optimizer->load_state(ck.optimizer, ck.step, file);
   }
-  return ck->step;
+  if (!comm || comm->rank() == 0) {
+    spdlog::info("resumed from {} at step {} (every stage file verified: size and CRC32C)",
+                 manifest_path(cfg.checkpoint_dir), manifest->step);
+    if (!cfg.json_log.empty()) trim_json_log(cfg.json_log, manifest->step);
+  }
+  return manifest->step;
 }
 
 }  // namespace geopipe::runtime::detail

@@ -36,22 +36,29 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 Schedule build_schedule(const Plan& plan, const TrainConfig& cfg) {
-  const int S = plan.num_stages(), M = plan.job.micro_batches;
+  const int R = plan.world_size(), M = plan.job.micro_batches;
+  // NCCL pairs sends and receives in issue order: the order must survive the rendezvous dry run
+  // too (the generators' orders are checked by runtime_schedule_test; a user's here).
+  const bool nccl = std::any_of(plan.links.begin(), plan.links.end(),
+                                [](const LinkPlan& l) { return l.transport == "nccl"; });
   if (!cfg.schedule_file.empty()) {
     Schedule s = load_schedule_file(cfg.schedule_file);
-    if (s.num_stages != S)
-      throw InputError(cfg.schedule_file, "schedule", "has " + std::to_string(s.num_stages) +
-                                                          " stages, the plan has " + std::to_string(S));
+    if (s.num_ranks != R || s.num_stages != plan.num_stages())
+      throw InputError(cfg.schedule_file, "schedule", "has " + std::to_string(s.num_stages) + " stages on " +
+                                                          std::to_string(s.num_ranks) + " ranks, the plan " +
+                                                          std::to_string(plan.num_stages()) + " on " + std::to_string(R));
     if (s.num_micro_batches != M)
       throw InputError(cfg.schedule_file, "schedule", "has " + std::to_string(s.num_micro_batches) +
                                                           " micro-batches, the job has " + std::to_string(M));
-    return prepare_schedule(s, cfg.schedule_file);
+    return prepare_schedule(s, cfg.schedule_file, nccl);
   }
-  std::string kind = cfg.schedule == "plan" ? plan.schedule.kind : cfg.schedule;
-  if (kind != "gpipe" && kind != "1f1b" && kind != "1f1b-lh")
-    throw InputError("--schedule", "schedule", "expected gpipe, 1f1b or plan, got \"" + cfg.schedule + "\"");
-  return prepare_schedule(schedule_for(kind, S, M, plan.schedule.warmup),
-                          cfg.plan_file + " (schedule " + kind + ")");
+  const std::string kind = cfg.schedule == "plan" ? plan.schedule.kind : cfg.schedule;
+  const int V = plan.schedule.virtual_stages;
+  if (cfg.schedule != "plan" && V != 1)
+    throw InputError("--schedule", "schedule", "the plan runs " + std::to_string(V) + " stages per rank (" +
+                                                   plan.schedule.kind + "); --schedule applies to one stage per rank");
+  return prepare_schedule(schedule_for(kind, R, M, V, plan.schedule.warmup), cfg.plan_file + " (schedule " + kind + ")",
+                          nccl);
 }
 
 }  // namespace
@@ -81,32 +88,54 @@ std::pair<std::string, std::string> codec_pair(const std::string& flag) {
 
 namespace {
 
-// The stage this rank runs, checked against the plan and the communicator.
-int checked_stage(const Plan& plan, const TrainConfig& cfg, comm::Communicator* comm) {
-  const int S = plan.num_stages();
+// The stages this rank runs, checked against the plan and the communicator.
+std::vector<int> checked_stages(const Plan& plan, const TrainConfig& cfg, comm::Communicator* comm) {
   const int rank = comm ? comm->rank() : 0;
-  if (S > 1 && !comm) throw Error("a " + std::to_string(S) + "-stage plan needs MPI (run it under mpirun / geopipe launch)");
+  if (plan.world_size() > 1 && !comm)
+    throw Error("a " + std::to_string(plan.world_size()) + "-rank plan needs MPI (run it under mpirun / geopipe launch)");
   if (comm && comm->size() != plan.world_size())
     throw InputError(cfg.plan_file, "stages", "plan needs " + std::to_string(plan.world_size()) +
                                                   " ranks, the job has " + std::to_string(comm->size()));
-  const int stage = comm ? plan.stage_of_rank(rank) : 0;
-  if (stage < 0) throw InputError(cfg.plan_file, "stages", "rank " + std::to_string(rank) + " has no stage");
+  std::vector<int> stages = plan.stages_of_rank(rank);
+  if (stages.empty()) throw InputError(cfg.plan_file, "stages", "rank " + std::to_string(rank) + " has no stage");
   if (cfg.dtype != "fp32" && cfg.dtype != "bf16")
     throw InputError("--dtype", "dtype", "expected fp32 or bf16, got \"" + cfg.dtype + "\"");
-  return stage;
+  return stages;
 }
 
-// Every stage loads the data (first: inputs, last: targets); middle stages need none but
-// loading keeps the code path single and the file small.
-TokenDataset stage_data(const Plan& plan, const TrainConfig& cfg, int stage) {
-  const bool first = stage == 0, last = stage + 1 == plan.num_stages();
-  if (!first && !last) return TokenDataset::from_tokens(std::vector<uint16_t>(2, 0), 0.0, "unused");
+// The first stage needs the inputs and the last the targets; a rank with neither loads nothing
+// (an empty stand-in keeps the code path single).
+TokenDataset rank_data(const Plan& plan, const TrainConfig& cfg, const std::vector<int>& stages) {
+  const bool needs = stages.front() == 0 || stages.back() + 1 == plan.num_stages();
+  if (!needs) return TokenDataset::from_tokens(std::vector<uint16_t>(2, 0), 0.0, "unused");
   TokenDataset data = TokenDataset::load(cfg.data_file, cfg.data_format, cfg.val_fraction);
   if (data.max_token() >= plan.job.model.vocab)
     throw InputError(cfg.data_file, "tokens", "token id " + std::to_string(data.max_token()) +
                                                   " does not fit the model's vocabulary of " +
                                                   std::to_string(plan.job.model.vocab));
   return data;
+}
+
+// This rank's stages: a model and an optimizer each.
+struct RankModels {
+  std::vector<std::unique_ptr<GptStage>> models;
+  std::vector<std::unique_ptr<AdamW>> optimizers;
+  std::vector<StageChunk> chunks;
+  int64_t num_parameters = 0;
+};
+RankModels build_models(const Plan& plan, const std::vector<int>& stages, const OptimConfig& oc, uint64_t seed,
+                        at::Device device) {
+  RankModels m;
+  const GptConfig gc = gpt_config(plan.job.model);
+  for (int s : stages) {
+    const StagePlan& sp = plan.stages[static_cast<size_t>(s)];
+    m.models.push_back(std::make_unique<GptStage>(gc, sp.layer_begin, sp.layer_end, s == 0,
+                                                  s + 1 == plan.num_stages(), seed, device));
+    m.optimizers.push_back(std::make_unique<AdamW>(m.models.back()->named_parameters(), oc));
+    m.chunks.push_back({s, m.models.back().get(), m.optimizers.back().get()});
+    m.num_parameters += m.models.back()->num_parameters();
+  }
+  return m;
 }
 
 ExecutorOptions executor_options(const TrainConfig& cfg) {
@@ -116,6 +145,7 @@ ExecutorOptions executor_options(const TrainConfig& cfg) {
   eo.comm_timeout_s = cfg.comm_timeout_s;
   eo.bf16_autocast = cfg.dtype == "bf16";
   eo.record_trace = !cfg.trace_file.empty();
+  eo.recompute = parse_recompute(cfg.recompute);
   return eo;
 }
 
@@ -137,34 +167,31 @@ bool due(int every, int64_t steps_done, bool final_step) {
 }  // namespace
 
 TrainResult run_training(const Plan& plan, const TrainConfig& cfg, comm::Communicator* comm) {
-  const int stage = checked_stage(plan, cfg, comm);
+  const std::vector<int> stages = checked_stages(plan, cfg, comm);
   const int rank = comm ? comm->rank() : 0;
-  const StagePlan& sp = plan.stages[static_cast<size_t>(stage)];
   const int64_t iters = cfg.iters ? *cfg.iters : plan.job.iterations;
   const detail::FaultHooks faults(cfg, rank, comm ? comm->size() : 1, comm != nullptr);
   const at::Device device = pick_device(cfg.device);
-  const TokenDataset data = stage_data(plan, cfg, stage);
-  GptStage model(gpt_config(plan.job.model), sp.layer_begin, sp.layer_end, stage == 0,
-                 stage + 1 == plan.num_stages(), cfg.seed, device);
+  const TokenDataset data = rank_data(plan, cfg, stages);
   OptimConfig oc = cfg.optim;
   if (oc.decay_steps <= 0) oc.decay_steps = iters;
-  AdamW opt(model.named_parameters(), oc);
+  RankModels m = build_models(plan, stages, oc, cfg.seed, device);
 
   TrainResult result;
-  if (cfg.resume) result.first_step = detail::resume(plan, cfg, stage, rank, model, opt, comm);
+  if (cfg.resume) result.first_step = detail::resume(plan, cfg, m.chunks, comm);
   ExecutorOptions eo = executor_options(cfg);
   faults.install(eo);
   const std::unique_ptr<comm::NcclTransport> nccl = nccl_for(plan, device, comm);
   eo.nccl = nccl.get();
-  PipelineExecutor exec(plan, stage, model, opt, data, comm, build_schedule(plan, cfg), oc, eo);
+  PipelineExecutor exec(plan, m.chunks, data, comm, build_schedule(plan, cfg), oc, eo);
   detail::StepLogger logger(plan, cfg, rank == 0, result.first_step, iters);
   if (rank == 0)
-    spdlog::info("job {}: {} stages, {} micro-batches of {}x{} tokens, steps {}..{}, stage 0 has {} parameters",
-                 plan.job.name, plan.num_stages(), plan.job.micro_batches, plan.job.micro_batch,
-                 plan.job.model.seq_len, result.first_step, iters, model.num_parameters());
+    spdlog::info("job {}: {} stages on {} ranks, {} micro-batches of {}x{} tokens, steps {}..{}, rank 0 has {} parameters",
+                 plan.job.name, plan.num_stages(), plan.world_size(), plan.job.micro_batches, plan.job.micro_batch,
+                 plan.job.model.seq_len, result.first_step, iters, m.num_parameters);
   if (cfg.checkpoint_at_start && !cfg.resume) {
     if (cfg.checkpoint_dir.empty()) throw InputError("--checkpoint-at-start", "checkpoint-at-start", "needs --checkpoint-dir");
-    detail::write_checkpoint(plan, cfg, stage, rank, 0, model, opt, comm);
+    detail::write_checkpoint(plan, cfg, m.chunks, 0, comm);
     if (rank == 0) spdlog::info("checkpointed the initial weights as step 0: {}", manifest_path(cfg.checkpoint_dir));
   }
 
@@ -182,15 +209,15 @@ TrainResult run_training(const Plan& plan, const TrainConfig& cfg, comm::Communi
       result.val_losses.emplace_back(step + 1, *val);
     }
     if (!cfg.checkpoint_dir.empty() && due(cfg.checkpoint_every, step + 1, final_step))
-      detail::write_checkpoint(plan, cfg, stage, rank, step + 1, model, opt, comm,
-                               faults.checkpoint_midway(step + 1, stage_checkpoint_path(cfg.checkpoint_dir, step + 1, stage)));
+      detail::write_checkpoint(plan, cfg, m.chunks, step + 1, comm,
+                               faults.checkpoint_midway(step + 1, stage_checkpoint_path(cfg.checkpoint_dir, step + 1, stages.front())));
     logger.log(st, val);
     result.steps.push_back(st);
     result.steps.back().links = {};  // logged; not kept per step (memory of long runs)
   }
   totals.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_run).count();
-  result.summary = detail::summarize(plan, cfg, stage, totals, result, comm);
-  if (!cfg.trace_file.empty()) detail::write_trace(plan, cfg, stage, exec.trace(), comm);
+  result.summary = detail::summarize(plan, cfg, totals, result, comm);
+  if (!cfg.trace_file.empty()) detail::write_trace(plan, cfg, exec.trace(), comm);
   return result;
 }
 

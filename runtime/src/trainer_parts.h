@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <fstream>
+#include <map>
 #include <functional>
 #include <optional>
 #include <string>
@@ -35,20 +36,22 @@ class FaultHooks {
   bool mine_ = false;
 };
 
-// Every stage writes its file, then rank 0 the manifest naming them all (checkpoint.h). `step`
-// is the number of optimizer steps taken. Collective.
-void write_checkpoint(const Plan& plan, const TrainConfig& config, int stage, int rank, int64_t step,
-                      const GptStage& model, const AdamW& optimizer, comm::Communicator* comm,
-                      const std::function<void()>& midway = {});
-// --resume: every rank verifies its own stage file, all refuse together naming the file when
+// Every stage writes its file (this rank's: `chunks`), then rank 0 the manifest naming them all
+// (checkpoint.h). `step` is the number of optimizer steps taken. Collective.
+void write_checkpoint(const Plan& plan, const TrainConfig& config, const std::vector<StageChunk>& chunks, int64_t step,
+                      comm::Communicator* comm, const std::function<void()>& midway = {});
+// --resume: every rank verifies its own stage files, all refuse together naming the file when
 // any is damaged, else load parameters and optimizer state. Returns the step to continue from.
 // Collective.
-int64_t resume(const Plan& plan, const TrainConfig& config, int stage, int rank, GptStage& model, AdamW& optimizer,
+int64_t resume(const Plan& plan, const TrainConfig& config, const std::vector<StageChunk>& chunks,
                comm::Communicator* comm);
 
-// Sums over a run's steps of what the summary reports per stage.
+// Sums over a run's steps of what the summary reports: this rank's time, and every directed
+// link's wire bytes (the same on every rank: the step's reduction carries them).
 struct RunTotals {
-  double compute_s = 0, wait_s = 0, wall_s = 0, fwd_raw = 0, fwd_wire = 0, bwd_raw = 0, bwd_wire = 0;
+  double compute_s = 0, wait_s = 0, wall_s = 0;
+  std::map<std::pair<int, int>, double> link_wire;  // (from stage, to stage) -> bytes
+  int64_t steps = 0;
   void add(const StepStats& st);
 };
 
@@ -69,10 +72,10 @@ class StepLogger {
 
 // The end-of-run summary (rank 0; "" elsewhere): per stage compute / comm-wait / idle, bytes per
 // link raw and on the wire, electricity. Collective (one all-reduce of every rank's totals).
-std::string summarize(const Plan& plan, const TrainConfig& config, int stage, const RunTotals& totals,
-                      const TrainResult& result, comm::Communicator* comm);
+std::string summarize(const Plan& plan, const TrainConfig& config, const RunTotals& totals, const TrainResult& result,
+                      comm::Communicator* comm);
 // Every rank's spans to rank 0, which writes one Chrome/Perfetto trace (a track per rank). Collective.
-void write_trace(const Plan& plan, const TrainConfig& config, int stage, const std::vector<TraceSpan>& spans,
+void write_trace(const Plan& plan, const TrainConfig& config, const std::vector<TraceSpan>& spans,
                  comm::Communicator* comm);
 
 }  // namespace geopipe::runtime::detail

@@ -293,6 +293,29 @@ TEST(Training, ScheduleFileMustMatchThePlan) {
   EXPECT_NO_THROW(run_training(plan, cfg, nullptr));
 }
 
+TEST(Training, ScheduleFileInTorchsCsvRunsSplitBackwardGivesTheSameLossesAndOtherShapesAreRefused) {
+  Plan plan = testing_support::tiny_plan({{0, 2}}, {"us-east"});
+  std::string path = testing::TempDir() + "/one_rank_schedule.csv";
+  TrainConfig cfg = testing_support::tiny_config(3);
+  cfg.schedule_file = path;
+  std::ofstream(path, std::ios::binary) << "0F0,0F1,,0F2,0F3,0B3,0B2,0B1,0B0\r\n";  // no OPT: appended
+  const TrainResult full = run_training(plan, cfg, nullptr);
+  // The same steps with the backward split into I and W (zero bubble's order on one rank).
+  std::ofstream(path, std::ios::binary) << format_schedule_csv(zb_h1_schedule(1, 4));
+  const TrainResult split = run_training(plan, cfg, nullptr);
+  ASSERT_EQ(split.steps.size(), full.steps.size());
+  for (size_t i = 0; i < full.steps.size(); ++i)
+    EXPECT_NEAR(split.steps[i].loss, full.steps[i].loss, 1e-6 * full.steps[i].loss) << "step " << i;
+  // Two stages on one rank do not fit a one-stage plan.
+  std::ofstream(path, std::ios::binary) << format_schedule_csv(zbv_schedule(1, 4));
+  try {
+    run_training(plan, cfg, nullptr);
+    ADD_FAILURE() << "a 2-stage schedule ran a 1-stage plan";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("has 2 stages on 1 ranks, the plan 1 on 1"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Training, ProfileModeWritesASchedulerProfile) {
   Plan plan = testing_support::tiny_plan({{0, 2}}, {"us-east"});
   std::string out = testing::TempDir() + "/profile.json";

@@ -240,13 +240,9 @@ TEST(Pipeline, MissingStageTimesOutNamingWhoWaitedForWhom) {
     const std::string what = e.what();
     const int r = world().rank();
     // Where (from the interpreter), then what (from the stage's links).
-    EXPECT_NE(what.find("stage " + std::to_string(r) + " (rank " + std::to_string(r) + ") at " + std::to_string(r) +
-                        "RECV_B"),
-              std::string::npos)
-        << what;
-    EXPECT_NE(what.find(" of step 1: waited 2 s for stage " + std::to_string(r + 1) + " (rank " +
-                        std::to_string(r + 1) + ")"),
-              std::string::npos)
-        << what;
+    const std::string R = std::to_string(r), next = std::to_string(r + 1);
+    EXPECT_NE(what.find("stage " + R + " (rank " + R + ") at " + R + "B"), std::string::npos) << what;
+    EXPECT_NE(what.find(" of step 1: " + R + "RECV_B"), std::string::npos) << what;
+    EXPECT_NE(what.find(" waited 2 s for stage " + next + " (rank " + next + ")"), std::string::npos) << what;
   }
 }

@@ -4,8 +4,9 @@
 // per neighbour, codecs, posting, sends, metering — are runtime/src/stage_io.h's.
 //
 // - At the start of a step every RECV of the list is posted (irecv into its own buffer), so a
-//   neighbour's send never waits for us; RECV_F/RECV_B then only wait, right before the
-//   compute that needs the tensor.
+//   neighbour's send never waits for us; the F/B that needs a received tensor waits for it
+//   (lowering may place its RECV earlier, where the peer sends). Runs one stage per rank with
+//   F/B only; chunks per rank and split backward (I/W) are refused until the interpreter lands.
 // - SEND_F/SEND_B are asynchronous; the step waits for them before the optimizer runs.
 // - F m keeps (input, output) of micro-batch m until B m, then frees them.
 // - Links the plan marks with a codec carry compressed tensors (kernels' LibTorch adapter):
@@ -27,6 +28,7 @@
 #include <geopipe/runtime/gpt.h>
 #include <geopipe/runtime/optim.h>
 #include <geopipe/runtime/schedule.h>
+#include <geopipe/runtime/stage_compute.h>
 
 #include <cstdint>
 #include <functional>
@@ -48,10 +50,11 @@ struct ExecutorOptions {
   std::string codec_forward_override, codec_backward_override;
   double comm_timeout_s = 300;
   bool bf16_autocast = false;  // forward under bf16 autocast (parameters and optimizer stay fp32)
+  Recompute recompute = Recompute::kNone;  // --recompute: keep only block inputs from F to the backward
   bool record_trace = false;
   // Links the plan marks "nccl" use this transport (null: every link is MPI). Must outlive the executor.
   comm::NcclTransport* nccl = nullptr;
-  // Called after every F and B action (tests' fault hooks: GEOPIPE_TEST_FAULT kill).
+  // Called after every F, B, I and W action (tests' fault hooks: GEOPIPE_TEST_FAULT kill).
   std::function<void(int64_t step, const Action& action)> after_compute;
 };
 
@@ -111,12 +114,21 @@ struct StepReduction {
 
 class StageIO;
 
+// One stage (model chunk) this rank runs, with its optimizer: one per stage, so a stage's
+// parameters and optimizer state go to its own checkpoint file whatever the placement.
+struct StageChunk {
+  int stage = 0;
+  GptStage* model = nullptr;
+  AdamW* optimizer = nullptr;
+};
+
 class PipelineExecutor {
  public:
-  // `comm` may be null only for a one-stage plan. `schedule` must be lowered and checked
-  // (prepare_schedule). Throws InputError when the plan and the schedule disagree.
-  PipelineExecutor(const Plan& plan, int stage, GptStage& model, AdamW& optimizer, const TokenDataset& data,
-                   comm::Communicator* comm, Schedule schedule, const OptimConfig& optim, ExecutorOptions options);
+  // `chunks`: the stages this rank runs (plan.stages_of_rank), in model order. `comm` may be null
+  // only for a one-stage plan. `schedule` must be lowered and checked (prepare_schedule); its
+  // placement must be the plan's. Throws InputError when the plan and the schedule disagree.
+  PipelineExecutor(const Plan& plan, std::vector<StageChunk> chunks, const TokenDataset& data, comm::Communicator* comm,
+                   Schedule schedule, const OptimConfig& optim, ExecutorOptions options);
   ~PipelineExecutor();
 
   StepStats train_step(int64_t step);
@@ -126,31 +138,33 @@ class PipelineExecutor {
 
   const std::vector<TraceSpan>& trace() const { return trace_; }
   const std::vector<Action>& actions() const { return actions_; }
-  std::string codec_to_next() const;  // "none" when no next stage
-  std::string codec_to_prev() const;
 
  private:
   enum class Mode { kTrain, kEval };
   struct StepState;
+  struct Chunk;
   void run(const std::vector<Action>& actions, StepState& s);
   void execute(size_t index, const Action& a, StepState& s);
+  void issue_nccl_group(size_t index, StepState& s);
   void forward(const Action& a, StepState& s);
-  void backward(const Action& a, StepState& s);
-  void optimizer_step(const Action& a, StepState& s);
+  void backward(const Action& a, StepState& s);  // B or I
+  void optimizer_step(StepState& s);
   at::Tensor tensor_to_send(const Action& a, StepState& s) const;
+  Chunk& chunk(int stage);
+  bool stage_here(int stage) const;
+  std::vector<Action> eval_actions(int batches) const;
   std::string where(const Action& a, int64_t step) const;  // "stage 2 (rank 2) at 2RECV_B3 of step 41: "
   void span(const std::string& name, double start_us);
 
   const Plan& plan_;
-  int stage_;
-  GptStage& model_;
-  AdamW& optimizer_;
+  int rank_;
+  std::vector<Chunk> chunks_;  // this rank's stages, in model order
   const TokenDataset& data_;
   comm::Communicator* comm_;
   std::vector<Action> actions_;
+  std::map<size_t, size_t> nccl_groups_;  // runs of SEND/RECV with an NCCL operation: first -> one past the last
   OptimConfig optim_;
   ExecutorOptions options_;
-  std::unique_ptr<StageIO> io_;  // this stage's links
   std::vector<TraceSpan> trace_;
 };
 

@@ -26,7 +26,8 @@ struct TrainConfig {
   uint64_t seed = 1;
   std::string dtype = "fp32";       // fp32 | bf16 (bf16 autocast in forward)
   std::string codec = "plan";       // none | int8 | fp8 | int4 | plan | a full codec name
-  std::string schedule = "plan";    // gpipe | 1f1b | plan
+  std::string schedule = "plan";    // gpipe | 1f1b | 1f1b-lh | zb-h1 | plan (one stage per rank)
+  std::string recompute = "none";   // none | full (keep block inputs, recompute in the backward)
   std::string schedule_file;        // overrides `schedule` when set
   std::string data_file;
   std::string data_format = "text";
