@@ -361,7 +361,7 @@ StepStats PipelineExecutor::train_step(int64_t step) {
     const int mb = a.micro_batch;
     poll_sends();
     if (auto g = nccl_groups_.find(index); g != nccl_groups_.end()) {
-      options_.nccl->group_start();
+      comm::TransportBatch group(transport(nccl_next_ ? stage_ + 1 : stage_ - 1));  // one NCCL group
       for (size_t i = g->first; i < g->second; ++i) {
         const Action& op = actions_[i];
         if (!is_nccl(action_peer(op))) continue;
@@ -369,7 +369,6 @@ StepStats PipelineExecutor::train_step(int64_t step) {
         else send_action(op);
         issued[i] = true;
       }
-      options_.nccl->group_end();
     }
     switch (a.kind) {
       case ActionKind::kRecvF:

@@ -46,10 +46,12 @@ TEST(NcclTransport, RankSendsToItselfOnTheGpu) {
   h.micro_batch = 3;
   Expect e;
   e.micro_batch = 3;
-  nccl.group_start();  // a self-send must be grouped with its receive
-  Request send = nccl.isend(src, n, me, 1, h);
-  Request recv = nccl.irecv(dst, n, me, 1, e);
-  nccl.group_end();
+  Request send, recv;
+  {
+    TransportBatch batch(nccl);  // a self-send must be grouped with its receive
+    send = nccl.isend(src, n, me, 1, h);
+    recv = nccl.irecv(dst, n, me, 1, e);
+  }
   send.wait(Seconds(60));
   recv.wait(Seconds(60));
   EXPECT_EQ(recv.header().micro_batch, 3);
