@@ -1,5 +1,4 @@
 #include <geopipe/comm/communicator.h>
-#include <geopipe/comm/nccl_transport.h>
 #include <geopipe/comm/router.h>
 #include <geopipe/comm/torch.h>
 #include <geopipe/core/error.h>
@@ -154,22 +153,17 @@ PipelineExecutor::PipelineExecutor(const Plan& plan, int stage, GptStage& model,
     codec_in_fwd_ = pick(l->codec_forward, of);
     codec_bwd_ = pick(l->codec_backward, ob);
   }
-  // Backend per neighbour from comm's Router (same region + GPU tensors + NCCL -> NCCL), then the
-  // plan's transport: "mpi" forces MPI; "nccl" where the Router cannot reach the peer falls back
-  // to MPI with a warning (a GPU plan tried on CPU), instead of the Router's InputError.
+  // Backend per neighbour: comm's Router decides (same region + GPU tensors + NCCL -> NCCL), and
+  // applies the plan's transport: "mpi" forces MPI; "nccl" where NCCL cannot reach the peer
+  // falls back to MPI with a warning (a GPU plan tried on CPU).
   if (comm) {
     router_ = std::make_unique<comm::Router>(*comm, options_.nccl, model.device().is_cuda());
     for (int s : {stage - 1, stage + 1}) {
       const LinkPlan* l = s < stage ? plan.link_between(s, stage) : plan.link_between(stage, s);
       if (!l) continue;
       const int peer_rank = plan.stages.at(s).ranks.at(0);
-      if (l->transport == "nccl" && router_->backend_for(peer_rank) != comm::Backend::kNccl)
-        spdlog::warn("stage {}: the plan's link to stage {} says nccl, but {}; using MPI", stage, s,
-                     !model.device().is_cuda() ? "this stage runs on the CPU"
-                     : !options_.nccl         ? "NCCL is not available here"
-                                              : "NCCL does not reach rank " + std::to_string(peer_rank));
-      else
-        router_->set_plan_transport(peer_rank, l->transport);
+      if (const std::string why = router_->follow_plan(peer_rank, l->transport); !why.empty())
+        spdlog::warn("stage {}: the plan's link to stage {} says nccl, but {}; using MPI", stage, s, why);
     }
     nccl_next_ = stage + 1 < S && router_->backend_for(plan.stages[stage + 1].ranks.at(0)) == comm::Backend::kNccl;
     nccl_prev_ = stage > 0 && router_->backend_for(plan.stages[stage - 1].ranks.at(0)) == comm::Backend::kNccl;

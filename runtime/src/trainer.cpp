@@ -1,5 +1,6 @@
 #include <geopipe/comm/communicator.h>
 #include <geopipe/comm/nccl_transport.h>
+#include <geopipe/comm/router.h>
 #include <geopipe/core/error.h>
 #include <geopipe/core/log.h>
 #include <geopipe/runtime/checkpoint.h>
@@ -295,12 +296,12 @@ TrainResult run_training(const Plan& plan, const TrainConfig& cfg, comm::Communi
     eo.after_compute = [fault](int64_t step, const Action& a) {
       if (step + 1 == fault.step) die_by_sigkill(fault, "after " + to_string(a) + ", mid-iteration");
     };
-  // NCCL for the links the plan marks "nccl" (ranks of one region on GPUs). Every rank decides
-  // alike from the plan and its device, since creating the transport is collective.
+  // NCCL for the links the plan marks "nccl" (ranks of one region on GPUs), as comm's Router
+  // decides: alike on every rank, since creating the transport is collective.
   std::unique_ptr<comm::NcclTransport> nccl;
-  const bool plan_wants_nccl = std::any_of(plan.links.begin(), plan.links.end(),
-                                           [](const LinkPlan& l) { return l.transport == "nccl"; });
-  if (comm && plan_wants_nccl && device.is_cuda() && comm::NcclTransport::available()) {
+  std::vector<std::string> plan_transports;
+  for (const LinkPlan& l : plan.links) plan_transports.push_back(l.transport);
+  if (comm && comm::Router::needs_nccl(plan_transports, device.is_cuda())) {
     nccl = std::make_unique<comm::NcclTransport>(*comm, device.has_index() ? device.index() : 0);
     if (rank0) spdlog::info("NCCL transport up for the plan's nccl links");
   }

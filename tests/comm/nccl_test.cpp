@@ -84,7 +84,25 @@ TEST(Router, SendsEverythingThroughMpiWithoutNccl) {
     EXPECT_EQ(router.backend_for(peer), Backend::kMpi);
     EXPECT_EQ(&router.to(peer), static_cast<Transport*>(&comm));
   }
-  EXPECT_THROW(router.set_plan_transport(0, "nccl"), InputError);
-  EXPECT_THROW(router.set_plan_transport(0, "carrier-pigeon"), InputError);
+  // A plan that says nccl falls back to MPI here, and the Router says why.
+  EXPECT_EQ(router.follow_plan(0, "nccl"), "NCCL is not available here");
+  EXPECT_EQ(router.backend_for(0), Backend::kMpi);
+  EXPECT_EQ(router.follow_plan(0, "mpi"), "");
+  EXPECT_THROW(router.follow_plan(0, "carrier-pigeon"), InputError);
   EXPECT_THROW(router.backend_for(comm.size()), Error);
+}
+
+TEST(Router, FollowsThePlanOnCpuTensorsWithMpiAndSaysWhy) {
+  Communicator comm(options());
+  Router router(comm, nullptr, /*tensors_on_gpu=*/false);
+  EXPECT_EQ(router.follow_plan(0, "nccl"), "this stage runs on the CPU");
+  EXPECT_EQ(router.backend_for(0), Backend::kMpi);
+  EXPECT_THROW(router.follow_plan(comm.size(), "mpi"), Error);
+}
+
+TEST(Router, CreatesNcclOnlyForAPlanThatAsksForItOnTheGpu) {
+  EXPECT_FALSE(Router::needs_nccl({"mpi", "mpi"}, /*tensors_on_gpu=*/true));
+  EXPECT_FALSE(Router::needs_nccl({}, true));
+  EXPECT_FALSE(Router::needs_nccl({"mpi", "nccl"}, /*tensors_on_gpu=*/false));
+  EXPECT_EQ(Router::needs_nccl({"mpi", "nccl"}, true), NcclTransport::available());
 }
