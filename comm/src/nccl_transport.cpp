@@ -157,7 +157,6 @@ NcclTransport::~NcclTransport() {
 
 int NcclTransport::rank() const { return impl_->mpi.rank(); }
 int NcclTransport::size() const { return impl_->mpi.size(); }
-int NcclTransport::region_size() const { return static_cast<int>(impl_->region_ranks.size()); }
 bool NcclTransport::reaches(int peer) const { return impl_->local(peer) >= 0; }
 
 void NcclTransport::set_compute_stream(void* cuda_stream) {
@@ -237,7 +236,6 @@ NcclTransport::NcclTransport(Communicator&, int) {
 NcclTransport::~NcclTransport() = default;
 int NcclTransport::rank() const { return 0; }
 int NcclTransport::size() const { return 0; }
-int NcclTransport::region_size() const { return 0; }
 bool NcclTransport::reaches(int) const { return false; }
 Request NcclTransport::isend(const void*, size_t, int, int, const MessageHeader&) { return {}; }
 Request NcclTransport::irecv(void*, size_t, int, int, const Expect&) { return {}; }

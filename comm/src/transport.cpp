@@ -5,8 +5,6 @@
 
 namespace geopipe::comm {
 
-const char* backend_name(Backend backend) { return backend == Backend::kMpi ? "mpi" : "nccl"; }
-
 void wait_all(std::vector<Request>& requests, Seconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (auto& r : requests) {

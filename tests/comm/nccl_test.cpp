@@ -1,5 +1,6 @@
-// NCCL backend: one rank sends to itself on its GPU (NCCL refuses two ranks on one device, so
-// this is the test a one-GPU machine can run). Skips without a GPU.
+// NCCL backend: one rank sends to itself on its GPU, in one batch (NCCL refuses two ranks on one
+// device, so this is the test a one-GPU machine can run). Skips without a GPU. The Router tests
+// run everywhere.
 #include <geopipe/comm/communicator.h>
 #include <geopipe/comm/nccl_transport.h>
 #include <geopipe/comm/router.h>
@@ -40,24 +41,33 @@ TEST(NcclTransport, RankSendsToItselfOnTheGpu) {
   void *src = nullptr, *dst = nullptr;
   ASSERT_EQ(cudaMalloc(&src, n), cudaSuccess);
   ASSERT_EQ(cudaMalloc(&dst, n), cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(src, host.data(), n, cudaMemcpyHostToDevice), cudaSuccess);
   MessageHeader h;
   h.kind = MessageKind::kActivation;
   h.micro_batch = 3;
   Expect e;
   e.micro_batch = 3;
+  // The transfer is ordered after the compute stream's work, and the copy back after the
+  // transfer, by events only (no device-wide synchronisation).
+  cudaStream_t compute = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&compute, cudaStreamNonBlocking), cudaSuccess);
+  ASSERT_EQ(cudaMemcpyAsync(src, host.data(), n, cudaMemcpyHostToDevice, compute), cudaSuccess);
+  nccl.set_compute_stream(compute);
   Request send, recv;
   {
     TransportBatch batch(nccl);  // a self-send must be grouped with its receive
     send = nccl.isend(src, n, me, 1, h);
     recv = nccl.irecv(dst, n, me, 1, e);
   }
+  NcclTransport::stream_wait(recv, compute);
+  ASSERT_EQ(cudaMemcpyAsync(back.data(), dst, n, cudaMemcpyDeviceToHost, compute), cudaSuccess);
   send.wait(Seconds(60));
   recv.wait(Seconds(60));
+  ASSERT_EQ(cudaStreamSynchronize(compute), cudaSuccess);
   EXPECT_EQ(recv.header().micro_batch, 3);
   EXPECT_EQ(recv.header().payload_bytes, n);
-  ASSERT_EQ(cudaMemcpy(back.data(), dst, n, cudaMemcpyDeviceToHost), cudaSuccess);
   EXPECT_EQ(back, host);
+  nccl.set_compute_stream(nullptr);
+  cudaStreamDestroy(compute);
   cudaFree(src);
   cudaFree(dst);
 #endif

@@ -42,7 +42,6 @@ class NcclTransport final : public Transport {
   Backend backend() const override { return Backend::kNccl; }
   int rank() const override;   // world rank
   int size() const override;   // world size
-  int region_size() const;     // ranks in this rank's region (the NCCL communicator)
   bool reaches(int peer) const;  // is `peer` in this rank's region?
 
   // `data` is device memory. Peers are world ranks of the same region.

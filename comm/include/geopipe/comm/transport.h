@@ -28,7 +28,6 @@ using Seconds = std::chrono::duration<double>;
 inline constexpr int kMaxUserTag = 32767;
 
 enum class Backend { kMpi, kNccl };
-const char* backend_name(Backend backend);
 
 // The state behind a Request; implemented by each backend.
 class RequestState {
