@@ -94,8 +94,8 @@ class Mover {
   virtual void post_send(const uint8_t* buf, size_t n, int peer, int tag) = 0;
   virtual void post_recv(uint8_t* buf, size_t n, int peer, int tag) = 0;
   virtual void wait_all() = 0;
-  virtual void group_start() {}
-  virtual void group_end() {}
+  virtual void begin_batch() {}
+  virtual void end_batch() {}
 };
 
 class RawMpi final : public Mover {
@@ -135,12 +135,8 @@ class GeopipeMover final : public Mover {
     comm::wait_all(reqs_, Seconds(600));
     reqs_.clear();
   }
-  void group_start() override {
-    if (auto* nccl = dynamic_cast<NcclTransport*>(&t_)) nccl->group_start();
-  }
-  void group_end() override {
-    if (auto* nccl = dynamic_cast<NcclTransport*>(&t_)) nccl->group_end();
-  }
+  void begin_batch() override { t_.begin_batch(); }
+  void end_batch() override { t_.end_batch(); }
 
  private:
   Transport& t_;
@@ -208,12 +204,12 @@ Result run_bw(Mover& m, Buffers& b, size_t n, const Args& a, int rank) {
     }
     const bool sends = rank == 0 || a.bidir;
     const bool recvs = rank == 1 || a.bidir;
-    m.group_start();
+    m.begin_batch();
     for (int w = 0; w < a.window; ++w) {
       if (recvs) m.post_recv(b.recv, n, peer, 1);
       if (sends) m.post_send(b.send, n, peer, 1);
     }
-    m.group_end();
+    m.end_batch();
     m.wait_all();
     if (a.check && recvs) r.wrong += b.wrong(n);
     // Ack on the host path (osu_bw does the same): the sender learns that all arrived.

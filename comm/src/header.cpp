@@ -7,6 +7,8 @@
 
 namespace geopipe::comm {
 
+namespace {
+
 const char* kind_name(MessageKind kind) {
   switch (kind) {
     case MessageKind::kBytes: return "bytes";
@@ -30,6 +32,8 @@ const char* elem_type_name(ElemType type) {
   }
   return "unknown";
 }
+
+}  // namespace
 
 size_t elem_type_bytes(ElemType type) {
   switch (type) {

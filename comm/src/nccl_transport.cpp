@@ -157,20 +157,19 @@ NcclTransport::~NcclTransport() {
 
 int NcclTransport::rank() const { return impl_->mpi.rank(); }
 int NcclTransport::size() const { return impl_->mpi.size(); }
-int NcclTransport::region_size() const { return static_cast<int>(impl_->region_ranks.size()); }
 bool NcclTransport::reaches(int peer) const { return impl_->local(peer) >= 0; }
 
 void NcclTransport::set_compute_stream(void* cuda_stream) {
   impl_->compute_stream = static_cast<cudaStream_t>(cuda_stream);
 }
 
-void NcclTransport::group_start() {
+void NcclTransport::begin_batch() {
   nccl_check(ncclGroupStart(), "ncclGroupStart");
   impl_->group_depth++;
 }
 
-void NcclTransport::group_end() {
-  if (impl_->group_depth == 0) throw Error("NcclTransport::group_end without group_start");
+void NcclTransport::end_batch() {
+  if (impl_->group_depth == 0) throw Error("NcclTransport::end_batch without begin_batch");
   nccl_check(ncclGroupEnd(), "ncclGroupEnd");
   if (--impl_->group_depth == 0) {
     for (auto& r : impl_->group_pending) r->record();
@@ -237,13 +236,12 @@ NcclTransport::NcclTransport(Communicator&, int) {
 NcclTransport::~NcclTransport() = default;
 int NcclTransport::rank() const { return 0; }
 int NcclTransport::size() const { return 0; }
-int NcclTransport::region_size() const { return 0; }
 bool NcclTransport::reaches(int) const { return false; }
 Request NcclTransport::isend(const void*, size_t, int, int, const MessageHeader&) { return {}; }
 Request NcclTransport::irecv(void*, size_t, int, int, const Expect&) { return {}; }
 void NcclTransport::set_compute_stream(void*) {}
-void NcclTransport::group_start() {}
-void NcclTransport::group_end() {}
+void NcclTransport::begin_batch() {}
+void NcclTransport::end_batch() {}
 void NcclTransport::stream_wait(const Request&, void*) {}
 
 #endif

@@ -3,6 +3,8 @@
 
 #include <geopipe/core/error.h>
 
+#include <algorithm>
+
 namespace geopipe::comm {
 
 Backend choose_backend(const std::string& my_region, const std::string& peer_region,
@@ -11,8 +13,15 @@ Backend choose_backend(const std::string& my_region, const std::string& peer_reg
   return Backend::kMpi;
 }
 
+bool Router::needs_nccl(const std::vector<std::string>& plan_transports, bool tensors_on_gpu) {
+  const bool plan_wants_nccl =
+      std::find(plan_transports.begin(), plan_transports.end(), "nccl") != plan_transports.end();
+  return plan_wants_nccl && tensors_on_gpu && NcclTransport::available();
+}
+
 Router::Router(Communicator& mpi, NcclTransport* nccl, bool tensors_on_gpu)
-    : mpi_(mpi), nccl_(nccl), per_peer_(static_cast<size_t>(mpi.size()), Backend::kMpi) {
+    : mpi_(mpi), nccl_(nccl), tensors_on_gpu_(tensors_on_gpu),
+      per_peer_(static_cast<size_t>(mpi.size()), Backend::kMpi) {
   for (int peer = 0; peer < mpi.size(); ++peer) {
     const bool reachable = nccl_ != nullptr && nccl_->reaches(peer);
     per_peer_[peer] = choose_backend(mpi.region(), mpi.region_of(peer), tensors_on_gpu, reachable);
@@ -30,20 +39,18 @@ Transport& Router::to(int peer) {
   return mpi_;
 }
 
-void Router::set_plan_transport(int peer, const std::string& transport) {
+std::string Router::follow_plan(int peer, const std::string& transport) {
   backend_for(peer);  // range check
-  if (transport == "mpi") {
-    per_peer_[peer] = Backend::kMpi;
-  } else if (transport == "nccl") {
-    if (nccl_ == nullptr || !nccl_->reaches(peer))
-      throw InputError("plan", "links[].transport",
-                       "'nccl' to rank " + std::to_string(peer) + " (region " + mpi_.region_of(peer) +
-                           ") from rank " + std::to_string(mpi_.rank()) + " (region " +
-                           mpi_.region() + "): NCCL cannot reach that peer here");
-    per_peer_[peer] = Backend::kNccl;
-  } else {
+  if (transport != "mpi" && transport != "nccl")
     throw InputError("plan", "links[].transport", "'" + transport + "': expected mpi or nccl");
+  std::string why_not;
+  if (transport == "nccl") {
+    if (!tensors_on_gpu_) why_not = "this stage runs on the CPU";
+    else if (nccl_ == nullptr) why_not = "NCCL is not available here";
+    else if (!nccl_->reaches(peer)) why_not = "NCCL does not reach rank " + std::to_string(peer);
   }
+  per_peer_[peer] = transport == "nccl" && why_not.empty() ? Backend::kNccl : Backend::kMpi;
+  return why_not;
 }
 
 }  // namespace geopipe::comm

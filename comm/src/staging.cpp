@@ -1,6 +1,7 @@
 #include <geopipe/comm/staging.h>
 
 #include <geopipe/comm/communicator.h>
+#include <geopipe/core/env.h>
 #include <geopipe/core/error.h>
 
 #include <chrono>
@@ -127,11 +128,11 @@ cudaEvent_t new_event() {
 }
 
 size_t pool_bytes_from_env() {
-  if (const char* v = std::getenv("GEOPIPE_STAGING_POOL_BYTES")) {
+  if (const char* v = std::getenv(env::kStagingPoolBytes)) {
     char* end = nullptr;
     const unsigned long long n = std::strtoull(v, &end, 10);
     if (end == v || *end != '\0')
-      throw InputError("GEOPIPE_STAGING_POOL_BYTES", "", "'" + std::string(v) + "': expected a byte count");
+      throw InputError(env::kStagingPoolBytes, "", "'" + std::string(v) + "': expected a byte count");
     return static_cast<size_t>(n);
   }
   return kDefaultStagingPoolBytes;

@@ -12,6 +12,9 @@
 
 namespace geopipe::comm {
 
+namespace {
+
+// Throws geopipe::Error for types the header cannot describe.
 ElemType elem_type_of(at::ScalarType type) {
   switch (type) {
     case at::kByte: return ElemType::kUInt8;
@@ -40,6 +43,8 @@ at::ScalarType scalar_type_of(ElemType type) {
   }
   throw Error("comm: unknown element type");
 }
+
+}  // namespace
 
 MessageHeader tensor_header(const at::Tensor& tensor, MessageKind kind, int stage, int micro_batch,
                             uint64_t job) {

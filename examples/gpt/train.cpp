@@ -2,6 +2,7 @@
 // whole model in one process for a one-stage plan (the reference). Flags: --help.
 #include <geopipe/comm/auth.h>
 #include <geopipe/comm/communicator.h>
+#include <geopipe/core/env.h>
 #include <geopipe/core/error.h>
 #include <geopipe/core/log.h>
 #include <geopipe/kernels/blas.h>
@@ -173,7 +174,7 @@ int main(int argc, char** argv) {
     }
 
     if (topology_file.empty())
-      if (const char* env = std::getenv("GEOPIPE_TOPOLOGY")) topology_file = env;
+      if (const char* v = std::getenv(env::kTopology)) topology_file = v;
     std::shared_ptr<Topology> topo;
     if (!topology_file.empty()) {
       topo = std::make_shared<Topology>(load_topology(topology_file));

@@ -91,16 +91,16 @@ std::string shell_join(const std::vector<std::string>& argv) {
 
 std::vector<std::pair<std::string, std::string>> rank_environment(const LaunchSpec& spec, const RankPlace& rank) {
   std::vector<std::pair<std::string, std::string>> env;
-  env.emplace_back("GEOPIPE_REGION", rank.region);
-  env.emplace_back("GEOPIPE_TOPOLOGY", spec.topology_path);
-  env.emplace_back("GEOPIPE_EMULATE", spec.emulate_env.empty() ? emulation_name(spec.emulation) : spec.emulate_env);
-  if (!spec.plan_path.empty()) env.emplace_back("GEOPIPE_PLAN", spec.plan_path);
+  env.emplace_back(env::kRegion, rank.region);
+  env.emplace_back(env::kTopology, spec.topology_path);
+  env.emplace_back(env::kEmulate, spec.emulate_env.empty() ? emulation_name(spec.emulation) : spec.emulate_env);
+  if (!spec.plan_path.empty()) env.emplace_back(env::kPlan, spec.plan_path);
   // Emulated regions all run on this host; in namespaces MPI cannot tell (core/env.h).
   if (spec.emulation != Emulation::kNone)
     env.emplace_back(env::kRanksOnHost, std::to_string(spec.placement.world_size()));
   // The comm layer's per-job settings, when the caller set them: the authentication key file
-  // (the same path on every host) and scripted link events (comm/communicator.h).
-  for (const char* name : {"GEOPIPE_AUTH_KEY_FILE", "GEOPIPE_LINK_EVENTS"})
+  // (the same path on every host) and scripted link events (core/env.h).
+  for (const char* name : {env::kAuthKeyFile, env::kLinkEvents})
     if (const char* value = std::getenv(name); value && *value) env.emplace_back(name, value);
   if (spec.emulation == Emulation::kNetns) {
     env.emplace_back("NCCL_SOCKET_IFNAME", "gpeth");

@@ -225,7 +225,7 @@ void PipelineExecutor::run(const std::vector<Action>& actions, StepState& s) {
 void PipelineExecutor::issue_nccl_group(size_t index, StepState& s) {
   auto g = nccl_groups_.find(index);
   if (g == nccl_groups_.end()) return;
-  options_.nccl->group_start();
+  comm::TransportBatch batch(*options_.nccl);
   for (size_t i = g->first; i < g->second; ++i) {
     const Action& op = actions_[i];
     Chunk& k = chunk(op.stage);
@@ -233,7 +233,6 @@ void PipelineExecutor::issue_nccl_group(size_t index, StepState& s) {
     const bool send = op.kind == ActionKind::kSendF || op.kind == ActionKind::kSendB;
     k.io->issue(i, send ? tensor_to_send(op, s) : at::Tensor());
   }
-  options_.nccl->group_end();
 }
 
 std::string PipelineExecutor::where(const Action& a, int64_t step) const {

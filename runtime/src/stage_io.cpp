@@ -80,20 +80,14 @@ StageIO::StageIO(const Plan& plan, int stage, at::Device device, comm::Communica
       throw InputError("--codec", "codec", "unknown codec \"" + c + "\"");
   }
   if (!comm) return;
-  // Backend per neighbour from comm's Router (same region + GPU tensors + NCCL -> NCCL), then the
-  // plan's transport: "mpi" forces MPI; "nccl" where the Router cannot reach the peer falls back
-  // to MPI with a warning (a GPU plan tried on CPU), instead of the Router's InputError.
+  // Backend per neighbour: comm's Router decides (same region + GPU tensors + NCCL -> NCCL; the
+  // plan's "mpi" forces MPI; a "nccl" it cannot follow stays on MPI with the reason, warned here).
   router_ = std::make_unique<comm::Router>(*comm, options_.nccl, device.is_cuda());
   for (int s : {stage - 1, stage + 1}) {
     const LinkPlan* l = s < stage ? plan.link_between(s, stage) : plan.link_between(stage, s);
     if (!l) continue;
-    if (l->transport == "nccl" && router_->backend_for(peer_rank(s)) != comm::Backend::kNccl)
-      spdlog::warn("stage {}: the plan's link to stage {} says nccl, but {}; using MPI", stage, s,
-                   !device.is_cuda() ? "this stage runs on the CPU"
-                   : !options_.nccl  ? "NCCL is not available here"
-                                     : "NCCL does not reach rank " + std::to_string(peer_rank(s)));
-    else
-      router_->set_plan_transport(peer_rank(s), l->transport);
+    const std::string why_not = router_->follow_plan(peer_rank(s), l->transport);
+    if (!why_not.empty()) spdlog::warn("stage {}: the plan's link to stage {} says nccl, but {}; using MPI", stage, s, why_not);
   }
   const int S = plan.num_stages();
   nccl_next_ = stage + 1 < S && router_->backend_for(peer_rank(stage + 1)) == comm::Backend::kNccl;

@@ -1,5 +1,6 @@
 #include <geopipe/comm/communicator.h>
 #include <geopipe/comm/nccl_transport.h>
+#include <geopipe/comm/router.h>
 #include <geopipe/core/error.h>
 #include <geopipe/core/log.h>
 #include <geopipe/runtime/checkpoint.h>
@@ -149,12 +150,12 @@ ExecutorOptions executor_options(const TrainConfig& cfg) {
   return eo;
 }
 
-// NCCL for the links the plan marks "nccl" (ranks of one region on GPUs). Every rank decides
-// alike from the plan and its device, since creating the transport is collective.
+// NCCL for the links the plan marks "nccl" (ranks of one region on GPUs), as comm's Router
+// decides: alike on every rank, since creating the transport is collective.
 std::unique_ptr<comm::NcclTransport> nccl_for(const Plan& plan, at::Device device, comm::Communicator* comm) {
-  const bool wanted = std::any_of(plan.links.begin(), plan.links.end(),
-                                  [](const LinkPlan& l) { return l.transport == "nccl"; });
-  if (!comm || !wanted || !device.is_cuda() || !comm::NcclTransport::available()) return nullptr;
+  std::vector<std::string> transports;
+  for (const LinkPlan& l : plan.links) transports.push_back(l.transport);
+  if (!comm || !comm::Router::needs_nccl(transports, device.is_cuda())) return nullptr;
   auto nccl = std::make_unique<comm::NcclTransport>(*comm, device.has_index() ? device.index() : 0);
   if (comm->rank() == 0) spdlog::info("NCCL transport up for the plan's nccl links");
   return nccl;

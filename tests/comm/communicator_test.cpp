@@ -295,6 +295,31 @@ TEST(Communicator, BadPeerOrTagIsRejectedAtOnce) {
   EXPECT_THROW(comm.isend(&byte, 1, 0, kMaxUserTag + 1, header(0)), Error);
 }
 
+// Batches are for NCCL (transport.h); on MPI they do nothing, so operations posted inside one
+// (nested ones included) start at once and can complete before the batch ends.
+TEST(Communicator, BatchesAreNoOpsOnMpiAndNest) {
+  Communicator comm(options());
+  Transport& transport = comm;
+  const int me = comm.rank();
+  const auto sent = pattern(kInlineBytes * 3, 41);
+  std::vector<uint8_t> got(sent.size(), 0);
+  {
+    TransportBatch outer(transport);
+    Request recv, send;
+    {
+      TransportBatch inner(transport);
+      recv = transport.irecv(got.data(), got.size(), me, 7, {});
+      send = transport.isend(sent.data(), sent.size(), me, 7, header(0));
+    }
+    recv.wait(kWait);  // still inside the outer batch
+    send.wait(kWait);
+  }
+  EXPECT_EQ(got, sent);
+  const CommQueues q = comm.queues();
+  EXPECT_EQ(q.mpi_requests, 0u);
+  EXPECT_EQ(q.live_messages, 0);
+}
+
 TEST(Communicator, TransfersProgressWhileTheCallerSleeps) {
   Communicator comm(options());
   const int peer = partner();

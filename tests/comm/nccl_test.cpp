@@ -1,5 +1,6 @@
-// NCCL backend: one rank sends to itself on its GPU (NCCL refuses two ranks on one device, so
-// this is the test a one-GPU machine can run). Skips without a GPU.
+// NCCL backend: one rank sends to itself on its GPU, in one batch (NCCL refuses two ranks on one
+// device, so this is the test a one-GPU machine can run). Skips without a GPU. The Router tests
+// run everywhere.
 #include <geopipe/comm/communicator.h>
 #include <geopipe/comm/nccl_transport.h>
 #include <geopipe/comm/router.h>
@@ -40,22 +41,33 @@ TEST(NcclTransport, RankSendsToItselfOnTheGpu) {
   void *src = nullptr, *dst = nullptr;
   ASSERT_EQ(cudaMalloc(&src, n), cudaSuccess);
   ASSERT_EQ(cudaMalloc(&dst, n), cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(src, host.data(), n, cudaMemcpyHostToDevice), cudaSuccess);
   MessageHeader h;
   h.kind = MessageKind::kActivation;
   h.micro_batch = 3;
   Expect e;
   e.micro_batch = 3;
-  nccl.group_start();  // a self-send must be grouped with its receive
-  Request send = nccl.isend(src, n, me, 1, h);
-  Request recv = nccl.irecv(dst, n, me, 1, e);
-  nccl.group_end();
+  // The transfer is ordered after the compute stream's work, and the copy back after the
+  // transfer, by events only (no device-wide synchronisation).
+  cudaStream_t compute = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&compute, cudaStreamNonBlocking), cudaSuccess);
+  ASSERT_EQ(cudaMemcpyAsync(src, host.data(), n, cudaMemcpyHostToDevice, compute), cudaSuccess);
+  nccl.set_compute_stream(compute);
+  Request send, recv;
+  {
+    TransportBatch batch(nccl);  // a self-send must be grouped with its receive
+    send = nccl.isend(src, n, me, 1, h);
+    recv = nccl.irecv(dst, n, me, 1, e);
+  }
+  NcclTransport::stream_wait(recv, compute);
+  ASSERT_EQ(cudaMemcpyAsync(back.data(), dst, n, cudaMemcpyDeviceToHost, compute), cudaSuccess);
   send.wait(Seconds(60));
   recv.wait(Seconds(60));
+  ASSERT_EQ(cudaStreamSynchronize(compute), cudaSuccess);
   EXPECT_EQ(recv.header().micro_batch, 3);
   EXPECT_EQ(recv.header().payload_bytes, n);
-  ASSERT_EQ(cudaMemcpy(back.data(), dst, n, cudaMemcpyDeviceToHost), cudaSuccess);
   EXPECT_EQ(back, host);
+  nccl.set_compute_stream(nullptr);
+  cudaStreamDestroy(compute);
   cudaFree(src);
   cudaFree(dst);
 #endif
@@ -82,7 +94,25 @@ TEST(Router, SendsEverythingThroughMpiWithoutNccl) {
     EXPECT_EQ(router.backend_for(peer), Backend::kMpi);
     EXPECT_EQ(&router.to(peer), static_cast<Transport*>(&comm));
   }
-  EXPECT_THROW(router.set_plan_transport(0, "nccl"), InputError);
-  EXPECT_THROW(router.set_plan_transport(0, "carrier-pigeon"), InputError);
+  // A plan that says nccl falls back to MPI here, and the Router says why.
+  EXPECT_EQ(router.follow_plan(0, "nccl"), "NCCL is not available here");
+  EXPECT_EQ(router.backend_for(0), Backend::kMpi);
+  EXPECT_EQ(router.follow_plan(0, "mpi"), "");
+  EXPECT_THROW(router.follow_plan(0, "carrier-pigeon"), InputError);
   EXPECT_THROW(router.backend_for(comm.size()), Error);
+}
+
+TEST(Router, FollowsThePlanOnCpuTensorsWithMpiAndSaysWhy) {
+  Communicator comm(options());
+  Router router(comm, nullptr, /*tensors_on_gpu=*/false);
+  EXPECT_EQ(router.follow_plan(0, "nccl"), "this stage runs on the CPU");
+  EXPECT_EQ(router.backend_for(0), Backend::kMpi);
+  EXPECT_THROW(router.follow_plan(comm.size(), "mpi"), Error);
+}
+
+TEST(Router, CreatesNcclOnlyForAPlanThatAsksForItOnTheGpu) {
+  EXPECT_FALSE(Router::needs_nccl({"mpi", "mpi"}, /*tensors_on_gpu=*/true));
+  EXPECT_FALSE(Router::needs_nccl({}, true));
+  EXPECT_FALSE(Router::needs_nccl({"mpi", "nccl"}, /*tensors_on_gpu=*/false));
+  EXPECT_EQ(Router::needs_nccl({"mpi", "nccl"}, true), NcclTransport::available());
 }

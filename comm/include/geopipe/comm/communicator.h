@@ -151,7 +151,7 @@ class Communicator final : public Transport {
   // Requests must not outlive the communicator that made them.
   void inject_fault_for_testing(TestFault fault);
 
-  class Engine;  // implementation (comm/src/mpi_engine.cpp)
+  class Engine;  // the MPI engine (comm/src/mpi_engine.h; settings: comm/src/comm_options.h)
 
  private:
   std::unique_ptr<Engine> engine_;

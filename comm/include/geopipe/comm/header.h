@@ -21,14 +21,12 @@ inline constexpr size_t kMaxCodecName = 15;           // codec names up to 15 ch
 
 // What a message carries. The runtime uses activation/gradient; kBytes is an opaque buffer.
 enum class MessageKind : uint8_t { kBytes = 0, kActivation = 1, kGradient = 2, kControl = 3 };
-const char* kind_name(MessageKind kind);
 
 // Element type of the (decoded) tensor. Stable numbering: it is on the wire.
 enum class ElemType : uint8_t {
   kUInt8 = 0, kInt8 = 1, kInt32 = 2, kInt64 = 3,
   kFloat16 = 4, kBFloat16 = 5, kFloat32 = 6, kFloat64 = 7,
 };
-const char* elem_type_name(ElemType type);
 size_t elem_type_bytes(ElemType type);
 
 // Flag bits of MessageHeader::flags.

@@ -15,8 +15,9 @@
 //   capacity is the payload size (the runtime knows it from shapes and codecs).
 // - Order: NCCL pairs operations in the order they are issued, so both ranks must issue their
 //   sends and receives between a pair in the same order (the runtime's action lists guarantee
-//   it). A rank that sends and receives at once (or sends to itself) brackets them with
-//   group_start()/group_end() (ncclGroupStart/End): NCCL refuses a self-send outside a group.
+//   it). A rank that sends and receives at once (or sends to itself) brackets them in a batch
+//   (transport.h: begin_batch/end_batch are ncclGroupStart/End here): NCCL refuses a self-send
+//   outside a group.
 #pragma once
 
 #include <geopipe/comm/communicator.h>
@@ -41,7 +42,6 @@ class NcclTransport final : public Transport {
   Backend backend() const override { return Backend::kNccl; }
   int rank() const override;   // world rank
   int size() const override;   // world size
-  int region_size() const;     // ranks in this rank's region (the NCCL communicator)
   bool reaches(int peer) const;  // is `peer` in this rank's region?
 
   // `data` is device memory. Peers are world ranks of the same region.
@@ -49,9 +49,11 @@ class NcclTransport final : public Transport {
                 const MessageHeader& header) override;
   Request irecv(void* data, size_t capacity, int peer, int tag, const Expect& expect) override;
 
+  // ncclGroupStart / ncclGroupEnd; nested batches are one NCCL group.
+  void begin_batch() override;
+  void end_batch() override;
+
   void set_compute_stream(void* cuda_stream);  // cudaStream_t; nullptr: the legacy stream
-  void group_start();
-  void group_end();
   // Makes `cuda_stream` wait on the GPU until `request` (from this transport) has finished.
   static void stream_wait(const Request& request, void* cuda_stream);
 

@@ -84,7 +84,6 @@ class LinkShaper {
 
   int num_regions() const { return num_regions_; }
   int region_index(const std::string& name) const;  // -1 when unknown
-  bool has_link(int from, int to) const;
   LinkRate link(int from, int to) const;            // throws when there is none
 
   // Sets the link from -> to to `bytes_per_s` (0: stalled) during [start, end) (shaper times).
@@ -105,6 +104,8 @@ class LinkShaper {
   void reset();
 
  private:
+  bool has_link(int from, int to) const;
+
   int num_regions_;
   std::vector<std::optional<LinkRate>> links_;
   std::vector<std::string> names_;

@@ -13,9 +13,6 @@
 
 namespace geopipe::comm {
 
-ElemType elem_type_of(at::ScalarType type);    // throws geopipe::Error for unsupported types
-at::ScalarType scalar_type_of(ElemType type);
-
 // A header describing `tensor` (codec "none", elem_type and shape from the tensor).
 MessageHeader tensor_header(const at::Tensor& tensor, MessageKind kind, int stage, int micro_batch,
                             uint64_t job = 0);

@@ -28,7 +28,6 @@ using Seconds = std::chrono::duration<double>;
 inline constexpr int kMaxUserTag = 32767;
 
 enum class Backend { kMpi, kNccl };
-const char* backend_name(Backend backend);
 
 // The state behind a Request; implemented by each backend.
 class RequestState {
@@ -93,6 +92,28 @@ class Transport {
   // `expect` and against the capacity; a message larger than `capacity` is an error (its bytes
   // are drained so the stream stays usable). The received size is header().payload_bytes.
   virtual Request irecv(void* data, size_t capacity, int peer, int tag, const Expect& expect) = 0;
+
+  // A batch: the sends and receives posted between begin_batch() and end_batch() are issued
+  // together. NCCL needs it (one ncclGroupStart/End: the operations start at end_batch(), and a
+  // rank's send to itself or a send and a receive at once must share a batch); MPI posts every
+  // operation at once, so there it does nothing. Batches nest: only the outermost end_batch()
+  // issues the operations. Every begin_batch() needs its end_batch() (TransportBatch). Do not
+  // wait on a request of the current batch before its end_batch(): on NCCL it has not started.
+  virtual void begin_batch() {}
+  virtual void end_batch() {}
+};
+
+// Begins a batch on `transport` and ends it when it goes out of scope.
+class TransportBatch {
+ public:
+  explicit TransportBatch(Transport& transport);
+  ~TransportBatch() noexcept(false);
+  TransportBatch(const TransportBatch&) = delete;
+  TransportBatch& operator=(const TransportBatch&) = delete;
+
+ private:
+  Transport& transport_;
+  int exceptions_at_begin_;
 };
 
 }  // namespace geopipe::comm
