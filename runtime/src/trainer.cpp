@@ -456,7 +456,10 @@ TrainResult run_training(const Plan& plan, const TrainConfig& cfg, comm::Communi
         const auto& p = req.payload();
         for (auto& e : nlohmann::json::parse(p.begin(), p.end())) all.push_back(std::move(e));
       }
-      nlohmann::json doc = {{"traceEvents", all}, {"displayTimeUnit", "ms"}};
+      // otherData ties the trace to its plan and to the log's step numbers (geopipe report).
+      nlohmann::json doc = {{"traceEvents", all},
+                            {"displayTimeUnit", "ms"},
+                            {"otherData", {{"plan_hash", plan.hash()}, {"first_step", result.first_step}}}};
       write_file_atomic(cfg.trace_file, doc.dump() + "\n");
     }
   }

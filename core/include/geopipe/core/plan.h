@@ -71,6 +71,9 @@ struct Plan {
   int world_size() const;                 // number of distinct ranks
   int stage_of_rank(int rank) const;      // -1 when the rank has no stage
   const LinkPlan* link_between(int from_stage, int to_stage) const;  // nullptr if none
+  // Content hash (hex) of the whole plan: the runtime stamps it on what a run writes (trace,
+  // run.json) so `geopipe report` can tell files of this plan from files of another run.
+  std::string hash() const;
 };
 
 // Parses and checks the plan on its own (stage indices, contiguous non-overlapping layer
