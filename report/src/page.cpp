@@ -24,7 +24,7 @@ body { font-family: "DejaVu Sans", Verdana, sans-serif; font-size: 13px; color: 
 h1 { font-size: 22px; margin: 0 0 6px 0; }
 h2 { font-size: 17px; margin: 26px 0 8px 0; border-bottom: 1px solid #ddd; padding-bottom: 4px; }
 p.lead { color: #555; margin: 2px 0 10px 0; }
-.grid { display: flex; flex-wrap: wrap; gap: 14px 20px; }
+.grid { display: flex; flex-wrap: wrap; gap: 14px 20px; margin-bottom: 14px; }
 svg.chart { background: #fff; border: 1px solid #e3e3e3; }
 svg text { font-family: "DejaVu Sans", Verdana, sans-serif; font-size: 11px; fill: #333; }
 svg text.title { font-size: 13px; font-weight: bold; }
@@ -67,6 +67,14 @@ std::string table(const std::string& cls, const std::vector<std::string>& header
     }
     o << "</tr>";
   }
+  o << "</table>";
+  return o.str();
+}
+
+std::string key_values(const std::string& cls, const std::vector<std::vector<std::string>>& rows) {
+  std::ostringstream o;
+  o << "<table class=\"" << svg::escape(cls) << "\">";
+  for (const auto& r : rows) o << "<tr><th>" << svg::escape(r.at(0)) << "</th><td>" << svg::escape(r.at(1)) << "</td></tr>";
   o << "</table>";
   return o.str();
 }

@@ -14,6 +14,8 @@ std::string section(const std::string& id, const std::string& heading, const std
 // A table: header row and body rows (every cell escaped).
 std::string table(const std::string& cls, const std::vector<std::string>& header,
                   const std::vector<std::vector<std::string>>& rows);
+// A two-column table of (name, value) rows, names as row headers.
+std::string key_values(const std::string& cls, const std::vector<std::vector<std::string>>& rows);
 // One colour per series index (Tableau 10).
 const char* palette(size_t index);
 

@@ -35,6 +35,12 @@ double median_of(const std::vector<std::pair<double, double>>& points) {
   return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
 }
 
+std::string percent(double fraction) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.1f%%", 100 * fraction);
+  return buf;
+}
+
 std::vector<svg::Marker> markers_of(const RunData& run) {
   std::vector<svg::Marker> out;
   for (const auto& m : step_markers(run))
@@ -63,7 +69,7 @@ std::string header(const RunData& run) {
   if (run.checkpoint)
     rows.push_back({"checkpoint", "step " + std::to_string(run.checkpoint->step) + ", " +
                                       std::to_string(run.checkpoint->files) + " stage files (" + run.checkpoint->path + ")"});
-  o << page::table("run-info", {"", ""}, rows);
+  o << page::key_values("run-info", rows);
   for (const auto& n : run.notes) o << "<p class=\"note\">" << escape(n) << "</p>\n";
   return o.str();
 }
@@ -178,14 +184,19 @@ std::string stages_section(const RunData& run) {
     if (reduce) parts.push_back(f.all_reduce);
     parts.push_back(f.idle);
     c.fractions.push_back(parts);
-    rows.push_back({f.label, fmt(100 * f.compute) + "%", fmt(100 * f.comm_wait) + "%",
-                    fmt(100 * f.all_reduce) + "%", fmt(100 * f.idle) + "%", fmt(f.wall_s)});
+    rows.push_back({f.label, percent(f.compute), percent(f.comm_wait)});
+    if (reduce) rows.back().push_back(percent(f.all_reduce));
+    rows.back().push_back(percent(f.idle));
+    rows.back().push_back(fmt(f.wall_s));
   }
+  std::vector<std::string> head = {"rank", "compute", "communication"};
+  if (reduce) head.push_back("all-reduce");
+  head.insert(head.end(), {"idle", "step time in trace s"});
   return page::section("stages", "Stages: compute, communication and idle time",
-                       svg::stacked_bars(c) + page::table("stage-fractions",
-                                                          {"rank", "compute", "communication", "all-reduce", "idle",
-                                                           "step time in trace s"},
-                                                          rows));
+                       svg::stacked_bars(c) + page::table("stage-fractions", head, rows) +
+                           "<p class=\"lead\">A step runs from a rank's first action to the end of its OPT; "
+                           "communication is the time in sends and in waits for messages (transfer plus the "
+                           "pipeline's bubbles).</p>");
 }
 
 // One rank's row of the timeline: a rectangle per span, its name inside when it fits.
@@ -234,19 +245,19 @@ std::string timeline_section(const RunData& run, const RenderOptions& opt) {
   const double scale = (width - left - right) / std::max(1.0, t1 - t0);
   const double height = top + row_h * static_cast<double>(chosen.size()) + 46;
   std::ostringstream o;
+  const double span_ms = (t1 - t0) / 1e3;
+  for (double t : svg::nice_ticks(0, span_ms, 10)) {  // the grid first: spans are drawn over it
+    if (t > span_ms * 1.0001) break;
+    const double x = left + t * 1e3 * scale, y = top + row_h * static_cast<double>(chosen.size());
+    o << "<line x1=\"" << x << "\" y1=\"" << top << "\" x2=\"" << x << "\" y2=\"" << y << "\" class=\"grid\"/>"
+      << "<text x=\"" << x << "\" y=\"" << y + 16 << "\" text-anchor=\"middle\">" << fmt(t) << "</text>";
+  }
   std::set<SpanKind> kinds;
   for (size_t i = 0; i < chosen.size(); ++i) {
     const double y = top + row_h * static_cast<double>(i);
     o << "<g class=\"rank-row\" data-rank=\"" << run.trace->ranks[i].rank << "\" data-spans=\"" << chosen[i]->spans.size()
       << "\"><text x=\"" << left - 8 << "\" y=\"" << y + 17 << "\" text-anchor=\"end\">" << escape(run.trace->ranks[i].label)
       << "</text>" << timeline_row(*chosen[i], t0, scale, left, y + 3, row_h - 8, kinds) << "</g>";
-  }
-  const double span_ms = (t1 - t0) / 1e3;
-  for (double t : svg::nice_ticks(0, span_ms, 10)) {
-    if (t > span_ms * 1.0001) break;
-    const double x = left + t * 1e3 * scale, y = top + row_h * static_cast<double>(chosen.size());
-    o << "<line x1=\"" << x << "\" y1=\"" << top << "\" x2=\"" << x << "\" y2=\"" << y << "\" class=\"grid\"/>"
-      << "<text x=\"" << x << "\" y=\"" << y + 16 << "\" text-anchor=\"middle\">" << fmt(t) << "</text>";
   }
   std::ostringstream head;
   head << "<svg id=\"chart-timeline\" class=\"chart timeline\" data-step=\"" << step << "\" width=\"" << width
@@ -286,8 +297,10 @@ std::string region_node(const RunData& run, const std::string& name, double cx, 
     if (st.region == name) {
       std::string ranks;
       for (int r : st.ranks) ranks += (ranks.empty() ? "" : ",") + std::to_string(r);
-      lines.push_back("stage " + std::to_string(st.index) + ": layers " + std::to_string(st.layer_begin) + "\u2013" +
-                      std::to_string(st.layer_end - 1) + " (rank " + ranks + ")");
+      const std::string layers = st.layer_end - st.layer_begin == 1
+                                     ? "layer " + std::to_string(st.layer_begin)
+                                     : "layers " + std::to_string(st.layer_begin) + "\u2013" + std::to_string(st.layer_end - 1);
+      lines.push_back("stage " + std::to_string(st.index) + ": " + layers + " (rank " + ranks + ")");
     }
   const bool used = !lines.empty();
   o << "<g class=\"region\" data-region=\"" << escape(name) << "\" data-stages=\"" << lines.size() << "\">"

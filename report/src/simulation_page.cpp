@@ -52,6 +52,7 @@ std::string scenario_html(const SimulationScenario& sc, size_t index) {
   for (size_t i = 0; i < sc.policies.size(); ++i) {
     svg::Series s{sc.policies[i].policy, page::palette(i), {{sc.policies[i].avg_jct_s / kHour, sc.policies[i].cost_usd}}};
     s.line = false;
+    s.label_points = true;
     scatter.series.push_back(s);
   }
   std::vector<std::vector<std::string>> rows;

@@ -11,6 +11,12 @@ namespace geopipe::report::svg {
 namespace {
 
 // Pixel coordinates: one decimal is finer than a screen pixel and keeps the output stable.
+std::string percent(double fraction) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.1f%%", 100 * fraction);
+  return buf;
+}
+
 std::string px(double v) {
   char buf[32];
   std::snprintf(buf, sizeof(buf), "%.1f", v);
@@ -103,8 +109,10 @@ std::string series_svg(const Frame& f, const Series& s) {
   // Dots where asked, and always for a series of one point (a path of one point draws nothing).
   if (s.dots || !s.line || s.points.size() == 1) {
     o << "<g class=\"dots\" " << attrs << " fill=\"" << s.color << "\">";
-    for (const auto& [x, y] : s.points)
+    for (const auto& [x, y] : s.points) {
       o << "<circle cx=\"" << px(f.x(x)) << "\" cy=\"" << px(f.y(y)) << "\" r=\"" << (s.line ? "2.5" : "4") << "\"/>";
+      if (s.label_points) o << text(f.x(x) + 7, f.y(y) - 6, s.name, "class=\"value\"");
+    }
     o << "</g>";
   }
   return o.str();
@@ -202,11 +210,12 @@ std::string bar_chart(const BarChart& c) {
   Range yr;
   yr.add(0);
   for (const auto& row : c.values)
-    for (double v : row) yr.add(v);
+    for (double v : row) yr.add(v * 1.08);  // headroom for the value printed above the bar
   const auto yt = nice_ticks(yr.lo, yr.hi, 5);
   Frame f{kLeft, kTop, c.width - kLeft - kRight, c.height - kTop - kBottom, 0, 1, yt.front(), yt.back()};
-  std::vector<std::pair<std::string, std::string>> legend;
-  for (size_t i = 0; i < c.series_names.size(); ++i) legend.emplace_back(c.series_names[i], c.series_colors[i]);
+  std::vector<std::pair<std::string, std::string>> legend;  // one series: the title says it all
+  for (size_t i = 0; c.series_names.size() > 1 && i < c.series_names.size(); ++i)
+    legend.emplace_back(c.series_names[i], c.series_colors[i]);
   std::ostringstream o;
   o << open_svg(c.id, c.width, c.height, "bar-chart") << heading(c.title, legend)
     << axes(f, {}, yt, "", c.y_label);
@@ -247,9 +256,9 @@ std::string stacked_bars(const StackedBars& c) {
       const double pw = w * frac;
       o << "<rect class=\"part\" data-part=\"" << escape(c.part_names[p]) << "\" data-fraction=\"" << fmt(frac)
         << "\" x=\"" << px(x) << "\" y=\"" << px(y) << "\" width=\"" << px(pw) << "\" height=\"" << px(row_h - 6)
-        << "\" fill=\"" << c.part_colors[p] << "\"><title>" << escape(c.part_names[p] + ": " + fmt(100 * frac) + "%")
+        << "\" fill=\"" << c.part_colors[p] << "\"><title>" << escape(c.part_names[p] + ": " + percent(frac))
         << "</title></rect>";
-      if (pw > 34) o << text(x + pw / 2, y + 14, fmt(100 * frac) + "%", "text-anchor=\"middle\" class=\"in-bar\"");
+      if (pw > 34) o << text(x + pw / 2, y + 14, percent(frac), "text-anchor=\"middle\" class=\"in-bar\"");
       x += pw;
     }
     o << "</g>";

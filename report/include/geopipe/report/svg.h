@@ -25,6 +25,7 @@ struct Series {
   bool line = true;      // a polyline through the points
   bool dots = false;     // a circle at each point (scatter when line is false)
   bool dashed = false;
+  bool label_points = false;  // the series' name beside each dot (a scatter of named points)
 };
 
 // A vertical line at x with a short label (restarts, codec changes).
