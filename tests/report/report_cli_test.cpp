@@ -103,6 +103,35 @@ TEST_F(ReportCli, NotARunDirectoryExitsTwo) {
   EXPECT_NE(r.output.find("nothing-here: not a run directory"), std::string::npos) << r.output;
 }
 
+// geopipe-train --run-dir (one process, a 1-stage plan): every file the report reads, the plan's
+// hash in run.json and the trace, the final checkpoint; an explicit --json-log still wins.
+TEST_F(ReportCli, TrainRunDirHoldsEveryFileAndExplicitFlagsWin) {
+  const fs::path plan = dir_ / "plan1.json", run = dir_ / "trained", log = dir_ / "elsewhere.jsonl";
+  Result p = geopipe("plan --topology " + geopipe::test_support::source_path("examples/topologies/local4.json") +
+                     " --job " + geopipe::test_support::source_path("examples/jobs/gpt-tiny.json") +
+                     " --stages 1 -o " + plan.string());
+  ASSERT_EQ(p.exit_code, 0) << p.output;
+  Result t = geopipe::test_support::run_command(
+      std::string("env -u GEOPIPE_TOPOLOGY OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 ") + GEOPIPE_TRAIN +
+      " --plan " + plan.string() + " --iters 2 --threads 1 --no-progress --run-dir " + run.string() +
+      " --json-log " + log.string());
+  ASSERT_EQ(t.exit_code, 0) << t.output;
+  EXPECT_NE(t.output.find("run directory: " + run.string()), std::string::npos) << t.output;
+  for (const char* f : {"plan.json", "run.json", "trace.json", "summary.txt", "checkpoint/manifest.json"})
+    EXPECT_TRUE(fs::exists(run / f)) << f;
+  EXPECT_FALSE(fs::exists(run / "topology.json")) << "no --topology given";
+  EXPECT_FALSE(fs::exists(run / "train.jsonl")) << "--json-log was given explicitly";
+  EXPECT_TRUE(fs::exists(log));
+  const std::string hash = geopipe::load_plan(plan.string()).hash();
+  const auto info = nlohmann::json::parse(read(run / "run.json"));
+  EXPECT_EQ(info["plan_hash"], hash);
+  EXPECT_EQ(info["world_size"], 1);
+  EXPECT_EQ(info["command"][0], GEOPIPE_TRAIN);
+  EXPECT_EQ(nlohmann::json::parse(read(run / "trace.json"))["otherData"]["plan_hash"], hash);
+  EXPECT_EQ(nlohmann::json::parse(read(run / "checkpoint" / "manifest.json"))["step"], 2);
+  EXPECT_EQ(read(run / "summary.txt").rfind("summary: 2 steps", 0), 0u) << read(run / "summary.txt");
+}
+
 TEST_F(ReportCli, SimulateHtmlHasAJctCdfPerPolicy) {
   const fs::path out = dir_ / "sim.html";
   Result r = geopipe("simulate --topology " + geopipe::test_support::source_path("examples/topologies/aws6.json") +
