@@ -228,6 +228,8 @@ std::string timeline_section(const RunData& run, const RenderOptions& opt) {
     windows.push_back(step_windows(r, run.trace->first_step));
     if (!windows.back().empty()) last = std::max(last, windows.back().back().step);
   }
+  if (last == 0 && !opt.timeline_step)  // e.g. a run of 0 steps: nothing to draw, nothing wrong
+    return page::section("timeline", "Schedule", "<p class=\"note\">The trace has no finished step.</p>");
   const int64_t step = opt.timeline_step.value_or(last);
   std::vector<const StepWindow*> chosen;
   double t0 = 1e300, t1 = -1e300;

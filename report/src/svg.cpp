@@ -110,7 +110,7 @@ std::string series_svg(const Frame& f, const Series& s) {
   if (s.dots || !s.line || s.points.size() == 1) {
     o << "<g class=\"dots\" " << attrs << " fill=\"" << s.color << "\">";
     for (const auto& [x, y] : s.points) {
-      o << "<circle cx=\"" << px(f.x(x)) << "\" cy=\"" << px(f.y(y)) << "\" r=\"" << (s.line ? "2.5" : "4") << "\"/>";
+      o << "<circle cx=\"" << px(f.x(x)) << "\" cy=\"" << px(f.y(y)) << "\" r=\"" << (s.line ? "3" : "4") << "\"/>";
       if (s.label_points) o << text(f.x(x) + 7, f.y(y) - 6, s.name, "class=\"value\"");
     }
     o << "</g>";

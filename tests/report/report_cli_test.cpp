@@ -130,6 +130,15 @@ TEST_F(ReportCli, TrainRunDirHoldsEveryFileAndExplicitFlagsWin) {
   EXPECT_EQ(nlohmann::json::parse(read(run / "trace.json"))["otherData"]["plan_hash"], hash);
   EXPECT_EQ(nlohmann::json::parse(read(run / "checkpoint" / "manifest.json"))["step"], 2);
   EXPECT_EQ(read(run / "summary.txt").rfind("summary: 2 steps", 0), 0u) << read(run / "summary.txt");
+  // The report of a one-stage run: no links, one rank in the timeline, no topology to price it.
+  write_text(run / "train.jsonl", read(log));
+  Result r = geopipe("report " + run.string());
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string html = read(run / "report.html");
+  EXPECT_NE(html.find("One stage: no link between stages."), std::string::npos);
+  EXPECT_NE(html.find("data-rank=\"0\""), std::string::npos);
+  EXPECT_EQ(html.find("data-rank=\"1\""), std::string::npos);
+  EXPECT_NE(html.find("topology.json absent"), std::string::npos);
 }
 
 TEST_F(ReportCli, SimulateHtmlHasAJctCdfPerPolicy) {

@@ -253,6 +253,15 @@ TEST_F(ReportTest, TimelineShowsTheChosenStepAndRefusesOneOutsideTheTrace) {
   }
 }
 
+TEST_F(ReportTest, TraceWithoutAFinishedStepGivesANoteNotAnError) {
+  const Plan plan = write_fake_run(dir_);
+  write_text(dir_ / "trace.json", test_support::fake_trace(plan, 0, 0).dump());  // only an unfinished F0 per rank
+  const std::string html = render_run_html(load_run(dir_.string()));
+  EXPECT_NE(html.find("The trace has no finished step."), std::string::npos);
+  EXPECT_EQ(html.find("id=\"chart-timeline\""), std::string::npos);
+  EXPECT_NE(html.find("id=\"chart-loss\""), std::string::npos);
+}
+
 TEST(ReportSimulation, PageHasAJctCdfPerPolicyAndTheirCostPoints) {
   SimulationScenario sc{"scenario <x1>", 1.0, {}};
   const char* names[] = {"bace", "delay-first", "fifo"};
