@@ -39,7 +39,12 @@ void register_report(CLI::App& app, int& exit_code) {
   auto o = std::make_shared<ReportOptions>();
   auto* cmd = app.add_subcommand("report", "One self-contained HTML page of a run directory (geopipe-train --run-dir)");
   cmd->add_option("RUN_DIR", o->run_dir, "Run directory: plan.json, train.jsonl, trace.json, ...")->required();
-  cmd->add_option("-o,--output", o->output, "HTML file to write (default RUN_DIR/report.html)");
+  const auto folder_exists = [](const std::string& path) {  // refuse before reading the run
+    const auto folder = std::filesystem::path(path).parent_path();
+    return folder.empty() || std::filesystem::is_directory(folder) ? std::string()
+                                                                   : "folder " + folder.string() + " does not exist";
+  };
+  cmd->add_option("-o,--output", o->output, "HTML file to write (default RUN_DIR/report.html)")->check(folder_exists);
   cmd->add_option("--step", o->step, "Step whose schedule the timeline shows (default: the last in the trace)")
       ->check(CLI::PositiveNumber);
   cmd->callback([o, &exit_code] { exit_code = run_report(*o); });

@@ -97,6 +97,12 @@ TEST_F(ReportCli, StepNotInTheTraceExitsTwo) {
   EXPECT_NE(r.output.find("--step: step: step 40 is not in the trace"), std::string::npos) << r.output;
 }
 
+TEST_F(ReportCli, OutputInAMissingFolderExitsTwo) {
+  Result r = geopipe("report " + run() + " -o " + (dir_ / "no" / "page.html").string());
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("folder " + (dir_ / "no").string() + " does not exist"), std::string::npos) << r.output;
+}
+
 TEST_F(ReportCli, NotARunDirectoryExitsTwo) {
   Result r = geopipe("report " + (dir_ / "nothing-here").string());
   EXPECT_EQ(r.exit_code, 2) << r.output;
