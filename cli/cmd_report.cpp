@@ -28,8 +28,9 @@ int run_report(const ReportOptions& o) {
   const std::string html = report::render_run_html(run, ro);
   const std::string out = o.output.empty() ? (std::filesystem::path(o.run_dir) / run_dir::kReport).string() : o.output;
   report::write_html(out, html);
-  std::cout << "report: " << out << " (" << run.steps.size() << " steps, " << run.plan.num_stages()
-            << " stages; open it in any browser, it needs no network)\n";
+  const int stages = run.plan.num_stages();
+  std::cout << "report: " << out << " (" << run.steps.size() << " step" << (run.steps.size() == 1 ? "" : "s") << ", "
+            << stages << " stage" << (stages == 1 ? "" : "s") << "; open it in any browser, it needs no network)\n";
   return kExitOk;
 }
 

@@ -33,9 +33,9 @@ struct SimulateOptions {
 };
 
 // The simulator's results as the report library's page takes them.
-report::SimulationScenario to_scenario(const std::string& title, double scale,
+report::SimulationScenario to_scenario(const std::string& title,
                                        const std::vector<scheduler::SimResult>& results) {
-  report::SimulationScenario sc{title, scale, {}};
+  report::SimulationScenario sc{title, {}};
   for (const auto& r : results) {
     report::PolicyOutcome p;
     p.policy = r.policy;
@@ -99,7 +99,7 @@ int run_simulate(const SimulateOptions& o) {
     title << "scenario: topology " << topology.name << ", workload " << workload.name << " (" << workload.jobs.size()
           << " jobs), inter-region bandwidth x" << scale;
     std::cout << scheduler::format_scenario(title.str(), results) << "\n";
-    scenarios.push_back(to_scenario(title.str(), scale, results));
+    scenarios.push_back(to_scenario(title.str(), results));
     doc["scenarios"].push_back(sc);
     all.insert(all.end(), results.begin(), results.end());
   }

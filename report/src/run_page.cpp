@@ -52,7 +52,7 @@ std::string header(const RunData& run) {
   const Plan& p = run.plan;
   std::ostringstream o;
   o << "<h1>geopipe report: " << escape(p.job.name) << "</h1>\n<p class=\"lead\">" << escape(run.dir) << " &middot; "
-    << p.num_stages() << " stages, schedule " << escape(p.schedule.kind) << ", " << p.job.micro_batches
+    << p.num_stages() << (p.num_stages() == 1 ? " stage" : " stages") << ", schedule " << escape(p.schedule.kind) << ", " << p.job.micro_batches
     << " micro-batches of " << p.job.micro_batch << "&times;" << p.job.model.seq_len << " tokens &middot; "
     << run.steps.size() << " steps logged (" << run.steps.front().step << "&ndash;" << run.steps.back().step
     << "), final loss " << fmt(run.steps.back().loss) << "</p>\n";

@@ -101,7 +101,7 @@ std::string series_svg(const Frame& f, const Series& s) {
   const std::string attrs = "data-series=\"" + escape(s.name) + "\" data-points=\"" + std::to_string(s.points.size()) + "\"";
   if (s.line && s.points.size() > 1) {
     o << "<path class=\"series\" " << attrs << " fill=\"none\" stroke=\"" << s.color << "\" stroke-width=\"1.8\""
-      << (s.dashed ? " stroke-dasharray=\"6 4\"" : "") << " d=\"";
+      << " d=\"";
     for (size_t i = 0; i < s.points.size(); ++i)
       o << (i ? " L" : "M") << px(f.x(s.points[i].first)) << " " << px(f.y(s.points[i].second));
     o << "\"/>";
@@ -157,12 +157,16 @@ std::vector<double> nice_ticks(double lo, double hi, int count) {
   }
   const double raw = (hi - lo) / std::max(1, count);
   const double mag = std::pow(10.0, std::floor(std::log10(raw)));
+  // A range of whole numbers (steps, counts) gets whole ticks: no 2.5 between 0 and 5.
+  const bool whole = lo == std::floor(lo) && hi == std::floor(hi);
   double step = mag;
-  for (double m : {1.0, 2.0, 2.5, 5.0, 10.0})
+  for (double m : {1.0, 2.0, 2.5, 5.0, 10.0}) {
+    if (whole && m * mag != std::floor(m * mag)) continue;
     if (m * mag >= raw) {
       step = m * mag;
       break;
     }
+  }
   std::vector<double> ticks;
   const double first = std::floor(lo / step + 1e-9) * step;
   for (double t = first; t <= hi + step * (1 - 1e-9); t += step) ticks.push_back(std::fabs(t) < step * 1e-9 ? 0 : t);
@@ -181,9 +185,14 @@ std::string line_chart(const LineChart& c) {
   if (c.y_from_zero) yr.add(0);
   if (xr.empty()) xr.add(0);
   if (yr.empty()) yr.add(0);
-  const auto xt = nice_ticks(xr.lo, xr.hi, 6);
+  // x spans exactly the data (steps 1..N fill the plot), with the round ticks inside it; y is
+  // widened to round ticks so that the top and bottom lines are labelled.
+  auto xt = nice_ticks(xr.lo, xr.hi, 6);
+  const double x0 = xr.hi > xr.lo ? xr.lo : xt.front(), x1 = xr.hi > xr.lo ? xr.hi : xt.back();
+  xt.erase(std::remove_if(xt.begin(), xt.end(), [&](double t) { return t < x0 - 1e-9 * (x1 - x0) || t > x1 + 1e-9 * (x1 - x0); }),
+           xt.end());
   const auto yt = nice_ticks(yr.lo, yr.hi, 5);
-  Frame f{kLeft, kTop, c.width - kLeft - kRight, c.height - kTop - kBottom, xt.front(), xt.back(), yt.front(), yt.back()};
+  Frame f{kLeft, kTop, c.width - kLeft - kRight, c.height - kTop - kBottom, x0, x1, yt.front(), yt.back()};
   std::vector<std::pair<std::string, std::string>> legend;
   for (const auto& s : c.series) legend.emplace_back(s.name, s.color);
   std::ostringstream o;

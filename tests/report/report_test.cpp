@@ -263,7 +263,7 @@ TEST_F(ReportTest, TraceWithoutAFinishedStepGivesANoteNotAnError) {
 }
 
 TEST(ReportSimulation, PageHasAJctCdfPerPolicyAndTheirCostPoints) {
-  SimulationScenario sc{"scenario <x1>", 1.0, {}};
+  SimulationScenario sc{"scenario <x1>", {}};
   const char* names[] = {"bace", "delay-first", "fifo"};
   for (int i = 0; i < 3; ++i) {
     PolicyOutcome p;

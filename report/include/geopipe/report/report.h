@@ -131,7 +131,6 @@ struct PolicyOutcome {
 };
 struct SimulationScenario {
   std::string title;
-  double bandwidth_scale = 1;
   std::vector<PolicyOutcome> policies;
 };
 std::string render_simulation_html(const std::string& title, const std::vector<SimulationScenario>& scenarios);

@@ -24,7 +24,6 @@ struct Series {
   std::vector<std::pair<double, double>> points;  // (x, y), drawn in this order
   bool line = true;      // a polyline through the points
   bool dots = false;     // a circle at each point (scatter when line is false)
-  bool dashed = false;
   bool label_points = false;  // the series' name beside each dot (a scatter of named points)
 };
 
