@@ -196,7 +196,8 @@ RunData load_run(const std::string& dir) {
   if (fs::exists(d / run_dir::kTrace)) {
     run.trace = load_trace(d / run_dir::kTrace, hash);
     if (run.trace->plan_hash.empty())
-      run.notes.push_back(std::string(run_dir::kTrace) + " names no plan hash (written before geopipe stamped it): not checked against plan.json");
+      run.notes.push_back(std::string(run_dir::kTrace) +
+                          " names no plan hash (written before geopipe stamped it): not checked against plan.json");
   } else {
     run.notes.push_back(std::string(run_dir::kTrace) + " absent: no schedule timeline or per-stage fractions");
   }

@@ -52,7 +52,8 @@ std::string header(const RunData& run) {
   const Plan& p = run.plan;
   std::ostringstream o;
   o << "<h1>geopipe report: " << escape(p.job.name) << "</h1>\n<p class=\"lead\">" << escape(run.dir) << " &middot; "
-    << p.num_stages() << (p.num_stages() == 1 ? " stage" : " stages") << ", schedule " << escape(p.schedule.kind) << ", " << p.job.micro_batches
+    << p.num_stages() << (p.num_stages() == 1 ? " stage" : " stages") << ", schedule " << escape(p.schedule.kind)
+    << ", " << p.job.micro_batches
     << " micro-batches of " << p.job.micro_batch << "&times;" << p.job.model.seq_len << " tokens &middot; "
     << run.steps.size() << " steps logged (" << run.steps.front().step << "&ndash;" << run.steps.back().step
     << "), final loss " << fmt(run.steps.back().loss) << "</p>\n";
@@ -208,7 +209,9 @@ std::string timeline_row(const StepWindow& w, double t0, double scale, double le
     const SpanKind k = span_kind(s.name);
     kinds.insert(k);
     const double x = left + (s.start_us - t0) * scale, wpx = std::max(0.8, s.dur_us * scale);
-    std::snprintf(buf, sizeof(buf), "<rect class=\"span\" data-kind=\"%s\" x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%s\">",
+    std::snprintf(buf, sizeof(buf),
+                  "<rect class=\"span\" data-kind=\"%s\" x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" "
+                  "fill=\"%s\">",
                   span_kind_name(k), x, y, wpx, h, span_kind_color(k));
     o << buf << "<title>" << escape(s.name + ": " + fmt(s.dur_us / 1e3) + " ms") << "</title></rect>";
     if (wpx >= 7.0 * static_cast<double>(s.name.size()) + 4 && s.name.find(' ') == std::string::npos) {

@@ -62,8 +62,10 @@ inline std::string fake_log(const FakeRun& f) {
     if (s % 3 == 0) j["val_loss"] = 5.6 - 0.25 * s;
     nlohmann::json links = nlohmann::json::object();
     for (int b = 0; b < 3; ++b) {
-      links[std::to_string(b) + "->" + std::to_string(b + 1)] = {{"mb_per_s", 10.0 + s}, {"wait_s", 0.01}, {"busy_s", 0.1}, {"bytes", 1e6}};
-      links[std::to_string(b + 1) + "->" + std::to_string(b)] = {{"mb_per_s", 20.0 + s}, {"wait_s", 0.02}, {"busy_s", 0.05}, {"bytes", 1e6}};
+      const std::string fwd = std::to_string(b) + "->" + std::to_string(b + 1);
+      const std::string bwd = std::to_string(b + 1) + "->" + std::to_string(b);
+      links[fwd] = {{"mb_per_s", 10.0 + s}, {"wait_s", 0.01}, {"busy_s", 0.1}, {"bytes", 1e6}};
+      links[bwd] = {{"mb_per_s", 20.0 + s}, {"wait_s", 0.02}, {"busy_s", 0.05}, {"bytes", 1e6}};
     }
     if (f.codec_change_at_5) links["0->1"]["codec"] = s >= 5 ? "int8-block" : "none";
     j["links"] = links;
