@@ -20,6 +20,10 @@ using nlohmann::json;
 
 namespace {
 
+// Bounds of the integers the files carry: far above any real run, low enough for int arithmetic.
+constexpr int64_t kMaxStep = int64_t{1} << 50;
+constexpr int64_t kMaxRank = int64_t{1} << 20;
+
 // A finite number at obj[key]; nullopt when absent and not required.
 std::optional<double> number(const json& obj, const std::string& file, const std::string& path, const char* key,
                              bool required) {
@@ -32,6 +36,21 @@ std::optional<double> number(const json& obj, const std::string& file, const std
   if (!it->is_number() || !std::isfinite(it->get<double>()))
     throw InputError(file, where, "expected a finite number, got " + it->dump());
   return it->get<double>();
+}
+
+// A whole number in [0, max] at obj[key] (a pid, a step, a rank count); `fallback` when absent
+// and not required.
+int64_t integer(const json& obj, const std::string& file, const std::string& path, const char* key, int64_t max,
+                bool required, int64_t fallback = 0) {
+  const auto it = obj.find(key);
+  const std::string where = path.empty() ? key : path + "." + key;
+  if (it == obj.end()) {
+    if (required) throw InputError(file, where, "missing");
+    return fallback;
+  }
+  if (!it->is_number_integer() || it->get<int64_t>() < 0 || it->get<int64_t>() > max)
+    throw InputError(file, where, "expected a whole number from 0 to " + std::to_string(max) + ", got " + it->dump());
+  return it->get<int64_t>();
 }
 
 std::string string_field(const json& obj, const std::string& file, const std::string& path, const char* key) {
@@ -72,7 +91,7 @@ std::map<std::string, LinkSample> parse_links(const json& links, const std::stri
 StepRecord parse_step(const json& j, const std::string& file, const std::string& line) {
   StepRecord r;
   const auto step = j.find("step");
-  if (step == j.end() || !step->is_number_integer() || step->get<int64_t>() < 1)
+  if (step == j.end() || !step->is_number_integer() || step->get<int64_t>() < 1 || step->get<int64_t>() > kMaxStep)
     throw InputError(file, line + ".step", "expected a step number >= 1");
   r.step = step->get<int64_t>();
   r.loss = *number(j, file, line, "loss", true);
@@ -121,7 +140,7 @@ TraceData load_trace(const fs::path& path, const std::string& plan_hash) {
   TraceData t;
   if (const auto other = doc.find("otherData"); other != doc.end() && other->is_object()) {
     t.plan_hash = string_field(*other, file, "otherData", "plan_hash");
-    t.first_step = static_cast<int64_t>(number(*other, file, "otherData", "first_step", false).value_or(0));
+    t.first_step = integer(*other, file, "otherData", "first_step", kMaxStep, false);
   }
   if (!t.plan_hash.empty() && t.plan_hash != plan_hash)
     throw InputError(file, "otherData.plan_hash",
@@ -135,7 +154,7 @@ TraceData load_trace(const fs::path& path, const std::string& plan_hash) {
     const std::string p = "traceEvents[" + std::to_string(i) + "]";
     if (!e.is_object()) throw InputError(file, p, "expected an object");
     const std::string ph = string_field(e, file, p, "ph");
-    const int pid = static_cast<int>(number(e, file, p, "pid", true).value());
+    const int pid = static_cast<int>(integer(e, file, p, "pid", kMaxRank, true));
     RankTrace& r = ranks[pid];
     r.rank = pid;
     if (ph == "M" && string_field(e, file, p, "name") == "process_name" && e.contains("args") && e["args"].is_object())
@@ -157,7 +176,7 @@ RunInfo load_run_info(const fs::path& path, const std::string& plan_hash) {
   RunInfo info;
   info.start_time = string_field(doc, file, "", "start_time");
   info.plan_hash = string_field(doc, file, "", "plan_hash");
-  info.world_size = static_cast<int>(number(doc, file, "", "world_size", false).value_or(0));
+  info.world_size = static_cast<int>(integer(doc, file, "", "world_size", kMaxRank, false));
   if (!info.plan_hash.empty() && info.plan_hash != plan_hash)
     throw InputError(file, "plan_hash", "run of plan " + info.plan_hash + ", but plan.json has hash " + plan_hash);
   if (const auto c = doc.find("command"); c != doc.end() && c->is_array())
@@ -173,7 +192,7 @@ CheckpointInfo load_checkpoint_info(const fs::path& path) {
   const json doc = read_json(path);
   CheckpointInfo c;
   c.path = path.string();
-  c.step = static_cast<int64_t>(*number(doc, c.path, "", "step", true));
+  c.step = integer(doc, c.path, "", "step", kMaxStep, true);
   if (const auto f = doc.find("files"); f != doc.end() && f->is_array()) c.files = static_cast<int>(f->size());
   return c;
 }

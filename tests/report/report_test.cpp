@@ -120,6 +120,40 @@ TEST_F(ReportTest, TruncatedTraceIsBadInputNamingIt) {
   EXPECT_NE(e.find("trace.json: not valid JSON"), std::string::npos) << e;
 }
 
+// Table-driven: each broken file, the file and field the error names.
+TEST_F(ReportTest, BadFilesAreBadInputNamingFileAndField) {
+  struct Case {
+    const char* file;
+    std::string text;
+    const char* expected;
+  };
+  const Case cases[] = {
+      {"train.jsonl", "", "train.jsonl: empty: no step was logged"},
+      {"train.jsonl", "[1, 2]\n", "train.jsonl: line 1: not a JSON object"},
+      {"train.jsonl", R"({"loss": 5, "step_s": 1})" "\n", "train.jsonl: line 1.step: expected a step number >= 1"},
+      {"train.jsonl", R"({"step": 2, "loss": 5, "step_s": 1})" "\n" R"({"step": 2, "loss": 5, "step_s": 1})" "\n",
+       "train.jsonl: line 2.step: step 2 after step 2"},
+      {"train.jsonl", R"({"step": 1, "loss": 5})" "\n", "train.jsonl: line 1.step_s: missing"},
+      {"train.jsonl", R"({"step": 1, "loss": 5, "step_s": 1, "links": {"0->1": {"wait_s": 1}}})" "\n",
+       "train.jsonl: line 1.links.0->1.mb_per_s: missing"},
+      {"trace.json", R"({"traceEvents": 3})", "trace.json: traceEvents: expected an array of events"},
+      {"trace.json", R"({"traceEvents": [{"ph": "X", "pid": -1, "name": "F0", "ts": 0, "dur": 1}]})",
+       "trace.json: traceEvents[0].pid: expected a whole number from 0 to"},
+      {"trace.json", R"({"traceEvents": [{"ph": "X", "pid": 0, "name": "F0", "ts": 0}]})",
+       "trace.json: traceEvents[0].dur: missing"},
+      {"run.json", R"({"plan_hash": "0123456789abcdef"})", "run.json: plan_hash: run of plan 0123456789abcdef"},
+      {"plan.json", R"({"version": 1})", "plan.json: "},
+      {"topology.json", R"({"name": "t"})", "topology.json: "},
+  };
+  for (const Case& c : cases) {
+    fs::remove_all(dir_);
+    write_fake_run(dir_);
+    write_text(dir_ / c.file, c.text);
+    const std::string e = load_error();
+    EXPECT_NE(e.find(c.expected), std::string::npos) << c.file << " " << c.text << " -> " << e;
+  }
+}
+
 TEST_F(ReportTest, StepWindowsEndAtEachRanksOpt) {
   const Plan plan = write_fake_run(dir_, {6, true, false});  // trace of steps 4..6 after a resume at 3
   const RunData run = load_run(dir_.string());
