@@ -124,6 +124,7 @@ std::string links_section(const RunData& run) {
   if (S < 2) return page::section("links", "Links", "<p>One stage: no link between stages.</p>");
   std::ostringstream charts;
   std::vector<std::vector<std::string>> rows;
+  std::string unmeasured;  // boundaries the log has no measurement of
   for (int b = 0; b + 1 < S; ++b) {
     svg::LineChart c{"chart-link-" + std::to_string(b) + "-" + std::to_string(b + 1),
                      "Link stage " + std::to_string(b) + " \u2194 " + std::to_string(b + 1) + " (" +
@@ -143,16 +144,23 @@ std::string links_section(const RunData& run) {
         }
       c.series.push_back(s);
       const double planned = planned_mb_per_s(run, from, to);
+      const bool measured = !s.points.empty();
       rows.push_back({name, what, link_codec(run, from, to), planned > 0 ? fmt(planned) : "-",
-                      fmt(median_of(s.points)), fmt(mb), fmt(wait)});
+                      measured ? fmt(median_of(s.points)) : "-", measured ? fmt(mb) : "-", measured ? fmt(wait) : "-"});
     }
     if (const double planned = planned_mb_per_s(run, b, b + 1); planned > 0)
       c.references.push_back({planned, "planned " + fmt(planned) + " MB/s", "#555"});
     c.markers = markers_of(run);
-    charts << svg::line_chart(c);
+    if (c.series[0].points.empty() && c.series[1].points.empty())
+      unmeasured += (unmeasured.empty() ? "" : ", ") + std::to_string(b) + "\u2194" + std::to_string(b + 1);
+    else
+      charts << svg::line_chart(c);
   }
+  if (!unmeasured.empty())
+    unmeasured = "<p class=\"note\">The step log has no measurement of the links between stages " +
+                 escape(unmeasured) + ".</p>";
   return page::section("links", "Links: measured throughput against the planned bandwidth",
-                       "<div class=\"grid\">" + charts.str() + "</div>" +
+                       "<div class=\"grid\">" + charts.str() + "</div>" + unmeasured +
                            page::table("links", {"link", "carries", "codec", "planned MB/s", "median measured MB/s",
                                                  "MB on the wire", "receiver wait s"},
                                        rows));
@@ -291,35 +299,48 @@ std::vector<std::string> picture_regions(const RunData& run) {
   return out;
 }
 
+// The lines a region's box lists: its stages, their layers and ranks (at most kMaxStageLines;
+// a region holding more says how many more).
+constexpr size_t kMaxStageLines = 8;
+std::vector<std::string> stage_lines(const RunData& run, const std::string& region) {
+  std::vector<std::string> lines;
+  size_t count = 0;
+  for (const auto& st : run.plan.stages) {
+    if (st.region != region || ++count > kMaxStageLines) continue;
+    std::string ranks;
+    for (int r : st.ranks) ranks += (ranks.empty() ? "" : ",") + std::to_string(r);
+    const std::string layers = st.layer_end - st.layer_begin == 1
+                                   ? "layer " + std::to_string(st.layer_begin)
+                                   : "layers " + std::to_string(st.layer_begin) + "\u2013" + std::to_string(st.layer_end - 1);
+    lines.push_back("stage " + std::to_string(st.index) + ": " + layers + " (rank " + ranks + ")");
+  }
+  if (count > kMaxStageLines) lines.back() = "\u2026 and " + std::to_string(count - kMaxStageLines + 1) + " more stages";
+  return lines;
+}
+
+double node_height(size_t lines) { return std::max(70.0, 44.0 + 14.0 * static_cast<double>(lines)); }
+
 // A region's box: name, price and power, and the stages placed on it with their layers.
-std::string region_node(const RunData& run, const std::string& name, double cx, double cy, double w, double h) {
+std::string region_node(const RunData& run, const std::string& name, double cx, double cy, double w) {
   std::ostringstream o;
   const Region* reg = nullptr;
   if (run.topology)
     if (int i = run.topology->region_index(name); i >= 0) reg = &run.topology->regions[static_cast<size_t>(i)];
-  std::vector<std::string> lines;
-  for (const auto& st : run.plan.stages)
-    if (st.region == name) {
-      std::string ranks;
-      for (int r : st.ranks) ranks += (ranks.empty() ? "" : ",") + std::to_string(r);
-      const std::string layers = st.layer_end - st.layer_begin == 1
-                                     ? "layer " + std::to_string(st.layer_begin)
-                                     : "layers " + std::to_string(st.layer_begin) + "\u2013" + std::to_string(st.layer_end - 1);
-      lines.push_back("stage " + std::to_string(st.index) + ": " + layers + " (rank " + ranks + ")");
-    }
+  const std::vector<std::string> lines = stage_lines(run, name);
+  const double h = node_height(lines.size()), top = cy - h / 2;
   const bool used = !lines.empty();
   o << "<g class=\"region\" data-region=\"" << escape(name) << "\" data-stages=\"" << lines.size() << "\">"
-    << "<rect x=\"" << cx - w / 2 << "\" y=\"" << cy - h / 2 << "\" width=\"" << w << "\" height=\"" << h
+    << "<rect x=\"" << cx - w / 2 << "\" y=\"" << top << "\" width=\"" << w << "\" height=\"" << h
     << "\" rx=\"8\" fill=\"" << (used ? "#eef3fa" : "#f6f6f6") << "\" stroke=\"" << (used ? "#4e79a7" : "#bbb") << "\"/>"
-    << "<text x=\"" << cx << "\" y=\"" << cy - h / 2 + 17 << "\" text-anchor=\"middle\" class=\"title\">" << escape(name)
+    << "<text x=\"" << cx << "\" y=\"" << top + 17 << "\" text-anchor=\"middle\" class=\"title\">" << escape(name)
     << "</text>";
   if (reg)
-    o << "<text x=\"" << cx << "\" y=\"" << cy - h / 2 + 32 << "\" text-anchor=\"middle\" class=\"label\">"
+    o << "<text x=\"" << cx << "\" y=\"" << top + 32 << "\" text-anchor=\"middle\" class=\"label\">"
       << escape("$" + fmt(reg->price_usd_per_kwh) + "/kWh \u00b7 " + std::to_string(reg->gpus) + "\u00d7" +
                 reg->gpu_type + " " + fmt(reg->gpu_power_w) + " W \u00b7 PUE " + fmt(reg->pue))
       << "</text>";
   for (size_t i = 0; i < lines.size(); ++i)
-    o << "<text x=\"" << cx << "\" y=\"" << cy - h / 2 + 49 + 14 * static_cast<double>(i) << "\" text-anchor=\"middle\">"
+    o << "<text x=\"" << cx << "\" y=\"" << top + 49 + 14 * static_cast<double>(i) << "\" text-anchor=\"middle\">"
       << escape(lines[i]) << "</text>";
   o << "</g>";
   return o.str();
@@ -327,8 +348,11 @@ std::string region_node(const RunData& run, const std::string& name, double cx, 
 
 std::string plan_section(const RunData& run) {
   const auto regions = picture_regions(run);
-  const double width = 1300, height = 470, node_w = 250, node_h = 86;
-  const double cx = width / 2, cy = height / 2 + 10, rx = width / 2 - node_w / 2 - 20, ry = height / 2 - node_h / 2 - 24;
+  double node_h = 0;
+  for (const auto& r : regions) node_h = std::max(node_h, node_height(stage_lines(run, r).size()));
+  // Boxes sit on an ellipse; the top and bottom ones must clear the title and the frame.
+  const double width = 1300, node_w = 250, ry = 150, cx = width / 2, cy = 40 + node_h / 2 + ry;
+  const double rx = width / 2 - node_w / 2 - 20, height = cy + ry + node_h / 2 + 20;
   std::map<std::string, std::pair<double, double>> at;
   const double n = static_cast<double>(regions.size());
   for (size_t i = 0; i < regions.size(); ++i) {  // on an ellipse: no link passes through a region
@@ -362,7 +386,7 @@ std::string plan_section(const RunData& run) {
   o << "<svg id=\"chart-plan\" class=\"chart plan\" width=\"" << width << "\" height=\"" << height << "\" viewBox=\"0 0 "
     << width << " " << height << "\"><text x=\"20\" y=\"20\" class=\"title\">Regions, links and the stages placed on "
     << "them (orange: the pipeline's links)</text>" << lines.str() << labels.str();
-  for (const auto& r : regions) o << region_node(run, r, at[r].first, at[r].second, node_w, node_h);
+  for (const auto& r : regions) o << region_node(run, r, at[r].first, at[r].second, node_w);
   o << "</svg>";
   if (!rows.empty())
     o << page::table("topology-links", {"link", "Gbit/s", "latency ms (one way)", "pipeline stages"}, rows);

@@ -296,6 +296,24 @@ TEST_F(ReportTest, TraceWithoutAFinishedStepGivesANoteNotAnError) {
   EXPECT_NE(html.find("id=\"chart-loss\""), std::string::npos);
 }
 
+TEST_F(ReportTest, LinksWithoutMeasurementsAreNamedNotDrawnEmpty) {
+  write_fake_run(dir_);
+  write_text(dir_ / "train.jsonl", R"({"step": 1, "loss": 5.0, "step_s": 0.5, "links": {"0->1": {"mb_per_s": 3}}})" "\n");
+  const std::string html = render_run_html(load_run(dir_.string()));
+  EXPECT_NE(html.find("id=\"chart-link-0-1\""), std::string::npos);
+  EXPECT_EQ(html.find("id=\"chart-link-1-2\""), std::string::npos);
+  EXPECT_NE(html.find("no measurement of the links between stages 1\u21942, 2\u21943."), std::string::npos);
+}
+
+// A region holding many stages lists them all (up to eight lines) inside a box tall enough.
+TEST_F(ReportTest, PlanPictureListsEveryStageOfARegion) {
+  write_fake_run(dir_);
+  const std::string html = render_run_html(load_run(dir_.string()));
+  for (const char* line : {"stage 0: layer 0 (rank 0)", "stage 3: layer 3 (rank 3)"})
+    EXPECT_NE(html.find(line), std::string::npos) << line;
+  EXPECT_EQ(attribute_after(html, "data-region=\"eu-central\"", "data-stages"), "1");
+}
+
 TEST(ReportSimulation, PageHasAJctCdfPerPolicyAndTheirCostPoints) {
   SimulationScenario sc{"scenario <x1>", {}};
   const char* names[] = {"bace", "delay-first", "fifo"};
