@@ -433,11 +433,10 @@ std::string predicted_section(const RunData& run) {
     b.height = 260;
     return svg::bar_chart(b);
   };
-  const std::string charts = bars("chart-predicted-time", "Iteration time", "seconds per step", p.iteration_s, measured_s) +
-                             bars("chart-predicted-energy", "Electricity of the logged steps", "kWh",
-                                  p.energy_kwh * per_step, kwh) +
-                             bars("chart-predicted-cost", "Electricity cost of the logged steps", "US$",
-                                  p.cost_usd * per_step, usd);
+  std::string charts = bars("chart-predicted-time", "Iteration time", "seconds per step", p.iteration_s, measured_s);
+  if (run.topology)  // power, PUE and prices come from it: without it there is nothing to measure
+    charts += bars("chart-predicted-energy", "Electricity of the logged steps", "kWh", p.energy_kwh * per_step, kwh) +
+              bars("chart-predicted-cost", "Electricity cost of the logged steps", "US$", p.cost_usd * per_step, usd);
   std::vector<std::vector<std::string>> rows = {
       {"iteration time s (measured: median step)", fmt(p.iteration_s), fmt(measured_s), gap(p.iteration_s, measured_s)}};
   if (run.topology) {

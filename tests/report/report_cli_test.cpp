@@ -145,6 +145,8 @@ TEST_F(ReportCli, TrainRunDirHoldsEveryFileAndExplicitFlagsWin) {
   EXPECT_NE(html.find("data-rank=\"0\""), std::string::npos);
   EXPECT_EQ(html.find("data-rank=\"1\""), std::string::npos);
   EXPECT_NE(html.find("topology.json absent"), std::string::npos);
+  EXPECT_NE(html.find("id=\"chart-predicted-time\""), std::string::npos);
+  EXPECT_EQ(html.find("id=\"chart-predicted-energy\""), std::string::npos) << "no topology, no electricity";
 }
 
 TEST_F(ReportCli, SimulateHtmlHasAJctCdfPerPolicy) {
