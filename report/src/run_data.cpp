@@ -208,8 +208,14 @@ RunData load_run(const std::string& dir) {
   if (!fs::exists(plan_path)) throw InputError(plan_path.string(), "", "missing: the run's plan");
   run.plan = load_plan(plan_path.string());
   const std::string hash = run.plan.hash();
-  if (fs::exists(d / run_dir::kTopology)) run.topology = load_topology((d / run_dir::kTopology).string());
-  else run.notes.push_back(std::string(run_dir::kTopology) + " absent: no link bandwidths, prices or electricity");
+  if (fs::exists(d / run_dir::kTopology)) {
+    run.topology = load_topology((d / run_dir::kTopology).string());
+    // The prices and bandwidths on the page must be the ones the plan was made for.
+    if (run.topology->hash() != run.plan.provenance.topology_hash)
+      throw InputError((d / run_dir::kTopology).string(), "",
+                       "topology hash " + run.topology->hash() + ", but plan.json was made for topology hash " +
+                           run.plan.provenance.topology_hash);
+  } else run.notes.push_back(std::string(run_dir::kTopology) + " absent: no link bandwidths, prices or electricity");
   if (fs::exists(d / run_dir::kRunInfo)) run.info = load_run_info(d / run_dir::kRunInfo, hash);
   run.steps = load_step_log(d / run_dir::kStepLog);
   if (fs::exists(d / run_dir::kTrace)) {

@@ -3,6 +3,7 @@
 // where every rank runs F0 F1 SEND/RECV B1 B0 OPT per step with known durations.
 #pragma once
 
+#include <geopipe/core/config.h>
 #include <geopipe/core/plan.h>
 #include <geopipe/core/run_dir.h>
 
@@ -78,11 +79,12 @@ inline std::string fake_log(const FakeRun& f) {
 inline Plan write_fake_run(const std::filesystem::path& dir, const FakeRun& f = {}) {
   namespace fs = std::filesystem;
   fs::create_directories(dir);
-  fs::copy_file(source_path("tests/data/good/plan_local4_manual.json"), dir / run_dir::kPlan,
-                fs::copy_options::overwrite_existing);
   fs::copy_file(source_path("examples/topologies/local4.json"), dir / run_dir::kTopology,
                 fs::copy_options::overwrite_existing);
-  const Plan plan = load_plan((dir / run_dir::kPlan).string());
+  // The hand-written plan, stamped with local4's hash as `geopipe plan` would stamp it.
+  Plan plan = load_plan(source_path("tests/data/good/plan_local4_manual.json"));
+  plan.provenance.topology_hash = load_topology((dir / run_dir::kTopology).string()).hash();
+  save_plan(plan, (dir / run_dir::kPlan).string());
   write_text(dir / run_dir::kStepLog, fake_log(f));
   write_text(dir / run_dir::kTrace, fake_trace(plan, f.restart_after_3 ? f.steps - 3 : f.steps,
                                                f.restart_after_3 ? 3 : 0).dump());

@@ -9,6 +9,8 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <regex>
 #include <string>
 #include <unistd.h>
@@ -120,6 +122,13 @@ TEST_F(ReportTest, TruncatedTraceIsBadInputNamingIt) {
   EXPECT_NE(e.find("trace.json: not valid JSON"), std::string::npos) << e;
 }
 
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
 // Table-driven: each broken file, the file and field the error names.
 TEST_F(ReportTest, BadFilesAreBadInputNamingFileAndField) {
   struct Case {
@@ -144,6 +153,8 @@ TEST_F(ReportTest, BadFilesAreBadInputNamingFileAndField) {
       {"run.json", R"({"plan_hash": "0123456789abcdef"})", "run.json: plan_hash: run of plan 0123456789abcdef"},
       {"plan.json", R"({"version": 1})", "plan.json: "},
       {"topology.json", R"({"name": "t"})", "topology.json: "},
+      {"topology.json", read_text(test_support::source_path("examples/topologies/aws6.json")),
+       "topology.json: topology hash "},
   };
   for (const Case& c : cases) {
     fs::remove_all(dir_);
