@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <map>
 #include <set>
 #include <sstream>
@@ -234,11 +235,13 @@ std::string timeline_row(const StepWindow& w, double t0, double scale, double le
 std::string timeline_section(const RunData& run, const RenderOptions& opt) {
   if (!run.trace) return page::section("timeline", "Schedule", "<p class=\"note\">No trace: no schedule timeline.</p>");
   std::vector<std::vector<StepWindow>> windows;
-  int64_t last = 0;
+  // The default is the last step every rank finished (a rank's trace may end early).
+  int64_t last = std::numeric_limits<int64_t>::max();
   for (const auto& r : run.trace->ranks) {
     windows.push_back(step_windows(r, run.trace->first_step));
-    if (!windows.back().empty()) last = std::max(last, windows.back().back().step);
+    last = std::min(last, windows.back().empty() ? 0 : windows.back().back().step);
   }
+  if (windows.empty()) last = 0;
   if (last == 0 && !opt.timeline_step)  // e.g. a run of 0 steps: nothing to draw, nothing wrong
     return page::section("timeline", "Schedule", "<p class=\"note\">The trace has no finished step.</p>");
   const int64_t step = opt.timeline_step.value_or(last);

@@ -298,6 +298,22 @@ TEST_F(ReportTest, TimelineShowsTheChosenStepAndRefusesOneOutsideTheTrace) {
   }
 }
 
+TEST_F(ReportTest, TimelineDefaultsToTheLastStepEveryRankFinished) {
+  const Plan plan = write_fake_run(dir_);
+  nlohmann::json trace = test_support::fake_trace(plan, 6, 0);
+  auto& events = trace["traceEvents"];
+  nlohmann::json kept = nlohmann::json::array();
+  int opts_of_rank2 = 0;  // rank 2's trace ends after its 4th step
+  for (const auto& e : events)
+    if (e["pid"] != 2 || opts_of_rank2 < 4) {
+      kept.push_back(e);
+      if (e["pid"] == 2 && e["name"] == "OPT") ++opts_of_rank2;
+    }
+  events = kept;
+  write_text(dir_ / "trace.json", trace.dump());
+  EXPECT_EQ(attribute_after(render_run_html(load_run(dir_.string())), "id=\"chart-timeline\"", "data-step"), "4");
+}
+
 TEST_F(ReportTest, TraceWithoutAFinishedStepGivesANoteNotAnError) {
   const Plan plan = write_fake_run(dir_);
   write_text(dir_ / "trace.json", test_support::fake_trace(plan, 0, 0).dump());  // only an unfinished F0 per rank
