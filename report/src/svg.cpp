@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <limits>
 #include <sstream>
 
@@ -15,6 +16,14 @@ std::string percent(double fraction) {
   char buf[32];
   std::snprintf(buf, sizeof(buf), "%.1f%%", 100 * fraction);
   return buf;
+}
+
+// Text drawn on a colour: dark on light ones (the idle grey), white on the others.
+const char* text_on(const std::string& hex) {
+  if (hex.size() != 7 || hex[0] != '#') return "#fff";
+  const long rgb = std::strtol(hex.c_str() + 1, nullptr, 16);
+  const double luma = 0.299 * double((rgb >> 16) & 255) + 0.587 * double((rgb >> 8) & 255) + 0.114 * double(rgb & 255);
+  return luma > 170 ? "#333" : "#fff";
 }
 
 std::string px(double v) {
@@ -100,7 +109,9 @@ std::string series_svg(const Frame& f, const Series& s) {
   std::ostringstream o;
   const std::string attrs = "data-series=\"" + escape(s.name) + "\" data-points=\"" + std::to_string(s.points.size()) + "\"";
   if (s.line && s.points.size() > 1) {
-    o << "<path class=\"series\" " << attrs << " fill=\"none\" stroke=\"" << s.color << "\" stroke-width=\"1.8\""
+    // Long series get a thinner line, so that neighbouring steps stay apart.
+    o << "<path class=\"series\" " << attrs << " fill=\"none\" stroke=\"" << s.color << "\" stroke-width=\""
+      << (s.points.size() > 200 ? "1.1" : "1.8") << "\""
       << " d=\"";
     for (size_t i = 0; i < s.points.size(); ++i)
       o << (i ? " L" : "M") << px(f.x(s.points[i].first)) << " " << px(f.y(s.points[i].second));
@@ -267,7 +278,9 @@ std::string stacked_bars(const StackedBars& c) {
         << "\" x=\"" << px(x) << "\" y=\"" << px(y) << "\" width=\"" << px(pw) << "\" height=\"" << px(row_h - 6)
         << "\" fill=\"" << c.part_colors[p] << "\"><title>" << escape(c.part_names[p] + ": " + percent(frac))
         << "</title></rect>";
-      if (pw > 34) o << text(x + pw / 2, y + 14, percent(frac), "text-anchor=\"middle\" class=\"in-bar\"");
+      if (pw > 34)
+        o << text(x + pw / 2, y + 14, percent(frac),
+                  "text-anchor=\"middle\" class=\"in-bar\" style=\"fill: " + std::string(text_on(c.part_colors[p])) + "\"");
       x += pw;
     }
     o << "</g>";
