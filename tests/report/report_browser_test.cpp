@@ -126,6 +126,12 @@ std::vector<std::string> page_requests(const fs::path& netlog) {
   return urls;
 }
 
+// The region the run's plan puts stage `stage` on.
+std::string region_of_stage(const fs::path& page, int stage) {
+  const auto plan = nlohmann::json::parse(read(page.parent_path() / "plan.json"));
+  return plan["stages"][stage]["region"].get<std::string>();
+}
+
 class ReportBrowser : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -203,6 +209,13 @@ TEST_F(ReportBrowser, RenderedDomHasEveryChartWithItsData) {
   const std::regex point("[ML](-?[0-9.]+) (-?[0-9.]+)");
   EXPECT_EQ(std::distance(std::sregex_iterator(path.begin(), path.end(), point), std::sregex_iterator()), lines) << path;
   EXPECT_EQ(attribute_after(d, "data-series=\"validation loss\"", "data-points"), "2") << "steps 3 and 6";
+  EXPECT_EQ(attribute_after(d, "data-series=\"tokens/s\"", "data-points"), std::to_string(lines));
+  // Both directions of the link, measured every step, named with their codec.
+  EXPECT_EQ(attribute_after(d, "data-series=\"0-&gt;1 activations", "data-points"), std::to_string(lines));
+  EXPECT_EQ(attribute_after(d, "data-series=\"1-&gt;0 gradients", "data-points"), std::to_string(lines));
+  EXPECT_EQ(attribute_after(d, "id=\"chart-stages\"", "class"), "chart stacked-bars");
+  EXPECT_NE(d.find("data-part=\"compute (F/B/OPT)\""), std::string::npos);
+  EXPECT_EQ(attribute_after(d, "data-region=\"" + region_of_stage(page, 1) + "\"", "data-stages"), "1");
   EXPECT_EQ(attribute_after(d, "id=\"chart-timeline\"", "data-step"), "6");
   for (const char* rank : {"data-rank=\"0\"", "data-rank=\"1\""}) {
     const std::string spans = attribute_after(d, rank, "data-spans");
