@@ -122,7 +122,11 @@ std::string series_svg(const Frame& f, const Series& s) {
     o << "<g class=\"dots\" " << attrs << " fill=\"" << s.color << "\">";
     for (const auto& [x, y] : s.points) {
       o << "<circle cx=\"" << px(f.x(x)) << "\" cy=\"" << px(f.y(y)) << "\" r=\"" << (s.line ? "3" : "4") << "\"/>";
-      if (s.label_points) o << text(f.x(x) + 7, f.y(y) - 6, s.name, "class=\"value\"");
+      if (s.label_points) {  // to the right of the dot, or to its left near the right edge
+        const bool left = f.x(x) > f.left + 0.75 * f.width;
+        o << text(f.x(x) + (left ? -7 : 7), f.y(y) - 6, s.name,
+                  left ? "class=\"value\" text-anchor=\"end\"" : "class=\"value\"");
+      }
     }
     o << "</g>";
   }
@@ -168,8 +172,8 @@ std::vector<double> nice_ticks(double lo, double hi, int count) {
   }
   const double raw = (hi - lo) / std::max(1, count);
   const double mag = std::pow(10.0, std::floor(std::log10(raw)));
-  // A range of whole numbers (steps, counts) gets whole ticks: no 2.5 between 0 and 5.
-  const bool whole = lo == std::floor(lo) && hi == std::floor(hi);
+  // A range of several whole numbers (steps, counts) gets whole ticks: no 2.5 between 0 and 5.
+  const bool whole = lo == std::floor(lo) && hi == std::floor(hi) && hi - lo >= count;
   double step = mag;
   for (double m : {1.0, 2.0, 2.5, 5.0, 10.0}) {
     if (whole && m * mag != std::floor(m * mag)) continue;
@@ -198,6 +202,13 @@ std::string line_chart(const LineChart& c) {
   if (yr.empty()) yr.add(0);
   // x spans exactly the data (steps 1..N fill the plot), with the round ticks inside it; y is
   // widened to round ticks so that the top and bottom lines are labelled.
+  // A scatter (no series drawn as a line) keeps its dots and their labels off the frame.
+  const bool scatter = !c.series.empty() && std::none_of(c.series.begin(), c.series.end(), [](const Series& s) { return s.line; });
+  if (scatter && xr.hi > xr.lo) {
+    const double pad = 0.12 * (xr.hi - xr.lo);
+    xr.lo -= pad;
+    xr.hi += pad;
+  }
   auto xt = nice_ticks(xr.lo, xr.hi, 6);
   const double x0 = xr.hi > xr.lo ? xr.lo : xt.front(), x1 = xr.hi > xr.lo ? xr.hi : xt.back();
   xt.erase(std::remove_if(xt.begin(), xt.end(), [&](double t) { return t < x0 - 1e-9 * (x1 - x0) || t > x1 + 1e-9 * (x1 - x0); }),

@@ -254,6 +254,8 @@ TEST(ReportSvg, TicksAreRoundAndCoverTheRange) {
   EXPECT_LE(t.front(), 0.37);
   EXPECT_GE(t.back(), 5.2);
   EXPECT_DOUBLE_EQ(t[1] - t[0], 1.0);
+  EXPECT_EQ(svg::nice_ticks(1, 16, 6), (std::vector<double>{0, 5, 10, 15, 20})) << "whole steps, no 2.5";
+  EXPECT_EQ(svg::nice_ticks(0, 1, 5).size(), 6u) << "a fraction axis in fifths";
   EXPECT_EQ(svg::fmt(34000), "34k");
   EXPECT_EQ(svg::fmt(0.25), "0.25");
 }
