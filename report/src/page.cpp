@@ -62,7 +62,7 @@ std::string table(const std::string& cls, const std::vector<std::string>& header
     o << "<tr>";
     for (const auto& c : r) {
       // Right-align numbers so columns read as numbers.
-      const bool num = !c.empty() && (std::isdigit(static_cast<unsigned char>(c[0])) || c[0] == '-' || c[0] == '$');
+      const bool num = !c.empty() && (std::isdigit(static_cast<unsigned char>(c[0])) || c[0] == '-' || c[0] == '+' || c[0] == '$');
       o << (num ? "<td class=\"num\">" : "<td>") << svg::escape(c) << "</td>";
     }
     o << "</tr>";
