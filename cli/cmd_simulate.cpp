@@ -3,6 +3,7 @@
 
 #include <geopipe/core/config.h>
 #include <geopipe/core/error.h>
+#include <geopipe/report/report.h>
 #include <geopipe/scheduler/simulator.h>
 
 #include <nlohmann/json.hpp>
@@ -21,7 +22,7 @@ namespace geopipe::cli {
 namespace {
 
 struct SimulateOptions {
-  std::string topology, workload, json_out, csv_out;
+  std::string topology, workload, json_out, csv_out, html_out;
   std::vector<std::string> policies = {"bace", "delay-first", "cost-first", "fifo"};
   std::vector<double> scales = {1.0};
   uint64_t seed = 1;
@@ -30,6 +31,26 @@ struct SimulateOptions {
   double slack = 0.10;
   double efficiency = 0.4;
 };
+
+// The simulator's results as the report library's page takes them.
+report::SimulationScenario to_scenario(const std::string& title,
+                                       const std::vector<scheduler::SimResult>& results) {
+  report::SimulationScenario sc{title, {}};
+  for (const auto& r : results) {
+    report::PolicyOutcome p;
+    p.policy = r.policy;
+    for (const auto& j : r.jobs)
+      if (j.jct_s() >= 0) p.jct_s.push_back(j.jct_s());
+    p.never_started = r.never_started;
+    p.avg_jct_s = r.avg_jct_s;
+    p.p95_jct_s = r.p95_jct_s;
+    p.makespan_s = r.makespan_s;
+    p.energy_kwh = r.energy_kwh;
+    p.cost_usd = r.cost_usd;
+    sc.policies.push_back(std::move(p));
+  }
+  return sc;
+}
 
 int run_simulate(const SimulateOptions& o) {
   Topology topology = load_topology(o.topology);
@@ -58,6 +79,7 @@ int run_simulate(const SimulateOptions& o) {
                         {"seed", o.seed},
                         {"scenarios", nlohmann::json::array()}};
   std::vector<scheduler::SimResult> all;
+  std::vector<report::SimulationScenario> scenarios;
   for (double scale : o.scales) {
     std::vector<scheduler::SimResult> results;
     nlohmann::json sc = {{"bandwidth_scale", scale}, {"results", nlohmann::json::array()}};
@@ -77,6 +99,7 @@ int run_simulate(const SimulateOptions& o) {
     title << "scenario: topology " << topology.name << ", workload " << workload.name << " (" << workload.jobs.size()
           << " jobs), inter-region bandwidth x" << scale;
     std::cout << scheduler::format_scenario(title.str(), results) << "\n";
+    scenarios.push_back(to_scenario(title.str(), results));
     doc["scenarios"].push_back(sc);
     all.insert(all.end(), results.begin(), results.end());
   }
@@ -86,6 +109,11 @@ int run_simulate(const SimulateOptions& o) {
     out << doc.dump(2) << "\n";
   }
   if (!o.csv_out.empty()) scheduler::write_jobs_csv(all, o.csv_out);
+  if (!o.html_out.empty()) {
+    report::write_html(o.html_out, report::render_simulation_html("geopipe simulate: " + topology.name + ", " +
+                                                                      workload.name, scenarios));
+    std::cout << "html: " << o.html_out << "\n";
+  }
   return kExitOk;
 }
 
@@ -115,6 +143,8 @@ void register_simulate(CLI::App& app, int& exit_code) {
   };
   cmd->add_option("--json", o->json_out, "Write every result (and per-job records) as JSON")->check(folder_exists);
   cmd->add_option("--csv", o->csv_out, "Write one row per job and policy")->check(folder_exists);
+  cmd->add_option("--html", o->html_out, "Write a self-contained HTML page: JCT CDF per policy, cost, energy, makespan")
+      ->check(folder_exists);
   cmd->callback([o, &exit_code] { exit_code = run_simulate(*o); });
 }
 

@@ -11,5 +11,6 @@ void register_validate(CLI::App& app, int& exit_code);
 void register_plan(CLI::App& app, int& exit_code);
 void register_simulate(CLI::App& app, int& exit_code);
 void register_launch(CLI::App& app, int& exit_code);
+void register_report(CLI::App& app, int& exit_code);
 
 }  // namespace geopipe::cli

@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   geopipe::cli::register_plan(app, exit_code);
   geopipe::cli::register_simulate(app, exit_code);
   geopipe::cli::register_launch(app, exit_code);
+  geopipe::cli::register_report(app, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -1,5 +1,6 @@
 // The libFuzzer entry point of one harness; fuzz/CMakeLists.txt builds it once per target with
-// GEOPIPE_FUZZ_TARGET set to the target's name ("topology", "job", "workload", "plan", "header").
+// GEOPIPE_FUZZ_TARGET set to the target's name ("topology", "job", "workload", "plan", "header",
+// "steplog", "trace").
 #include <geopipe/fuzz/harness.h>
 
 #include <cstdio>

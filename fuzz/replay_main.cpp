@@ -45,12 +45,14 @@ std::vector<fs::path> files_under(const fs::path& p, const std::string& extensio
   return out;
 }
 
-// The JSON seeds: every JSON file the project ships as an example or test fixture.
+// The JSON seeds: every JSON file the project ships as an example or test fixture, and the
+// JSON-lines step logs among the good ones.
 std::vector<fs::path> json_seeds(const fs::path& src) {
   std::vector<fs::path> out;
   for (const char* dir : {"examples/topologies", "examples/jobs", "examples/workloads", "tests/data/good", "tests/data/bad"})
-    for (const auto& f : files_under(src / dir, ".json"))
-      if (f.filename() != "expected.json") out.push_back(f);
+    for (const char* ext : {".json", ".jsonl"})
+      for (const auto& f : files_under(src / dir, ext))
+        if (f.filename() != "expected.json") out.push_back(f);
   return out;
 }
 
@@ -78,6 +80,8 @@ std::map<std::string, std::pair<Target, Outcome>> known_outcomes(const fs::path&
     for (const auto& f : files_under(src / dir, ".json")) known[f.string()] = {t, Outcome::kAccepted};
   for (const auto& f : files_under(src / "tests/data/good", ".json"))
     if (f.filename().string().rfind("plan_", 0) == 0) known[f.string()] = {Target::kPlan, Outcome::kAccepted};
+  known[(src / "tests/data/good/report_train.jsonl").string()] = {Target::kStepLog, Outcome::kAccepted};
+  known[(src / "tests/data/good/report_trace.json").string()] = {Target::kTrace, Outcome::kAccepted};
   auto expected = geopipe::read_json_file((src / "tests/data/bad/expected.json").string());
   for (auto it = expected.begin(); it != expected.end(); ++it)
     if (auto t = geopipe::fuzz::parse_target(it.value().at("kind").get<std::string>()))
@@ -163,7 +167,8 @@ int usage() {
   std::fprintf(stderr,
                "usage: geopipe-fuzz-replay --source-dir SRC\n"
                "       geopipe-fuzz-replay --write-seeds SRC DIR\n"
-               "       geopipe-fuzz-replay TARGET PATH...   (TARGET: topology, job, workload, plan, header)\n");
+               "       geopipe-fuzz-replay TARGET PATH...   (TARGET: topology, job, workload, plan, header, "
+               "steplog, trace)\n");
   return geopipe::kExitBadInput;
 }
 

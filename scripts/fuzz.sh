@@ -22,7 +22,7 @@ cd "$(dirname "$0")/.."
 seconds=30
 jobs=1
 json_out=""
-targets="topology,job,workload,plan,header"
+targets="topology,job,workload,plan,header,steplog,trace"
 build=build-fuzz
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -43,8 +43,8 @@ if ! [[ "$jobs" =~ ^[0-9]+$ ]] || (( jobs < 1 )); then
 fi
 IFS=, read -r -a target_list <<< "$targets"
 for t in "${target_list[@]}"; do
-  case "$t" in topology|job|workload|plan|header) ;; *)
-    echo "fuzz.sh: unknown target '$t' (expected topology, job, workload, plan or header)" >&2; exit 2 ;;
+  case "$t" in topology|job|workload|plan|header|steplog|trace) ;; *)
+    echo "fuzz.sh: unknown target '$t' (expected topology, job, workload, plan, header, steplog or trace)" >&2; exit 2 ;;
   esac
 done
 for tool in clang clang++ cmake ninja; do

@@ -20,6 +20,7 @@ PACKAGES=(
   iproute2
   clang libclang-rt-14-dev   # scripts/fuzz.sh: libFuzzer, AddressSanitizer, UndefinedBehaviorSanitizer
   python3 python3-torch   # reference checks: checkpoints load in PyTorch, nanoGPT-style forward
+  chromium fonts-dejavu-core zlib1g-dev   # the report's browser test: headless render, PNG decode
 )
 # libopenblas0-openmp: Debian's LibTorch calls sgemm_ through libblas.so.3, which a machine
 # without an optimized BLAS resolves to netlib's reference code (13x slower on the GPT stages,

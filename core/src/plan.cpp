@@ -349,6 +349,9 @@ Plan parse_plan(const json& doc, const std::string& file) {
   return plan;
 }
 
+// The canonical JSON form (sorted keys, round-trip doubles): the same for a plan and its copy.
+std::string Plan::hash() const { return fnv1a_hex(to_json(*this).dump()); }
+
 Plan load_plan(const std::string& path) { return parse_plan(read_json_file(path), path); }
 
 json to_json(const Plan& plan) {

@@ -5,17 +5,22 @@
 #include <geopipe/core/env.h>
 #include <geopipe/core/error.h>
 #include <geopipe/core/log.h>
+#include <geopipe/core/run_dir.h>
 #include <geopipe/kernels/blas.h>
 #include <geopipe/runtime/sample.h>
 #include <geopipe/runtime/trainer.h>
 
 #include <CLI/CLI.hpp>
 #include <mpi.h>
+#include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <ctime>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <algorithm>
+#include <fstream>
+#include <limits>
 #include <memory>
 #include <thread>
 
@@ -60,6 +65,62 @@ int run_sample(const Plan& plan, const runtime::TrainConfig& cfg, runtime::Sampl
   return 0;
 }
 
+// --run-dir DIR: every file of the run in one folder, what `geopipe report DIR` reads
+// (core/run_dir.h). Flags the user gave explicitly (--json-log, --trace, --checkpoint-dir) win.
+// Every rank points its config there (each writes its own checkpoint file); rank 0 creates
+// the folder and writes the copies of the inputs and run.json.
+struct RunDir {
+  std::string dir;
+  std::vector<std::string> command;  // argv, as run.json records it
+  bool checkpoint_every_given = false;
+};
+
+void prepare_run_dir(const RunDir& rd, runtime::TrainConfig& cfg, const Plan& plan,
+                     const std::string& topology_file, int rank, int size) {
+  namespace fs = std::filesystem;
+  const fs::path dir(rd.dir);
+  if (cfg.json_log.empty()) cfg.json_log = (dir / run_dir::kStepLog).string();
+  if (cfg.trace_file.empty()) cfg.trace_file = (dir / run_dir::kTrace).string();
+  if (cfg.checkpoint_dir.empty()) {
+    cfg.checkpoint_dir = (dir / run_dir::kCheckpoints).string();
+    // Without --checkpoint-every the run directory still gets the final weights.
+    if (!rd.checkpoint_every_given) cfg.checkpoint_every = std::numeric_limits<int>::max();
+  }
+  if (rank != 0) return;
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw InputError("--run-dir", "run-dir", "cannot create " + rd.dir + ": " + ec.message());
+  auto copy = [&](const std::string& from, const char* name) {
+    if (fs::absolute(from).lexically_normal() == fs::absolute(dir / name).lexically_normal()) return;
+    fs::copy_file(from, dir / name, fs::copy_options::overwrite_existing, ec);
+    if (ec) throw InputError("--run-dir", "run-dir", "cannot copy " + from + " into " + rd.dir + ": " + ec.message());
+  };
+  copy(cfg.plan_file, run_dir::kPlan);
+  if (!topology_file.empty()) copy(topology_file, run_dir::kTopology);
+  // The codec each directed link runs with (--codec overrides the plan's), for the report.
+  const auto [over_f, over_b] = runtime::codec_pair(cfg.codec);
+  nlohmann::json codecs = nlohmann::json::object();
+  for (const LinkPlan& l : plan.links) {
+    codecs[std::to_string(l.from_stage) + "->" + std::to_string(l.to_stage)] = over_f.empty() ? l.codec_forward : over_f;
+    codecs[std::to_string(l.to_stage) + "->" + std::to_string(l.from_stage)] = over_b.empty() ? l.codec_backward : over_b;
+  }
+  const std::time_t now = std::time(nullptr);
+  char start[32];
+  std::strftime(start, sizeof(start), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  const nlohmann::json info = {{"command", rd.command}, {"start_time", start},   {"plan_hash", plan.hash()},
+                               {"world_size", size},    {"link_codecs", codecs}, {"resume", cfg.resume}};
+  std::ofstream out(dir / run_dir::kRunInfo, std::ios::trunc);
+  out << info.dump(2) << "\n";
+  if (!out) throw Error("cannot write " + (dir / run_dir::kRunInfo).string());
+}
+
+void write_run_summary(const RunDir& rd, const std::string& summary) {
+  const auto path = std::filesystem::path(rd.dir) / run_dir::kSummary;
+  std::ofstream out(path, std::ios::trunc);
+  out << summary;
+  if (!out) throw Error("cannot write " + path.string());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -68,6 +129,7 @@ int main(int argc, char** argv) {
   std::string topology_file, export_file, profile_file;
   std::string auth_key_file;  // per-job key authenticating message headers (comm/auth.h)
   int threads = 0;
+  RunDir run_dir{"", std::vector<std::string>(argv, argv + argc)};
   app.add_option("--plan", cfg.plan_file, "plan.json from `geopipe plan`")->required()->check(CLI::ExistingFile);
   app.add_option("--iters", cfg.iters,
                  "optimizer steps in total (default: the job's iterations; 0: none, e.g. with --checkpoint-at-start)")
@@ -92,7 +154,11 @@ int main(int argc, char** argv) {
   app.add_option("--json-log", cfg.json_log, "one JSON object per step");
   app.add_option("--trace", cfg.trace_file, "Chrome/Perfetto trace merged across ranks");
   app.add_option("--checkpoint-dir", cfg.checkpoint_dir, "checkpoint folder");
-  app.add_option("--checkpoint-every", cfg.checkpoint_every, "checkpoint every N steps (and at the end)")->check(CLI::NonNegativeNumber);
+  auto* every_opt = app.add_option("--checkpoint-every", cfg.checkpoint_every, "checkpoint every N steps (and at the end)")
+                        ->check(CLI::NonNegativeNumber);
+  app.add_option("--run-dir", run_dir.dir,
+                 "write everything there: plan.json, topology.json, run.json, train.jsonl, trace.json, summary.txt, "
+                 "checkpoint/ (final step unless --checkpoint-every); read by `geopipe report DIR`");
   app.add_flag("--checkpoint-at-start", cfg.checkpoint_at_start,
                "also checkpoint the initial weights as step 0 (with --iters 0: only that)");
   app.add_flag("--resume", cfg.resume, "continue from --checkpoint-dir's manifest");
@@ -128,6 +194,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : kExitBadInput;
   }
+  run_dir.checkpoint_every_given = every_opt->count() > 0;
 
   log::init();
   int rank = 0, size = 1;
@@ -185,6 +252,8 @@ int main(int argc, char** argv) {
                                                     " ranks, started with " + std::to_string(size));
     }
 
+    if (!run_dir.dir.empty()) prepare_run_dir(run_dir, cfg, plan, topology_file, rank, size);
+
     std::unique_ptr<comm::Communicator> comm;
     if (size > 1) {
       comm::CommOptions co;
@@ -199,6 +268,10 @@ int main(int argc, char** argv) {
       std::printf("%s", r.summary.c_str());
       if (!cfg.checkpoint_dir.empty()) std::printf("checkpoint: %s/manifest.json\n", cfg.checkpoint_dir.c_str());
       if (!cfg.trace_file.empty()) std::printf("trace: %s (open in https://ui.perfetto.dev)\n", cfg.trace_file.c_str());
+      if (!run_dir.dir.empty()) {
+        write_run_summary(run_dir, r.summary);
+        std::printf("run directory: %s (see it: geopipe report %s)\n", run_dir.dir.c_str(), run_dir.dir.c_str());
+      }
     }
     comm.reset();
     comm::finalize_mpi();

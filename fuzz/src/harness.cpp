@@ -5,6 +5,8 @@
 #include <geopipe/core/config.h>
 #include <geopipe/core/error.h>
 #include <geopipe/core/plan.h>
+#include <geopipe/core/run_dir.h>
+#include <geopipe/report/report.h>
 
 #include <nlohmann/json.hpp>
 
@@ -13,6 +15,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <filesystem>
+#include <fstream>
 #include <limits>
 
 #include <unistd.h>
@@ -38,10 +42,12 @@ std::string& input_label() {
 }
 
 // The JSON harnesses read a real file, as the command-line tools do: one per process.
+// Never destroyed: the exit handler that removes the file runs after static destructors would.
 const std::string& input_path() {
-  static const std::string path = [] {
+  static const std::string& path = *[] {
     const char* dir = std::getenv("TMPDIR");
-    std::string p = std::string(dir && *dir ? dir : "/tmp") + "/geopipe-fuzz-" + std::to_string(::getpid()) + ".json";
+    auto* p = new std::string(std::string(dir && *dir ? dir : "/tmp") + "/geopipe-fuzz-" + std::to_string(::getpid()) +
+                              ".json");
     std::atexit([] { std::remove(input_path().c_str()); });
     return p;
   }();
@@ -154,7 +160,9 @@ Outcome fuzz_json(Target target, const uint8_t* data, size_t size) {
         check_round_trip(target, to_json(p), parse_plan);
         break;
       }
-      case Target::kHeader: break;
+      case Target::kHeader:
+      case Target::kStepLog:
+      case Target::kTrace: break;
     }
   } catch (const InputError& e) {
     check_rejection(target, e);
@@ -242,11 +250,67 @@ Outcome fuzz_header(const uint8_t* data, size_t size) {
   return raw;
 }
 
+// ---- Run directory (geopipe report) ------------------------------------------------------
+
+// The plan beside every fuzzed log and trace: two stages, ranks 0 and 1.
+constexpr const char* kRunPlan =
+    R"({"version": 1, "job": {"name": "fuzz", "model": {"layers": 2, "d_model": 8, "heads": 2, "seq_len": 4,)"
+    R"( "vocab": 16, "dtype": "fp32"}, "micro_batch": 1, "micro_batches": 2, "iterations": 10, "stages": 2},)"
+    R"( "stages": [{"index": 0, "region": "a", "ranks": [0], "layers": [0, 1]},)"
+    R"( {"index": 1, "region": "b", "ranks": [1], "layers": [1, 2]}], "links": [{"from_stage": 0, "to_stage": 1,)"
+    R"( "region_pair": ["a", "b"], "codec": {"forward": "none", "backward": "none"}, "transport": "mpi"}],)"
+    R"( "schedule": {"kind": "1f1b", "warmup": [1, 0]}, "predicted": {"iteration_s": 0.5, "jct_s": 5,)"
+    R"( "energy_kwh": 0.1, "cost_usd": 0.01}, "provenance": {"policy": "bace", "topology_hash": "0"}})";
+// The log beside a fuzzed trace.
+constexpr const char* kRunLog = R"({"step": 1, "loss": 5.5, "step_s": 0.5, "elapsed_s": 0.5})" "\n";
+
+// A scratch run directory per process, holding plan.json and the files of the input (never
+// destroyed, like input_path, so that the exit handler can remove it).
+const std::filesystem::path& run_dir_path() {
+  static const std::filesystem::path& dir = *[] {
+    const char* tmp = std::getenv("TMPDIR");
+    auto* d = new std::filesystem::path(std::filesystem::path(tmp && *tmp ? tmp : "/tmp") /
+                                        ("geopipe-fuzz-run-" + std::to_string(::getpid())));
+    std::filesystem::create_directories(*d);
+    std::ofstream(*d / run_dir::kPlan) << kRunPlan;
+    std::atexit([] {
+      std::error_code ec;
+      std::filesystem::remove_all(run_dir_path(), ec);
+    });
+    return d;
+  }();
+  return dir;
+}
+
+// The input as the run's step log (trace absent) or as its trace (beside a good log); an accepted
+// run must render, a rejected one must name the input's file.
+Outcome fuzz_run_dir(Target target, const uint8_t* data, size_t size) {
+  namespace fs = std::filesystem;
+  const fs::path dir = run_dir_path();
+  const fs::path input = dir / (target == Target::kStepLog ? run_dir::kStepLog : run_dir::kTrace);
+  if (target == Target::kStepLog) fs::remove(dir / run_dir::kTrace);
+  else std::ofstream(dir / run_dir::kStepLog, std::ios::trunc) << kRunLog;
+  std::ofstream(input, std::ios::binary | std::ios::trunc).write(reinterpret_cast<const char*>(data),
+                                                                 static_cast<std::streamsize>(size));
+  try {
+    const report::RunData run = report::load_run(dir.string());
+    const std::string html = report::render_run_html(run);
+    if (html.find("<script") != std::string::npos) bug(target, "the page holds a <script> element");
+  } catch (const InputError& e) {
+    for (const auto& d : e.diagnostics())
+      if (d.file != input.string()) bug(target, "diagnostic names \"" + d.file + "\", not the input file: " + d.str());
+    return Outcome::kRejected;
+  } catch (const std::exception& e) {
+    bug(target, std::string("unexpected exception (not an InputError): ") + e.what());
+  }
+  return Outcome::kAccepted;
+}
+
 }  // namespace
 
 const std::vector<Target>& all_targets() {
-  static const std::vector<Target> targets = {Target::kTopology, Target::kJob, Target::kWorkload, Target::kPlan,
-                                              Target::kHeader};
+  static const std::vector<Target> targets = {Target::kTopology, Target::kJob,     Target::kWorkload, Target::kPlan,
+                                              Target::kHeader,   Target::kStepLog, Target::kTrace};
   return targets;
 }
 
@@ -257,6 +321,8 @@ const char* target_name(Target target) {
     case Target::kWorkload: return "workload";
     case Target::kPlan: return "plan";
     case Target::kHeader: return "header";
+    case Target::kStepLog: return "steplog";
+    case Target::kTrace: return "trace";
   }
   return "unknown";
 }
@@ -271,6 +337,7 @@ void set_input_label(const std::string& label) { input_label() = label; }
 
 Outcome run_one(Target target, const uint8_t* data, size_t size) {
   if (target == Target::kHeader) return fuzz_header(data, size);
+  if (target == Target::kStepLog || target == Target::kTrace) return fuzz_run_dir(target, data, size);
   return fuzz_json(target, data, size);
 }
 

@@ -168,7 +168,7 @@ std::string summarize(const Plan& plan, const TrainConfig& cfg, const RunTotals&
   return o.str();
 }
 
-void write_trace(const Plan& plan, const TrainConfig& cfg, const std::vector<TraceSpan>& spans,
+void write_trace(const Plan& plan, const TrainConfig& cfg, const std::vector<TraceSpan>& spans, int64_t first_step,
                  comm::Communicator* comm) {
   const int rank = comm ? comm->rank() : 0;
   const comm::Seconds timeout(cfg.comm_timeout_s);
@@ -194,7 +194,10 @@ void write_trace(const Plan& plan, const TrainConfig& cfg, const std::vector<Tra
     const auto& p = req.payload();
     for (auto& e : nlohmann::json::parse(p.begin(), p.end())) all.push_back(std::move(e));
   }
-  nlohmann::json doc = {{"traceEvents", all}, {"displayTimeUnit", "ms"}};
+  // otherData ties the trace to its plan and to the log's step numbers (geopipe report).
+  nlohmann::json doc = {{"traceEvents", all},
+                        {"displayTimeUnit", "ms"},
+                        {"otherData", {{"plan_hash", plan.hash()}, {"first_step", first_step}}}};
   write_file_atomic(cfg.trace_file, doc.dump() + "\n");
 }
 

@@ -218,7 +218,7 @@ TrainResult run_training(const Plan& plan, const TrainConfig& cfg, comm::Communi
   }
   totals.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_run).count();
   result.summary = detail::summarize(plan, cfg, totals, result, comm);
-  if (!cfg.trace_file.empty()) detail::write_trace(plan, cfg, exec.trace(), comm);
+  if (!cfg.trace_file.empty()) detail::write_trace(plan, cfg, exec.trace(), result.first_step, comm);
   return result;
 }
 

@@ -75,7 +75,8 @@ class StepLogger {
 std::string summarize(const Plan& plan, const TrainConfig& config, const RunTotals& totals, const TrainResult& result,
                       comm::Communicator* comm);
 // Every rank's spans to rank 0, which writes one Chrome/Perfetto trace (a track per rank). Collective.
-void write_trace(const Plan& plan, const TrainConfig& config, const std::vector<TraceSpan>& spans,
+// `first_step`: the run's first step (after a resume), for the trace's metadata.
+void write_trace(const Plan& plan, const TrainConfig& config, const std::vector<TraceSpan>& spans, int64_t first_step,
                  comm::Communicator* comm);
 
 }  // namespace geopipe::runtime::detail

@@ -29,6 +29,23 @@ TEST(Plan, GoodPlanParsesWithItsStagesLinksAndSchedule) {
   EXPECT_EQ(p.schedule.warmup, (std::vector<int>{3, 2, 1, 0}));
 }
 
+// The report matches a run's trace to its plan by this hash: a copy (reformatted, saved again)
+// hashes alike, any change of content does not.
+TEST(Plan, HashIsTheContentsNotTheFormatting) {
+  const Plan p = load_plan(src(kGoodPlan));
+  EXPECT_EQ(p.hash().size(), 16u);
+  const std::string path = std::string(GEOPIPE_BINARY_DIR) + "/plan_hash_test.json";
+  save_plan(p, path);  // indented differently from the checked-in file
+  EXPECT_EQ(load_plan(path).hash(), p.hash());
+  std::remove(path.c_str());
+  Plan q = p;
+  q.links[0].codec_forward = "int8-block";
+  EXPECT_NE(q.hash(), p.hash());
+  q = p;
+  q.predicted.iteration_s += 1e-9;
+  EXPECT_NE(q.hash(), p.hash());
+}
+
 TEST(Plan, SaveThenLoadGivesTheSamePlan) {
   Plan p = load_plan(src(kGoodPlan));
   p.links[1].codec_forward = "int8-block";

@@ -81,6 +81,9 @@ struct Plan {
   int stage_of_rank(int rank) const;      // the rank's first stage; -1 when it has none
   std::vector<int> stages_of_rank(int rank) const;  // in model order (V of them with virtual stages)
   const LinkPlan* link_between(int from_stage, int to_stage) const;  // nullptr if none
+  // Content hash (hex) of the whole plan: the runtime stamps it on what a run writes (trace,
+  // run.json) so `geopipe report` can tell files of this plan from files of another run.
+  std::string hash() const;
 };
 
 // Parses and checks the plan on its own (stage indices, contiguous non-overlapping layer

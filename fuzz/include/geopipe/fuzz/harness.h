@@ -1,6 +1,7 @@
 // Fuzz harnesses: one function per input parser, each feeding arbitrary bytes through the same
 // path the command-line tools use (a file read by load_topology / load_job / load_workload /
-// load_plan, or a wire header through decode_header and check_header).
+// load_plan, a wire header through decode_header and check_header, or a run's step log or trace
+// read by geopipe report's load_run beside a fixed plan, and the page rendered when accepted).
 //
 // An InputError (JSON) or an error message (header) is an expected outcome. Anything else is a
 // bug and aborts the process after a line on stderr naming the harness and the input: another
@@ -17,9 +18,10 @@
 
 namespace geopipe::fuzz {
 
-enum class Target { kTopology, kJob, kWorkload, kPlan, kHeader };
+enum class Target { kTopology, kJob, kWorkload, kPlan, kHeader, kStepLog, kTrace };
 
-// Every target, in a fixed order, and its name ("topology", "job", "workload", "plan", "header").
+// Every target, in a fixed order, and its name ("topology", "job", "workload", "plan", "header",
+// "steplog", "trace").
 const std::vector<Target>& all_targets();
 const char* target_name(Target target);
 std::optional<Target> parse_target(const std::string& name);
