@@ -90,6 +90,7 @@ struct PipelineExecutor::StepState {
   StepStats stats;
   double compute_s = 0;
   double eval_loss_sum = 0;
+  int eval_batches = 0;
   std::map<Key, at::Tensor> inputs;     // a stage's input from the previous stage on this rank
   std::map<Key, at::Tensor> grads_in;   // the gradient of a stage's output from the next stage on this rank
   std::map<Key, at::Tensor> outputs;    // a stage's output, to SEND_F
@@ -115,8 +116,10 @@ PipelineExecutor::PipelineExecutor(const Plan& plan, std::vector<StageChunk> chu
     throw InputError("schedule", "micro_batches", "schedule has " + std::to_string(schedule.num_micro_batches) +
                                                       " micro-batches, the job has " +
                                                       std::to_string(plan.job.micro_batches));
-  if (plan.job.micro_batches > kMaxMicroBatches)
-    throw InputError("job", "micro_batches", "at most " + std::to_string(kMaxMicroBatches) + " supported");
+  if (static_cast<int64_t>(plan.job.micro_batches) * S > kMaxMicroBatches)
+    throw InputError("job", "micro_batches", "at most " + std::to_string(kMaxMicroBatches) +
+                                                 " micro-batches x stages per step are supported (message tags), got " +
+                                                 std::to_string(plan.job.micro_batches) + " x " + std::to_string(S));
   if (plan.world_size() > 1 && !comm) throw Error("PipelineExecutor: a multi-rank plan needs a communicator");
   actions_ = schedule.ranks.at(static_cast<size_t>(rank_));
   for (const StageChunk& c : chunks) {
@@ -177,8 +180,9 @@ std::vector<Action> PipelineExecutor::eval_actions(int batches) const {
 
 double PipelineExecutor::evaluate(int64_t step, int batches) {
   at::NoGradGuard no_grad;
-  batches = std::min(batches, kMaxMicroBatches);
+  batches = std::min(batches, kMaxMicroBatches / plan_.num_stages());  // message tags (tags.h)
   StepState s(step, Mode::kEval);
+  s.eval_batches = batches;
   run(eval_actions(batches), s);
   for (Chunk& k : chunks_) k.io->finish_sends();
   std::vector<double> v = {stage_here(plan_.num_stages() - 1) ? s.eval_loss_sum / batches : 0.0};
@@ -188,8 +192,10 @@ double PipelineExecutor::evaluate(int64_t step, int batches) {
 
 // The interpreter: every action in order; any error is re-thrown saying where it happened.
 void PipelineExecutor::run(const std::vector<Action>& actions, StepState& s) {
+  const int micro_batches = s.mode == Mode::kTrain ? plan_.job.micro_batches : s.eval_batches;
   for (Chunk& k : chunks_)
-    k.io->begin(s.step, actions, s.mode == Mode::kTrain ? StageIO::Mode::kTrain : StageIO::Mode::kEval);
+    k.io->begin(s.step, actions, s.mode == Mode::kTrain ? StageIO::Mode::kTrain : StageIO::Mode::kEval,
+                micro_batches);
   if (s.mode == Mode::kTrain) {  // NCCL groups of this list (none in evaluation, which is MPI)
     nccl_groups_.clear();
     for (const auto& [first, end] : comm_groups(actions))

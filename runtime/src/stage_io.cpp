@@ -126,9 +126,10 @@ const std::string& StageIO::codec_of(const Action& a) const {
 }
 
 int StageIO::tag_of(const Action& a) const {
-  if (mode_ == Mode::kEval) return kTagEval + a.micro_batch;
   const bool fwd = a.kind == ActionKind::kSendF || a.kind == ActionKind::kRecvF;
-  return (fwd ? kTagForward : kTagBackward) + a.micro_batch;
+  const int boundary = std::min(stage_, neighbour(a));
+  const int base = mode_ == Mode::kEval ? kTagEval : fwd ? kTagForward : kTagBackward;
+  return message_tag(base, boundary, micro_batches_, a.micro_batch);
 }
 
 void StageIO::span(const std::string& name, double start_us) const {
@@ -147,9 +148,10 @@ static kernels::CodecSpec codec_spec(const std::string& name, uint64_t seed, int
   return spec;
 }
 
-void StageIO::begin(int64_t step, const std::vector<Action>& actions, Mode mode) {
+void StageIO::begin(int64_t step, const std::vector<Action>& actions, Mode mode, int micro_batches) {
   step_ = step;
   mode_ = mode;
+  micro_batches_ = micro_batches;
   actions_ = &actions;
   start_ = Clock::now();
   recvs_.clear();

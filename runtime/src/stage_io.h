@@ -41,9 +41,9 @@ class StageIO {
           std::vector<TraceSpan>* trace);
   ~StageIO();
 
-  // Starts a step over `actions` (this rank's list; the actions of this stage are its own):
-  // posts every receive of this stage that is not on NCCL.
-  void begin(int64_t step, const std::vector<Action>& actions, Mode mode);
+  // Starts a step of `micro_batches` over `actions` (this rank's list; the actions of this stage
+  // are its own): posts every receive of this stage that is not on NCCL.
+  void begin(int64_t step, const std::vector<Action>& actions, Mode mode, int micro_batches);
   // Is this SEND/RECV of this stage on an NCCL link (issued with its group, not on its own)?
   bool on_nccl(const Action& action) const;
   // Issues NCCL operation `index` inside the caller's group: posts a RECV, or sends `tensor`.
@@ -109,6 +109,7 @@ class StageIO {
   // The step.
   int64_t step_ = 0;
   Mode mode_ = Mode::kTrain;
+  int micro_batches_ = 0;  // of the step (training) or of the evaluation: messages' tags
   const std::vector<Action>* actions_ = nullptr;
   std::vector<bool> issued_;  // NCCL operations already issued with their group
   std::chrono::steady_clock::time_point start_;
