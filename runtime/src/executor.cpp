@@ -8,6 +8,7 @@
 
 #include "stage_io.h"
 #include "tags.h"
+#include "timing.h"
 
 #include <ATen/autocast_mode.h>
 #include <torch/version.h>
@@ -19,16 +20,6 @@
 namespace geopipe::runtime {
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double now_us() {
-  return static_cast<double>(
-      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
-          .count());
-}
-
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 // Bf16 autocast for the duration of a forward (CPU or CUDA, whichever the tensor lives on).
 // LibTorch 2.4 replaced the per-device setters with ones taking the device type.

@@ -2,6 +2,7 @@
 #include "stage_io.h"
 
 #include "tags.h"
+#include "timing.h"
 
 #include <geopipe/comm/communicator.h>
 #include <geopipe/comm/nccl_transport.h>
@@ -20,14 +21,6 @@
 namespace geopipe::runtime {
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double now_us() {
-  return static_cast<double>(
-      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
-          .count());
-}
 
 std::string secs(double s) {
   char buf[32];
