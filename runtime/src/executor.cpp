@@ -279,7 +279,6 @@ at::Tensor PipelineExecutor::tensor_to_send(const Action& a, StepState& s) const
 }
 
 void PipelineExecutor::forward(const Action& a, StepState& s) {
-  const double t0 = now_us();
   const int mb = a.micro_batch, B = plan_.job.micro_batch, T = plan_.job.model.seq_len;
   Chunk& k = chunk(a.stage);
   const bool first = a.stage == 0, last = a.stage + 1 == plan_.num_stages();
@@ -298,6 +297,7 @@ void PipelineExecutor::forward(const Action& a, StepState& s) {
   }
   at::Tensor targets;
   if (last) targets = at::tensor(batch.targets, at::TensorOptions().dtype(at::kLong)).view({B, T}).to(dev);
+  const double t0 = now_us();  // the compute span starts after the input arrived (its wait has its own)
   const auto c0 = Clock::now();
   at::Tensor out;
   {
@@ -319,7 +319,6 @@ void PipelineExecutor::forward(const Action& a, StepState& s) {
 
 // B (every gradient) or I (the input gradient; the linear layers' weight gradients wait for W).
 void PipelineExecutor::backward(const Action& a, StepState& s) {
-  const double t0 = now_us();
   const int mb = a.micro_batch;
   Chunk& k = chunk(a.stage);
   at::Tensor grad_output;
@@ -331,6 +330,7 @@ void PipelineExecutor::backward(const Action& a, StepState& s) {
       grad_output = k.io->wait_recv(ActionKind::kRecvB, mb);
     }
   }
+  const double t0 = now_us();  // after the gradient arrived (its wait has its own span)
   const auto c0 = Clock::now();
   at::Tensor grad_input = a.kind == ActionKind::kBackward ? k.compute->backward(mb, grad_output)
                                                           : k.compute->backward_input(mb, grad_output);
