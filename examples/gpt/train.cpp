@@ -121,15 +121,21 @@ void write_run_summary(const RunDir& rd, const std::string& summary) {
   if (!out) throw Error("cannot write " + path.string());
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  CLI::App app{"geopipe-train: pipeline-parallel GPT training across regions"};
+// Everything geopipe-train's flags set.
+struct TrainFlags {
   runtime::TrainConfig cfg;
   std::string topology_file, export_file, profile_file;
   std::string auth_key_file;  // per-job key authenticating message headers (comm/auth.h)
   int threads = 0;
-  RunDir run_dir{"", std::vector<std::string>(argv, argv + argc)};
+  RunDir run_dir;
+  runtime::SampleConfig sample;
+  CLI::Option* every_opt = nullptr;   // --checkpoint-every (was it given?)
+  CLI::Option* sample_opt = nullptr;  // --sample (generate instead of training)
+};
+
+void add_flags(CLI::App& app, TrainFlags& f) {
+  runtime::TrainConfig& cfg = f.cfg;
+  runtime::SampleConfig& sample = f.sample;
   app.add_option("--plan", cfg.plan_file, "plan.json from `geopipe plan`")->required()->check(CLI::ExistingFile);
   app.add_option("--iters", cfg.iters,
                  "optimizer steps in total (default: the job's iterations; 0: none, e.g. with --checkpoint-at-start)")
@@ -154,41 +160,57 @@ int main(int argc, char** argv) {
   app.add_option("--json-log", cfg.json_log, "one JSON object per step");
   app.add_option("--trace", cfg.trace_file, "Chrome/Perfetto trace merged across ranks");
   app.add_option("--checkpoint-dir", cfg.checkpoint_dir, "checkpoint folder");
-  auto* every_opt = app.add_option("--checkpoint-every", cfg.checkpoint_every, "checkpoint every N steps (and at the end)")
+  f.every_opt = app.add_option("--checkpoint-every", cfg.checkpoint_every, "checkpoint every N steps (and at the end)")
                         ->check(CLI::NonNegativeNumber);
-  app.add_option("--run-dir", run_dir.dir,
+  app.add_option("--run-dir", f.run_dir.dir,
                  "write everything there: plan.json, topology.json, run.json, train.jsonl, trace.json, summary.txt, "
                  "checkpoint/ (final step unless --checkpoint-every); read by `geopipe report DIR`");
   app.add_flag("--checkpoint-at-start", cfg.checkpoint_at_start,
                "also checkpoint the initial weights as step 0 (with --iters 0: only that)");
   app.add_flag("--resume", cfg.resume, "continue from --checkpoint-dir's manifest");
   app.add_option("--comm-timeout", cfg.comm_timeout_s, "seconds any wait may block")->check(CLI::PositiveNumber);
-  app.add_option("--auth-key-file", auth_key_file, "authenticate message headers with this per-job key (>= 32 bytes; default $GEOPIPE_AUTH_KEY_FILE)");
+  app.add_option("--auth-key-file", f.auth_key_file, "authenticate message headers with this per-job key (>= 32 bytes; default $GEOPIPE_AUTH_KEY_FILE)");
   app.add_option("--device", cfg.device, "cpu, cuda or auto")->check(CLI::IsMember({"cpu", "cuda", "auto"}));
-  app.add_option("--topology", topology_file, "topology of the plan (checks it, prices the run; default $GEOPIPE_TOPOLOGY)");
+  app.add_option("--topology", f.topology_file, "topology of the plan (checks it, prices the run; default $GEOPIPE_TOPOLOGY)");
   app.add_option("--lr", cfg.optim.lr, "peak learning rate")->check(CLI::PositiveNumber);
   app.add_option("--min-lr", cfg.optim.min_lr, "final learning rate of the cosine")->check(CLI::NonNegativeNumber);
   app.add_option("--warmup", cfg.optim.warmup_steps, "learning-rate warm-up steps")->check(CLI::NonNegativeNumber);
   app.add_option("--weight-decay", cfg.optim.weight_decay, "AdamW weight decay (matrices only)")->check(CLI::NonNegativeNumber);
   app.add_option("--grad-clip", cfg.optim.grad_clip, "clip the global gradient norm (0: off)")->check(CLI::NonNegativeNumber);
-  app.add_option("--threads", threads, "CPU threads per rank (0: cores / ranks on this host, at least 1)")
+  app.add_option("--threads", f.threads, "CPU threads per rank (0: cores / ranks on this host, at least 1)")
       ->check(CLI::Range(0, 4096));
   app.add_flag("--progress,!--no-progress", cfg.progress, "progress line per step (default on)");
-  app.add_option("--export", export_file, "gather --checkpoint-dir into one state-dict file and exit");
-  app.add_option("--profile", profile_file,
+  app.add_option("--export", f.export_file, "gather --checkpoint-dir into one state-dict file and exit");
+  app.add_option("--profile", f.profile_file,
                  "time embedding/blocks/head on this device, write a profile, exit (under mpirun -n K: K ranks "
                  "measure at once, as K stages sharing this host run; rank 0 writes their mean)");
-  runtime::SampleConfig sample;
-  auto* sample_opt = app.add_option("--sample", sample.tokens,
-                                    "generate N tokens from --checkpoint-dir's latest checkpoint and exit (forward only)")
-                         ->check(CLI::PositiveNumber);
-  app.add_option("--prompt", sample.prompt, "--sample: the text to continue (default a newline)")->needs(sample_opt);
+  f.sample_opt = app.add_option("--sample", sample.tokens,
+                                 "generate N tokens from --checkpoint-dir's latest checkpoint and exit (forward only)")
+                      ->check(CLI::PositiveNumber);
+  app.add_option("--prompt", sample.prompt, "--sample: the text to continue (default a newline)")->needs(f.sample_opt);
   app.add_option("--temperature", sample.temperature, "--sample: softmax temperature (0: always the most likely)")
       ->check(CLI::NonNegativeNumber)
-      ->needs(sample_opt);
+      ->needs(f.sample_opt);
   app.add_option("--top-k", sample.top_k, "--sample: draw among the K most likely tokens (0: all)")
       ->check(CLI::NonNegativeNumber)
-      ->needs(sample_opt);
+      ->needs(f.sample_opt);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"geopipe-train: pipeline-parallel GPT training across regions"};
+  TrainFlags f;
+  f.run_dir = RunDir{"", std::vector<std::string>(argv, argv + argc)};
+  add_flags(app, f);
+  runtime::TrainConfig& cfg = f.cfg;
+  std::string &topology_file = f.topology_file, &export_file = f.export_file, &profile_file = f.profile_file;
+  std::string& auth_key_file = f.auth_key_file;
+  int& threads = f.threads;
+  RunDir& run_dir = f.run_dir;
+  runtime::SampleConfig& sample = f.sample;
+  CLI::Option* every_opt = f.every_opt;
+  CLI::Option* sample_opt = f.sample_opt;
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

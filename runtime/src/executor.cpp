@@ -99,7 +99,7 @@ PipelineExecutor::PipelineExecutor(const Plan& plan, std::vector<StageChunk> chu
     throw InputError("schedule", "stages", "schedule has " + std::to_string(schedule.num_stages) +
                                                " stages, the plan has " + std::to_string(S));
   for (int s = 0; s < S; ++s)
-    if (plan.stages_of_rank(schedule.stage_rank.at(static_cast<size_t>(s))) != plan.stages_of_rank(plan.stages[static_cast<size_t>(s)].ranks.at(0)))
+    if (schedule.stage_rank.at(static_cast<size_t>(s)) != plan.stages[static_cast<size_t>(s)].ranks.at(0))
       throw InputError("schedule", "stage_rank", "the schedule runs stage " + std::to_string(s) + " on rank " +
                                                      std::to_string(schedule.stage_rank[static_cast<size_t>(s)]) +
                                                      ", the plan on rank " + std::to_string(plan.stages[static_cast<size_t>(s)].ranks.at(0)));
