@@ -1,5 +1,6 @@
 #include <geopipe/core/error.h>
 #include <geopipe/core/plan.h>
+#include <geopipe/core/schedule.h>
 
 #include "json_reader.h"
 
@@ -104,12 +105,6 @@ std::vector<double> read_doubles(JsonReader& r, const json& obj, const std::stri
 
 namespace {
 
-// Which rank runs stage s with R ranks and the schedule kind's placement.
-int placed_rank(const std::string& kind, int s, int R) {
-  if (kind == "zbv") return s < R ? s : 2 * R - 1 - s;  // a V: down the ranks, then back up
-  return s % R;  // looped (interleaved; with V = 1 the identity)
-}
-
 // One rank per stage, or with virtual stages the schedule kind's placement, one region per rank.
 void check_stage_placement(const Plan& plan, JsonReader& r) {
   const int V = plan.schedule.virtual_stages, S = plan.num_stages();
@@ -124,6 +119,7 @@ void check_stage_placement(const Plan& plan, JsonReader& r) {
     return;
   }
   const int R = S / V;
+  const std::vector<int> placed = V > 1 ? stage_ranks(chunk_placement_of(kind), R, V) : std::vector<int>{};
   std::map<int, int> first_stage_of;  // rank -> the first stage it appeared in
   for (const auto& st : plan.stages) {
     const std::string p = index_path("stages", static_cast<size_t>(st.index));
@@ -139,10 +135,10 @@ void check_stage_placement(const Plan& plan, JsonReader& r) {
                                              std::to_string(other.index) + " and " + std::to_string(st.index) +
                                              ", in two regions (" + other.region + ", " + st.region + ")");
     }
-    if (V > 1 && st.ranks.size() == 1 && st.ranks[0] != placed_rank(kind, st.index, R))
+    if (V > 1 && st.ranks.size() == 1 && st.ranks[0] != placed[static_cast<size_t>(st.index)])
       r.error(child_path(p, "ranks"), kind + " with " + std::to_string(V) + " stages per rank runs stage " +
                                           std::to_string(st.index) + " on rank " +
-                                          std::to_string(placed_rank(kind, st.index, R)) + ", not " +
+                                          std::to_string(placed[static_cast<size_t>(st.index)]) + ", not " +
                                           std::to_string(st.ranks[0]));
   }
 }

@@ -7,7 +7,7 @@
 
 #include <geopipe/comm/communicator.h>
 #include <geopipe/core/plan.h>
-#include <geopipe/runtime/schedule.h>
+#include <geopipe/core/schedule.h>
 #include <geopipe/runtime/trainer.h>
 
 #include <gtest/gtest.h>
@@ -57,7 +57,7 @@ constexpr int kLayers = 8;  // enough for 2 stages per rank on 4 ranks, one bloc
 // A plan of `kind` on every rank of the world: R * V stages placed as the kind places them.
 Plan schedule_plan(const std::string& kind, int V, int M) {
   const int R = world_size(), S = R * V;
-  const std::vector<int> ranks = stage_ranks(kind == "zbv" ? Placement::kVShape : Placement::kLooped, R, V);
+  const std::vector<int> ranks = stage_ranks(chunk_placement_of(kind), R, V);
   std::vector<std::pair<int, int>> layers;
   std::vector<std::string> regions;
   for (int s = 0; s < S; ++s) {

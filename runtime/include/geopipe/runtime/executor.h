@@ -27,7 +27,7 @@
 #include <geopipe/runtime/data.h>
 #include <geopipe/runtime/gpt.h>
 #include <geopipe/runtime/optim.h>
-#include <geopipe/runtime/schedule.h>
+#include <geopipe/core/schedule.h>
 #include <geopipe/runtime/stage_compute.h>
 
 #include <cstdint>

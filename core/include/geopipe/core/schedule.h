@@ -12,7 +12,7 @@
 #include <utility>
 #include <vector>
 
-namespace geopipe::runtime {
+namespace geopipe {
 
 // F: forward; I: input gradient only; W: weight gradient only (after I); B: full backward (I + W).
 // OPT ends each rank's list: the step's optimizer update.
@@ -49,8 +49,10 @@ struct Schedule {
 
 // Where the stages go. kLooped: stage s on rank s % R (interleaved 1F1B; V = 1 is one stage per
 // rank). kVShape: V = 2, rank r holds stages r and 2R-1-r (ZB-V).
-enum class Placement { kLooped, kVShape };
-std::vector<int> stage_ranks(Placement placement, int num_ranks, int chunks_per_rank);
+enum class ChunkPlacement { kLooped, kVShape };
+std::vector<int> stage_ranks(ChunkPlacement placement, int num_ranks, int chunks_per_rank);
+// The placement a schedule kind uses: kVShape for "zbv", kLooped for every other kind.
+ChunkPlacement chunk_placement_of(const std::string& kind);
 
 // True when some rank owns more than one stage; when some stage runs split backward (I/W).
 bool has_virtual_stages(const Schedule& schedule);
@@ -76,7 +78,7 @@ Schedule interleaved_1f1b_schedule(int num_ranks, int chunks_per_rank, int num_m
 // W's left at the cool-down fill the bubbles while the rank waits for its next input gradient.
 Schedule zb_h1_schedule(int num_ranks, int num_micro_batches);
 
-// ZB-V (Qi et al. 2024, section 6): two chunks per rank in a V (Placement::kVShape), split backward.
+// ZB-V (Qi et al. 2024, section 6): two chunks per rank in a V (ChunkPlacement::kVShape), split backward.
 Schedule zbv_schedule(int num_ranks, int num_micro_batches);
 
 // The compute schedule a plan or flag names: "gpipe", "1f1b" (warm-up R-1-r), "1f1b-lh" (the
@@ -160,4 +162,4 @@ Schedule parse_schedule_csv(const std::string& text, const std::string& source);
 // A file ending in ".csv" is CSV, anything else the text form.
 Schedule load_schedule_file(const std::string& path);
 
-}  // namespace geopipe::runtime
+}  // namespace geopipe

@@ -1,14 +1,14 @@
 // Compute-only schedule generators: GPipe, 1F1B (plain and latency-hiding warm-ups), Megatron's
 // interleaved 1F1B, ZB-H1 and ZB-V. lower() adds the communication.
 #include <geopipe/core/error.h>
-#include <geopipe/runtime/schedule.h>
+#include <geopipe/core/schedule.h>
 
 #include <algorithm>
 #include <deque>
 #include <map>
 #include <tuple>
 
-namespace geopipe::runtime {
+namespace geopipe {
 
 namespace {
 
@@ -87,7 +87,7 @@ void fill_weight_passes(Schedule& s, const std::vector<std::vector<Action>>& mai
 
 Schedule gpipe_schedule(int num_ranks, int num_micro_batches) {
   check_shape(num_ranks, num_micro_batches, "gpipe schedule");
-  Schedule s = empty_schedule(num_ranks, num_micro_batches, stage_ranks(Placement::kLooped, num_ranks, 1));
+  Schedule s = empty_schedule(num_ranks, num_micro_batches, stage_ranks(ChunkPlacement::kLooped, num_ranks, 1));
   for (int r = 0; r < num_ranks; ++r) {
     for (int m = 0; m < num_micro_batches; ++m) s.ranks[r].push_back({r, ActionKind::kForward, m});
     for (int m = 0; m < num_micro_batches; ++m) s.ranks[r].push_back({r, ActionKind::kBackward, m});
@@ -108,7 +108,7 @@ Schedule one_f_one_b_schedule(int num_ranks, int num_micro_batches, const std::v
     throw InputError("1f1b schedule", "warmup",
                      "expected one warm-up depth per rank (" + std::to_string(num_ranks) + "), got " +
                          std::to_string(warmup.size()));
-  Schedule s = empty_schedule(num_ranks, num_micro_batches, stage_ranks(Placement::kLooped, num_ranks, 1));
+  Schedule s = empty_schedule(num_ranks, num_micro_batches, stage_ranks(ChunkPlacement::kLooped, num_ranks, 1));
   for (int r = 0; r < num_ranks; ++r) {
     if (warmup[r] < 0)
       throw InputError("1f1b schedule", "warmup[" + std::to_string(r) + "]",
@@ -139,7 +139,7 @@ Schedule interleaved_1f1b_schedule(int num_ranks, int chunks_per_rank, int num_m
     throw InputError("interleaved schedule", "num_micro_batches",
                      "with " + std::to_string(V) + " chunks per rank the micro-batches must be a multiple of the " +
                          std::to_string(R) + " ranks, got " + std::to_string(M));
-  Schedule s = empty_schedule(R, M, stage_ranks(Placement::kLooped, R, V));
+  Schedule s = empty_schedule(R, M, stage_ranks(ChunkPlacement::kLooped, R, V));
   const int total = M * V;  // (chunk, micro-batch) passes per rank and direction
   // The k-th pass of a rank: chunk (k / R) % V (counted from the last chunk for backward), and
   // micro-batch (k / (R V)) R + k % R, as Megatron's get_model_chunk_id / microbatch id.
@@ -167,7 +167,7 @@ Schedule interleaved_1f1b_schedule(int num_ranks, int chunks_per_rank, int num_m
 Schedule zb_h1_schedule(int num_ranks, int num_micro_batches) {
   const int R = num_ranks, M = num_micro_batches;
   check_shape(R, M, "zb-h1 schedule");
-  Schedule s = empty_schedule(R, M, stage_ranks(Placement::kLooped, R, 1));
+  Schedule s = empty_schedule(R, M, stage_ranks(ChunkPlacement::kLooped, R, 1));
   // 1F1B's order with I for B; cap = 1F1B's peak (warm-up + 1), so no rank holds more.
   const Schedule base = one_f_one_b_schedule(R, M, one_f_one_b_warmup(R));
   std::vector<std::vector<Action>> main(R);
@@ -188,7 +188,7 @@ Schedule zb_h1_schedule(int num_ranks, int num_micro_batches) {
 Schedule zbv_schedule(int num_ranks, int num_micro_batches) {
   const int R = num_ranks, M = num_micro_batches;
   check_shape(R, M, "zbv schedule");
-  Schedule s = empty_schedule(R, M, stage_ranks(Placement::kVShape, R, 2));
+  Schedule s = empty_schedule(R, M, stage_ranks(ChunkPlacement::kVShape, R, 2));
   // The paper's order assumes at least 2R-1 micro-batches to fill the V; with fewer, generate that
   // many and drop the passes of micro-batches that do not exist (their slots are bubbles).
   const int n = std::max(2 * R - 1, M);
@@ -240,4 +240,4 @@ Schedule schedule_for(const std::string& kind, int num_ranks, int num_micro_batc
                    "expected gpipe, 1f1b, 1f1b-lh, interleaved, zb-h1 or zbv, got \"" + kind + "\"");
 }
 
-}  // namespace geopipe::runtime
+}  // namespace geopipe

@@ -1,14 +1,14 @@
 // Schedule IR: actions, placement, lowering, validation and the two dry runs. Generators live in
 // schedule_generators.cpp, the text and CSV forms in schedule_text.cpp.
 #include <geopipe/core/error.h>
-#include <geopipe/runtime/schedule.h>
+#include <geopipe/core/schedule.h>
 
 #include <algorithm>
 #include <map>
 #include <set>
 #include <tuple>
 
-namespace geopipe::runtime {
+namespace geopipe {
 
 namespace {
 
@@ -86,14 +86,18 @@ std::string to_string(const Action& a) {
   return s;
 }
 
-std::vector<int> stage_ranks(Placement placement, int num_ranks, int chunks_per_rank) {
+ChunkPlacement chunk_placement_of(const std::string& kind) {
+  return kind == "zbv" ? ChunkPlacement::kVShape : ChunkPlacement::kLooped;
+}
+
+std::vector<int> stage_ranks(ChunkPlacement placement, int num_ranks, int chunks_per_rank) {
   if (num_ranks < 1)
     throw InputError("schedule", "num_ranks", "expected at least 1 rank, got " + std::to_string(num_ranks));
   if (chunks_per_rank < 1)
     throw InputError("schedule", "chunks_per_rank",
                      "expected at least 1 chunk per rank, got " + std::to_string(chunks_per_rank));
   std::vector<int> out(static_cast<size_t>(num_ranks) * chunks_per_rank);
-  if (placement == Placement::kVShape) {
+  if (placement == ChunkPlacement::kVShape) {
     if (chunks_per_rank != 2)
       throw InputError("schedule", "chunks_per_rank",
                        "a V placement has 2 chunks per rank, got " + std::to_string(chunks_per_rank));
@@ -505,4 +509,4 @@ Schedule prepare_schedule(const Schedule& schedule, const std::string& source, b
   return lowered;
 }
 
-}  // namespace geopipe::runtime
+}  // namespace geopipe

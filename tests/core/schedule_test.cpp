@@ -1,6 +1,6 @@
 // Schedules as data: generators, lowering, validator, dry runs, text and CSV forms.
 #include <geopipe/core/error.h>
-#include <geopipe/runtime/schedule.h>
+#include <geopipe/core/schedule.h>
 
 #include <gtest/gtest.h>
 
@@ -9,7 +9,6 @@
 #include <fstream>
 
 using namespace geopipe;
-using namespace geopipe::runtime;
 
 namespace {
 
@@ -297,10 +296,12 @@ TEST(Schedule, EveryGeneratorIsValidLowersAndCompletesBothDryRuns) {
 }
 
 TEST(Schedule, PlacementsPutChunksLoopedOrInAV) {
-  EXPECT_EQ(stage_ranks(Placement::kLooped, 3, 2), (std::vector<int>{0, 1, 2, 0, 1, 2}));
-  EXPECT_EQ(stage_ranks(Placement::kVShape, 3, 2), (std::vector<int>{0, 1, 2, 2, 1, 0}));
-  EXPECT_EQ(stage_ranks(Placement::kLooped, 4, 1), (std::vector<int>{0, 1, 2, 3}));
-  EXPECT_THROW(stage_ranks(Placement::kVShape, 3, 3), InputError);
+  EXPECT_EQ(stage_ranks(ChunkPlacement::kLooped, 3, 2), (std::vector<int>{0, 1, 2, 0, 1, 2}));
+  EXPECT_EQ(stage_ranks(ChunkPlacement::kVShape, 3, 2), (std::vector<int>{0, 1, 2, 2, 1, 0}));
+  EXPECT_EQ(stage_ranks(ChunkPlacement::kLooped, 4, 1), (std::vector<int>{0, 1, 2, 3}));
+  EXPECT_EQ(chunk_placement_of("zbv"), ChunkPlacement::kVShape);
+  EXPECT_EQ(chunk_placement_of("interleaved"), ChunkPlacement::kLooped);
+  EXPECT_THROW(stage_ranks(ChunkPlacement::kVShape, 3, 3), InputError);
   Schedule s = interleaved_1f1b_schedule(2, 3, 4);
   EXPECT_EQ(s.num_stages, 6);
   EXPECT_TRUE(has_virtual_stages(s));

@@ -1,7 +1,7 @@
 // The schedule's text form (one line per rank) and torch.distributed.pipelining's CSV (one row
 // per rank, as its _dump_csv / _load_csv write and read them).
 #include <geopipe/core/error.h>
-#include <geopipe/runtime/schedule.h>
+#include <geopipe/core/schedule.h>
 
 #include <algorithm>
 #include <cctype>
@@ -9,7 +9,7 @@
 #include <map>
 #include <sstream>
 
-namespace geopipe::runtime {
+namespace geopipe {
 
 namespace {
 
@@ -224,4 +224,4 @@ Schedule load_schedule_file(const std::string& path) {
   return ext == ".csv" ? parse_schedule_csv(ss.str(), path) : parse_schedule(ss.str(), path);
 }
 
-}  // namespace geopipe::runtime
+}  // namespace geopipe
