@@ -4,11 +4,13 @@
 #include <geopipe/core/config.h>
 #include <geopipe/core/error.h>
 #include <geopipe/core/plan.h>
+#include <geopipe/core/schedule.h>
 #include <geopipe/scheduler/planner.h>
 #include <geopipe/scheduler/profile.h>
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -25,22 +27,44 @@ struct PlanOptions {
   std::string codec = "auto";
   std::string schedule = "auto";
   int stages = 0;
+  int virtual_stages = 0;
   double slack = 0.10;
   double efficiency = 0.4;
   int shared_compute_slots = 0;
 };
 
-void print_summary(const Plan& plan, const std::string& out) {
+void print_schedules(const std::vector<scheduler::ScheduleOption>& options, const Plan& plan) {
+  if (options.size() < 2) return;
+  char line[256];
+  std::cout << "  schedules on this placement (replayed with the cost model):\n";
+  for (const auto& o : options) {
+    if (!o.unavailable.empty()) {
+      std::cout << "    " << o.kind << ": cannot run: " << o.unavailable << "\n";
+      continue;
+    }
+    const int peak = *std::max_element(o.timing.peak_activations.begin(), o.timing.peak_activations.end());
+    const double mem = *std::max_element(o.memory_bytes.begin(), o.memory_bytes.end());
+    std::snprintf(line, sizeof line, "    %-12s V=%d  iteration %.4f s  peak activations %d  memory %.2f GB%s%s\n",
+                  o.kind.c_str(), o.virtual_stages, o.timing.iteration_s, peak, mem / 1e9,
+                  o.fits() ? "" : "  (does not fit)", o.kind == plan.schedule.kind ? "  <- chosen" : "");
+    std::cout << line;
+  }
+}
+
+void print_summary(const Plan& plan, const std::vector<scheduler::ScheduleOption>& options, const std::string& out) {
   char line[256];
   std::cout << "plan for job \"" << plan.job.name << "\" (policy " << plan.provenance.policy << ", topology "
-            << plan.provenance.topology_name << "): " << plan.num_stages() << " stages, schedule " << plan.schedule.kind
-            << "\n";
+            << plan.provenance.topology_name << "): " << plan.world_size() << " ranks, " << plan.num_stages()
+            << " stages, schedule " << plan.schedule.kind;
+  if (plan.schedule.virtual_stages > 1) std::cout << " (" << plan.schedule.virtual_stages << " stages per rank)";
+  std::cout << "\n";
   for (size_t k = 0; k < plan.stages.size(); ++k) {
     const auto& s = plan.stages[k];
-    std::snprintf(line, sizeof line, "  stage %-3d rank %-3d %-26s layers [%d, %d)  %.4f s/micro-batch  warm-up %d\n",
-                  s.index, s.ranks[0], s.region.c_str(), s.layer_begin, s.layer_end, plan.predicted.stage_compute_s[k],
-                  plan.schedule.warmup[k]);
+    std::snprintf(line, sizeof line, "  stage %-3d rank %-3d %-26s layers [%d, %d)  %.4f s/micro-batch", s.index,
+                  s.ranks[0], s.region.c_str(), s.layer_begin, s.layer_end, plan.predicted.stage_compute_s[k]);
     std::cout << line;
+    if (k < plan.schedule.warmup.size()) std::cout << "  warm-up " << plan.schedule.warmup[k];
+    std::cout << "\n";
   }
   for (size_t i = 0; i < plan.links.size(); ++i) {
     const auto& l = plan.links[i];
@@ -49,11 +73,17 @@ void print_summary(const Plan& plan, const std::string& out) {
                   l.codec_backward.c_str(), l.transport.c_str(), 100 * plan.predicted.link_utilisation[i]);
     std::cout << line;
   }
+  for (size_t r = 0; r < plan.predicted.peak_activations.size(); ++r) {
+    std::snprintf(line, sizeof line, "  rank  %-3zu peak activations %d micro-batches, memory %.3f GB\n", r,
+                  plan.predicted.peak_activations[r], plan.predicted.memory_bytes[r] / 1e9);
+    std::cout << line;
+  }
   std::snprintf(line, sizeof line,
                 "  predicted: iteration %.4f s, job %.1f s (%d iterations), energy %.3f kWh, cost %.4f USD\n",
                 plan.predicted.iteration_s, plan.predicted.jct_s, plan.job.iterations, plan.predicted.energy_kwh,
                 plan.predicted.cost_usd);
   std::cout << line;
+  print_schedules(options, plan);
   if (!out.empty()) std::cout << "wrote " << out << "\n";
 }
 
@@ -65,6 +95,11 @@ int run_plan(const PlanOptions& o) {
   scheduler::PlannerOptions po;
   po.codec = o.codec;
   po.schedule = o.schedule;
+  po.virtual_stages = o.virtual_stages;
+  if (o.virtual_stages > 0 && o.schedule != "interleaved" && o.schedule != "auto")
+    throw InputError("--virtual-stages", "", "only --schedule interleaved (or auto) takes a chunk count; " +
+                                                 o.schedule + " runs " + (o.schedule == "zbv" ? "2" : "1") +
+                                                 " per rank");
   po.fixed_stages = o.stages;
   po.slack = o.slack;
   po.cost.efficiency = o.efficiency;
@@ -74,12 +109,13 @@ int run_plan(const PlanOptions& o) {
     profile = std::make_unique<scheduler::Profile>(scheduler::load_profile(o.profile));
     po.profile = profile.get();
   }
-  Plan plan = scheduler::plan_job(*policy, topology, job, po);
+  std::vector<scheduler::ScheduleOption> considered;
+  Plan plan = scheduler::plan_job(*policy, topology, job, po, &considered);
   if (o.out.empty() || o.out == "-") {
     std::cout << to_json(plan).dump(2) << "\n";
   } else {
     save_plan(plan, o.out);
-    print_summary(plan, o.out);
+    print_summary(plan, considered, o.out);
   }
   return kExitOk;
 }
@@ -107,8 +143,15 @@ void register_plan(CLI::App& app, int& exit_code) {
   cmd->add_option("--codec", o->codec,
                   "Inter-region codec: auto (int8-block where a hop needs it), none, or one codec for every hop")
       ->check(CLI::IsMember(codecs));
-  cmd->add_option("--schedule", o->schedule, "auto (1f1b, or 1f1b-lh when latency needs hiding), gpipe, 1f1b, 1f1b-lh")
-      ->check(CLI::IsMember({"auto", "gpipe", "1f1b", "1f1b-lh"}));
+  std::vector<std::string> schedules = {"auto"};
+  for (const auto& k : known_schedule_kinds()) schedules.push_back(k);
+  cmd->add_option("--schedule", o->schedule,
+                  "auto (the fastest that fits in memory), gpipe, 1f1b, 1f1b-lh (deeper warm-up hides latency), "
+                  "interleaved (V stages per rank), zb-h1 or zbv (zero bubble: split backward; zbv 2 stages per rank)")
+      ->check(CLI::IsMember(schedules));
+  cmd->add_option("--virtual-stages", o->virtual_stages,
+                  "Stages (model chunks) per rank for interleaved: the layers split into stages x V chunks (default 2)")
+      ->check(CLI::Range(1, 64));
   cmd->add_option("--slack", o->slack, "Allocator: iteration time within (1 + slack) of the fastest feasible path")
       ->check(CLI::Range(0.0, 10.0));
   cmd->add_option("--efficiency", o->efficiency, "Achieved fraction of peak GPU FLOP/s (default 0.4)")

@@ -1,20 +1,22 @@
-// geopipe-pipeline-bench: measured vs predicted iteration time of pipeline plans.
+// geopipe-pipeline-bench: measured vs predicted iteration time and peak activations of pipeline plans.
 //
-//   mpirun -n 4 --oversubscribe -x GEOPIPE_EMULATE=software geopipe-pipeline-bench
-//       --topology examples/topologies/local4.json --data examples/gpt/data/kjv-pentateuch.txt
-//       --plans gpipe.json,1f1b.json,1f1b-int8.json [--iters 3] [--warmup-iters 1] [--json out.json]
+//   mpirun -n 2 -x GEOPIPE_EMULATE=software geopipe-pipeline-bench --topology bench/runtime/wan40.json
+//       --data examples/gpt/data/kjv-pentateuch.txt --plans 1f1b.json,zb-h1.json,zbv.json
+//       [--iters 5] [--warmup-iters 1] [--threads 1] [--json out.json]
 //
-// Each plan (written by `geopipe plan`, which also predicts its iteration time) is trained for
-// warm-up + measured steps with the plan's own schedule and codecs; the table gives the plan's
-// prediction, the measured mean step time (rank 0's wall time per step; every step ends in an
-// all-reduce, so all ranks agree), the gap, tokens/s and bytes per step on the wire.
-// All plans must place stages in the same regions (the communicator's regions are fixed).
+// Each plan (written by `geopipe plan`, which predicts its iteration time and each rank's peak
+// activations by replaying its schedule) is trained for warm-up + measured steps with the plan's
+// own schedule and codecs. The table gives the prediction, the measured step time (rank 0's wall
+// time per step, median and mean over the measured steps; every step ends in an all-reduce, so
+// all ranks agree), the gap of the median, the peak activations predicted and measured (the
+// largest over ranks: micro-batches held at once, and their bytes), tokens/s and bytes per step
+// on the wire. All plans must put each rank in the same region (the communicator's regions are
+// fixed); they may differ in stages per rank.
 #include <geopipe/comm/communicator.h>
 #include <geopipe/core/error.h>
 #include <geopipe/core/log.h>
 #include <geopipe/runtime/trainer.h>
 
-#include <ATen/Parallel.h>
 #include <CLI/CLI.hpp>
 #include <mpi.h>
 #include <nlohmann/json.hpp>
@@ -24,21 +26,142 @@
 #include <fstream>
 #include <memory>
 #include <sstream>
-#include <thread>
 
 using namespace geopipe;
 
-int main(int argc, char** argv) {
-  CLI::App app{"geopipe-pipeline-bench: measured vs predicted pipeline iteration time"};
-  std::string plans_arg, topology_file, data_file, json_out;
+namespace {
+
+struct Options {
+  std::string plans, topology, data, json_out;
   int iters = 3, warmup = 1, threads = 0;
-  app.add_option("--plans", plans_arg, "comma-separated plan files")->required();
-  app.add_option("--topology", topology_file, "topology the plans were made for (emulated links)")->required();
-  app.add_option("--data", data_file, "training text")->required();
-  app.add_option("-n,--iters", iters, "measured steps per plan");
-  app.add_option("-w,--warmup-iters", warmup, "unmeasured steps first");
-  app.add_option("--threads", threads, "CPU threads per rank (0: cores / ranks on this host)");
-  app.add_option("--json", json_out, "also write the rows as JSON");
+};
+
+// The plans, each checked against the topology and the world, all with one region per rank.
+std::vector<Plan> load_plans(const std::vector<std::string>& files, const Topology& topo, int world) {
+  std::vector<Plan> plans;
+  for (const auto& f : files) {
+    plans.push_back(load_plan(f));
+    check_plan_against(plans.back(), topo, f, world);
+    for (int r = 0; r < world; ++r) {
+      const auto& here = plans.back().stages[plans.back().stage_of_rank(r)].region;
+      const auto& first = plans.front().stages[plans.front().stage_of_rank(r)].region;
+      if (here != first)
+        throw InputError(f, "stages", "puts rank " + std::to_string(r) + " in " + here + ", " + files.front() +
+                                          " in " + first + " (one run has one placement)");
+    }
+  }
+  return plans;
+}
+
+// Largest value over ranks (every rank gets it): each fills its own slot of a sum.
+double max_over_ranks(comm::Communicator* comm, double mine, int rank, int world) {
+  std::vector<double> v(static_cast<size_t>(world), 0.0);
+  v[static_cast<size_t>(rank)] = mine;
+  runtime::allreduce_sum(comm, v, 600);
+  return *std::max_element(v.begin(), v.end());
+}
+
+nlohmann::json measure(const Plan& plan, const std::string& file, const Options& o, comm::Communicator* comm,
+                       int rank, int world) {
+  runtime::TrainConfig cfg;
+  cfg.plan_file = file;
+  cfg.iters = o.warmup + o.iters;
+  cfg.data_file = o.data;
+  cfg.progress = false;
+  cfg.comm_timeout_s = 600;
+  runtime::TrainResult r = runtime::run_training(plan, cfg, comm);
+  std::vector<double> times;
+  double wire = 0, peak = 0, peak_bytes = 0;
+  for (int k = o.warmup; k < o.warmup + o.iters; ++k) {
+    const runtime::StepStats& st = r.steps[static_cast<size_t>(k)];
+    times.push_back(st.step_s);
+    wire += static_cast<double>(st.fwd_wire + st.bwd_wire);
+    peak = std::max(peak, static_cast<double>(st.peak_activations));
+    peak_bytes = std::max(peak_bytes, static_cast<double>(st.peak_activation_bytes));
+  }
+  std::vector<double> w = {wire};  // every rank's bytes on the wire
+  runtime::allreduce_sum(comm, w, 600);
+  peak = max_over_ranks(comm, peak, rank, world);
+  peak_bytes = max_over_ranks(comm, peak_bytes, rank, world);
+  double mean = 0;
+  for (double t : times) mean += t / static_cast<double>(times.size());
+  std::sort(times.begin(), times.end());
+  const double median = times[times.size() / 2];
+  const auto& pk = plan.predicted.peak_activations;
+  const double tokens = static_cast<double>(plan.job.micro_batch) * plan.job.model.seq_len * plan.job.micro_batches;
+  const double predicted = plan.predicted.iteration_s;
+  return {{"plan", file},
+          {"schedule", plan.schedule.kind},
+          {"virtual_stages", plan.schedule.virtual_stages},
+          {"codec", plan.links.empty() ? "none" : plan.links.front().codec_forward},
+          {"predicted_s", predicted},
+          {"measured_median_s", median},
+          {"measured_mean_s", mean},
+          {"gap_pct", predicted > 0 ? 100.0 * (median - predicted) / predicted : 0.0},
+          {"predicted_peak_activations", pk.empty() ? 0 : *std::max_element(pk.begin(), pk.end())},
+          {"measured_peak_activations", static_cast<int>(peak)},
+          {"measured_peak_activation_mb", peak_bytes / 1e6},
+          {"tokens_per_s", tokens / median},
+          {"wire_bytes_per_step", w[0] / o.iters}};
+}
+
+void print_row(const nlohmann::json& row) {
+  const std::string file = row["plan"];
+  std::printf("%-22s %-12s %12.3f %10.3f %9.3f %7.1f %6d %6d %9.1f %9.0f %9.2f\n",
+              file.substr(file.rfind('/') + 1).c_str(),
+              (row["schedule"].get<std::string>() + "/" + std::to_string(row["virtual_stages"].get<int>())).c_str(),
+              row["predicted_s"].get<double>(), row["measured_median_s"].get<double>(),
+              row["measured_mean_s"].get<double>(), row["gap_pct"].get<double>(),
+              row["predicted_peak_activations"].get<int>(), row["measured_peak_activations"].get<int>(),
+              row["measured_peak_activation_mb"].get<double>(), row["tokens_per_s"].get<double>(),
+              row["wire_bytes_per_step"].get<double>() / 1e6);
+}
+
+int run(const Options& o, int rank, int world) {
+  const int threads = o.threads > 0 ? o.threads : runtime::default_threads_per_rank();
+  const std::string compute = runtime::set_compute_threads(threads);
+  std::vector<std::string> files;
+  std::stringstream ss(o.plans);
+  for (std::string f; std::getline(ss, f, ',');)
+    if (!f.empty()) files.push_back(f);
+  auto topo = std::make_shared<Topology>(load_topology(o.topology));
+  const std::vector<Plan> plans = load_plans(files, *topo, world);
+  std::unique_ptr<comm::Communicator> comm;
+  if (world > 1) {
+    comm::CommOptions co;
+    co.region = plans.front().stages.at(plans.front().stage_of_rank(rank)).region;
+    co.topology = topo;
+    comm = std::make_unique<comm::Communicator>(co);
+  }
+  if (rank == 0) {
+    std::printf("# geopipe-pipeline-bench: %d ranks, compute per rank: %s, %d warm-up + %d measured steps, emulation %s\n",
+                world, compute.c_str(), o.warmup, o.iters, comm && comm->emulating() ? "on" : "off");
+    std::printf("%-22s %-12s %12s %10s %9s %7s %6s %6s %9s %9s %9s\n", "plan", "schedule/V", "predicted(s)",
+                "median(s)", "mean(s)", "gap(%)", "pk.pr", "pk.ms", "pk.MB", "tokens/s", "wire MB");
+  }
+  nlohmann::json rows = nlohmann::json::array();
+  for (size_t i = 0; i < plans.size(); ++i) {
+    nlohmann::json row = measure(plans[i], files[i], o, comm.get(), rank, world);
+    if (rank == 0) print_row(row), std::fflush(stdout);
+    rows.push_back(row);
+  }
+  if (rank == 0 && !o.json_out.empty()) std::ofstream(o.json_out) << rows.dump(1) << "\n";
+  comm.reset();
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"geopipe-pipeline-bench: measured vs predicted pipeline iteration time and peak activations"};
+  Options o;
+  app.add_option("--plans", o.plans, "comma-separated plan files")->required();
+  app.add_option("--topology", o.topology, "topology the plans were made for (emulated links)")->required();
+  app.add_option("--data", o.data, "training text")->required();
+  app.add_option("-n,--iters", o.iters, "measured steps per plan")->check(CLI::Range(1, 100000));
+  app.add_option("-w,--warmup-iters", o.warmup, "unmeasured steps first")->check(CLI::Range(0, 100000));
+  app.add_option("--threads", o.threads, "CPU threads per rank (0: cores / ranks on this host)");
+  app.add_option("--json", o.json_out, "also write the rows as JSON");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -46,81 +169,17 @@ int main(int argc, char** argv) {
   }
   log::init();
   spdlog::set_level(spdlog::level::warn);
-  int rank = 0, size = 1;
+  int rank = 0, world = 1;
   try {
     comm::init_mpi(&argc, &argv);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &size);
-    // Ranks emulating regions on one host share its cores.
-    if (threads <= 0) threads = runtime::default_threads_per_rank();
-    const std::string compute = runtime::set_compute_threads(threads);
-    if (rank == 0) std::printf("# compute per rank: %s\n", compute.c_str());
-    std::vector<std::string> files;
-    std::stringstream ss(plans_arg);
-    for (std::string f; std::getline(ss, f, ',');)
-      if (!f.empty()) files.push_back(f);
-    std::vector<Plan> plans;
-    auto topo = std::make_shared<Topology>(load_topology(topology_file));
-    for (const auto& f : files) {
-      plans.push_back(load_plan(f));
-      check_plan_against(plans.back(), *topo, f, size);
-      for (int s = 0; s < plans.back().num_stages(); ++s)
-        if (plans.back().stages[s].region != plans.front().stages[s].region ||
-            plans.back().stages[s].ranks != plans.front().stages[s].ranks)
-          throw InputError(f, "stages[" + std::to_string(s) + "]", "places stages elsewhere than " + files.front());
-    }
-    const int stage = plans.front().stage_of_rank(rank);
-    std::unique_ptr<comm::Communicator> comm;
-    if (size > 1) {
-      comm::CommOptions co;
-      co.region = plans.front().stages.at(stage).region;
-      co.topology = topo;
-      comm = std::make_unique<comm::Communicator>(co);
-    }
-    if (rank == 0) {
-      std::printf("# geopipe-pipeline-bench: %d ranks, %d threads/rank, %d warm-up + %d measured steps, emulation %s\n",
-                  size, threads, warmup, iters, comm && comm->emulating() ? "on" : "off");
-      std::printf("%-28s %-8s %-15s %12s %12s %8s %10s %14s\n", "plan", "schedule", "codec(fwd)", "predicted(s)",
-                  "measured(s)", "gap(%)", "tokens/s", "wire MB/step");
-    }
-    nlohmann::json rows = nlohmann::json::array();
-    for (size_t i = 0; i < plans.size(); ++i) {
-      const Plan& plan = plans[i];
-      runtime::TrainConfig cfg;
-      cfg.plan_file = files[i];
-      cfg.iters = warmup + iters;
-      cfg.data_file = data_file;
-      cfg.progress = false;
-      cfg.comm_timeout_s = 600;
-      runtime::TrainResult r = runtime::run_training(plan, cfg, comm.get());
-      double sum = 0, wire = 0;
-      for (int k = warmup; k < warmup + iters; ++k) {
-        sum += r.steps[k].step_s;
-        wire += static_cast<double>(r.steps[k].fwd_wire + r.steps[k].bwd_wire);
-      }
-      std::vector<double> w = {wire};  // every rank's bytes on the wire
-      runtime::allreduce_sum(comm.get(), w, 600);
-      const double measured = sum / iters;
-      const double predicted = plan.predicted.iteration_s;
-      const double tokens = static_cast<double>(plan.job.micro_batch) * plan.job.model.seq_len * plan.job.micro_batches;
-      const std::string codec = plan.links.empty() ? "none" : plan.links.front().codec_forward;
-      const double gap = predicted > 0 ? 100.0 * (measured - predicted) / predicted : 0.0;
-      if (rank == 0) {
-        std::printf("%-28s %-8s %-15s %12.3f %12.3f %8.1f %10.0f %14.2f\n", files[i].substr(files[i].rfind('/') + 1).c_str(),
-                    plan.schedule.kind.c_str(), codec.c_str(), predicted, measured, gap, tokens / measured,
-                    w[0] / iters / 1e6);
-        rows.push_back({{"plan", files[i]}, {"schedule", plan.schedule.kind}, {"codec", codec},
-                        {"predicted_s", predicted}, {"measured_s", measured}, {"gap_pct", gap},
-                        {"tokens_per_s", tokens / measured}, {"wire_bytes_per_step", w[0] / iters}});
-      }
-    }
-    if (rank == 0 && !json_out.empty()) std::ofstream(json_out) << rows.dump(1) << "\n";
-    comm.reset();
+    MPI_Comm_size(MPI_COMM_WORLD, &world);
+    const int rc = run(o, rank, world);
     comm::finalize_mpi();
-    return 0;
+    return rc;
   } catch (const Error& e) {
     std::fprintf(stderr, "geopipe-pipeline-bench: rank %d: %s\n", rank, e.what());
-    if (size > 1) MPI_Abort(MPI_COMM_WORLD, e.exit_code());
+    if (world > 1) MPI_Abort(MPI_COMM_WORLD, e.exit_code());
     return e.exit_code();
   }
 }

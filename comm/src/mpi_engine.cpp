@@ -173,7 +173,7 @@ Request Communicator::Engine::isend(const void* data, size_t bytes, int peer, in
     sending_.push_back(op);
     post_due_locked(now_s());
     update_next_release_locked();
-    if (idle_sleeping_) cv_.notify_one();
+    cv_.notify_one();  // data moves now: wake the progress thread from any sleep (it polls faster)
   }
   sent_msgs_++;
   sent_bytes_ += bytes;
@@ -684,6 +684,13 @@ void Communicator::Engine::cancel(const std::shared_ptr<Op>& op) {
   progress_locked();
 }
 
+bool Communicator::Engine::moving_locked() const {
+  if (!sending_.empty()) return true;
+  for (const Slot& slot : slots_)
+    if (slot.op->is_send || slot.piece > 0) return true;
+  return false;
+}
+
 void Communicator::Engine::progress_main() {
   Backoff backoff(kProgressSpinS, kProgressSleepCapS);
   std::unique_lock<std::mutex> lock(mu_);
@@ -707,6 +714,7 @@ void Communicator::Engine::progress_main() {
       continue;
     }
     const double now = now_s();
+    backoff.cap_s = moving_locked() ? kProgressSleepCapS : kProgressWaitingCapS;
     double pause = backoff.next(now);
     const double release = next_release_.load();
     if (release > now) pause = std::max(pause, std::min(release - now, kProgressSleepCapS));

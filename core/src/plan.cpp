@@ -5,6 +5,7 @@
 #include "json_reader.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -325,13 +326,22 @@ Plan parse_plan(const json& doc, const std::string& file) {
   // Predictions and provenance are informative; read what is there.
   if (const json* pr = r.field(doc, "", "predicted", false);
       pr && r.expect_object(*pr, "predicted",
-                            {"iteration_s", "jct_s", "energy_kwh", "cost_usd", "stage_compute_s", "link_utilisation"})) {
+                            {"iteration_s", "jct_s", "energy_kwh", "cost_usd", "stage_compute_s", "link_utilisation",
+                             "peak_activations", "memory_bytes"})) {
     if (auto x = r.number(*pr, "predicted", "iteration_s", false, false)) plan.predicted.iteration_s = *x;
     if (auto x = r.number(*pr, "predicted", "jct_s", false, false)) plan.predicted.jct_s = *x;
     if (auto x = r.number(*pr, "predicted", "energy_kwh", false, false)) plan.predicted.energy_kwh = *x;
     if (auto x = r.number(*pr, "predicted", "cost_usd", false, false)) plan.predicted.cost_usd = *x;
     plan.predicted.stage_compute_s = read_doubles(r, *pr, "predicted", "stage_compute_s");
     plan.predicted.link_utilisation = read_doubles(r, *pr, "predicted", "link_utilisation");
+    plan.predicted.memory_bytes = read_doubles(r, *pr, "predicted", "memory_bytes");
+    const std::vector<double> peaks = read_doubles(r, *pr, "predicted", "peak_activations");
+    for (size_t i = 0; i < peaks.size(); ++i) {
+      if (!(peaks[i] >= 0 && peaks[i] <= 1e9) || std::floor(peaks[i]) != peaks[i])
+        r.error(index_path("predicted.peak_activations", i), "expected a count of micro-batches >= 0");
+      else
+        plan.predicted.peak_activations.push_back(static_cast<int>(peaks[i]));
+    }
   }
   if (const json* pv = r.field(doc, "", "provenance");
       pv && r.expect_object(*pv, "provenance", {"policy", "topology", "topology_hash", "job_hash", "generator"})) {
@@ -373,6 +383,8 @@ json to_json(const Plan& plan) {
                     {"cost_usd", plan.predicted.cost_usd},
                     {"stage_compute_s", plan.predicted.stage_compute_s},
                     {"link_utilisation", plan.predicted.link_utilisation}};
+  if (!plan.predicted.peak_activations.empty()) j["predicted"]["peak_activations"] = plan.predicted.peak_activations;
+  if (!plan.predicted.memory_bytes.empty()) j["predicted"]["memory_bytes"] = plan.predicted.memory_bytes;
   j["provenance"] = {{"policy", plan.provenance.policy},
                      {"topology", plan.provenance.topology_name},
                      {"topology_hash", plan.provenance.topology_hash},

@@ -313,8 +313,20 @@ void PipelineExecutor::forward(const Action& a, StepState& s) {
   else s.outputs[{a.stage, mb}] = out;
   if (s.mode == Mode::kTrain) {
     span("F" + std::to_string(mb), t0);
+    note_activations(s);
     if (options_.after_compute) options_.after_compute(s.step, a);
   }
+}
+
+void PipelineExecutor::note_activations(StepState& s) const {
+  int held = 0;
+  int64_t bytes = 0;
+  for (const Chunk& k : chunks_) {
+    held += static_cast<int>(k.compute->micro_batches().size());
+    bytes += k.compute->live_bytes();
+  }
+  s.stats.peak_activations = std::max(s.stats.peak_activations, held);
+  s.stats.peak_activation_bytes = std::max(s.stats.peak_activation_bytes, bytes);
 }
 
 // B (every gradient) or I (the input gradient; the linear layers' weight gradients wait for W).

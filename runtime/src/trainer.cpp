@@ -5,7 +5,6 @@
 #include <geopipe/core/log.h>
 #include <geopipe/runtime/checkpoint.h>
 #include <geopipe/runtime/trainer.h>
-#include <geopipe/scheduler/profile.h>
 
 #include "trainer_parts.h"
 
@@ -23,7 +22,6 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <functional>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -235,72 +233,6 @@ int64_t export_checkpoint(const std::string& dir, const ModelSpec& spec, const s
   copy_into(all, full.named_parameters(), dir);      // throws naming a missing or misshaped one
   save_model_file(out_file, full.named_parameters(), gc, manifest->step);
   return manifest->step;
-}
-
-void write_profile(const Plan& plan, const std::string& device_name, const std::string& out_file, int repeats,
-                   comm::Communicator* comm, double timeout_s) {
-  GptConfig gc = gpt_config(plan.job.model);
-  const at::Device device = pick_device(device_name);
-  GptStage model(gc, 0, gc.n_layer, true, true, 1, device);
-  const int B = plan.job.micro_batch, T = gc.block_size;
-  at::Tensor tokens = at::randint(gc.vocab_size, {B, T}, at::TensorOptions().dtype(at::kLong)).to(device);
-  auto sync = [&] {
-    if (device.is_cuda()) at::empty({1}, at::TensorOptions().device(device)).cpu();  // waits for the stream
-  };
-  // Times f (forward) and the backward of its output, median over `repeats` after one warm-up.
-  auto time_it = [&](const std::function<at::Tensor()>& fwd) {
-    std::vector<double> f, b;
-    for (int i = 0; i <= repeats; ++i) {
-      sync();
-      auto t0 = Clock::now();
-      at::Tensor y = fwd();
-      sync();
-      auto t1 = Clock::now();
-      y.backward(at::ones_like(y));
-      sync();
-      auto t2 = Clock::now();
-      if (i == 0) continue;
-      f.push_back(std::chrono::duration<double>(t1 - t0).count());
-      b.push_back(std::chrono::duration<double>(t2 - t1).count());
-    }
-    std::sort(f.begin(), f.end());
-    std::sort(b.begin(), b.end());
-    return scheduler::PhaseTimes{f[f.size() / 2], b[b.size() / 2]};
-  };
-  at::Tensor hidden = model.embed(tokens).detach();
-  // Co-located ranks start together, so each one measures while the others compute too.
-  if (comm) comm->barrier(comm::Seconds(timeout_s));
-  scheduler::Profile p;
-  p.device = device.is_cuda() ? "cuda" : "cpu";
-  p.model = plan.job.model;
-  p.micro_batch = B;
-  p.embedding = time_it([&] { return model.embed(tokens); });
-  double lf = 0, lb = 0;
-  for (int i = 0; i < gc.n_layer; ++i) {
-    at::Tensor x = hidden.clone().set_requires_grad(true);
-    auto t = time_it([&] { return model.block(i, x); });
-    lf += t.forward_s;
-    lb += t.backward_s;
-  }
-  p.layer = {lf / gc.n_layer, lb / gc.n_layer};
-  at::Tensor x = hidden.clone().set_requires_grad(true);
-  at::Tensor targets = at::randint(gc.vocab_size, {B, T}, at::TensorOptions().dtype(at::kLong)).to(device);
-  p.head = time_it([&] { return GptStage::loss(model.head(x), targets); });
-  p.note = "measured by geopipe-train --profile (median of " + std::to_string(repeats) + " runs)";
-  if (comm && comm->size() > 1) {
-    std::vector<double> v = {p.embedding.forward_s, p.embedding.backward_s, p.layer.forward_s,
-                             p.layer.backward_s,    p.head.forward_s,      p.head.backward_s};
-    comm->allreduce_sum(v.data(), static_cast<int>(v.size()), comm::Seconds(timeout_s));
-    for (double& x : v) x /= comm->size();
-    p.embedding = {v[0], v[1]};
-    p.layer = {v[2], v[3]};
-    p.head = {v[4], v[5]};
-    p.note = "measured by geopipe-train --profile on " + std::to_string(comm->size()) +
-             " ranks at once, mean over the ranks of each one's median of " + std::to_string(repeats) +
-             " runs: the times of stages that share this host";
-    if (comm->rank() != 0) return;
-  }
-  scheduler::save_profile(p, out_file);
 }
 
 }  // namespace geopipe::runtime

@@ -24,21 +24,41 @@ Flops head_flops(const ModelSpec& m, int micro_batch) {
   return {fwd, 2.0 * 2.0 * bs * m.d_model * m.vocab};
 }
 
+namespace {
+
+// Splits a backward into I and W when no measurement did: evenly, or all W (embedding).
+WorkTimes work(double forward_s, double backward_s, double input_grad_s, double weight_grad_s, bool all_weight) {
+  WorkTimes w{forward_s, backward_s, input_grad_s, weight_grad_s};
+  if (input_grad_s <= 0 && weight_grad_s <= 0) {
+    w.input_grad_s = all_weight ? 0.0 : backward_s / 2;
+    w.weight_grad_s = backward_s - w.input_grad_s;
+  }
+  return w;
+}
+
+WorkTimes work(const PhaseTimes& p, bool all_weight) {
+  return work(p.forward_s, p.backward_s, p.input_grad_s, p.weight_grad_s, all_weight);
+}
+
+}  // namespace
+
 DeviceTimes device_times(const Region& region, const JobSpec& job, const CostParams& params,
                          const Profile* profile) {
   DeviceTimes d;
   if (profile && profile_applies(*profile, region)) {
-    d.layer_s = profile->layer.total();
-    d.embedding_s = profile->embedding.total();
-    d.head_s = profile->head.total();
+    d.layer = work(profile->layer, false);
+    d.embedding = work(profile->embedding, true);
+    d.head = work(profile->head, false);
     d.from_profile = true;
     return d;
   }
   const double flops_per_s = region.gpu_tflops * 1e12 * params.efficiency;
-  auto secs = [&](const Flops& f) { return (f.forward + f.backward) / flops_per_s; };
-  d.layer_s = secs(layer_flops(job.model, job.micro_batch));
-  d.embedding_s = secs(embedding_flops(job.model, job.micro_batch));
-  d.head_s = secs(head_flops(job.model, job.micro_batch));
+  auto secs = [&](const Flops& f, bool all_weight) {
+    return work(f.forward / flops_per_s, f.backward / flops_per_s, 0, 0, all_weight);
+  };
+  d.layer = secs(layer_flops(job.model, job.micro_batch), false);
+  d.embedding = secs(embedding_flops(job.model, job.micro_batch), true);
+  d.head = secs(head_flops(job.model, job.micro_batch), false);
   return d;
 }
 
@@ -64,8 +84,8 @@ namespace {
 
 double extra_s(size_t k, size_t n, const DeviceTimes& d) {
   double e = 0;
-  if (k == 0) e += d.embedding_s;
-  if (k + 1 == n) e += d.head_s;
+  if (k == 0) e += d.embedding.total();
+  if (k + 1 == n) e += d.head.total();
   return e;
 }
 
@@ -83,7 +103,7 @@ std::vector<int> balance_layers(int layers, const std::vector<DeviceTimes>& dev)
   std::vector<double> a(n), e(n);
   double inv = 0, shifted = 0;
   for (size_t k = 0; k < n; ++k) {
-    a[k] = std::max(dev[k].layer_s, 1e-300);
+    a[k] = std::max(dev[k].layer.total(), 1e-300);
     e[k] = extra_s(k, n, dev[k]);
     inv += 1.0 / a[k];
     shifted += e[k] / a[k];
@@ -122,7 +142,7 @@ std::vector<int> balance_layers(int layers, const std::vector<DeviceTimes>& dev)
 
 std::vector<double> stage_times(const std::vector<int>& split, const std::vector<DeviceTimes>& dev) {
   std::vector<double> t(split.size());
-  for (size_t k = 0; k < split.size(); ++k) t[k] = split[k] * dev[k].layer_s + extra_s(k, split.size(), dev[k]);
+  for (size_t k = 0; k < split.size(); ++k) t[k] = split[k] * dev[k].layer.total() + extra_s(k, split.size(), dev[k]);
   return t;
 }
 
@@ -196,6 +216,21 @@ PipelineTiming pipeline_timing(const std::vector<double>& t, const std::vector<d
     }
   }
   return p;
+}
+
+double chunk_parameters(const ModelSpec& m, int blocks, bool first, bool last) {
+  const double h = m.d_model, V = m.vocab, T = m.seq_len;
+  double n = blocks * (12 * h * h + 13 * h);
+  if (first) n += (V + T) * h;
+  if (last) n += 2 * h + V * h;
+  return n;
+}
+
+double chunk_activation_bytes(const ModelSpec& m, int micro_batch, int blocks, bool last, bool recompute) {
+  const double b = micro_batch, T = m.seq_len, h = m.d_model, N = b * T;
+  const double per_block = recompute ? N * h : 16 * N * h + 4 * N + b * m.heads * T * T;
+  const double tail = last ? 2 * N * h + 2 * N + N * m.vocab : N * h;
+  return 4.0 * (blocks * per_block + tail);
 }
 
 EnergyCost iteration_energy(const std::vector<const Region*>& regions, const std::vector<double>& t,

@@ -69,6 +69,16 @@ int Placement::inter_region_hops() const {
   return n;
 }
 
+std::pair<std::string, std::string> hop_codecs(const std::string& codec_option, double plain_xfer_s,
+                                               double compute_period_s) {
+  if (codec_option == "auto") {
+    if (plain_xfer_s <= compute_period_s * (1 + kRelEps)) return {"none", "none"};
+    return {"int8-block", "int8-block"};
+  }
+  if (codec_option == "int4-block") return {"int4-block", "int8-block"};  // int4 is for activations only
+  return {codec_option, codec_option};
+}
+
 // ---- Evaluation -----------------------------------------------------------------------------
 
 namespace {
@@ -98,14 +108,7 @@ struct Context {
   }
   bool linked(int a, int b) const { return a == b || state.capacity_bps[static_cast<size_t>(a) * R + b] > 0; }
   // The codec pair a hop uses when plain transfer would take `x_none` against compute period `pc`.
-  std::pair<std::string, std::string> codecs(double x_none, double pc) const {
-    if (opt.codec == "auto") {
-      if (x_none <= pc * (1 + kRelEps)) return {"none", "none"};
-      return {"int8-block", "int8-block"};
-    }
-    if (opt.codec == "int4-block") return {"int4-block", "int8-block"};  // int4 is for activations only
-    return {opt.codec, opt.codec};
-  }
+  std::pair<std::string, std::string> codecs(double x_none, double pc) const { return hop_codecs(opt.codec, x_none, pc); }
   // Smallest bytes any allowed codec can send (for lower bounds).
   double min_bytes() const {
     if (opt.codec == "none") return bytes_none;
@@ -237,22 +240,27 @@ class Pathfinder {
  public:
   Pathfinder(const Context& c, int S, Goal goal, double time_cap) : c_(c), S_(S), goal_(goal), cap_(time_cap) {
     const int L = c.job.model.layers;
-    DeviceTimes slow{}, fast{kInf, kInf, kInf, false};
+    // Per kind of work, the slowest and the fastest free device (totals only: bounds need no split).
+    double slow_layer = 0, slow_embed = 0, slow_head = 0, fast_layer = kInf, fast_embed = kInf, fast_head = kInf;
     min_rate_ = kInf;
     for (int r = 0; r < c.R; ++r) {
       if (c.state.free_gpus[r] <= 0) continue;
-      slow.layer_s = std::max(slow.layer_s, c.dev[r].layer_s);
-      slow.embedding_s = std::max(slow.embedding_s, c.dev[r].embedding_s);
-      slow.head_s = std::max(slow.head_s, c.dev[r].head_s);
-      fast.layer_s = std::min(fast.layer_s, c.dev[r].layer_s);
-      fast.embedding_s = std::min(fast.embedding_s, c.dev[r].embedding_s);
-      fast.head_s = std::min(fast.head_s, c.dev[r].head_s);
+      slow_layer = std::max(slow_layer, c.dev[r].layer.total());
+      slow_embed = std::max(slow_embed, c.dev[r].embedding.total());
+      slow_head = std::max(slow_head, c.dev[r].head.total());
+      fast_layer = std::min(fast_layer, c.dev[r].layer.total());
+      fast_embed = std::min(fast_embed, c.dev[r].embedding.total());
+      fast_head = std::min(fast_head, c.dev[r].head.total());
       min_rate_ = std::min(min_rate_, c.rate[r]);
     }
+    DeviceTimes slow;
+    slow.layer.forward_s = slow_layer;
+    slow.embedding.forward_s = slow_embed;
+    slow.head.forward_s = slow_head;
     std::vector<DeviceTimes> all_slow(S, slow);
     auto ts = stage_times(balance_layers(L, all_slow), all_slow);
     pc_ub_ = *std::max_element(ts.begin(), ts.end());
-    f_lb_ = L * fast.layer_s + fast.embedding_s + fast.head_s;
+    f_lb_ = L * fast_layer + fast_embed + fast_head;
     min_bytes_ = c.min_bytes();
     used_.assign(c.R, 0);
   }
@@ -323,7 +331,7 @@ class Pathfinder {
         lat = c_.topo.link(last, r)->latency_ms * 1e-3;
         if (c_.opt.bandwidth_check && x > pc_ub_ * (1 + kRelEps)) continue;
       }
-      const double speed = 1.0 / std::max(c_.dev[r].layer_s, 1e-300);
+      const double speed = 1.0 / std::max(c_.dev[r].layer.total(), 1e-300);
       Child k{r, x, lat, 0, 0};
       if (goal_ == Goal::kMinCost) {
         k.key1 = c_.rate[r];
@@ -619,42 +627,56 @@ PlanResult exact_placement(const Topology& topology, const JobSpec& job, const C
   return res;
 }
 
-Plan make_plan(const Topology& topology, const JobSpec& job, const Placement& p, const std::string& policy) {
+Plan make_plan(const Topology& topology, const JobSpec& job, const Placement& p, const ScheduleOption& o,
+               const std::string& policy, const CostParams& cost) {
   Plan plan;
   plan.job = job;
+  const int N = static_cast<int>(o.chunk_rank.size()), M = job.micro_batches;
   int begin = 0;
-  for (int k = 0; k < p.stages(); ++k) {
+  for (int c = 0; c < N; ++c) {
     StagePlan s;
-    s.index = k;
-    s.region = topology.regions[p.region[k]].name;
-    s.ranks = {k};
+    s.index = c;
+    s.region = topology.regions[p.region[o.chunk_rank[c]]].name;
+    s.ranks = {o.chunk_rank[c]};
     s.layer_begin = begin;
-    s.layer_end = begin + p.layers[k];
+    s.layer_end = begin + o.chunk_layers[c];
     begin = s.layer_end;
     plan.stages.push_back(s);
   }
-  for (int k = 0; k + 1 < p.stages(); ++k) {
+  const double iteration = o.timing.iteration_s;
+  for (int c = 0; c + 1 < N; ++c) {
     LinkPlan l;
-    l.from_stage = k;
-    l.to_stage = k + 1;
-    l.from_region = plan.stages[k].region;
-    l.to_region = plan.stages[k + 1].region;
-    l.codec_forward = p.codec_fwd[k];
-    l.codec_backward = p.codec_bwd[k];
-    const bool same = p.region[k] == p.region[k + 1];
-    l.transport = same && topology.regions[p.region[k]].gpu_type != "cpu" ? "nccl" : "mpi";
+    l.from_stage = c;
+    l.to_stage = c + 1;
+    l.from_region = plan.stages[c].region;
+    l.to_region = plan.stages[c + 1].region;
+    l.codec_forward = o.codec_fwd[c];
+    l.codec_backward = o.codec_bwd[c];
+    const int region = p.region[o.chunk_rank[c]];
+    const bool same = region == p.region[o.chunk_rank[c + 1]];
+    l.transport = same && topology.regions[region].gpu_type != "cpu" ? "nccl" : "mpi";
     plan.links.push_back(l);
-    // Share of the hop's bandwidth the job uses at its steady period.
-    const double demand = std::max(p.hop_fwd_bytes[k], p.hop_bwd_bytes[k]) / p.timing.period_s;
-    plan.predicted.link_utilisation.push_back(p.hop_bps[k] > 0 ? demand / p.hop_bps[k] : 0.0);
+    // Share of the boundary's bandwidth the job uses over the iteration.
+    const double demand = M * std::max(o.fwd_bytes[c], o.bwd_bytes[c]) / iteration;
+    plan.predicted.link_utilisation.push_back(o.boundary_bps[c] > 0 ? demand / o.boundary_bps[c] : 0.0);
   }
-  plan.schedule.kind = schedule_kind_name(p.kind);
-  plan.schedule.warmup = p.timing.warmup;
-  plan.predicted.iteration_s = p.iteration_s;
-  plan.predicted.jct_s = p.job_s;
-  plan.predicted.energy_kwh = p.energy_kwh;
-  plan.predicted.cost_usd = p.cost_usd;
-  plan.predicted.stage_compute_s = p.stage_s;
+  plan.schedule.kind = o.kind;
+  plan.schedule.virtual_stages = o.virtual_stages;
+  plan.schedule.warmup = o.warmup;  // the 1F1B kinds' depths; empty for the others
+  std::vector<const Region*> regs;
+  std::vector<double> per_mb;
+  for (int r = 0; r < p.stages(); ++r) {
+    regs.push_back(&topology.regions[p.region[r]]);
+    per_mb.push_back(o.timing.rank_compute_s[r] / M);
+  }
+  EnergyCost ec = iteration_energy(regs, per_mb, iteration, M, cost);
+  plan.predicted.iteration_s = iteration;
+  plan.predicted.jct_s = iteration * job.iterations;
+  plan.predicted.energy_kwh = joules_to_kwh(ec.energy_j) * job.iterations;
+  plan.predicted.cost_usd = ec.cost_usd * job.iterations;
+  plan.predicted.stage_compute_s = o.chunk_s;
+  plan.predicted.peak_activations = o.timing.peak_activations;
+  plan.predicted.memory_bytes = o.memory_bytes;
   plan.provenance.policy = policy;
   plan.provenance.topology_name = topology.name;
   plan.provenance.topology_hash = topology.hash();
@@ -663,7 +685,8 @@ Plan make_plan(const Topology& topology, const JobSpec& job, const Placement& p,
   return plan;
 }
 
-Plan plan_job(Policy policy, const Topology& topology, const JobSpec& job, const PlannerOptions& options) {
+Plan plan_job(Policy policy, const Topology& topology, const JobSpec& job, const PlannerOptions& options,
+              std::vector<ScheduleOption>* considered) {
   if (options.fixed_stages > 0 && options.fixed_stages > job.model.layers)
     throw InputError("--stages", "", "asked for " + std::to_string(options.fixed_stages) + " stages but job \"" +
                                          job.name + "\" has " + std::to_string(job.model.layers) + " layers");
@@ -673,7 +696,11 @@ Plan plan_job(Policy policy, const Topology& topology, const JobSpec& job, const
   if (!r.placement)
     throw InfeasibleError("cannot place job \"" + job.name + "\" on " + topology.name + " (policy " +
                           policy_name(policy) + "): " + r.why);
-  return make_plan(topology, job, *r.placement, policy_name(policy));
+  std::vector<ScheduleOption> options_here = schedule_options(topology, job, *r.placement, options);
+  const ScheduleOption& chosen = pick_schedule(options_here, options.schedule);
+  Plan plan = make_plan(topology, job, *r.placement, chosen, policy_name(policy), options.cost);
+  if (considered) *considered = std::move(options_here);
+  return plan;
 }
 
 }  // namespace geopipe::scheduler

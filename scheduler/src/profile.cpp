@@ -52,9 +52,14 @@ struct Reader {
   PhaseTimes phase(const json& obj, const char* key) {
     PhaseTimes p;
     const json* v = field(obj, "", key);
-    if (!v || !object(*v, key, {"forward_s", "backward_s"})) return p;
+    if (!v || !object(*v, key, {"forward_s", "backward_s", "input_grad_s", "weight_grad_s"})) return p;
     p.forward_s = seconds(*v, key, "forward_s");
     p.backward_s = seconds(*v, key, "backward_s");
+    if (v->contains("input_grad_s") != v->contains("weight_grad_s"))
+      error(join(key, v->contains("input_grad_s") ? "weight_grad_s" : "input_grad_s"),
+            "input_grad_s and weight_grad_s come together (the two halves of the split backward)");
+    if (v->contains("input_grad_s")) p.input_grad_s = seconds(*v, key, "input_grad_s");
+    if (v->contains("weight_grad_s")) p.weight_grad_s = seconds(*v, key, "weight_grad_s");
     return p;
   }
 };
@@ -101,7 +106,14 @@ Profile parse_profile(const json& doc, const std::string& file) {
 Profile load_profile(const std::string& path) { return parse_profile(read_json_file(path), path); }
 
 json to_json(const Profile& p) {
-  auto phase = [](const PhaseTimes& t) { return json{{"forward_s", t.forward_s}, {"backward_s", t.backward_s}}; };
+  auto phase = [](const PhaseTimes& t) {
+    json j{{"forward_s", t.forward_s}, {"backward_s", t.backward_s}};
+    if (t.input_grad_s > 0 || t.weight_grad_s > 0) {
+      j["input_grad_s"] = t.input_grad_s;
+      j["weight_grad_s"] = t.weight_grad_s;
+    }
+    return j;
+  };
   json j = {{"version", 1},
             {"device", p.device},
             {"model",

@@ -38,11 +38,38 @@ TEST(CliPlan, DemoPlanIsWrittenAndValid) {
 
 TEST(CliPlan, WithoutOutputPrintsThePlanJson) {
   Result r = run("plan --topology " + src("examples/topologies/aws6.json") + " --job " +
-                 src("examples/jobs/gpt-1.3b.json") + " --policy cost-first --stages 4");
+                 src("examples/jobs/gpt-1.3b.json") + " --policy cost-first --stages 4 --schedule 1f1b");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   auto doc = nlohmann::json::parse(r.output);
   EXPECT_EQ(doc["stages"].size(), 4u);
   EXPECT_EQ(doc["provenance"]["policy"], "cost-first");
+}
+
+TEST(CliPlan, ScheduleAndVirtualStagesShapeThePlan) {
+  const std::string base = "plan --topology " + src("examples/topologies/aws6.json") + " --job " +
+                           src("examples/jobs/gpt-1.3b.json") + " --stages 4";
+  Result z = run(base + " --schedule zbv -o " + out("cli_plan_zbv.json"));
+  ASSERT_EQ(z.exit_code, 0) << z.output;
+  EXPECT_NE(z.output.find("4 ranks, 8 stages, schedule zbv (2 stages per rank)"), std::string::npos) << z.output;
+  geopipe::Plan p = geopipe::load_plan(out("cli_plan_zbv.json"));
+  EXPECT_EQ(p.stages_of_rank(0), (std::vector<int>{0, 7}));  // the V: rank 0 holds the first and last chunk
+  Result i = run("plan --topology " + src("examples/topologies/aws6.json") + " --job " +
+                 src("tests/scheduler/data/gpt-12-layers.json") + " --schedule interleaved --virtual-stages 3 -o " +
+                 out("cli_plan_int3.json"));
+  ASSERT_EQ(i.exit_code, 0) << i.output;
+  EXPECT_EQ(geopipe::load_plan(out("cli_plan_int3.json")).num_stages(), 12);
+  // The 1.3B model's activations, 13 micro-batches in flight on rank 1, exceed an 80 GB GPU.
+  Result big = run(base + " --schedule interleaved --virtual-stages 3");
+  EXPECT_EQ(big.exit_code, 3) << big.output;
+  EXPECT_NE(big.output.find("interleaved: rank 1 needs"), std::string::npos) << big.output;
+  Result a = run(base + " -o " + out("cli_plan_auto.json"));  // auto lists every option it weighed
+  ASSERT_EQ(a.exit_code, 0) << a.output;
+  for (const char* kind : {"gpipe ", "1f1b ", "1f1b-lh ", "interleaved ", "zb-h1 ", "zbv "})
+    EXPECT_NE(a.output.find(std::string("    ") + kind), std::string::npos) << kind << "\n" << a.output;
+  EXPECT_NE(a.output.find("<- chosen"), std::string::npos) << a.output;
+  Result bad = run(base + " --schedule zb-h1 --virtual-stages 2");
+  EXPECT_EQ(bad.exit_code, 2) << bad.output;
+  EXPECT_NE(bad.output.find("--virtual-stages"), std::string::npos) << bad.output;
 }
 
 TEST(CliPlan, InfeasibleJobExitsThreeSayingWhy) {

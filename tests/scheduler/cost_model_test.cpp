@@ -16,6 +16,14 @@ using geopipe::Region;
 
 namespace {
 ModelSpec tiny() { return {4, 128, 4, 64, 256, geopipe::DType::kFloat32}; }
+// Device times from totals per micro-batch (forward + backward) of a block, the embedding, the head.
+gs::DeviceTimes times(double layer, double embedding, double head) {
+  gs::DeviceTimes d;
+  d.layer.forward_s = layer;
+  d.embedding.forward_s = embedding;
+  d.head.forward_s = head;
+  return d;
+}
 }  // namespace
 
 TEST(CostModel, LayerFlopsCountMatmulsAndAttention) {
@@ -40,7 +48,12 @@ TEST(CostModel, DeviceTimeIsFlopsOverEfficientThroughput) {
   gs::CostParams p;
   p.efficiency = 0.5;
   gs::DeviceTimes d = gs::device_times(r, job, p);
-  EXPECT_DOUBLE_EQ(d.layer_s, 3 * 218103808.0 / 5e11);
+  EXPECT_DOUBLE_EQ(d.layer.total(), 3 * 218103808.0 / 5e11);
+  EXPECT_DOUBLE_EQ(d.layer.forward_s, 218103808.0 / 5e11);
+  EXPECT_DOUBLE_EQ(d.layer.input_grad_s, 218103808.0 / 5e11);  // the backward halves into I and W
+  EXPECT_DOUBLE_EQ(d.layer.weight_grad_s, 218103808.0 / 5e11);
+  EXPECT_DOUBLE_EQ(d.embedding.input_grad_s, 0.0);  // token ids have no gradient: all W
+  EXPECT_DOUBLE_EQ(d.embedding.weight_grad_s, d.embedding.backward_s);
   EXPECT_FALSE(d.from_profile);
 }
 
@@ -58,12 +71,12 @@ TEST(CostModel, LinkTimeIsBytesOverBandwidthPlusLatency) {
 }
 
 TEST(CostModel, BalanceGivesTheFasterDeviceMoreLayers) {
-  std::vector<gs::DeviceTimes> dev = {{3.0, 0, 0, false}, {1.0, 0, 0, false}};
+  std::vector<gs::DeviceTimes> dev = {times(3.0, 0, 0), times(1.0, 0, 0)};
   EXPECT_EQ(gs::balance_layers(8, dev), (std::vector<int>{2, 6}));
 }
 
 TEST(CostModel, BalanceCountsTheHeadOnTheLastStage) {
-  std::vector<gs::DeviceTimes> dev(4, {1.0, 0.0, 2.0, false});  // the head costs two blocks
+  std::vector<gs::DeviceTimes> dev(4, times(1.0, 0.0, 2.0));  // the head costs two blocks
   auto split = gs::balance_layers(10, dev);
   EXPECT_EQ(split, (std::vector<int>{3, 3, 3, 1}));
   auto t = gs::stage_times(split, dev);
@@ -71,7 +84,7 @@ TEST(CostModel, BalanceCountsTheHeadOnTheLastStage) {
 }
 
 TEST(CostModel, BalanceGivesEveryStageAtLeastOneLayer) {
-  std::vector<gs::DeviceTimes> dev = {{100.0, 0, 0, false}, {1.0, 0, 0, false}, {1.0, 0, 0, false}};
+  std::vector<gs::DeviceTimes> dev = {times(100.0, 0, 0), times(1.0, 0, 0), times(1.0, 0, 0)};
   auto split = gs::balance_layers(5, dev);
   EXPECT_EQ(split[0], 1);
   EXPECT_EQ(split[0] + split[1] + split[2], 5);
@@ -163,7 +176,7 @@ TEST(CostModel, BalanceMatchesBruteForceOnRandomCases) {
     const int S = 1 + static_cast<int>(rng.uniform() * 4);
     const int L = S + static_cast<int>(rng.uniform() * 9);
     std::vector<gs::DeviceTimes> dev(S);
-    for (auto& d : dev) d = {rng.uniform(0.1, 3.0), rng.uniform(0, 2), rng.uniform(0, 4), false};
+    for (auto& d : dev) d = times(rng.uniform(0.1, 3.0), rng.uniform(0, 2), rng.uniform(0, 4));
     auto split = gs::balance_layers(L, dev);
     int sum = 0;
     for (int n : split) {
@@ -171,8 +184,8 @@ TEST(CostModel, BalanceMatchesBruteForceOnRandomCases) {
       EXPECT_GE(n, 1);
     }
     ASSERT_EQ(sum, L);
-    auto times = gs::stage_times(split, dev);
-    const double got = *std::max_element(times.begin(), times.end());
+    auto stage_t = gs::stage_times(split, dev);
+    const double got = *std::max_element(stage_t.begin(), stage_t.end());
     // Every composition of L into S positive parts.
     double best = 1e300;
     std::vector<int> c(S, 1);
@@ -188,4 +201,17 @@ TEST(CostModel, BalanceMatchesBruteForceOnRandomCases) {
     rec(0, L);
     EXPECT_NEAR(got, best, 1e-12 * best) << "trial " << trial;
   }
+}
+
+TEST(CostModel, ChunkMemoryCountsParametersAndSavedActivations) {
+  const ModelSpec m = tiny();  // h 128, 4 heads, s 64, V 256
+  // 2 blocks of 12 h^2 + 13 h, plus the embedding (V + s) h.
+  EXPECT_DOUBLE_EQ(gs::chunk_parameters(m, 2, true, false), 2 * (12.0 * 128 * 128 + 13 * 128) + (256 + 64) * 128.0);
+  EXPECT_DOUBLE_EQ(gs::chunk_parameters(m, 1, false, true), 12.0 * 128 * 128 + 13 * 128 + 2 * 128 + 256 * 128.0);
+  // micro-batch 8: N = 512 tokens; a block keeps 16 N h + 4 N + b a s^2 floats, a middle stage its output N h.
+  const double block = 16.0 * 512 * 128 + 4 * 512 + 8 * 4 * 64 * 64;
+  EXPECT_DOUBLE_EQ(gs::chunk_activation_bytes(m, 8, 2, false, false), 4 * (2 * block + 512 * 128));
+  EXPECT_DOUBLE_EQ(gs::chunk_activation_bytes(m, 8, 2, false, true), 4 * (2 * 512.0 * 128 + 512 * 128));
+  EXPECT_DOUBLE_EQ(gs::chunk_activation_bytes(m, 8, 1, true, false),
+                   4 * (block + 2.0 * 512 * 128 + 2 * 512 + 512 * 256));
 }

@@ -191,16 +191,22 @@ TEST(Plan, Local4DemoPlanIsValidAndUsesEveryRegionOnce) {
   geopipe::Plan p = gs::plan_job(gs::Policy::kBace, t, job, {});
   geopipe::Plan back = geopipe::parse_plan(geopipe::to_json(p), "roundtrip.json");  // the core validator
   EXPECT_NO_THROW(geopipe::check_plan_against(back, t, "roundtrip.json", 4));
-  ASSERT_EQ(p.num_stages(), 4);
+  ASSERT_EQ(p.world_size(), 4);
+  ASSERT_EQ(p.num_stages(), 4 * p.schedule.virtual_stages);
   std::set<std::string> regions;
-  for (int k = 0; k < 4; ++k) {
-    EXPECT_EQ(p.stages[k].ranks, std::vector<int>{k});
-    regions.insert(p.stages[k].region);
+  for (int r = 0; r < 4; ++r) {
+    const auto chunks = p.stages_of_rank(r);
+    ASSERT_EQ(static_cast<int>(chunks.size()), p.schedule.virtual_stages);
+    for (int c : chunks) EXPECT_EQ(p.stages[c].region, p.stages[chunks[0]].region);  // one region per rank
+    regions.insert(p.stages[chunks[0]].region);
   }
   EXPECT_EQ(regions.size(), 4u);
   for (const auto& l : p.links) EXPECT_EQ(l.transport, "mpi");  // CPU "GPUs": no NCCL
-  EXPECT_EQ(p.schedule.warmup.size(), 4u);
-  for (int k = 0; k < 4; ++k) EXPECT_GE(p.schedule.warmup[k], 3 - k);
+  gs::PlannerOptions lh;
+  lh.schedule = "1f1b-lh";
+  geopipe::Plan q = gs::plan_job(gs::Policy::kBace, t, job, lh);
+  EXPECT_EQ(q.schedule.warmup.size(), 4u);
+  for (int k = 0; k < 4; ++k) EXPECT_GE(q.schedule.warmup.at(k), 3 - k);
   EXPECT_EQ(p.provenance.topology_hash, t.hash());
   EXPECT_EQ(p.provenance.job_hash, job.hash());
   EXPECT_EQ(p.provenance.policy, "bace");
@@ -220,8 +226,11 @@ TEST(Plan, LongLinksGetTheLatencyHidingSchedule) {
   // 40 ms one way between two fast stages: plain 1F1B would stall on the round trip.
   auto t = make_topology({{"a", 1, 1.0, 0.1}, {"b", 1, 1.0, 0.1}}, {{"a", "b", 100, 40}});
   auto job = make_job("j", 2, 256, 256, 1, 16, 10, 2, 2);
-  auto p = gs::plan_job(gs::Policy::kBace, t, job, {});
+  gs::PlannerOptions lh;
+  lh.schedule = "1f1b-lh";
+  auto p = gs::plan_job(gs::Policy::kBace, t, job, lh);
   EXPECT_EQ(p.schedule.kind, "1f1b-lh");
+  ASSERT_EQ(p.schedule.warmup.size(), 2u);
   EXPECT_GT(p.schedule.warmup[0], 1);
   gs::PlannerOptions plain;
   plain.schedule = "1f1b";

@@ -67,10 +67,10 @@ TEST(Profile, ReplacesFlopsOnlyForRegionsOfItsDevice) {
   gs::DeviceTimes a = gs::device_times(cpu, job, {}, &p);
   gs::DeviceTimes b = gs::device_times(gpu, job, {}, &p);
   EXPECT_TRUE(a.from_profile);
-  EXPECT_DOUBLE_EQ(a.layer_s, 0.3);
-  EXPECT_DOUBLE_EQ(a.head_s, 0.15);
+  EXPECT_DOUBLE_EQ(a.layer.total(), 0.3);
+  EXPECT_DOUBLE_EQ(a.head.total(), 0.15);
   EXPECT_FALSE(b.from_profile);
-  EXPECT_DOUBLE_EQ(b.layer_s, gs::device_times(gpu, job, {}).layer_s);
+  EXPECT_DOUBLE_EQ(b.layer.total(), gs::device_times(gpu, job, {}).layer.total());
 }
 
 TEST(Profile, OfAnotherShapeIsRejectedNamingTheField) {
@@ -85,4 +85,36 @@ TEST(Profile, OfAnotherShapeIsRejectedNamingTheField) {
   }
   auto same = gs::testing::make_job("j", 12, 512, 1024, 2, 4, 1, 2, 2);  // layer count may differ
   EXPECT_NO_THROW(gs::check_profile_matches(p, same));
+}
+
+TEST(Profile, MeasuredSplitBackwardRoundTripsAndReplacesTheEvenSplit) {
+  auto doc = good_profile();
+  doc["layer"]["input_grad_s"] = 0.12;
+  doc["layer"]["weight_grad_s"] = 0.09;
+  gs::Profile p = gs::parse_profile(doc, "p.json");
+  const std::string path = std::string(GEOPIPE_BINARY_DIR) + "/tests/profile_split.json";
+  gs::save_profile(p, path);
+  gs::Profile q = gs::load_profile(path);
+  std::remove(path.c_str());
+  EXPECT_DOUBLE_EQ(q.layer.input_grad_s, 0.12);
+  EXPECT_DOUBLE_EQ(q.layer.weight_grad_s, 0.09);
+  geopipe::Region cpu;
+  cpu.gpu_type = "cpu";
+  auto job = gs::testing::make_job("j", 4, 512, 1024, 2, 4, 1, 2, 2);
+  gs::DeviceTimes d = gs::device_times(cpu, job, {}, &q);
+  EXPECT_DOUBLE_EQ(d.layer.input_grad_s, 0.12);
+  EXPECT_DOUBLE_EQ(d.layer.weight_grad_s, 0.09);
+  EXPECT_DOUBLE_EQ(d.head.input_grad_s, 0.05);  // not measured: the backward halves
+  EXPECT_DOUBLE_EQ(d.embedding.weight_grad_s, 0.01);
+}
+
+TEST(Profile, HalfASplitIsRejectedNamingTheMissingField) {
+  auto doc = good_profile();
+  doc["layer"]["input_grad_s"] = 0.12;
+  try {
+    gs::parse_profile(doc, "half.json");
+    FAIL() << "expected InputError";
+  } catch (const geopipe::InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("layer.weight_grad_s"), std::string::npos) << e.what();
+  }
 }

@@ -57,6 +57,8 @@ struct Prediction {
   double cost_usd = 0;
   std::vector<double> stage_compute_s;   // forward + backward of one micro-batch, per stage
   std::vector<double> link_utilisation;  // per LinkPlan, fraction of the link's bandwidth
+  std::vector<int> peak_activations;     // per rank: most micro-batch activations alive at once
+  std::vector<double> memory_bytes;      // per rank: parameters, gradients, AdamW state, activations
 };
 
 struct Provenance {

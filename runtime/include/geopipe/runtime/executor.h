@@ -4,11 +4,11 @@
 // per neighbour, codecs, posting, sends, metering — are runtime/src/stage_io.h's.
 //
 // - At the start of a step every RECV of the list is posted (irecv into its own buffer), so a
-//   neighbour's send never waits for us; the F/B that needs a received tensor waits for it
-//   (lowering may place its RECV earlier, where the peer sends). Runs one stage per rank with
-//   F/B only; chunks per rank and split backward (I/W) are refused until the interpreter lands.
+//   neighbour's send never waits for us; the F/B/I that needs a received tensor waits for it
+//   (lowering may place its RECV earlier, where the peer sends). A rank may run several stages
+//   (virtual stages: their tensors pass in memory) and split backward (I now, W later).
 // - SEND_F/SEND_B are asynchronous; the step waits for them before the optimizer runs.
-// - F m keeps (input, output) of micro-batch m until B m, then frees them.
+// - F m keeps micro-batch m's activations (stage_compute.h) until its B, or its W after I.
 // - Links the plan marks with a codec carry compressed tensors (kernels' LibTorch adapter):
 //   forward activations with the link's codec_forward, their gradients with codec_backward.
 // - Links the plan marks "nccl" (same region) go over comm's NcclTransport when the stage's
@@ -83,6 +83,11 @@ struct StepStats {
   // Bytes this rank sent: to the next stage (activations) and to the previous one (gradients),
   // raw = the tensors' uncompressed size, wire = after the codec.
   uint64_t fwd_raw = 0, fwd_wire = 0, bwd_raw = 0, bwd_wire = 0;
+  // Activations this rank held, at their largest after any F of the step: micro-batches whose F ran
+  // and whose B (or W) did not, summed over its stages (the schedule's peak_in_flight), and the
+  // bytes they held (StageCompute::live_bytes).
+  int peak_activations = 0;
+  int64_t peak_activation_bytes = 0;
   // Every directed link of the pipeline, "0->1", "1->0", "1->2", ... (empty for one stage).
   // run_training logs them (JSON log, progress line); its TrainResult::steps keep them empty.
   std::vector<LinkStats> links;
@@ -148,6 +153,7 @@ class PipelineExecutor {
   void issue_nccl_group(size_t index, StepState& s);
   void forward(const Action& a, StepState& s);
   void backward(const Action& a, StepState& s);  // B or I
+  void note_activations(StepState& s) const;     // after an F: the step's peaks (StepStats)
   void optimizer_step(StepState& s);
   at::Tensor tensor_to_send(const Action& a, StepState& s) const;
   Chunk& chunk(int stage);

@@ -36,16 +36,29 @@ Flops embedding_flops(const ModelSpec& model, int micro_batch);
 // Final norm + LM head + softmax cross-entropy: forward 2*b*s*h*V + 5*b*s*V, backward 2 * 2*b*s*h*V.
 Flops head_flops(const ModelSpec& model, int micro_batch);
 
-// Seconds for one micro-batch (forward + backward) of each kind of work on one device.
+// Seconds of one micro-batch of one kind of work on one device: the forward, the full backward,
+// and the backward split as zero-bubble schedules run it (I: the input gradient the previous stage
+// needs; W: the weight gradients, which can wait). I + W is the backward's work done in two calls.
+struct WorkTimes {
+  double forward_s = 0;
+  double backward_s = 0;
+  double input_grad_s = 0;
+  double weight_grad_s = 0;
+  double total() const { return forward_s + backward_s; }
+};
+
 struct DeviceTimes {
-  double layer_s = 0;
-  double embedding_s = 0;
-  double head_s = 0;
+  WorkTimes layer;      // one transformer block
+  WorkTimes embedding;  // token + position embedding (first stage)
+  WorkTimes head;       // final norm + LM head + loss (last stage)
   bool from_profile = false;
 };
 
 // FLOPs / (gpu_tflops * 1e12 * efficiency), or the measured profile when its device matches the
-// region's gpu_type (profile.h states the rule). `profile` may be null.
+// region's gpu_type (profile.h states the rule). `profile` may be null. Without a measured split,
+// a block's and the head's backward divide evenly into I and W (each linear layer's input and
+// weight gradients are one matrix product of the forward's size each); the embedding's backward is
+// all W (its input is token ids: no input gradient).
 DeviceTimes device_times(const Region& region, const JobSpec& job, const CostParams& params,
                          const Profile* profile = nullptr);
 
@@ -91,6 +104,17 @@ struct PipelineTiming {
 PipelineTiming pipeline_timing(const std::vector<double>& t, const std::vector<double>& x,
                                const std::vector<double>& lat, int micro_batches, ScheduleKind kind,
                                int shared_compute_slots = 0);
+
+// Memory of a stage chunk, as the runtime holds it (docs/SCHEDULER.md, "Memory"). Parameters of
+// one block 12h^2 + 13h; of the embedding (V + s) h; of the head 2h + V h (untied LM head). Each
+// parameter costs 16 bytes: fp32 weight, gradient and AdamW's two moments. Activations one
+// micro-batch keeps from its forward to its backward, per block: (16 N h + 4 N + b a s^2) fp32
+// values (N = b s tokens, a heads: the block's saved tensors, attention probabilities included),
+// the head 2 N h + 2 N + N V, a stage that is not the last one its output N h; with recomputation
+// a block keeps only its input, N h. The same formula as the runtime's live-bytes accounting.
+double chunk_parameters(const ModelSpec& model, int blocks, bool first, bool last);
+double chunk_activation_bytes(const ModelSpec& model, int micro_batch, int blocks, bool last, bool recompute);
+inline constexpr double kBytesPerParameter = 16;
 
 // Energy (joules) of one iteration on the stages' GPUs (one GPU per stage): busy time at board
 // power, the rest of the iteration at idle power, times PUE. Cost in USD at each region's price.

@@ -6,8 +6,10 @@
 #include <geopipe/core/config.h>
 #include <geopipe/core/plan.h>
 #include <geopipe/scheduler/cost_model.h>
+#include <geopipe/scheduler/schedule_model.h>
 
 #include <optional>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -47,7 +49,12 @@ struct PlannerOptions {
   CostParams cost;
   double slack = 0.10;              // allocator: iteration time within (1 + slack) of the fastest feasible path
   std::string codec = "auto";       // "auto" (int8-block on hops that need it), "none", or a codec for every inter-region hop
-  std::string schedule = "auto";    // "auto" (1f1b, or 1f1b-lh when latency needs hiding), "gpipe", "1f1b", "1f1b-lh"
+  // The placement search times the 1F1B family in closed form ("gpipe", "1f1b-lh"; anything else
+  // as 1F1B, deepened where latency needs it for "auto"); plan_job then replays each candidate
+  // schedule on the placement (schedule_options) and keeps this one, or for "auto" the fastest
+  // that fits in memory. Any known_schedule_kinds() name or "auto".
+  std::string schedule = "auto";
+  int virtual_stages = 0;           // chunks per rank for "interleaved" (0: 2); zbv always has 2
   int fixed_stages = 0;             // 0: choose within the job's [min_stages, max_stages]
   bool bandwidth_check = true;      // every inter-region hop carries a micro-batch within the compute period
   bool price_term = true;           // false: the allocator takes the fastest feasible path
@@ -102,10 +109,49 @@ PlanResult place_job(Policy policy, const Topology& topology, const JobSpec& job
 PlanResult exact_placement(const Topology& topology, const JobSpec& job, const ClusterState& state,
                            const PlannerOptions& options);
 
-// The plan the runtime executes (one rank per stage, ranks 0..S-1 in stage order).
-Plan make_plan(const Topology& topology, const JobSpec& job, const Placement& placement, const std::string& policy);
+// The codecs (forward, backward) of an inter-region hop whose plain transfer takes `plain_xfer_s`
+// per message against a compute period `compute_period_s`, under the --codec option: "auto"
+// compresses (int8-block) only a hop slower than the compute; "int4-block" is for activations
+// only (gradients int8-block); any other name is used both ways.
+std::pair<std::string, std::string> hop_codecs(const std::string& codec_option, double plain_xfer_s,
+                                               double compute_period_s);
+
+// One schedule kind on a placement's ranks: its stage chunks (S ranks x V chunks, layers balanced
+// by each rank's device), the links between chunks on different ranks, the replayed iteration
+// and the memory each rank needs.
+struct ScheduleOption {
+  std::string kind;
+  int virtual_stages = 1;
+  std::string unavailable;                     // why this kind cannot run here; empty when it can
+  std::vector<int> warmup;                     // 1f1b and 1f1b-lh: forwards before the first backward, per rank
+  std::vector<int> chunk_layers, chunk_rank;   // per chunk, model order
+  std::vector<std::string> codec_fwd, codec_bwd;  // per chunk boundary ("none" on one rank)
+  std::vector<double> fwd_bytes, bwd_bytes;    // per chunk boundary, bytes per micro-batch (0 on one rank)
+  std::vector<double> boundary_bps;            // per chunk boundary, the slower direction (0 on one rank)
+  std::vector<double> chunk_s;                 // forward + backward of one micro-batch, per chunk
+  ScheduleTiming timing;                       // iteration_s, per-rank compute and peak activations
+  std::vector<double> memory_bytes;            // per rank: parameters and state + peak activations
+  std::vector<double> memory_limit_bytes;      // per rank: its region's gpu_mem_gb (0: not given)
+  bool fits() const;                           // runnable and every rank within its limit
+};
+
+// Every schedule kind `options.schedule` allows on the placement ("auto": all of them, interleaved
+// with options.virtual_stages or 2), in known_schedule_kinds() order.
+std::vector<ScheduleOption> schedule_options(const Topology& topology, const JobSpec& job, const Placement& placement,
+                                             const PlannerOptions& options);
+// The option a plan takes: the requested kind (InfeasibleError when it cannot run or does not fit,
+// saying why), or for "auto" the fastest that fits (ties: fewer peak activations, then list order).
+const ScheduleOption& pick_schedule(const std::vector<ScheduleOption>& options, const std::string& requested);
+
+// The plan the runtime executes: rank r runs its chunks in region placement.region[r]; energy
+// and cost from the schedule's replayed iteration and each rank's compute.
+Plan make_plan(const Topology& topology, const JobSpec& job, const Placement& placement,
+               const ScheduleOption& schedule, const std::string& policy, const CostParams& cost);
 
 // Plans one job on an empty cluster; InfeasibleError (exit 3) saying which constraint failed.
-Plan plan_job(Policy policy, const Topology& topology, const JobSpec& job, const PlannerOptions& options);
+// `considered` (optional) receives every schedule option evaluated.
+Plan plan_job(Policy policy, const Topology& topology, const JobSpec& job, const PlannerOptions& options,
+              std::vector<ScheduleOption>* considered = nullptr);
+
 
 }  // namespace geopipe::scheduler

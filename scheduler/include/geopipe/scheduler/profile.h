@@ -6,7 +6,8 @@
 //   {"version": 1, "device": "cpu",
 //    "model": {"layers": 4, "d_model": 128, "heads": 4, "seq_len": 64, "vocab": 256, "dtype": "fp32"},
 //    "micro_batch": 8,
-//    "layer":     {"forward_s": 0.010, "backward_s": 0.021},   // mean over the measured blocks
+//    "layer":     {"forward_s": 0.010, "backward_s": 0.021,    // mean over the measured blocks
+//                  "input_grad_s": 0.011, "weight_grad_s": 0.010},  // optional: the split backward
 //    "embedding": {"forward_s": 0.001, "backward_s": 0.001},
 //    "head":      {"forward_s": 0.004, "backward_s": 0.008},
 //    "note": "optional free text"}
@@ -28,6 +29,9 @@ namespace geopipe::scheduler {
 struct PhaseTimes {
   double forward_s = 0;
   double backward_s = 0;
+  // The backward split as zero-bubble schedules run it; 0 and 0: not measured (cost_model.h splits).
+  double input_grad_s = 0;
+  double weight_grad_s = 0;
   double total() const { return forward_s + backward_s; }
 };
 

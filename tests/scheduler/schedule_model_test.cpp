@@ -1,0 +1,184 @@
+// time_schedule(): the replay of concrete action lists on hand-computed cases, and the planner's
+// schedule options built on it.
+#include <geopipe/core/error.h>
+#include <geopipe/core/schedule.h>
+#include <geopipe/scheduler/planner.h>
+#include <geopipe/scheduler/schedule_model.h>
+
+#include "test_util.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <numeric>
+
+namespace gs = geopipe::scheduler;
+using geopipe::Schedule;
+using gs::testing::make_job;
+using gs::testing::make_topology;
+
+namespace {
+
+std::vector<gs::ChunkCost> uniform(int n, double f, double b) { return std::vector<gs::ChunkCost>(n, {f, b, b / 2, b / 2}); }
+std::vector<gs::BoundaryCost> links(int n, double xfer, double latency) {
+  return std::vector<gs::BoundaryCost>(n > 0 ? n - 1 : 0, {xfer, xfer, latency});
+}
+Schedule lowered(const std::string& kind, int R, int M, int V = 1) {
+  return geopipe::lower(geopipe::schedule_for(kind, R, M, V, {}));
+}
+
+}  // namespace
+
+TEST(ScheduleModel, FreeLinksGiveTheTextbookPipelineTimes) {
+  // F = 1, B = 2 on 4 stages, 8 micro-batches: 1F1B and GPipe both take (M + S - 1)(F + B) = 33.
+  for (const char* kind : {"1f1b", "gpipe"}) {
+    gs::ScheduleTiming t = gs::time_schedule(lowered(kind, 4, 8), uniform(4, 1, 2), links(4, 0, 0));
+    EXPECT_DOUBLE_EQ(t.iteration_s, 33.0) << kind;
+    EXPECT_EQ(t.rank_compute_s, std::vector<double>(4, 24.0)) << kind;
+  }
+  EXPECT_EQ(gs::time_schedule(lowered("1f1b", 4, 8), uniform(4, 1, 2), links(4, 0, 0)).peak_activations,
+            (std::vector<int>{4, 3, 2, 1}));
+}
+
+TEST(ScheduleModel, OneMicroBatchPaysEveryTransferAndLatencyBothWays) {
+  // F0 + (x + lat) + F1 + B1 + (x + lat) + B0 = 1 + 0.75 + 1 + 2 + 0.75 + 2.
+  gs::ScheduleTiming t = gs::time_schedule(lowered("1f1b", 2, 1), uniform(2, 1, 2), links(2, 0.25, 0.5));
+  EXPECT_DOUBLE_EQ(t.iteration_s, 7.5);
+  EXPECT_DOUBLE_EQ(t.rank_end_s[1], 4.75);  // rank 1 ends after its backward
+}
+
+TEST(ScheduleModel, ALinkCarriesOneMessageAtATime) {
+  // GPipe, 2 stages, 3 micro-batches, F = 1, B = 0 (to isolate the link), transfer 2, no latency:
+  // the activations leave at 1, 2, 3 but the link delivers them at 3, 5, 7; rank 1 ends at 8.
+  std::vector<gs::ChunkCost> c = {{1, 0, 0, 0}, {1, 0, 0, 0}};
+  std::vector<gs::BoundaryCost> l = {{2, 0, 0}};
+  EXPECT_DOUBLE_EQ(gs::time_schedule(lowered("gpipe", 2, 3), c, l).rank_end_s[1], 8.0);
+}
+
+TEST(ScheduleModel, SharedComputeSlotsSerializeTheRanks) {
+  // Two ranks on one slot: nothing overlaps, the iteration is all the compute, 2 * M * (F + B).
+  gs::ScheduleTiming t = gs::time_schedule(lowered("1f1b", 2, 4), uniform(2, 1, 2), links(2, 0, 0), 1);
+  EXPECT_DOUBLE_EQ(t.iteration_s, 24.0);
+  // Two slots for two ranks: no sharing, as without slots.
+  EXPECT_DOUBLE_EQ(gs::time_schedule(lowered("1f1b", 2, 4), uniform(2, 1, 2), links(2, 0, 0), 2).iteration_s,
+                   gs::time_schedule(lowered("1f1b", 2, 4), uniform(2, 1, 2), links(2, 0, 0)).iteration_s);
+}
+
+TEST(ScheduleModel, ZeroBubbleTakesTheWeightGradientOffTheRoundTrip) {
+  // 2 stages, latency 3 (as long as a forward): 1F1B stalls on the round trip, ZB-H1 sends the
+  // input gradient before the weight gradient and stalls less, with 1F1B's peak activations.
+  const auto c = uniform(2, 3, 6);
+  const auto l = links(2, 0, 3);
+  gs::ScheduleTiming one = gs::time_schedule(lowered("1f1b", 2, 8), c, l);
+  gs::ScheduleTiming zb = gs::time_schedule(lowered("zb-h1", 2, 8), c, l);
+  EXPECT_LT(zb.iteration_s, 0.95 * one.iteration_s);
+  EXPECT_EQ(zb.peak_activations, one.peak_activations);
+  EXPECT_EQ(zb.rank_compute_s, one.rank_compute_s);  // the same work, I + W = B
+}
+
+TEST(ScheduleModel, ADeadlockedScheduleIsRefusedNamingEachRank) {
+  // Rank 0 runs its backward before sending the forward the backward depends on.
+  Schedule s = geopipe::parse_schedule(
+      "0RECV_B0 0F0 0B0 0SEND_F0 0OPT\n1RECV_F0 1F0 1B0 1SEND_B0 1OPT\n", "deadlock.txt");
+  std::swap(s.ranks[0][1], s.ranks[0][2]);  // 0B0 before 0F0 is still a list; its input never comes
+  try {
+    gs::time_schedule(s, uniform(2, 1, 2), links(2, 0, 0));
+    FAIL() << "expected InputError";
+  } catch (const geopipe::InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("deadlocks"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("rank 1 at 1F0"), std::string::npos) << e.what();
+  }
+}
+
+// ---- Schedule options on a placement --------------------------------------------------------
+
+namespace {
+
+geopipe::Topology two_regions(double latency_ms, double mem_gb = 80) {
+  auto t = make_topology({{"a", 1, 1.0, 0.1}, {"b", 1, 1.0, 0.1}}, {{"a", "b", 100, latency_ms}});
+  for (auto& r : t.regions) r.gpu_mem_gb = mem_gb;
+  return t;
+}
+
+}  // namespace
+
+TEST(ScheduleOptions, ZbvSplitsTheLayersIntoAVOfChunks) {
+  auto t = two_regions(10);
+  auto job = make_job("j", 8, 256, 256, 1, 8, 10, 2, 2);
+  gs::PlannerOptions o;
+  o.schedule = "zbv";
+  geopipe::Plan p = gs::plan_job(gs::Policy::kBace, t, job, o);
+  EXPECT_EQ(p.schedule.kind, "zbv");
+  EXPECT_EQ(p.schedule.virtual_stages, 2);
+  ASSERT_EQ(p.num_stages(), 4);
+  std::vector<int> ranks, layers;
+  for (const auto& s : p.stages) ranks.push_back(s.ranks[0]), layers.push_back(s.layer_end - s.layer_begin);
+  EXPECT_EQ(ranks, (std::vector<int>{0, 1, 1, 0}));
+  EXPECT_EQ(std::accumulate(layers.begin(), layers.end(), 0), 8);
+  ASSERT_EQ(p.links.size(), 3u);
+  EXPECT_EQ(p.links[1].from_region, p.links[1].to_region);  // chunks 1 and 2: one rank, no WAN
+  EXPECT_EQ(p.predicted.link_utilisation[1], 0.0);
+  EXPECT_EQ(p.predicted.peak_activations.size(), 2u);
+  EXPECT_NO_THROW(geopipe::check_plan_against(geopipe::parse_plan(geopipe::to_json(p), "zbv.json"), t, "zbv.json", 2));
+}
+
+TEST(ScheduleOptions, InterleavedTakesTheRequestedChunkCountAndNeedsWholeGroups) {
+  auto t = two_regions(10);
+  auto job = make_job("j", 6, 256, 256, 1, 8, 10, 2, 2);
+  gs::PlannerOptions o;
+  o.schedule = "interleaved";
+  o.virtual_stages = 3;
+  geopipe::Plan p = gs::plan_job(gs::Policy::kBace, t, job, o);
+  EXPECT_EQ(p.num_stages(), 6);
+  EXPECT_EQ(p.stages[5].ranks[0], 1);  // looped: chunk 5 on rank 5 % 2
+  auto odd = make_job("j", 6, 256, 256, 1, 7, 10, 2, 2);  // 7 micro-batches on 2 ranks
+  try {
+    gs::plan_job(gs::Policy::kBace, t, odd, o);
+    FAIL() << "expected InfeasibleError";
+  } catch (const geopipe::InfeasibleError& e) {
+    EXPECT_NE(std::string(e.what()).find("interleaved"), std::string::npos) << e.what();
+  }
+}
+
+TEST(ScheduleOptions, AutoTakesTheFastestOptionThatFits) {
+  auto t = two_regions(40);
+  auto job = make_job("j", 8, 256, 256, 1, 8, 10, 2, 2);
+  std::vector<gs::ScheduleOption> all;
+  geopipe::Plan p = gs::plan_job(gs::Policy::kBace, t, job, {}, &all);
+  ASSERT_EQ(all.size(), geopipe::known_schedule_kinds().size());
+  double fastest = 1e300;
+  for (const auto& o : all)
+    if (o.fits()) fastest = std::min(fastest, o.timing.iteration_s);
+  EXPECT_DOUBLE_EQ(p.predicted.iteration_s, fastest);
+  // GPU memory just above what 1F1B needs: GPipe (8 micro-batches in flight) no longer fits, and
+  // the plan is the fastest of what does, within the limit.
+  auto one = std::find_if(all.begin(), all.end(), [](const gs::ScheduleOption& o) { return o.kind == "1f1b"; });
+  ASSERT_NE(one, all.end());
+  const double limit = 1.01 * *std::max_element(one->memory_bytes.begin(), one->memory_bytes.end());
+  std::vector<gs::ScheduleOption> fitting;
+  geopipe::Plan q = gs::plan_job(gs::Policy::kBace, two_regions(40, limit / 1e9), job, {}, &fitting);
+  EXPECT_NE(q.schedule.kind, "gpipe");
+  for (double m : q.predicted.memory_bytes) EXPECT_LE(m, limit);
+  for (const auto& o : fitting)
+    if (o.fits()) {
+      EXPECT_GE(o.timing.iteration_s, q.predicted.iteration_s) << o.kind;
+    }
+  EXPECT_FALSE(std::find_if(fitting.begin(), fitting.end(), [](const gs::ScheduleOption& o) {
+                 return o.kind == "gpipe";
+               })->fits());
+}
+
+TEST(ScheduleOptions, ARequestedScheduleThatDoesNotFitNamesTheRankAndTheBytes) {
+  auto t = two_regions(10, 0.001);  // 1 MB GPUs
+  auto job = make_job("j", 8, 256, 256, 1, 8, 10, 2, 2);
+  gs::PlannerOptions o;
+  o.schedule = "gpipe";
+  try {
+    gs::plan_job(gs::Policy::kBace, t, job, o);
+    FAIL() << "expected InfeasibleError";
+  } catch (const geopipe::InfeasibleError& e) {
+    const std::string w = e.what();
+    EXPECT_NE(w.find("gpipe: rank 0 needs"), std::string::npos) << w;
+    EXPECT_NE(w.find("8 micro-batches of activations in flight), its GPU has 0.00 GB"), std::string::npos) << w;
+  }
+}
