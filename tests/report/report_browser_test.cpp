@@ -153,7 +153,7 @@ class ReportBrowser : public ::testing::Test {
     static const fs::path page = [] {
       const fs::path plan = *dir_ / "plan2.json", run = *dir_ / "run";
       Result p = run_command(std::string(GEOPIPE_CLI) + " plan --topology " + src("examples/topologies/local4.json") +
-                             " --job " + src("examples/jobs/gpt-tiny.json") + " --stages 2 -o " + plan.string());
+                             " --job " + src("examples/jobs/gpt-tiny.json") + " --stages 2 --schedule 1f1b -o " + plan.string());
       EXPECT_EQ(p.exit_code, 0) << p.output;
       Result t = run_command(std::string(GEOPIPE_MPIEXEC) + " -n 2 --oversubscribe " + GEOPIPE_TRAIN + " --plan " +
                              plan.string() + " --topology " + src("examples/topologies/local4.json") +
