@@ -144,18 +144,16 @@ void check_stage_placement(const Plan& plan, JsonReader& r) {
   }
 }
 
-}  // namespace
-
-Plan parse_plan(const json& doc, const std::string& file) {
-  JsonReader r(file);
-  Plan plan;
-  if (!r.expect_object(doc, "", {"version", "job", "stages", "links", "schedule", "predicted", "provenance", "note"}))
-    r.throw_if_errors();
+void read_version(JsonReader& r, const json& doc) {
   if (auto v = r.integer(doc, "", "version", 1, 1000)) {
     if (*v != kPlanVersion)
       r.error("version", "unsupported plan version " + std::to_string(*v) + " (this geopipe reads version " +
                              std::to_string(kPlanVersion) + ")");
   }
+}
+
+// parse_job throws its own diagnostics; they join the plan's so that all problems are reported at once.
+void read_job(JsonReader& r, const json& doc, const std::string& file, Plan& plan) {
   if (const json* job = r.field(doc, "", "job")) {
     try {
       plan.job = parse_job(*job, file, "job");
@@ -163,194 +161,265 @@ Plan parse_plan(const json& doc, const std::string& file) {
       for (const auto& d : e.diagnostics()) r.error(d.path, d.message);
     }
   }
+}
 
-  // Stages.
-  if (const json* stages = r.field(doc, "", "stages"); stages && r.expect_array(*stages, "stages")) {
-    if (stages->empty()) r.error("stages", "expected at least one stage");
-    std::set<int> all_ranks;
-    for (size_t i = 0; i < stages->size(); ++i) {
-      const json& v = (*stages)[i];
-      const std::string p = index_path("stages", i);
-      if (!r.expect_object(v, p, {"index", "region", "ranks", "layers"})) continue;
-      StagePlan s;
-      if (auto x = r.integer(v, p, "index", 0, 1 << 20)) {
-        s.index = static_cast<int>(*x);
-        if (s.index != static_cast<int>(i))
-          r.error(child_path(p, "index"), "expected stage index " + std::to_string(i) + " (stages are listed in order), got " +
-                                              std::to_string(s.index));
-      }
-      if (auto reg = r.string(v, p, "region")) s.region = *reg;
-      if (const json* ranks = r.field(v, p, "ranks"); ranks && r.expect_array(*ranks, child_path(p, "ranks"))) {
-        if (ranks->empty()) r.error(child_path(p, "ranks"), "expected at least one rank");
-        for (size_t k = 0; k < ranks->size(); ++k) {
-          const json& rv = (*ranks)[k];
-          const std::string rp = index_path(child_path(p, "ranks"), k);
-          if (!rv.is_number_integer() || rv.get<long long>() < 0 || rv.get<long long>() > (1 << 20)) {
-            r.error(rp, "expected a rank number in [0, 1048576], got " + detail::json_type_name(rv));
-            continue;
-          }
-          int rank = rv.get<int>();
-          all_ranks.insert(rank);  // a rank in two stages: allowed with virtual stages only (below)
-          s.ranks.push_back(rank);
-        }
-      }
-      const std::string lp = child_path(p, "layers");
-      if (const json* layers = r.field(v, p, "layers")) {
-        if (!layers->is_array() || layers->size() != 2 || !(*layers)[0].is_number_integer() ||
-            !(*layers)[1].is_number_integer()) {
-          r.error(lp, "expected [begin, end) as two integers, got " + detail::json_type_name(*layers));
-        } else {
-          const long long begin = (*layers)[0].get<long long>(), end = (*layers)[1].get<long long>();
-          if (begin < 0 || end <= begin || end > 100000) {
-            r.error(lp, "expected 0 <= begin < end <= 100000, got " + layers->dump());
-          } else {
-            s.layer_begin = static_cast<int>(begin);
-            s.layer_end = static_cast<int>(end);
-          }
-        }
-      }
-      plan.stages.push_back(std::move(s));
+void read_stage_ranks(JsonReader& r, const json& v, const std::string& p, StagePlan& s, std::set<int>& all_ranks) {
+  const json* ranks = r.field(v, p, "ranks");
+  if (!ranks || !r.expect_array(*ranks, child_path(p, "ranks"))) return;
+  if (ranks->empty()) r.error(child_path(p, "ranks"), "expected at least one rank");
+  for (size_t k = 0; k < ranks->size(); ++k) {
+    const json& rv = (*ranks)[k];
+    const std::string rp = index_path(child_path(p, "ranks"), k);
+    if (!rv.is_number_integer() || rv.get<long long>() < 0 || rv.get<long long>() > (1 << 20)) {
+      r.error(rp, "expected a rank number in [0, 1048576], got " + detail::json_type_name(rv));
+      continue;
     }
-    // Layer ranges must tile [0, layers) in order: no gap, no overlap.
-    int expected_begin = 0;
-    for (size_t i = 0; i < plan.stages.size(); ++i) {
-      const auto& s = plan.stages[i];
-      if (s.layer_end <= s.layer_begin) continue;
-      if (s.layer_begin < expected_begin)
-        r.error(child_path(index_path("stages", i), "layers"),
-                "layer range [" + std::to_string(s.layer_begin) + ", " + std::to_string(s.layer_end) +
-                    ") overlaps the previous stage (which ends at " + std::to_string(expected_begin) + ")");
-      else if (s.layer_begin > expected_begin)
-        r.error(child_path(index_path("stages", i), "layers"),
-                "layer range starts at " + std::to_string(s.layer_begin) + " but the previous stage ends at " +
-                    std::to_string(expected_begin) + " (layers in between belong to no stage)");
-      expected_begin = s.layer_end;
+    int rank = rv.get<int>();
+    all_ranks.insert(rank);  // a rank in two stages: allowed with virtual stages only (check_stage_placement)
+    s.ranks.push_back(rank);
+  }
+}
+
+// A bad range leaves the stage without layers ([0, 0)), which check_layer_tiling skips.
+void read_stage_layers(JsonReader& r, const json& v, const std::string& p, StagePlan& s) {
+  const std::string lp = child_path(p, "layers");
+  const json* layers = r.field(v, p, "layers");
+  if (!layers) return;
+  if (!layers->is_array() || layers->size() != 2 || !(*layers)[0].is_number_integer() ||
+      !(*layers)[1].is_number_integer()) {
+    r.error(lp, "expected [begin, end) as two integers, got " + detail::json_type_name(*layers));
+    return;
+  }
+  const long long begin = (*layers)[0].get<long long>(), end = (*layers)[1].get<long long>();
+  if (begin < 0 || end <= begin || end > 100000) {
+    r.error(lp, "expected 0 <= begin < end <= 100000, got " + layers->dump());
+    return;
+  }
+  s.layer_begin = static_cast<int>(begin);
+  s.layer_end = static_cast<int>(end);
+}
+
+// Stage `i` of the plan's list, at JSON path `p`; its ranks are also added to `all_ranks`.
+StagePlan read_stage(JsonReader& r, const json& v, const std::string& p, size_t i, std::set<int>& all_ranks) {
+  StagePlan s;
+  if (auto x = r.integer(v, p, "index", 0, 1 << 20)) {
+    s.index = static_cast<int>(*x);
+    if (s.index != static_cast<int>(i))
+      r.error(child_path(p, "index"), "expected stage index " + std::to_string(i) + " (stages are listed in order), got " +
+                                          std::to_string(s.index));
+  }
+  if (auto reg = r.string(v, p, "region")) s.region = *reg;
+  read_stage_ranks(r, v, p, s, all_ranks);
+  read_stage_layers(r, v, p, s);
+  return s;
+}
+
+// Layer ranges must tile [0, layers) in order: no gap, no overlap.
+void check_layer_tiling(const Plan& plan, JsonReader& r) {
+  int expected_begin = 0;
+  for (size_t i = 0; i < plan.stages.size(); ++i) {
+    const auto& s = plan.stages[i];
+    if (s.layer_end <= s.layer_begin) continue;
+    if (s.layer_begin < expected_begin)
+      r.error(child_path(index_path("stages", i), "layers"),
+              "layer range [" + std::to_string(s.layer_begin) + ", " + std::to_string(s.layer_end) +
+                  ") overlaps the previous stage (which ends at " + std::to_string(expected_begin) + ")");
+    else if (s.layer_begin > expected_begin)
+      r.error(child_path(index_path("stages", i), "layers"),
+              "layer range starts at " + std::to_string(s.layer_begin) + " but the previous stage ends at " +
+                  std::to_string(expected_begin) + " (layers in between belong to no stage)");
+    expected_begin = s.layer_end;
+  }
+  if (!plan.stages.empty() && plan.job.model.layers > 0 && expected_begin != plan.job.model.layers)
+    r.error(child_path(index_path("stages", plan.stages.size() - 1), "layers"),
+            "stages end at layer " + std::to_string(expected_begin) + " but the model has " +
+                std::to_string(plan.job.model.layers) + " layers");
+}
+
+// Ranks must be 0..N-1 so that the plan maps onto an MPI world.
+void check_rank_numbering(const std::set<int>& all_ranks, JsonReader& r) {
+  int n = 0;
+  for (int rank : all_ranks) {
+    if (rank != n) {
+      r.error("stages", "ranks must be numbered 0.." + std::to_string(all_ranks.size() - 1) + " without gaps (rank " +
+                            std::to_string(n) + " is missing)");
+      break;
     }
-    if (!plan.stages.empty() && plan.job.model.layers > 0 && expected_begin != plan.job.model.layers)
-      r.error(child_path(index_path("stages", plan.stages.size() - 1), "layers"),
-              "stages end at layer " + std::to_string(expected_begin) + " but the model has " +
-                  std::to_string(plan.job.model.layers) + " layers");
-    // Ranks must be 0..N-1 so that the plan maps onto an MPI world.
-    int n = 0;
-    for (int rank : all_ranks) {
-      if (rank != n) {
-        r.error("stages", "ranks must be numbered 0.." + std::to_string(all_ranks.size() - 1) + " without gaps (rank " +
-                              std::to_string(n) + " is missing)");
-        break;
-      }
-      ++n;
+    ++n;
+  }
+}
+
+void read_stages(JsonReader& r, const json& doc, Plan& plan) {
+  const json* stages = r.field(doc, "", "stages");
+  if (!stages || !r.expect_array(*stages, "stages")) return;
+  if (stages->empty()) r.error("stages", "expected at least one stage");
+  std::set<int> all_ranks;
+  for (size_t i = 0; i < stages->size(); ++i) {
+    const json& v = (*stages)[i];
+    const std::string p = index_path("stages", i);
+    if (!r.expect_object(v, p, {"index", "region", "ranks", "layers"})) continue;
+    plan.stages.push_back(read_stage(r, v, p, i, all_ranks));
+  }
+  check_layer_tiling(plan, r);
+  check_rank_numbering(all_ranks, r);
+}
+
+// region_pair may be left out: the link then takes the regions of the stages it joins, which a given pair
+// must match.
+void read_link_regions(JsonReader& r, const json& v, const std::string& p, const Plan& plan, bool joins_next_stage,
+                       LinkPlan& l) {
+  if (const json* pair = r.field(v, p, "region_pair", false)) {
+    if (!pair->is_array() || pair->size() != 2 || !(*pair)[0].is_string() || !(*pair)[1].is_string())
+      r.error(child_path(p, "region_pair"), "expected [from_region, to_region]");
+    else {
+      l.from_region = (*pair)[0].get<std::string>();
+      l.to_region = (*pair)[1].get<std::string>();
     }
   }
-
-  // Links: one per pair of consecutive stages, in order.
-  if (const json* links = r.field(doc, "", "links"); links && r.expect_array(*links, "links")) {
-    for (size_t i = 0; i < links->size(); ++i) {
-      const json& v = (*links)[i];
-      const std::string p = index_path("links", i);
-      if (!r.expect_object(v, p, {"from_stage", "to_stage", "region_pair", "codec", "transport"})) continue;
-      LinkPlan l;
-      auto from = r.integer(v, p, "from_stage", 0, 1 << 20);
-      auto to = r.integer(v, p, "to_stage", 0, 1 << 20);
-      if (from) l.from_stage = static_cast<int>(*from);
-      if (to) l.to_stage = static_cast<int>(*to);
-      if (from && to && (*to != *from + 1 || *to >= static_cast<long long>(plan.stages.size())))
-        r.error(p, "a link must join stage k to stage k+1 of this plan, got " + std::to_string(*from) + " -> " +
-                       std::to_string(*to));
-      if (const json* pair = r.field(v, p, "region_pair", false)) {
-        if (!pair->is_array() || pair->size() != 2 || !(*pair)[0].is_string() || !(*pair)[1].is_string())
-          r.error(child_path(p, "region_pair"), "expected [from_region, to_region]");
-        else {
-          l.from_region = (*pair)[0].get<std::string>();
-          l.to_region = (*pair)[1].get<std::string>();
-        }
-      }
-      if (from && to && *to == *from + 1 && *to < static_cast<long long>(plan.stages.size())) {
-        const auto& a = plan.stages[static_cast<size_t>(*from)];
-        const auto& b = plan.stages[static_cast<size_t>(*to)];
-        if (l.from_region.empty()) {
-          l.from_region = a.region;
-          l.to_region = b.region;
-        } else if (l.from_region != a.region || l.to_region != b.region) {
-          r.error(child_path(p, "region_pair"), "says " + l.from_region + " -> " + l.to_region + " but the stages run in " +
-                                                    a.region + " -> " + b.region);
-        }
-      }
-      read_codec(r, v, p, l);
-      if (auto t = r.string(v, p, "transport", false)) {
-        if (*t != "mpi" && *t != "nccl")
-          r.error(child_path(p, "transport"), "expected \"mpi\" or \"nccl\", got \"" + *t + "\"");
-        else
-          l.transport = *t;
-      }
-      if (l.transport == "nccl" && !l.from_region.empty() && l.from_region != l.to_region)
-        r.error(child_path(p, "transport"), "nccl is used only inside a region (" + l.from_region + " -> " + l.to_region + ")");
-      plan.links.push_back(std::move(l));
-    }
-    for (size_t k = 0; k + 1 < plan.stages.size(); ++k) {
-      int found = 0;
-      for (const auto& l : plan.links) found += l.from_stage == static_cast<int>(k);
-      if (found != 1)
-        r.error("links", "expected exactly one link from stage " + std::to_string(k) + " to stage " +
-                             std::to_string(k + 1) + ", found " + std::to_string(found));
-    }
+  if (!joins_next_stage) return;
+  const auto& a = plan.stages[static_cast<size_t>(l.from_stage)];
+  const auto& b = plan.stages[static_cast<size_t>(l.to_stage)];
+  if (l.from_region.empty()) {
+    l.from_region = a.region;
+    l.to_region = b.region;
+  } else if (l.from_region != a.region || l.to_region != b.region) {
+    r.error(child_path(p, "region_pair"), "says " + l.from_region + " -> " + l.to_region + " but the stages run in " +
+                                              a.region + " -> " + b.region);
   }
+}
 
-  // Schedule.
-  if (const json* sch = r.field(doc, "", "schedule");
-      sch && r.expect_object(*sch, "schedule", {"kind", "warmup", "virtual_stages"})) {
-    if (auto k = r.string(*sch, "schedule", "kind")) {
-      const auto& kinds = known_schedule_kinds();
-      if (std::find(kinds.begin(), kinds.end(), *k) == kinds.end())
-        r.error("schedule.kind", "expected gpipe, 1f1b, 1f1b-lh, interleaved, zb-h1 or zbv, got \"" + *k + "\"");
-      else
-        plan.schedule.kind = *k;
-    }
-    if (r.field(*sch, "schedule", "virtual_stages", false))
-      if (auto v = r.integer(*sch, "schedule", "virtual_stages", 1, 64)) plan.schedule.virtual_stages = static_cast<int>(*v);
-    if (const json* w = r.field(*sch, "schedule", "warmup", false); w && r.expect_array(*w, "schedule.warmup")) {
-      for (size_t i = 0; i < w->size(); ++i) {
-        const json& x = (*w)[i];
-        if (!x.is_number_integer() || x.get<long long>() < 0 || x.get<long long>() > (1 << 20))
-          r.error(index_path("schedule.warmup", i), "expected a warm-up depth in [0, 1048576], got " + detail::json_type_name(x));
-        else
-          plan.schedule.warmup.push_back(x.get<int>());
-      }
-      if (!plan.stages.empty() && !plan.schedule.warmup.empty() && plan.schedule.warmup.size() != plan.stages.size())
-        r.error("schedule.warmup", "expected one warm-up depth per stage (" + std::to_string(plan.stages.size()) +
-                                       "), got " + std::to_string(w->size()));
-    }
+void read_link_transport(JsonReader& r, const json& v, const std::string& p, LinkPlan& l) {
+  if (auto t = r.string(v, p, "transport", false)) {
+    if (*t != "mpi" && *t != "nccl")
+      r.error(child_path(p, "transport"), "expected \"mpi\" or \"nccl\", got \"" + *t + "\"");
+    else
+      l.transport = *t;
   }
+  if (l.transport == "nccl" && !l.from_region.empty() && l.from_region != l.to_region)
+    r.error(child_path(p, "transport"), "nccl is used only inside a region (" + l.from_region + " -> " + l.to_region + ")");
+}
 
+// The link at JSON path `p`; its regions are checked against the stages already read into `plan`.
+LinkPlan read_link(JsonReader& r, const json& v, const std::string& p, const Plan& plan) {
+  LinkPlan l;
+  auto from = r.integer(v, p, "from_stage", 0, 1 << 20);
+  auto to = r.integer(v, p, "to_stage", 0, 1 << 20);
+  if (from) l.from_stage = static_cast<int>(*from);
+  if (to) l.to_stage = static_cast<int>(*to);
+  const bool joins_next_stage = from && to && *to == *from + 1 && *to < static_cast<long long>(plan.stages.size());
+  if (from && to && !joins_next_stage)
+    r.error(p, "a link must join stage k to stage k+1 of this plan, got " + std::to_string(*from) + " -> " +
+                   std::to_string(*to));
+  read_link_regions(r, v, p, plan, joins_next_stage, l);
+  read_codec(r, v, p, l);
+  read_link_transport(r, v, p, l);
+  return l;
+}
+
+void check_one_link_per_stage_pair(const Plan& plan, JsonReader& r) {
+  for (size_t k = 0; k + 1 < plan.stages.size(); ++k) {
+    int found = 0;
+    for (const auto& l : plan.links) found += l.from_stage == static_cast<int>(k);
+    if (found != 1)
+      r.error("links", "expected exactly one link from stage " + std::to_string(k) + " to stage " +
+                           std::to_string(k + 1) + ", found " + std::to_string(found));
+  }
+}
+
+// Links: one per pair of consecutive stages, in order.
+void read_links(JsonReader& r, const json& doc, Plan& plan) {
+  const json* links = r.field(doc, "", "links");
+  if (!links || !r.expect_array(*links, "links")) return;
+  for (size_t i = 0; i < links->size(); ++i) {
+    const json& v = (*links)[i];
+    const std::string p = index_path("links", i);
+    if (!r.expect_object(v, p, {"from_stage", "to_stage", "region_pair", "codec", "transport"})) continue;
+    plan.links.push_back(read_link(r, v, p, plan));
+  }
+  check_one_link_per_stage_pair(plan, r);
+}
+
+void read_warmup(JsonReader& r, const json& sch, Plan& plan) {
+  const json* w = r.field(sch, "schedule", "warmup", false);
+  if (!w || !r.expect_array(*w, "schedule.warmup")) return;
+  for (size_t i = 0; i < w->size(); ++i) {
+    const json& x = (*w)[i];
+    if (!x.is_number_integer() || x.get<long long>() < 0 || x.get<long long>() > (1 << 20))
+      r.error(index_path("schedule.warmup", i), "expected a warm-up depth in [0, 1048576], got " + detail::json_type_name(x));
+    else
+      plan.schedule.warmup.push_back(x.get<int>());
+  }
+  if (!plan.stages.empty() && !plan.schedule.warmup.empty() && plan.schedule.warmup.size() != plan.stages.size())
+    r.error("schedule.warmup", "expected one warm-up depth per stage (" + std::to_string(plan.stages.size()) +
+                                   "), got " + std::to_string(w->size()));
+}
+
+void read_schedule(JsonReader& r, const json& doc, Plan& plan) {
+  const json* sch = r.field(doc, "", "schedule");
+  if (!sch || !r.expect_object(*sch, "schedule", {"kind", "warmup", "virtual_stages"})) return;
+  if (auto k = r.string(*sch, "schedule", "kind")) {
+    const auto& kinds = known_schedule_kinds();
+    if (std::find(kinds.begin(), kinds.end(), *k) == kinds.end())
+      r.error("schedule.kind", "expected gpipe, 1f1b, 1f1b-lh, interleaved, zb-h1 or zbv, got \"" + *k + "\"");
+    else
+      plan.schedule.kind = *k;
+  }
+  if (r.field(*sch, "schedule", "virtual_stages", false))
+    if (auto v = r.integer(*sch, "schedule", "virtual_stages", 1, 64)) plan.schedule.virtual_stages = static_cast<int>(*v);
+  read_warmup(r, *sch, plan);
+}
+
+void read_predicted(JsonReader& r, const json& doc, Plan& plan) {
+  const json* pr = r.field(doc, "", "predicted", false);
+  if (!pr || !r.expect_object(*pr, "predicted",
+                              {"iteration_s", "jct_s", "energy_kwh", "cost_usd", "stage_compute_s", "link_utilisation",
+                               "peak_activations", "memory_bytes"}))
+    return;
+  if (auto x = r.number(*pr, "predicted", "iteration_s", false, false)) plan.predicted.iteration_s = *x;
+  if (auto x = r.number(*pr, "predicted", "jct_s", false, false)) plan.predicted.jct_s = *x;
+  if (auto x = r.number(*pr, "predicted", "energy_kwh", false, false)) plan.predicted.energy_kwh = *x;
+  if (auto x = r.number(*pr, "predicted", "cost_usd", false, false)) plan.predicted.cost_usd = *x;
+  plan.predicted.stage_compute_s = read_doubles(r, *pr, "predicted", "stage_compute_s");
+  plan.predicted.link_utilisation = read_doubles(r, *pr, "predicted", "link_utilisation");
+  plan.predicted.memory_bytes = read_doubles(r, *pr, "predicted", "memory_bytes");
+  const std::vector<double> peaks = read_doubles(r, *pr, "predicted", "peak_activations");
+  for (size_t i = 0; i < peaks.size(); ++i) {
+    if (!(peaks[i] >= 0 && peaks[i] <= 1e9) || std::floor(peaks[i]) != peaks[i])
+      r.error(index_path("predicted.peak_activations", i), "expected a count of micro-batches >= 0");
+    else
+      plan.predicted.peak_activations.push_back(static_cast<int>(peaks[i]));
+  }
+}
+
+void read_provenance(JsonReader& r, const json& doc, Plan& plan) {
+  const json* pv = r.field(doc, "", "provenance");
+  if (!pv || !r.expect_object(*pv, "provenance", {"policy", "topology", "topology_hash", "job_hash", "generator"}))
+    return;
+  if (auto s = r.string(*pv, "provenance", "policy", false)) plan.provenance.policy = *s;
+  if (auto s = r.string(*pv, "provenance", "topology", false)) plan.provenance.topology_name = *s;
+  if (auto s = r.string(*pv, "provenance", "topology_hash")) plan.provenance.topology_hash = *s;
+  if (auto s = r.string(*pv, "provenance", "job_hash", false)) plan.provenance.job_hash = *s;
+  if (auto s = r.string(*pv, "provenance", "generator", false)) plan.provenance.generator = *s;
+}
+
+}  // namespace
+
+// The parts are read in this order because each is checked against those before it: the stages' layers
+// against the job's model, the links against the stages, the stage placement against the schedule.
+Plan parse_plan(const json& doc, const std::string& file) {
+  JsonReader r(file);
+  Plan plan;
+  if (!r.expect_object(doc, "", {"version", "job", "stages", "links", "schedule", "predicted", "provenance", "note"}))
+    r.throw_if_errors();
+  read_version(r, doc);
+  read_job(r, doc, file, plan);
+  read_stages(r, doc, plan);
+  read_links(r, doc, plan);
+  read_schedule(r, doc, plan);
   check_stage_placement(plan, r);
-
   // Predictions and provenance are informative; read what is there.
-  if (const json* pr = r.field(doc, "", "predicted", false);
-      pr && r.expect_object(*pr, "predicted",
-                            {"iteration_s", "jct_s", "energy_kwh", "cost_usd", "stage_compute_s", "link_utilisation",
-                             "peak_activations", "memory_bytes"})) {
-    if (auto x = r.number(*pr, "predicted", "iteration_s", false, false)) plan.predicted.iteration_s = *x;
-    if (auto x = r.number(*pr, "predicted", "jct_s", false, false)) plan.predicted.jct_s = *x;
-    if (auto x = r.number(*pr, "predicted", "energy_kwh", false, false)) plan.predicted.energy_kwh = *x;
-    if (auto x = r.number(*pr, "predicted", "cost_usd", false, false)) plan.predicted.cost_usd = *x;
-    plan.predicted.stage_compute_s = read_doubles(r, *pr, "predicted", "stage_compute_s");
-    plan.predicted.link_utilisation = read_doubles(r, *pr, "predicted", "link_utilisation");
-    plan.predicted.memory_bytes = read_doubles(r, *pr, "predicted", "memory_bytes");
-    const std::vector<double> peaks = read_doubles(r, *pr, "predicted", "peak_activations");
-    for (size_t i = 0; i < peaks.size(); ++i) {
-      if (!(peaks[i] >= 0 && peaks[i] <= 1e9) || std::floor(peaks[i]) != peaks[i])
-        r.error(index_path("predicted.peak_activations", i), "expected a count of micro-batches >= 0");
-      else
-        plan.predicted.peak_activations.push_back(static_cast<int>(peaks[i]));
-    }
-  }
-  if (const json* pv = r.field(doc, "", "provenance");
-      pv && r.expect_object(*pv, "provenance", {"policy", "topology", "topology_hash", "job_hash", "generator"})) {
-    if (auto s = r.string(*pv, "provenance", "policy", false)) plan.provenance.policy = *s;
-    if (auto s = r.string(*pv, "provenance", "topology", false)) plan.provenance.topology_name = *s;
-    if (auto s = r.string(*pv, "provenance", "topology_hash")) plan.provenance.topology_hash = *s;
-    if (auto s = r.string(*pv, "provenance", "job_hash", false)) plan.provenance.job_hash = *s;
-    if (auto s = r.string(*pv, "provenance", "generator", false)) plan.provenance.generator = *s;
-  }
+  read_predicted(r, doc, plan);
+  read_provenance(r, doc, plan);
   r.throw_if_errors();
   return plan;
 }
