@@ -121,25 +121,27 @@ void check_stage_placement(const Plan& plan, JsonReader& r) {
   }
   const int R = S / V;
   const std::vector<int> placed = V > 1 ? stage_ranks(chunk_placement_of(kind), R, V) : std::vector<int>{};
-  std::map<int, int> first_stage_of;  // rank -> the first stage it appeared in
-  for (const auto& st : plan.stages) {
-    const std::string p = index_path("stages", static_cast<size_t>(st.index));
+  // By position in the array: a stage's "index" may be wrong (reported elsewhere) and must not
+  // index anything here.
+  std::map<int, size_t> first_stage_of;  // rank -> position of the first stage it appeared in
+  for (size_t i = 0; i < plan.stages.size(); ++i) {
+    const StagePlan& st = plan.stages[i];
+    const std::string p = index_path("stages", i);
     for (size_t k = 0; k < st.ranks.size(); ++k) {
       const int rank = st.ranks[k];
-      auto [it, fresh] = first_stage_of.emplace(rank, st.index);
+      auto [it, fresh] = first_stage_of.emplace(rank, i);
       if (fresh) continue;
-      const StagePlan& other = plan.stages[static_cast<size_t>(it->second)];
+      const StagePlan& other = plan.stages[it->second];
       if (V == 1)
         r.error(index_path(child_path(p, "ranks"), k), "rank " + std::to_string(rank) + " is assigned to two stages");
       else if (other.region != st.region)
         r.error(child_path(p, "region"), "rank " + std::to_string(rank) + " runs stages " +
-                                             std::to_string(other.index) + " and " + std::to_string(st.index) +
+                                             std::to_string(it->second) + " and " + std::to_string(i) +
                                              ", in two regions (" + other.region + ", " + st.region + ")");
     }
-    if (V > 1 && st.ranks.size() == 1 && st.ranks[0] != placed[static_cast<size_t>(st.index)])
+    if (V > 1 && st.ranks.size() == 1 && st.ranks[0] != placed[i])
       r.error(child_path(p, "ranks"), kind + " with " + std::to_string(V) + " stages per rank runs stage " +
-                                          std::to_string(st.index) + " on rank " +
-                                          std::to_string(placed[static_cast<size_t>(st.index)]) + ", not " +
+                                          std::to_string(i) + " on rank " + std::to_string(placed[i]) + ", not " +
                                           std::to_string(st.ranks[0]));
   }
 }

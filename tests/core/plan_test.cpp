@@ -153,4 +153,8 @@ TEST(Plan, VirtualStagesOutOfPlaceInTwoRegionsOrWithAnotherKindAreRefusedNamingT
   refused_at(virtual_stage_plan({0, 1, 0, 1}, two, "2f2b", 2), "schedule.kind");
   // Without virtual stages a rank in two stages stays an error.
   refused_at(virtual_stage_plan({0, 1, 0, 1}, two, "1f1b", 1), "stages[2].ranks[0]");
+  // A stage index past the end is reported, never used to look anything up (it crashed once).
+  auto far = virtual_stage_plan({0, 1, 0, 1}, two, "interleaved", 2);
+  far["stages"][3]["index"] = 40;
+  refused_at(far, "stages[3].index");
 }
