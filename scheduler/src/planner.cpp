@@ -627,6 +627,8 @@ PlanResult exact_placement(const Topology& topology, const JobSpec& job, const C
   return res;
 }
 
+namespace {
+
 Plan make_plan(const Topology& topology, const JobSpec& job, const Placement& p, const ScheduleOption& o,
                const std::string& policy, const CostParams& cost) {
   Plan plan;
@@ -684,6 +686,8 @@ Plan make_plan(const Topology& topology, const JobSpec& job, const Placement& p,
   plan.provenance.generator = std::string("geopipe ") + GEOPIPE_VERSION;
   return plan;
 }
+
+}  // namespace
 
 Plan plan_job(Policy policy, const Topology& topology, const JobSpec& job, const PlannerOptions& options,
               std::vector<ScheduleOption>* considered) {

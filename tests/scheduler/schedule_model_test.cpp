@@ -182,3 +182,11 @@ TEST(ScheduleOptions, ARequestedScheduleThatDoesNotFitNamesTheRankAndTheBytes) {
     EXPECT_NE(w.find("8 micro-batches of activations in flight), its GPU has 0.00 GB"), std::string::npos) << w;
   }
 }
+
+TEST(ScheduleOptions, HopCodecsCompressOnlyWhereTheLinkIsSlowerThanTheCompute) {
+  using Pair = std::pair<std::string, std::string>;
+  EXPECT_EQ(gs::hop_codecs("auto", 0.5, 1.0), (Pair{"none", "none"}));
+  EXPECT_EQ(gs::hop_codecs("auto", 2.0, 1.0), (Pair{"int8-block", "int8-block"}));
+  EXPECT_EQ(gs::hop_codecs("int4-block", 0.1, 1.0), (Pair{"int4-block", "int8-block"}));  // int4: activations only
+  EXPECT_EQ(gs::hop_codecs("fp8-e4m3-block", 0.1, 1.0), (Pair{"fp8-e4m3-block", "fp8-e4m3-block"}));
+}

@@ -143,13 +143,10 @@ std::vector<ScheduleOption> schedule_options(const Topology& topology, const Job
 // saying why), or for "auto" the fastest that fits (ties: fewer peak activations, then list order).
 const ScheduleOption& pick_schedule(const std::vector<ScheduleOption>& options, const std::string& requested);
 
-// The plan the runtime executes: rank r runs its chunks in region placement.region[r]; energy
-// and cost from the schedule's replayed iteration and each rank's compute.
-Plan make_plan(const Topology& topology, const JobSpec& job, const Placement& placement,
-               const ScheduleOption& schedule, const std::string& policy, const CostParams& cost);
-
 // Plans one job on an empty cluster; InfeasibleError (exit 3) saying which constraint failed.
-// `considered` (optional) receives every schedule option evaluated.
+// Rank r runs its chunks in the placement's region r; energy and cost come from the chosen
+// schedule's replayed iteration and each rank's compute. `considered` (optional) receives every
+// schedule option evaluated.
 Plan plan_job(Policy policy, const Topology& topology, const JobSpec& job, const PlannerOptions& options,
               std::vector<ScheduleOption>* considered = nullptr);
 
