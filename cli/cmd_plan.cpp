@@ -54,8 +54,8 @@ void print_schedules(const std::vector<scheduler::ScheduleOption>& options, cons
 void print_summary(const Plan& plan, const std::vector<scheduler::ScheduleOption>& options, const std::string& out) {
   char line[256];
   std::cout << "plan for job \"" << plan.job.name << "\" (policy " << plan.provenance.policy << ", topology "
-            << plan.provenance.topology_name << "): " << plan.world_size() << " ranks, " << plan.num_stages()
-            << " stages, schedule " << plan.schedule.kind;
+            << plan.provenance.topology_name << "): " << plan.world_size() << (plan.world_size() == 1 ? " rank, " : " ranks, ")
+            << plan.num_stages() << (plan.num_stages() == 1 ? " stage" : " stages") << ", schedule " << plan.schedule.kind;
   if (plan.schedule.virtual_stages > 1) std::cout << " (" << plan.schedule.virtual_stages << " stages per rank)";
   std::cout << "\n";
   for (size_t k = 0; k < plan.stages.size(); ++k) {

@@ -1,6 +1,7 @@
 // `geopipe-train` and `geopipe version` as a user runs them: the thread bound covers every
 // compute thread (BLAS included), the BLAS in use is named, --data defaults to the shipped
-// corpus, a step-0 checkpoint, and --sample prints the same text for the same seed.
+// corpus, a step-0 checkpoint, --sample prints the same text for the same seed, and the chunked
+// schedules `geopipe plan` writes (zbv, interleaved) train as one process does.
 #include "../support/cli_programs.h"
 
 #include <gtest/gtest.h>
@@ -98,3 +99,33 @@ TEST_F(TrainCli, StepZeroCheckpointThenSamplingPrintsTheSameTextForTheSameSeed) 
 }
 
 }  // namespace
+
+namespace {
+
+// "final loss 4.1234" from a run's summary line, or "" when there is none.
+std::string final_loss(const std::string& output) {
+  const auto at = output.find("final loss ");
+  return at == std::string::npos ? "" : output.substr(at + 11, 6);
+}
+
+}  // namespace
+
+TEST_F(TrainCli, PlannedChunkedSchedulesTrainAsOneProcessDoes) {
+  const std::string job = geopipe::test_support::source_path("tests/scheduler/data/gpt-tiny-8-layers.json");
+  const std::string topo = geopipe::test_support::source_path("examples/topologies/local4.json");
+  const std::string one = *dir_ + "/tiny8-one.json";
+  ASSERT_EQ(geopipe("plan --topology " + topo + " --job " + job + " --stages 1 -o " + one).exit_code, 0);
+  Result ref = geopipe::test_support::run_train("--plan " + one + " --iters 2 --threads 1 --no-progress");
+  ASSERT_EQ(ref.exit_code, 0) << ref.output;
+  ASSERT_FALSE(final_loss(ref.output).empty()) << ref.output;
+  for (const char* kind : {"zbv", "interleaved"}) {
+    const std::string plan = *dir_ + "/tiny8-" + kind + ".json";
+    Result p = geopipe("plan --topology " + topo + " --job " + job + " --stages 2 --schedule " + kind + " -o " + plan);
+    ASSERT_EQ(p.exit_code, 0) << p.output;
+    EXPECT_NE(p.output.find("2 ranks, 4 stages, schedule " + std::string(kind)), std::string::npos) << p.output;
+    Result r = geopipe::test_support::run_command(std::string(GEOPIPE_MPIEXEC) + " -n 2 --oversubscribe env -u GEOPIPE_TOPOLOGY " +
+                                                  GEOPIPE_TRAIN + " --plan " + plan + " --iters 2 --threads 1 --no-progress");
+    ASSERT_EQ(r.exit_code, 0) << kind << "\n" << r.output;
+    EXPECT_EQ(final_loss(r.output), final_loss(ref.output)) << kind << "\n" << r.output;
+  }
+}
