@@ -77,6 +77,10 @@ void register_launch(CLI::App& app, int& exit_code) {
                 "Let Open MPI's mpirun run as root (passes its --allow-run-as-root). Automatic with --emulate "
                 "netns; as root without it (or OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1) a "
                 "launch is refused with exit 2. Not needed with --slurm: srun has no such refusal");
+  cmd->add_option("--tcp-links", q.tcp_links,
+                  "Open MPI opens N TCP connections per peer (MCA btl_tcp_links; mpirun's --mca, or OMPI_MCA_btl_tcp_links "
+                  "in a --slurm script): several streams per WAN link against per-flow rate caps (default: Open MPI's 1)")
+      ->check(CLI::Range(1, 64));
   cmd->add_flag("--cleanup", o->cleanup, "Remove network namespaces left by a killed --emulate netns run");
   cmd->add_option("program", q.program, "PROGRAM ARGS... (after --)");
   cmd->callback([o, &exit_code] { exit_code = run_launch(*o); });

@@ -183,6 +183,7 @@ MpirunCommand build_mpirun(const LaunchSpec& spec) {
   a.push_back(spec.mpirun);
   if (spec.allow_run_as_root) a.push_back("--allow-run-as-root");
   a.insert(a.end(), {"--hostfile", hostfile});
+  if (spec.tcp_links > 0) a.insert(a.end(), {"--mca", kTcpLinksParam, std::to_string(spec.tcp_links)});
   if (spec.emulation == Emulation::kNetns) {
     a.insert(a.end(), {"--oversubscribe", "--bind-to", "none", "--mca", "plm_rsh_agent", spec.netns_agent, "--mca",
                        "oob_tcp_if_include", spec.netns_subnet, "--mca", "btl_tcp_if_include", spec.netns_subnet});
@@ -249,6 +250,7 @@ std::string build_slurm_script(const LaunchSpec& spec) {
   for (const auto& r : p.ranks) s << r.host << "\n";
   s << "GEOPIPE_HOSTS\n"
     << "export SLURM_HOSTFILE=\"$hostlist\"\n";
+  if (spec.tcp_links > 0) s << "export OMPI_MCA_" << kTcpLinksParam << "=" << spec.tcp_links << "\n";
   std::vector<std::string> srun = {"srun", "--mpi=pmix", "--distribution=arbitrary",
                                     "--ntasks=" + std::to_string(p.world_size()), "--kill-on-bad-exit=1",
                                     "bash", "-c", rank_script.str(), "geopipe-rank"};

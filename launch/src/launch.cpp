@@ -107,6 +107,7 @@ Prepared prepare(const LaunchRequest& q) {
 
   // Last, once the inputs are known good: the one refusal that is about who runs the launch.
   s.allow_run_as_root = mpirun_allows_root(emulation, q.allow_run_as_root, starts_mpirun, Launcher::current());
+  s.tcp_links = q.tcp_links;
   if (emulation == Emulation::kNetns) place_in_namespaces(out);
   return out;
 }

@@ -88,6 +88,17 @@ TEST_F(LaunchCli, DryRunPrintsTheCommandAndFilesAndRunsNothing) {
   EXPECT_FALSE(fs::exists(path("run")));
 }
 
+TEST_F(LaunchCli, TcpLinksFlagReachesMpirunsLine) {
+  CommandResult r = geopipe({"launch", "--topology", kLocal4, "--ranks-per-region", "1", "--tcp-links", "4",
+                             "--dry-run", "--", "true"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find(" --mca btl_tcp_links 4 "), std::string::npos) << r.output;
+  CommandResult bad = geopipe({"launch", "--topology", kLocal4, "--ranks-per-region", "1", "--tcp-links", "0",
+                               "--dry-run", "--", "true"});
+  EXPECT_EQ(bad.exit_code, 2) << bad.output;
+  EXPECT_NE(bad.output.find("--tcp-links"), std::string::npos) << bad.output;
+}
+
 TEST_F(LaunchCli, DryRunNetnsPrintsSetupAndTeardownWithoutTouchingTheHost) {
   CommandResult r = geopipe({"launch", "--topology", kLocal4, "--ranks-per-region", "1", "--emulate", "netns",
                              "--dry-run", "--", "true"});

@@ -194,6 +194,20 @@ TEST(LaunchCommand, SlurmScriptSetsTheRightRegionWhenBashRunsIt) {
   EXPECT_EQ(r.exit_code, 2) << r.output;
 }
 
+TEST(LaunchCommand, TcpLinksReachMpirunAndTheSlurmScriptOnlyWhenAsked) {
+  LaunchSpec s = aws6_spec({});
+  auto mca = [](const std::vector<std::string>& argv) {  // the value after --mca btl_tcp_links, or ""
+    for (size_t i = 0; i + 2 < argv.size(); ++i)
+      if (argv[i] == "--mca" && argv[i + 1] == "btl_tcp_links") return argv[i + 2];
+    return std::string();
+  };
+  EXPECT_EQ(mca(build_mpirun(s).argv), "");
+  EXPECT_EQ(build_slurm_script(s).find("btl_tcp_links"), std::string::npos);
+  s.tcp_links = 4;
+  EXPECT_EQ(mca(build_mpirun(s).argv), "4");
+  EXPECT_NE(build_slurm_script(s).find("\nexport OMPI_MCA_btl_tcp_links=4\n"), std::string::npos);
+}
+
 TEST(LaunchCommand, SlurmRefusesAnEmulatedLaunch) {
   EXPECT_THROW(build_slurm_script(local4_spec()), InputError);
 }

@@ -41,6 +41,9 @@ struct LaunchSpec {
   // applies latency too); empty: emulation_name(emulation).
   std::string emulate_env;
   bool allow_run_as_root = false;     // pass Open MPI's --allow-run-as-root (mpirun_allows_root)
+  // > 0: Open MPI opens this many TCP connections per peer (MCA btl_tcp_links), so one WAN link
+  // carries several streams against per-flow rate caps; 0: Open MPI's default (1).
+  int tcp_links = 0;
   // Printed as `# warning: ...` lines in the --dry-run output and the Slurm script (hosts that do
   // not resolve on the machine that wrote them), so the reader of the file sees them too.
   std::vector<std::string> warnings;
@@ -50,6 +53,9 @@ struct LaunchSpec {
 // variables, each set to exactly "1".
 inline constexpr const char* kOmpiAllowRunAsRoot = "OMPI_ALLOW_RUN_AS_ROOT";
 inline constexpr const char* kOmpiAllowRunAsRootConfirm = "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM";
+// Open MPI's MCA parameter for TCP connections per peer (LaunchSpec::tcp_links): `--mca NAME N` on
+// mpirun's line, OMPI_MCA_NAME=N in a Slurm script's environment.
+inline constexpr const char* kTcpLinksParam = "btl_tcp_links";
 
 // Who would start mpirun.
 struct Launcher {

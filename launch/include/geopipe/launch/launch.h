@@ -24,6 +24,7 @@ struct LaunchRequest {
   bool dry_run = false;            // print the command and files, run nothing
   bool slurm = false;              // print an sbatch script, run nothing
   bool allow_run_as_root = false;  // give mpirun Open MPI's --allow-run-as-root (see mpirun_allows_root)
+  int tcp_links = 0;               // > 0: TCP connections per peer (LaunchSpec::tcp_links)
   std::vector<std::string> program;
 };
 
