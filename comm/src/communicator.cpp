@@ -52,6 +52,9 @@ const std::string& Communicator::region_of(int rank) const {
 }
 const std::vector<std::string>& Communicator::regions() const { return engine_->regions_; }
 bool Communicator::emulating() const { return engine_->shaper_ != nullptr; }
+void Communicator::begin_step(int64_t step) {
+  if (engine_->shaper_) engine_->shaper_->begin_step(step + 1, now_s());
+}
 const LinkShaper* Communicator::shaper() const { return engine_->shaper_.get(); }
 bool Communicator::checksum_enabled() const { return engine_->checksum_; }
 bool Communicator::authenticating() const { return engine_->auth_ != nullptr; }

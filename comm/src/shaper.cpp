@@ -53,6 +53,12 @@ bool parse_rate_part(const std::string& text, double& bytes_per_s, bool allow_ze
 }
 
 // A whole string as a finite number of seconds; false when anything is left over.
+bool parse_count(const std::string& text, int64_t& count) {
+  if (text.empty() || text.size() > 12 || text.find_first_not_of("0123456789") != std::string::npos) return false;
+  count = std::stoll(text);
+  return true;
+}
+
 bool parse_seconds(const std::string& text, double& seconds) {
   if (text.empty() || std::isspace(static_cast<unsigned char>(text[0]))) return false;
   char* end = nullptr;
@@ -94,13 +100,19 @@ std::vector<LinkEvent> parse_link_events(const std::string& text, const std::str
     e.from = trim(item.substr(0, gt));
     e.to = trim(item.substr(gt + 1, at - gt - 1));
     if (e.from.empty() || e.to.empty()) throw bad("missing region name");
-    if (!parse_seconds(trim(item.substr(at + 1, plus - at - 1)), e.start_s) || e.start_s < 0)
-      throw bad("START must be seconds >= 0");
-    if (!parse_seconds(trim(item.substr(plus + 1, eq - plus - 1)), e.duration_s) ||
-        e.duration_s <= 0)
-      throw bad("DURATION must be seconds > 0");
+    const std::string start = trim(item.substr(at + 1, plus - at - 1));
+    const std::string duration = trim(item.substr(plus + 1, eq - plus - 1));
+    if (!start.empty() && start[0] == 's') {  // in training steps
+      e.in_steps = true;
+      if (!parse_count(start.substr(1), e.start_step) || e.start_step < 1) throw bad("sSTEP must be a step >= 1");
+      if (!parse_count(duration, e.steps) || e.steps < 1) throw bad("STEPS must be a whole number of steps >= 1");
+    } else {
+      if (!parse_seconds(start, e.start_s) || e.start_s < 0) throw bad("START must be seconds >= 0");
+      if (!parse_seconds(duration, e.duration_s) || e.duration_s <= 0) throw bad("DURATION must be seconds > 0");
+    }
     if (!parse_rate_part(trim(item.substr(eq + 1)), e.bytes_per_s, true))
       throw bad("RATE must be 0 (stalled) or a rate such as 20mbit, 500kbit, 1gbit");
+    if (e.in_steps && e.bytes_per_s <= 0) throw bad("a stall (rate 0) must be timed in seconds");
     events.push_back(e);
   }
   return events;
@@ -242,12 +254,44 @@ void LinkShaper::add_events(const std::vector<LinkEvent>& events, double origin,
     if (!has_link(from, to))
       throw InputError(what, "", "event '" + e.text + "': no link from region " + e.from +
                                      " to region " + e.to);
+    if (e.in_steps) {
+      std::lock_guard<std::mutex> lock(mu_);
+      step_events_.push_back({from, to, e.start_step, e.start_step + e.steps, e.bytes_per_s});
+      continue;
+    }
     try {
       add_event(from, to, origin + e.start_s, origin + e.start_s + e.duration_s, e.bytes_per_s);
     } catch (const InputError&) {
       throw;
     } catch (const Error& err) {
       throw InputError(what, "", "event '" + e.text + "': " + err.what());
+    }
+  }
+}
+
+void LinkShaper::begin_step(int64_t step, double now) {
+  constexpr double kOpen = std::numeric_limits<double>::infinity();
+  std::lock_guard<std::mutex> lock(mu_);
+  for (StepEvent& e : step_events_) {
+    auto& list = events_[static_cast<size_t>(e.from) * num_regions_ + e.to];
+    if (e.state == 1 && step >= e.end) {  // close: the segment ends now (or never mattered)
+      for (auto it = list.begin(); it != list.end(); ++it)
+        if (it->start == e.opened_at && it->end == kOpen) {
+          if (now > it->start) it->end = now;
+          else list.erase(it);
+          break;
+        }
+      e.state = 2;
+    }
+    if (e.state == 0 && step >= e.first && step < e.end) {
+      // Time events of this link that end later give way: the step event holds the link now.
+      for (auto& seg : list)
+        if (seg.end > now) seg.end = std::max(seg.start, now);
+      list.erase(std::remove_if(list.begin(), list.end(), [](const RateSegment& r) { return !(r.end > r.start); }),
+                 list.end());
+      list.push_back(RateSegment{now, kOpen, e.bytes_per_s});
+      e.state = 1;
+      e.opened_at = now;
     }
   }
 }

@@ -142,7 +142,10 @@ void add_flags(CLI::App& app, TrainFlags& f) {
       ->check(CLI::NonNegativeNumber);
   app.add_option("--seed", cfg.seed, "seed of initialisation and data order")->check(CLI::NonNegativeNumber);
   app.add_option("--dtype", cfg.dtype, "fp32 or bf16 (bf16 autocast in forward)")->check(CLI::IsMember({"fp32", "bf16"}));
-  app.add_option("--codec", cfg.codec, "none|int8|fp8|int4|plan: codec on every inter-stage link");
+  app.add_option("--codec", cfg.codec,
+                 "none|int8|fp8|int4|plan: codec on every inter-stage link; adaptive: each link starts at the "
+                 "plan's codec and steps up (none, int8, int4 for activations) while it holds the pipeline back, "
+                 "down when it has room");
   app.add_option("--schedule", cfg.schedule, "gpipe|1f1b|1f1b-lh|zb-h1|plan (default: the plan's)")
       ->check(CLI::IsMember({"gpipe", "1f1b", "1f1b-lh", "zb-h1", "plan"}));
   app.add_option("--recompute", cfg.recompute, "none|full: keep only each block's input from F to the backward")

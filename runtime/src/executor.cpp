@@ -127,6 +127,21 @@ PipelineExecutor::PipelineExecutor(const Plan& plan, std::vector<StageChunk> chu
     k.prev_here = k.stage > 0 && stage_here(k.stage - 1);
     k.next_here = k.stage + 1 < S && stage_here(k.stage + 1);
   }
+  if (options_.adaptive_codecs) start_adaptive_codecs();
+}
+
+// One controller per direction of every link between two ranks, on every rank (adapt_codecs).
+void PipelineExecutor::start_adaptive_codecs() {
+  if (!options_.codec_forward_override.empty() || !options_.codec_backward_override.empty())
+    throw InputError("--codec", "codec", "adaptive codecs start from the plan's; no other codec can be forced too");
+  for (const LinkPlan& l : plan_.links) {
+    if (plan_.stages.at(static_cast<size_t>(l.from_stage)).ranks == plan_.stages.at(static_cast<size_t>(l.to_stage)).ranks)
+      continue;  // one rank: tensors pass in memory
+    adaptive_.emplace(std::make_pair(l.from_stage, l.to_stage),
+                      AdaptiveCodec(true, l.codec_forward, options_.adaptive));
+    adaptive_.emplace(std::make_pair(l.to_stage, l.from_stage),
+                      AdaptiveCodec(false, l.codec_backward, options_.adaptive));
+  }
 }
 
 PipelineExecutor::~PipelineExecutor() = default;
@@ -361,8 +376,10 @@ void PipelineExecutor::optimizer_step(StepState& s) {
   const int L = plan_.job.model.layers, S = plan_.num_stages();
   StepReduction r(L, S);
   for (const auto& [m, l] : s.losses) r.loss += l.item<double>();
-  for (const Chunk& k : chunks_)
+  for (const Chunk& k : chunks_) {
     for (const auto& [unit, sq] : unit_grad_sq_norms(*k.model)) r.unit_sq_norms.at(static_cast<size_t>(unit)) = sq;
+    r.stage_compute_s.at(static_cast<size_t>(k.stage)) = s.compute_s / static_cast<double>(chunks_.size());
+  }
   std::vector<double> v = r.pack();
   for (const Chunk& k : chunks_) k.io->fill_links(v, StepReduction::link_offset(L));
   s.compute_s += seconds_since(c0);
@@ -378,6 +395,7 @@ void PipelineExecutor::optimizer_step(StepState& s) {
   s.stats.loss = r.loss;
   s.stats.grad_norm = r.grad_norm();
   s.stats.links = r.links;
+  adapt_codecs(s, r);
   s.stats.wait_s = allreduce_wait;
   for (const Chunk& k : chunks_) {
     s.stats.wait_s += k.io->wait_s();
@@ -391,17 +409,40 @@ void PipelineExecutor::optimizer_step(StepState& s) {
 
 // ---- the step's reduction ------------------------------------------------------------------
 
+// Every rank runs every link's controller on the same all-reduced numbers, so the two ends of a
+// link switch together, at this step boundary; each rank retunes only its own stages' ends.
+void PipelineExecutor::adapt_codecs(StepState& s, const StepReduction& r) {
+  const double period = *std::max_element(r.stage_compute_s.begin(), r.stage_compute_s.end());
+  for (LinkStats& l : s.stats.links) {
+    auto it = adaptive_.find({l.from_stage, l.to_stage});
+    if (it == adaptive_.end()) continue;
+    l.codec = it->second.codec();
+    std::string reason;
+    if (!it->second.observe(l.busy_s, period, &reason)) continue;
+    l.codec_next = it->second.codec();
+    l.codec_reason = reason;
+    for (Chunk& k : chunks_)
+      if (k.stage == l.from_stage || k.stage == l.to_stage) k.io->set_codec(l.from_stage, l.to_stage, l.codec_next);
+  }
+}
+
 StepReduction::StepReduction(int layers, int stages)
-    : unit_sq_norms(static_cast<size_t>(layers) + 2, 0.0), num_stages_(stages) {}
+    : unit_sq_norms(static_cast<size_t>(layers) + 2, 0.0), stage_compute_s(static_cast<size_t>(stages), 0.0),
+      num_stages_(stages) {}
 
 size_t StepReduction::link_offset(int layers) { return 1 + static_cast<size_t>(layers) + 2; }
 
+size_t StepReduction::compute_offset(int layers, int stages) {
+  return link_offset(layers) + kLinkSlots * static_cast<size_t>(std::max(stages - 1, 0));
+}
+
 std::vector<double> StepReduction::pack() const {
-  std::vector<double> v(link_offset(static_cast<int>(unit_sq_norms.size()) - 2) +
-                            kLinkSlots * static_cast<size_t>(std::max(num_stages_ - 1, 0)),
-                        0.0);
+  const int layers = static_cast<int>(unit_sq_norms.size()) - 2;
+  std::vector<double> v(compute_offset(layers, num_stages_) + static_cast<size_t>(num_stages_), 0.0);
   v[0] = loss;
   std::copy(unit_sq_norms.begin(), unit_sq_norms.end(), v.begin() + 1);
+  std::copy(stage_compute_s.begin(), stage_compute_s.end(),
+            v.begin() + static_cast<std::ptrdiff_t>(compute_offset(layers, num_stages_)));
   return v;  // link slots: filled by StageIO::fill_links
 }
 
@@ -413,9 +454,17 @@ StepReduction StepReduction::unpack(const std::vector<double>& v, int layers, in
   const size_t link0 = link_offset(layers);
   for (int b = 0; b + 1 < stages; ++b) {
     const double* x = &v.at(link0 + kLinkSlots * static_cast<size_t>(b));
-    r.links.push_back({b, b + 1, x[0], x[1], x[2]});
-    r.links.push_back({b + 1, b, x[3], x[4], x[5]});
+    LinkStats fwd, bwd;
+    fwd.from_stage = bwd.to_stage = b;
+    fwd.to_stage = bwd.from_stage = b + 1;
+    std::tie(fwd.bytes, fwd.busy_s, fwd.wait_s) = std::make_tuple(x[0], x[1], x[2]);
+    std::tie(bwd.bytes, bwd.busy_s, bwd.wait_s) = std::make_tuple(x[3], x[4], x[5]);
+    r.links.push_back(fwd);
+    r.links.push_back(bwd);
   }
+  const size_t c0 = compute_offset(layers, stages);
+  std::copy(v.begin() + static_cast<std::ptrdiff_t>(c0), v.begin() + static_cast<std::ptrdiff_t>(c0) + stages,
+            r.stage_compute_s.begin());
   return r;
 }
 

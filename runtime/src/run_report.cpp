@@ -60,7 +60,10 @@ std::pair<double, double> electricity(const Plan& plan, const Topology& topo, co
 void RunTotals::add(const StepStats& st) {
   compute_s += st.compute_s;
   wait_s += st.wait_s;
-  for (const LinkStats& l : st.links) link_wire[{l.from_stage, l.to_stage}] += l.bytes;
+  for (const LinkStats& l : st.links) {
+    link_wire[{l.from_stage, l.to_stage}] += l.bytes;
+    if (!l.codec.empty()) codec_time[{l.from_stage, l.to_stage}][l.codec] += st.step_s;
+  }
   ++steps;
 }
 
@@ -90,6 +93,10 @@ void StepLogger::log(const StepStats& st, std::optional<double> val) {
       if (l.busy_s > 0 && (!slow || l.mb_per_s() < slow->mb_per_s())) slow = &l;
     if (slow) line += fmt::format(" | slowest link {} {:.3g} MB/s wait {:.3f} s", slow->name(), slow->mb_per_s(), slow->wait_s);
     std::printf("%s | ETA %s\n", line.c_str(), fmt_duration(eta).c_str());
+    for (const auto& l : st.links)  // --codec adaptive: what changes from the next step on, and why
+      if (!l.codec_next.empty())
+        std::printf("  link %s: %s -> %s from step %lld: %s\n", l.name().c_str(), l.codec.c_str(),
+                    l.codec_next.c_str(), static_cast<long long>(st.step + 2), l.codec_reason.c_str());
     std::fflush(stdout);
   }
   if (!json_.is_open()) return;
@@ -99,8 +106,12 @@ void StepLogger::log(const StepStats& st, std::optional<double> val) {
   if (val) j["val_loss"] = *val;
   if (!st.links.empty()) {
     nlohmann::json links = nlohmann::json::object();
-    for (const auto& l : st.links)
-      links[l.name()] = {{"mb_per_s", l.mb_per_s()}, {"wait_s", l.wait_s}, {"busy_s", l.busy_s}, {"bytes", l.bytes}};
+    for (const auto& l : st.links) {
+      auto& o = links[l.name()];
+      o = {{"mb_per_s", l.mb_per_s()}, {"wait_s", l.wait_s}, {"busy_s", l.busy_s}, {"bytes", l.bytes}};
+      if (!l.codec.empty()) o["codec"] = l.codec;
+      if (!l.codec_next.empty()) o["codec_next"] = l.codec_next, o["codec_reason"] = l.codec_reason;
+    }
     j["links"] = links;
   }
   json_ << j.dump() << "\n";
@@ -159,6 +170,11 @@ std::string summarize(const Plan& plan, const TrainConfig& cfg, const RunTotals&
     const std::string cb = !over_b.empty() ? over_b : l ? l->codec_backward : "none";
     o << fmt::format("  {}->{}   {} ({:<14})  {} ({})\n", s, s + 1, link_bytes(plan, tot, s, s + 1), cf,
                      link_bytes(plan, tot, s + 1, s), cb);
+  }
+  for (const auto& [link, times] : tot.codec_time) {  // --codec adaptive
+    o << fmt::format("  {}->{}   adaptive codec, time at each:", link.first, link.second);
+    for (const auto& [codec, secs] : times) o << fmt::format(" {} {:.1f} s", codec, secs);
+    o << "\n";
   }
   if (cfg.topology) {
     const auto [kwh, usd] = electricity(plan, *cfg.topology, wall);

@@ -158,6 +158,15 @@ void StageIO::begin(int64_t step, const std::vector<Action>& actions, Mode mode,
     if (a.stage == stage_ && is_recv(a.kind) && !on_nccl(a)) post(a);
 }
 
+void StageIO::set_codec(int from_stage, int to_stage, const std::string& codec) {
+  if (from_stage == stage_ && to_stage == stage_ + 1) codec_fwd_ = codec;
+  else if (from_stage == stage_ + 1 && to_stage == stage_) codec_in_bwd_ = codec;
+  else if (from_stage == stage_ && to_stage == stage_ - 1) codec_bwd_ = codec;
+  else if (from_stage == stage_ - 1 && to_stage == stage_) codec_in_fwd_ = codec;
+  else throw Error("stage " + std::to_string(stage_) + " is not an end of the link " + std::to_string(from_stage) +
+                   " -> " + std::to_string(to_stage));
+}
+
 void StageIO::post(const Action& a) {
   const bool fwd = a.kind == ActionKind::kRecvF;
   const int from = neighbour(a);

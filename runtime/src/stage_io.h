@@ -68,6 +68,9 @@ class StageIO {
   void fill_links(std::vector<double>& slots, size_t link0) const;
   void add_bytes(StepStats& st) const;
 
+  // The codec of the directed link from_stage -> to_stage, one end of which is this stage, from
+  // the next step on (--codec adaptive; between steps only: receives are posted at a step's start).
+  void set_codec(int from_stage, int to_stage, const std::string& codec);
   const std::string& codec_to_next() const { return codec_fwd_; }
   const std::string& codec_to_prev() const { return codec_bwd_; }
 

@@ -74,7 +74,7 @@ at::Device pick_device(const std::string& name) {
 }
 
 std::pair<std::string, std::string> codec_pair(const std::string& flag) {
-  if (flag.empty() || flag == "plan") return {"", ""};
+  if (flag.empty() || flag == "plan" || flag == "adaptive") return {"", ""};  // adaptive starts at the plan's
   if (flag == "none") return {"none", "none"};
   if (flag == "int8") return {"int8-block", "int8-block"};
   if (flag == "fp8") return {"fp8-e4m3-block", "fp8-e5m2-block"};
@@ -82,7 +82,8 @@ std::pair<std::string, std::string> codec_pair(const std::string& flag) {
   const auto& known = known_codec_names();
   if (std::find(known.begin(), known.end(), flag) != known.end())
     return {flag, flag == "int4-block" ? "int8-block" : flag};
-  throw InputError("--codec", "codec", "expected none, int8, fp8, int4, plan or a codec name, got \"" + flag + "\"");
+  throw InputError("--codec", "codec",
+                   "expected none, int8, fp8, int4, plan, adaptive or a codec name, got \"" + flag + "\"");
 }
 
 namespace {
@@ -141,6 +142,7 @@ ExecutorOptions executor_options(const TrainConfig& cfg) {
   ExecutorOptions eo;
   eo.seed = cfg.seed;
   std::tie(eo.codec_forward_override, eo.codec_backward_override) = codec_pair(cfg.codec);
+  eo.adaptive_codecs = cfg.codec == "adaptive";
   eo.comm_timeout_s = cfg.comm_timeout_s;
   eo.bf16_autocast = cfg.dtype == "bf16";
   eo.record_trace = !cfg.trace_file.empty();
@@ -198,6 +200,7 @@ TrainResult run_training(const Plan& plan, const TrainConfig& cfg, comm::Communi
   const auto t_run = std::chrono::steady_clock::now();
   for (int64_t step = result.first_step; step < iters; ++step) {
     faults.before_step(step, comm);
+    if (comm) comm->begin_step(step);  // link events timed in steps (shaper.h)
     StepStats st = exec.train_step(step);
     if (!std::isfinite(st.loss)) throw Error("training diverged at step " + std::to_string(step) + ": loss is not finite");
     totals.add(st);

@@ -51,6 +51,8 @@ int64_t resume(const Plan& plan, const TrainConfig& config, const std::vector<St
 struct RunTotals {
   double compute_s = 0, wait_s = 0, wall_s = 0;
   std::map<std::pair<int, int>, double> link_wire;  // (from stage, to stage) -> bytes
+  // --codec adaptive: (from stage, to stage) -> codec -> seconds of the steps it ran
+  std::map<std::pair<int, int>, std::map<std::string, double>> codec_time;
   int64_t steps = 0;
   void add(const StepStats& st);
 };

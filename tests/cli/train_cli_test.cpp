@@ -5,9 +5,11 @@
 #include "../support/cli_programs.h"
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <string>
 
 #include <sys/resource.h>
@@ -128,4 +130,39 @@ TEST_F(TrainCli, PlannedChunkedSchedulesTrainAsOneProcessDoes) {
     ASSERT_EQ(r.exit_code, 0) << kind << "\n" << r.output;
     EXPECT_EQ(final_loss(r.output), final_loss(ref.output)) << kind << "\n" << r.output;
   }
+}
+
+// --codec adaptive over a link slowed 8x from step 5 to step 10 (a scripted link event, software
+// shaper): the codec steps up within 3 steps and back down within 5 of the link's return, and the
+// JSON log, the progress lines and the summary say so.
+TEST_F(TrainCli, AdaptiveCodecsFollowALinkThatSlowsDownAndRecovers) {
+  const std::string topo = geopipe::test_support::source_path("bench/runtime/adaptive2.json");
+  const std::string plan = *dir_ + "/adaptive2.json", log = *dir_ + "/adaptive2.jsonl";
+  Result p = geopipe("plan --topology " + topo + " --job " +
+                     geopipe::test_support::source_path("examples/jobs/gpt-tiny.json") +
+                     " --stages 2 --schedule 1f1b --codec none -o " + plan);
+  ASSERT_EQ(p.exit_code, 0) << p.output;
+  const std::string events = "us-east>us-west@s5+6=62500kbit;us-west>us-east@s5+6=62500kbit";
+  Result r = geopipe::test_support::run_command(
+      std::string(GEOPIPE_MPIEXEC) + " -n 2 --oversubscribe -x GEOPIPE_EMULATE=software -x GEOPIPE_LINK_EVENTS='" +
+      events + "' env -u GEOPIPE_TOPOLOGY " + GEOPIPE_TRAIN + " --plan " + plan + " --topology " + topo +
+      " --iters 16 --threads 1 --codec adaptive --json-log " + log);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::vector<std::string> codec;  // link 0->1's codec per step, from the JSON log
+  std::ifstream in(log);
+  for (std::string line; std::getline(in, line);)
+    codec.push_back(nlohmann::json::parse(line)["links"]["0->1"]["codec"].get<std::string>());
+  ASSERT_EQ(codec.size(), 16u);
+  for (int step = 1; step <= 5; ++step) EXPECT_EQ(codec[step - 1], "none") << "step " << step;
+  int up = 0, down = 0;
+  for (int step = 6; step <= 16 && !down; ++step) {
+    if (!up && codec[step - 1] == "int8-block") up = step;
+    if (up && codec[step - 1] == "none") down = step;
+  }
+  EXPECT_GT(up, 0) << r.output;
+  EXPECT_LE(up, 5 + 3) << "stepped up at step " << up;
+  EXPECT_GT(down, 11) << "stepped down while the link was still slow";
+  EXPECT_LE(down, 11 + 5) << r.output;
+  EXPECT_NE(r.output.find("link 0->1: none -> int8-block from step"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("0->1   adaptive codec, time at each: int8-block"), std::string::npos) << r.output;
 }

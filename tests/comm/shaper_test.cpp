@@ -221,3 +221,39 @@ TEST(Router, NcclOnlyForGpuPeersOfTheSameRegion) {
   EXPECT_EQ(choose_backend("a", "a", false, true), Backend::kMpi);  // CPU tensors
   EXPECT_EQ(choose_backend("a", "a", true, false), Backend::kMpi);  // no NCCL / no GPU
 }
+
+TEST(LinkEvents, StepEventsSlowTheLinkFromTheirFirstStepToTheirLast) {
+  auto events = parse_link_events("a>b@s5+10=10mbit");  // 10 Mbit/s = 1.25 MB/s
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_TRUE(events[0].in_steps);
+  EXPECT_EQ(events[0].start_step, 5);
+  EXPECT_EQ(events[0].steps, 10);
+  LinkShaper s = two_regions();
+  s.add_events(events, 100.0);  // the origin does not matter to step events
+  s.begin_step(4, 1.0);
+  EXPECT_DOUBLE_EQ(s.schedule(0, 1, 1000000, 1.0), 1.0 + 0.010 + 0.010);  // step 4: 100 MB/s
+  s.begin_step(5, 2.0);
+  EXPECT_DOUBLE_EQ(s.schedule(0, 1, 1250000, 2.0), 2.0 + 1.0 + 0.010);    // steps 5-14: 1.25 MB/s
+  EXPECT_DOUBLE_EQ(s.schedule(1, 0, 500000, 2.0), 2.0 + 0.010 + 0.020);   // the other direction keeps its rate
+  s.begin_step(15, 10.0);
+  EXPECT_DOUBLE_EQ(s.schedule(0, 1, 1000000, 10.0), 10.0 + 0.010 + 0.010);  // step 15: restored
+  s.begin_step(15, 10.0);  // hearing a step twice changes nothing
+  EXPECT_DOUBLE_EQ(s.schedule(0, 1, 1000000, 11.0), 11.0 + 0.010 + 0.010);
+}
+
+TEST(LinkEvents, StepEventsMustMoveDataAndCountWholeSteps) {
+  for (const char* bad : {"a>b@s5+10=0", "a>b@s0+3=1mbit", "a>b@s2+1.5=1mbit", "a>b@sx+2=1mbit"}) {
+    try {
+      parse_link_events(bad, "GEOPIPE_LINK_EVENTS");
+      ADD_FAILURE() << bad << " accepted";
+    } catch (const InputError& e) {
+      EXPECT_NE(std::string(e.what()).find(bad), std::string::npos) << e.what();
+    }
+  }
+  try {
+    parse_link_events("a>b@s5+10=0");
+    FAIL();
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("a stall (rate 0) must be timed in seconds"), std::string::npos) << e.what();
+  }
+}

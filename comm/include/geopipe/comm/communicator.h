@@ -26,8 +26,8 @@
 // CommOptions::emulate_link (one link between any two different regions). A send is delayed so
 // that it is delivered at shaper.schedule(...) time; a rank sending to itself is not shaped.
 // Scripted link events (CommOptions::link_events, else env GEOPIPE_LINK_EVENTS; shaper.h) slow
-// or stall a link for a while, timed from this Communicator's construction; they need the
-// shaper (emulation on).
+// or stall a link for a while, timed from this Communicator's construction or in training steps
+// (begin_step); they need the shaper (emulation on).
 //
 // Authentication (optional, auth.h): with a per-job key every header carries a truncated
 // HMAC-SHA256 tag over its fields (the payload's CRC32C and the per-peer sequence number
@@ -130,6 +130,9 @@ class Communicator final : public Transport {
   const std::string& region_of(int rank) const;    // any rank's region
   const std::vector<std::string>& regions() const; // region of every rank, by rank
   bool emulating() const;                           // is the shaper active?
+  // Training step `step` (0-based index) begins on this rank: link events timed in steps
+  // (shaper.h) open and close here. A no-op without emulation.
+  void begin_step(int64_t step);
   const LinkShaper* shaper() const;                 // nullptr when not emulating
   bool checksum_enabled() const;
   bool authenticating() const;                      // does every header carry a tag?

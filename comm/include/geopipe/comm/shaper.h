@@ -11,10 +11,15 @@
 // moves, a stall), afterwards the topology's rate again. The link's rate is then a
 // piecewise-constant function of time and a message occupies the link until the integral of
 // the rate since its start reaches its size: one that starts before a stall finishes after it.
-// Events change the bandwidth only; the one-way latency stays the link's.
+// Events change the bandwidth only; the one-way latency stays the link's. An event may also be
+// timed in training steps ("a>b@s5+10=2mbit": from the start of step 5, as the progress line
+// numbers them, for 10 steps): it opens when this rank's shaper hears that step begin
+// (Communicator::begin_step) and closes when step 15 begins, so a run slows a link at the same
+// step whatever the machine's speed. A stall (rate 0) must be timed in seconds.
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -47,11 +52,15 @@ struct LinkEvent {
   std::string from, to;
   double start_s = 0;
   double duration_s = 0;
+  bool in_steps = false;    // "@sSTEP+STEPS": start_step and steps instead of seconds
+  int64_t start_step = 0;   // first step slowed (1-based, as the progress line counts)
+  int64_t steps = 0;        // for this many steps
   double bytes_per_s = 0;  // 0: stalled
   std::string text;        // the event as written (for error messages)
 };
 
-// Parses semicolon-separated events, e.g. "a>b@2+1.5=0;b>a@0+10=20mbit". Empty text: none.
+// Parses semicolon-separated events, e.g. "a>b@2+1.5=0;b>a@0+10=20mbit;a>b@s5+10=2mbit". Empty
+// text: none.
 // Throws InputError naming `what` and the bad event.
 std::vector<LinkEvent> parse_link_events(const std::string& text,
                                          const std::string& what = "GEOPIPE_LINK_EVENTS");
@@ -73,7 +82,7 @@ class LinkShaper {
   LinkShaper(LinkShaper&& other) noexcept
       : num_regions_(other.num_regions_), links_(std::move(other.links_)),
         names_(std::move(other.names_)), free_at_(std::move(other.free_at_)),
-        events_(std::move(other.events_)) {}
+        events_(std::move(other.events_)), step_events_(std::move(other.step_events_)) {}
   LinkShaper(int num_regions, std::vector<std::optional<LinkRate>> links,
              std::vector<std::string> region_names = {});
   // From a topology: every directed link and the intra-region link. kLatencyOnly drops rates.
@@ -90,10 +99,14 @@ class LinkShaper {
   // Throws geopipe::Error when there is no such link, end <= start, the rate is negative, or
   // the interval overlaps another event of the same link.
   void add_event(int from, int to, double start, double end, double bytes_per_s);
-  // Adds parsed events with times relative to `origin` (the transport's creation time).
-  // Throws InputError naming `what` and the event for an unknown region or a missing link.
+  // Adds parsed events with times relative to `origin` (the transport's creation time); events
+  // timed in steps wait for begin_step(). Throws InputError naming `what` and the event for an
+  // unknown region or a missing link.
   void add_events(const std::vector<LinkEvent>& events, double origin,
                   const std::string& what = "GEOPIPE_LINK_EVENTS");
+  // Step `step` (1-based) begins at `now`: opens the step events that start with it, closes those
+  // that end before it (a step event's link then moves at its rate from `now` on).
+  void begin_step(int64_t step, double now);
 
   // Reserves the link for `bytes` submitted at time `now` (seconds on any monotonic clock);
   // returns the delivery time. Throws geopipe::Error when the regions have no link.
@@ -112,6 +125,14 @@ class LinkShaper {
   mutable std::mutex mu_;
   std::vector<double> free_at_;
   std::vector<std::vector<RateSegment>> events_;  // per link, sorted, never overlapping
+  struct StepEvent {
+    int from, to;
+    int64_t first, end;  // steps [first, end)
+    double bytes_per_s;
+    int state = 0;       // 0 waiting, 1 open (its segment ends at +infinity), 2 done
+    double opened_at = 0;
+  };
+  std::vector<StepEvent> step_events_;
 };
 
 }  // namespace geopipe::comm

@@ -24,6 +24,7 @@
 #pragma once
 
 #include <geopipe/core/plan.h>
+#include <geopipe/runtime/adaptive_codec.h>
 #include <geopipe/runtime/data.h>
 #include <geopipe/runtime/gpt.h>
 #include <geopipe/runtime/optim.h>
@@ -51,6 +52,10 @@ struct ExecutorOptions {
   double comm_timeout_s = 300;
   bool bf16_autocast = false;  // forward under bf16 autocast (parameters and optimizer stay fp32)
   Recompute recompute = Recompute::kNone;  // --recompute: keep only block inputs from F to the backward
+  // --codec adaptive: every inter-rank link starts at the plan's codec and steps along
+  // codec_ladder() between steps (adaptive_codec.h); the overrides above must then be empty.
+  bool adaptive_codecs = false;
+  AdaptivePolicy adaptive;
   bool record_trace = false;
   // Links the plan marks "nccl" use this transport (null: every link is MPI). Must outlive the executor.
   comm::NcclTransport* nccl = nullptr;
@@ -70,6 +75,9 @@ struct LinkStats {
   // Measured throughput: wire bytes over the time the link was busy (MB = 1e6 bytes).
   double mb_per_s() const { return busy_s > 0 ? bytes / busy_s / 1e6 : 0; }
   std::string name() const { return std::to_string(from_stage) + "->" + std::to_string(to_stage); }
+  std::string codec;         // the codec this step's messages used (links between ranks; else "")
+  std::string codec_next;    // --codec adaptive: the codec from the next step on, when it changes
+  std::string codec_reason;  // why it changes
 };
 
 struct StepStats {
@@ -108,7 +116,9 @@ struct StepReduction {
   double loss = 0;
   std::vector<double> unit_sq_norms;  // unit 0 (embedding) .. L + 1 (head)
   std::vector<LinkStats> links;       // after unpack: every directed link
+  std::vector<double> stage_compute_s;  // per stage: its rank's compute this step, shared by its stages
   static size_t link_offset(int layers);  // index of the first link slot in pack()
+  static size_t compute_offset(int layers, int stages);  // index of stage 0's compute slot
   std::vector<double> pack() const;
   static StepReduction unpack(const std::vector<double>& values, int layers, int stages);
   double grad_norm() const;  // global norm over the units, summed in unit order
@@ -154,6 +164,8 @@ class PipelineExecutor {
   void forward(const Action& a, StepState& s);
   void backward(const Action& a, StepState& s);  // B or I
   void note_activations(StepState& s) const;     // after an F: the step's peaks (StepStats)
+  void start_adaptive_codecs();
+  void adapt_codecs(StepState& s, const StepReduction& r);  // --codec adaptive, after the all-reduce
   void optimizer_step(StepState& s);
   at::Tensor tensor_to_send(const Action& a, StepState& s) const;
   Chunk& chunk(int stage);
@@ -172,6 +184,7 @@ class PipelineExecutor {
   OptimConfig optim_;
   ExecutorOptions options_;
   std::vector<TraceSpan> trace_;
+  std::map<std::pair<int, int>, AdaptiveCodec> adaptive_;  // (from stage, to stage) between ranks
 };
 
 // Sum over ranks, in place (a no-op without a communicator). The per-unit gradient norms are
