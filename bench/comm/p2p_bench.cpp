@@ -460,7 +460,7 @@ int run(int argc, char** argv) {
                 "chunk=%s crc32c=%s(%.1f GB/s)%s%s%s%s\n",
                 a.mode.c_str(), a.pattern.c_str(), a.bidir ? " bidir" : "", a.window, a.iters,
                 a.warmup, a.checksum ? "on" : "off", size_str(comm.chunk_bytes()).c_str(),
-                crc32c_hardware() ? "sse4.2" : "table", crc_gbs,
+                crc32c_implementation(), crc_gbs,
                 link ? (" link=" + a.emulate_link).c_str() : "",
                 a.pattern == "exchange" ? (" micro_batches=" + std::to_string(a.micro_batches)).c_str() : "",
                 a.codec != "none" ? (" codec=" + a.codec).c_str() : "",
