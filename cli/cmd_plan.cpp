@@ -68,9 +68,10 @@ void print_summary(const Plan& plan, const std::vector<scheduler::ScheduleOption
   }
   for (size_t i = 0; i < plan.links.size(); ++i) {
     const auto& l = plan.links[i];
-    std::snprintf(line, sizeof line, "  link  %d -> %d  %s -> %s  codec %s/%s  %s  utilisation %.0f %%\n", l.from_stage,
-                  l.to_stage, l.from_region.c_str(), l.to_region.c_str(), l.codec_forward.c_str(),
-                  l.codec_backward.c_str(), l.transport.c_str(), 100 * plan.predicted.link_utilisation[i]);
+    std::snprintf(line, sizeof line, "  link  %d -> %d  %s -> %s  codec %s/%s%s  %s  utilisation %.0f %%\n",
+                  l.from_stage, l.to_stage, l.from_region.c_str(), l.to_region.c_str(), l.codec_forward.c_str(),
+                  l.codec_backward.c_str(), l.adaptive ? " (adaptive)" : "", l.transport.c_str(),
+                  100 * plan.predicted.link_utilisation[i]);
     std::cout << line;
   }
   for (size_t r = 0; r < plan.predicted.peak_activations.size(); ++r) {
@@ -138,10 +139,11 @@ void register_plan(CLI::App& app, int& exit_code) {
   cmd->add_option("--policy", o->policy, "Placement policy (default bace)")->check(CLI::IsMember(names));
   cmd->add_option("--stages", o->stages, "Fix the stage count (default: choose within the job's range)")
       ->check(CLI::Range(1, 4096));
-  std::vector<std::string> codecs = {"auto"};
+  std::vector<std::string> codecs = {"auto", "adaptive"};
   for (const auto& c : known_codec_names()) codecs.push_back(c);
   cmd->add_option("--codec", o->codec,
-                  "Inter-region codec: auto (int8-block where a hop needs it), none, or one codec for every hop")
+                  "Inter-region codec: auto (int8-block where a hop needs it), none, one codec for every hop, or "
+                  "adaptive (start as auto does; the runtime steps each hop's codec with the link it measures)")
       ->check(CLI::IsMember(codecs));
   std::vector<std::string> schedules = {"auto"};
   for (const auto& k : known_schedule_kinds()) schedules.push_back(k);

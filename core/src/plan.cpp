@@ -20,6 +20,12 @@ using detail::index_path;
 using detail::json;
 using detail::JsonReader;
 
+const std::vector<std::string>& adaptive_codec_ladder(bool activations) {
+  static const std::vector<std::string> act = {"none", "int8-block", "int4-block"};
+  static const std::vector<std::string> grad = {"none", "int8-block"};
+  return activations ? act : grad;
+}
+
 const std::vector<std::string>& known_codec_names() {
   static const std::vector<std::string> names = {"none", "int8-block", "fp8-e4m3-block", "fp8-e5m2-block",
                                                  "int4-block"};
@@ -82,11 +88,24 @@ void read_codec(JsonReader& r, const json& link, const std::string& p, LinkPlan&
   if (c->is_string()) {
     check(cp, c->get<std::string>(), out.codec_forward);
     check(cp, c->get<std::string>(), out.codec_backward);
-  } else if (r.expect_object(*c, cp, {"forward", "backward"})) {
+  } else if (r.expect_object(*c, cp, {"forward", "backward", "adaptive"})) {
     if (auto f = r.string(*c, cp, "forward", false)) check(child_path(cp, "forward"), *f, out.codec_forward);
     if (auto b = r.string(*c, cp, "backward", false)) check(child_path(cp, "backward"), *b, out.codec_backward);
+    if (const json* a = r.field(*c, cp, "adaptive", false)) {
+      if (!a->is_boolean()) r.error(child_path(cp, "adaptive"), "expected true or false");
+      else out.adaptive = a->get<bool>();
+    }
   }
   if (out.codec_backward == "int4-block") r.error(child_path(cp, "backward"), "int4-block is for forward activations only");
+  if (!out.adaptive) return;
+  for (const bool fwd : {true, false}) {
+    const auto& ladder = adaptive_codec_ladder(fwd);
+    const std::string& codec = fwd ? out.codec_forward : out.codec_backward;
+    if (std::find(ladder.begin(), ladder.end(), codec) == ladder.end())
+      r.error(child_path(cp, fwd ? "forward" : "backward"),
+              "an adaptive link starts on its ladder (" + std::string(fwd ? "none, int8-block, int4-block" : "none, int8-block") +
+                  "), not \"" + codec + "\"");
+  }
 }
 
 std::vector<double> read_doubles(JsonReader& r, const json& obj, const std::string& p, const char* key) {
@@ -446,6 +465,8 @@ json to_json(const Plan& plan) {
                           {"region_pair", {l.from_region, l.to_region}},
                           {"codec", {{"forward", l.codec_forward}, {"backward", l.codec_backward}}},
                           {"transport", l.transport}});
+  for (size_t i = 0; i < plan.links.size(); ++i)
+    if (plan.links[i].adaptive) j["links"][i]["codec"]["adaptive"] = true;
   j["schedule"] = {{"kind", plan.schedule.kind}, {"warmup", plan.schedule.warmup}};
   if (plan.schedule.virtual_stages != 1) j["schedule"]["virtual_stages"] = plan.schedule.virtual_stages;
   j["predicted"] = {{"iteration_s", plan.predicted.iteration_s},

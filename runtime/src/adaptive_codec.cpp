@@ -1,4 +1,5 @@
 #include <geopipe/core/error.h>
+#include <geopipe/core/plan.h>
 #include <geopipe/runtime/adaptive_codec.h>
 
 #include <algorithm>
@@ -6,14 +7,8 @@
 
 namespace geopipe::runtime {
 
-const std::vector<std::string>& codec_ladder(bool activations) {
-  static const std::vector<std::string> act = {"none", "int8-block", "int4-block"};
-  static const std::vector<std::string> grad = {"none", "int8-block"};
-  return activations ? act : grad;
-}
-
 AdaptiveCodec::AdaptiveCodec(bool activations, const std::string& start, AdaptivePolicy policy)
-    : ladder_(codec_ladder(activations)), policy_(policy), probe_wait_(policy.window) {
+    : ladder_(adaptive_codec_ladder(activations)), policy_(policy), probe_wait_(policy.window) {
   auto it = std::find(ladder_.begin(), ladder_.end(), start);
   if (it == ladder_.end()) {
     std::string steps;

@@ -127,16 +127,18 @@ PipelineExecutor::PipelineExecutor(const Plan& plan, std::vector<StageChunk> chu
     k.prev_here = k.stage > 0 && stage_here(k.stage - 1);
     k.next_here = k.stage + 1 < S && stage_here(k.stage + 1);
   }
-  if (options_.adaptive_codecs) start_adaptive_codecs();
+  start_adaptive_codecs();
 }
 
-// One controller per direction of every link between two ranks, on every rank (adapt_codecs).
+// One controller per direction of every adaptive link between two ranks, on every rank
+// (adapt_codecs): every such link with --codec adaptive, the plan's adaptive links without it;
+// a forced codec (--codec int8, ...) makes every link fixed.
 void PipelineExecutor::start_adaptive_codecs() {
-  if (!options_.codec_forward_override.empty() || !options_.codec_backward_override.empty())
-    throw InputError("--codec", "codec", "adaptive codecs start from the plan's; no other codec can be forced too");
+  if (!options_.codec_forward_override.empty() || !options_.codec_backward_override.empty()) return;
   for (const LinkPlan& l : plan_.links) {
     if (plan_.stages.at(static_cast<size_t>(l.from_stage)).ranks == plan_.stages.at(static_cast<size_t>(l.to_stage)).ranks)
       continue;  // one rank: tensors pass in memory
+    if (!options_.adaptive_codecs && !l.adaptive) continue;
     adaptive_.emplace(std::make_pair(l.from_stage, l.to_stage),
                       AdaptiveCodec(true, l.codec_forward, options_.adaptive));
     adaptive_.emplace(std::make_pair(l.to_stage, l.from_stage),

@@ -71,7 +71,7 @@ int Placement::inter_region_hops() const {
 
 std::pair<std::string, std::string> hop_codecs(const std::string& codec_option, double plain_xfer_s,
                                                double compute_period_s) {
-  if (codec_option == "auto") {
+  if (codec_option == "auto" || codec_option == "adaptive") {  // adaptive: where the runtime starts
     if (plain_xfer_s <= compute_period_s * (1 + kRelEps)) return {"none", "none"};
     return {"int8-block", "int8-block"};
   }
@@ -112,7 +112,7 @@ struct Context {
   // Smallest bytes any allowed codec can send (for lower bounds).
   double min_bytes() const {
     if (opt.codec == "none") return bytes_none;
-    if (opt.codec == "auto") return boundary_bytes(job, "int8-block");
+    if (opt.codec == "auto" || opt.codec == "adaptive") return boundary_bytes(job, "int8-block");
     return boundary_bytes(job, opt.codec);
   }
 };
@@ -444,7 +444,9 @@ std::string explain(const Context& c, const std::vector<int>& counts, const Plan
   Placement p = full(rc, best.best);
   std::string s = "no path meets the bandwidth constraint (every inter-region hop must carry a micro-batch within the "
                   "slowest stage's compute time";
-  s += opt.codec == "none" ? ", without compression" : ", compressing with " + (opt.codec == "auto" ? std::string("int8-block") : opt.codec);
+  const bool auto_codec = opt.codec == "auto" || opt.codec == "adaptive";
+  s += opt.codec == "none" ? ", without compression"
+                           : ", compressing with " + (auto_codec ? std::string("int8-block") : opt.codec);
   s += "); best without it: " + region_list(c.topo, p.region) + ", a hop takes " + fmt(p.worst_hop_ratio) +
        "x the compute period (" + fmt(p.timing.compute_period_s) + " s), iteration " + fmt(p.iteration_s) + " s";
   return s;
@@ -657,6 +659,7 @@ Plan make_plan(const Topology& topology, const JobSpec& job, const Placement& p,
     const int region = p.region[o.chunk_rank[c]];
     const bool same = region == p.region[o.chunk_rank[c + 1]];
     l.transport = same && topology.regions[region].gpu_type != "cpu" ? "nccl" : "mpi";
+    l.adaptive = o.adaptive[c];
     plan.links.push_back(l);
     // Share of the boundary's bandwidth the job uses over the iteration.
     const double demand = M * std::max(o.fwd_bytes[c], o.bwd_bytes[c]) / iteration;

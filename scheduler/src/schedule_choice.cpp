@@ -59,6 +59,7 @@ std::string fill_boundaries(const Topology& topo, const JobSpec& job, const Plac
     }
     o.codec_fwd.push_back(codec.first);
     o.codec_bwd.push_back(codec.second);
+    o.adaptive.push_back(opt.codec == "adaptive" && ra != rb && p.region[ra] != p.region[rb]);
     o.fwd_bytes.push_back(fwd);
     o.bwd_bytes.push_back(bwd);
     o.boundary_bps.push_back(bps);

@@ -132,21 +132,23 @@ TEST_F(TrainCli, PlannedChunkedSchedulesTrainAsOneProcessDoes) {
   }
 }
 
-// --codec adaptive over a link slowed 8x from step 5 to step 10 (a scripted link event, software
-// shaper): the codec steps up within 3 steps and back down within 5 of the link's return, and the
-// JSON log, the progress lines and the summary say so.
+// A plan with adaptive codecs (geopipe plan --codec adaptive) over a link slowed 8x from step 5 to
+// step 10 (a scripted link event, software shaper): the codec steps up within 3 steps and back
+// down within 5 of the link's return, and the JSON log, the progress lines and the summary say so.
+// bench/runtime/adaptive.sh runs the same with geopipe-train --codec adaptive.
 TEST_F(TrainCli, AdaptiveCodecsFollowALinkThatSlowsDownAndRecovers) {
   const std::string topo = geopipe::test_support::source_path("bench/runtime/adaptive2.json");
   const std::string plan = *dir_ + "/adaptive2.json", log = *dir_ + "/adaptive2.jsonl";
   Result p = geopipe("plan --topology " + topo + " --job " +
                      geopipe::test_support::source_path("examples/jobs/gpt-tiny.json") +
-                     " --stages 2 --schedule 1f1b --codec none -o " + plan);
+                     " --stages 2 --schedule 1f1b --codec adaptive -o " + plan);
   ASSERT_EQ(p.exit_code, 0) << p.output;
+  EXPECT_NE(p.output.find("codec none/none (adaptive)"), std::string::npos) << p.output;
   const std::string events = "us-east>us-west@s5+6=62500kbit;us-west>us-east@s5+6=62500kbit";
   Result r = geopipe::test_support::run_command(
       std::string(GEOPIPE_MPIEXEC) + " -n 2 --oversubscribe -x GEOPIPE_EMULATE=software -x GEOPIPE_LINK_EVENTS='" +
       events + "' env -u GEOPIPE_TOPOLOGY " + GEOPIPE_TRAIN + " --plan " + plan + " --topology " + topo +
-      " --iters 16 --threads 1 --codec adaptive --json-log " + log);
+      " --iters 16 --threads 1 --json-log " + log);  // the plan's adaptive links (--codec adaptive does the same)
   ASSERT_EQ(r.exit_code, 0) << r.output;
   std::vector<std::string> codec;  // link 0->1's codec per step, from the JSON log
   std::ifstream in(log);

@@ -120,6 +120,33 @@ nlohmann::json virtual_stage_plan(const std::vector<int>& ranks, const std::vect
 
 }  // namespace
 
+TEST(Plan, AdaptiveLinksRoundTripAndStartOnTheirLadder) {
+  auto doc = read_json_file(src(kGoodPlan));
+  doc["links"][1]["codec"] = {{"forward", "int8-block"}, {"backward", "none"}, {"adaptive", true}};
+  Plan p = parse_plan(doc, "a.json");
+  EXPECT_TRUE(p.links[1].adaptive);
+  EXPECT_FALSE(p.links[0].adaptive);
+  Plan back = parse_plan(to_json(p), "a.json");
+  EXPECT_TRUE(back.links[1].adaptive);
+  EXPECT_EQ(back.links[1].codec_forward, "int8-block");
+  EXPECT_EQ(to_json(back)["links"][0]["codec"].count("adaptive"), 0u);  // fixed links stay as they were written
+  doc["links"][1]["codec"] = {{"forward", "fp8-e4m3-block"}, {"backward", "int8-block"}, {"adaptive", true}};
+  try {
+    parse_plan(doc, "a.json");
+    FAIL() << "accepted";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("a.json: links[1].codec.forward: an adaptive link starts on its ladder"),
+              std::string::npos) << e.what();
+  }
+  doc["links"][1]["codec"] = {{"forward", "none"}, {"backward", "none"}, {"adaptive", "yes"}};
+  try {
+    parse_plan(doc, "a.json");
+    FAIL() << "accepted";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("links[1].codec.adaptive: expected true or false"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Plan, VirtualStagesPutSeveralStagesOnARankAsTheScheduleKindPlacesThem) {
   const std::vector<std::string> two = {"us-east", "us-west", "us-east", "us-west"};
   Plan looped = parse_plan(virtual_stage_plan({0, 1, 0, 1}, two, "interleaved", 2), "p.json");

@@ -190,3 +190,19 @@ TEST(ScheduleOptions, HopCodecsCompressOnlyWhereTheLinkIsSlowerThanTheCompute) {
   EXPECT_EQ(gs::hop_codecs("int4-block", 0.1, 1.0), (Pair{"int4-block", "int8-block"}));  // int4: activations only
   EXPECT_EQ(gs::hop_codecs("fp8-e4m3-block", 0.1, 1.0), (Pair{"fp8-e4m3-block", "fp8-e4m3-block"}));
 }
+
+TEST(ScheduleOptions, AdaptiveCodecsMarkOnlyTheLinksBetweenRegions) {
+  // Region a has two GPUs: stages 0 and 1 share it, stage 2 is in b.
+  auto t = make_topology({{"a", 2, 1.0, 0.1}, {"b", 1, 1.0, 0.1}}, {{"a", "b", 100, 10}});
+  auto job = make_job("j", 6, 256, 256, 1, 8, 10, 3, 3);
+  gs::PlannerOptions o;
+  o.codec = "adaptive";
+  o.schedule = "1f1b";
+  geopipe::Plan p = gs::plan_job(gs::Policy::kBace, t, job, o);
+  ASSERT_EQ(p.links.size(), 2u);
+  for (const auto& l : p.links) {
+    EXPECT_EQ(l.adaptive, l.from_region != l.to_region) << l.from_stage << "->" << l.to_stage;
+    EXPECT_EQ(l.codec_forward, "none");  // a fast link: starts where auto would, uncompressed
+  }
+  EXPECT_TRUE(p.links[0].adaptive || p.links[1].adaptive);
+}

@@ -35,7 +35,14 @@ struct LinkPlan {
   std::string codec_forward = "none";   // activations, from_stage -> to_stage
   std::string codec_backward = "none";  // their gradients, to_stage -> from_stage
   std::string transport = "mpi";        // "mpi" or "nccl"
+  // The runtime steps this link's codecs along adaptive_codec_ladder() while training, starting
+  // at codec_forward / codec_backward (runtime/adaptive_codec.h). JSON: "codec": {"adaptive": true}.
+  bool adaptive = false;
 };
+
+// The codecs an adaptive link steps through, lightest compression first: activations none,
+// int8-block, int4-block; gradients none, int8-block (int4 is too coarse for gradients).
+const std::vector<std::string>& adaptive_codec_ladder(bool activations);
 
 // Schedule kinds a plan may name (runtime/schedule.h generates them): "gpipe", "1f1b",
 // "1f1b-lh" (latency-hiding 1F1B), "interleaved" (Megatron's interleaved 1F1B), "zb-h1" and

@@ -2,7 +2,8 @@
 // link's measured busy time compares with the pipeline's compute (docs/ARCHITECTURE.md, "Adaptive
 // codecs"). Pure bookkeeping on numbers every rank has after a step's all-reduce, so every rank
 // (the sender and the receiver of a link among them) takes the same decision at the same step
-// boundary; the messages' headers name their codec as well.
+// boundary; the messages' headers name their codec as well. The ladder is core's
+// adaptive_codec_ladder() (plan.h), which the plan validator checks a link's start against.
 #pragma once
 
 #include <cstdint>
@@ -10,10 +11,6 @@
 #include <vector>
 
 namespace geopipe::runtime {
-
-// Activations: none -> int8-block -> int4-block. Gradients: none -> int8-block (int4 is too
-// coarse for gradients, as the plan validator says too).
-const std::vector<std::string>& codec_ladder(bool activations);
 
 // A link's busy time barely scales with its bytes when latency and per-message costs dominate it,
 // so the codec below cannot be predicted from the one in use: a link with room tries it (a probe)

@@ -48,7 +48,9 @@ struct ClusterState {
 struct PlannerOptions {
   CostParams cost;
   double slack = 0.10;              // allocator: iteration time within (1 + slack) of the fastest feasible path
-  std::string codec = "auto";       // "auto" (int8-block on hops that need it), "none", or a codec for every inter-region hop
+  // "auto" (int8-block on hops that need it), "none", a codec for every inter-region hop, or
+  // "adaptive": inter-region hops start where "auto" would and the runtime adapts them.
+  std::string codec = "auto";
   // The placement search times the 1F1B family in closed form ("gpipe", "1f1b-lh"; anything else
   // as 1F1B, deepened where latency needs it for "auto"); plan_job then replays each candidate
   // schedule on the placement (schedule_options) and keeps this one, or for "auto" the fastest
@@ -110,9 +112,9 @@ PlanResult exact_placement(const Topology& topology, const JobSpec& job, const C
                            const PlannerOptions& options);
 
 // The codecs (forward, backward) of an inter-region hop whose plain transfer takes `plain_xfer_s`
-// per message against a compute period `compute_period_s`, under the --codec option: "auto"
-// compresses (int8-block) only a hop slower than the compute; "int4-block" is for activations
-// only (gradients int8-block); any other name is used both ways.
+// per message against a compute period `compute_period_s`, under the --codec option: "auto" (and
+// "adaptive", where it starts) compresses (int8-block) only a hop slower than the compute;
+// "int4-block" is for activations only (gradients int8-block); any other name is used both ways.
 std::pair<std::string, std::string> hop_codecs(const std::string& codec_option, double plain_xfer_s,
                                                double compute_period_s);
 
@@ -126,6 +128,7 @@ struct ScheduleOption {
   std::vector<int> warmup;                     // 1f1b and 1f1b-lh: forwards before the first backward, per rank
   std::vector<int> chunk_layers, chunk_rank;   // per chunk, model order
   std::vector<std::string> codec_fwd, codec_bwd;  // per chunk boundary ("none" on one rank)
+  std::vector<bool> adaptive;                  // per chunk boundary: --codec adaptive, between regions
   std::vector<double> fwd_bytes, bwd_bytes;    // per chunk boundary, bytes per micro-batch (0 on one rank)
   std::vector<double> boundary_bps;            // per chunk boundary, the slower direction (0 on one rank)
   std::vector<double> chunk_s;                 // forward + backward of one micro-batch, per chunk
