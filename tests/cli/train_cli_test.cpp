@@ -10,6 +10,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
 
 #include <sys/resource.h>
@@ -134,11 +135,12 @@ TEST_F(TrainCli, PlannedChunkedSchedulesTrainAsOneProcessDoes) {
 
 // A plan with adaptive codecs (geopipe plan --codec adaptive) over a link slowed 8x from step 5 to
 // step 10 (a scripted link event, software shaper): the codec steps up within 3 steps and back
-// down within 5 of the link's return, and the JSON log, the progress lines and the summary say so.
+// down within 5 of the link's return, and the JSON log, the progress lines, the summary and the
+// run's HTML report say so.
 // bench/runtime/adaptive.sh runs the same with geopipe-train --codec adaptive.
 TEST_F(TrainCli, AdaptiveCodecsFollowALinkThatSlowsDownAndRecovers) {
   const std::string topo = geopipe::test_support::source_path("bench/runtime/adaptive2.json");
-  const std::string plan = *dir_ + "/adaptive2.json", log = *dir_ + "/adaptive2.jsonl";
+  const std::string plan = *dir_ + "/adaptive2.json", run_dir = *dir_ + "/adaptive2-run", log = run_dir + "/train.jsonl";
   Result p = geopipe("plan --topology " + topo + " --job " +
                      geopipe::test_support::source_path("examples/jobs/gpt-tiny.json") +
                      " --stages 2 --schedule 1f1b --codec adaptive -o " + plan);
@@ -148,7 +150,7 @@ TEST_F(TrainCli, AdaptiveCodecsFollowALinkThatSlowsDownAndRecovers) {
   Result r = geopipe::test_support::run_command(
       std::string(GEOPIPE_MPIEXEC) + " -n 2 --oversubscribe -x GEOPIPE_EMULATE=software -x GEOPIPE_LINK_EVENTS='" +
       events + "' env -u GEOPIPE_TOPOLOGY " + GEOPIPE_TRAIN + " --plan " + plan + " --topology " + topo +
-      " --iters 16 --threads 1 --json-log " + log);  // the plan's adaptive links (--codec adaptive does the same)
+      " --iters 16 --threads 1 --run-dir " + run_dir);  // the plan's adaptive links (--codec adaptive does the same)
   ASSERT_EQ(r.exit_code, 0) << r.output;
   std::vector<std::string> codec;  // link 0->1's codec per step, from the JSON log
   std::ifstream in(log);
@@ -167,4 +169,11 @@ TEST_F(TrainCli, AdaptiveCodecsFollowALinkThatSlowsDownAndRecovers) {
   EXPECT_LE(down, 11 + 5) << r.output;
   EXPECT_NE(r.output.find("link 0->1: none -> int8-block from step"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("0->1   adaptive codec, time at each: int8-block"), std::string::npos) << r.output;
+  // The run's report marks both changes on the step axis.
+  Result report = geopipe("report " + run_dir);
+  ASSERT_EQ(report.exit_code, 0) << report.output;
+  std::ifstream page(run_dir + "/report.html");
+  const std::string html((std::istreambuf_iterator<char>(page)), std::istreambuf_iterator<char>());
+  EXPECT_NE(html.find("class=\"marker-label\">0-&gt;1 int8-block<"), std::string::npos);
+  EXPECT_NE(html.find("class=\"marker-label\">0-&gt;1 none<"), std::string::npos);
 }
