@@ -81,6 +81,11 @@ void register_launch(CLI::App& app, int& exit_code) {
                   "Open MPI opens N TCP connections per peer (MCA btl_tcp_links; mpirun's --mca, or OMPI_MCA_btl_tcp_links "
                   "in a --slurm script): several streams per WAN link against per-flow rate caps (default: Open MPI's 1)")
       ->check(CLI::Range(1, 64));
+  cmd->add_option("--link-events", q.link_events_file,
+                  "Scripted link changes for the emulated links, one per line: FROM>TO@SECONDS+SECONDS=RATE[,LATENCY] "
+                  "or FROM>TO@sSTEP+STEPS=RATE[,LATENCY] (e.g. us-east>us-west@s5+10=62500kbit,80ms); checked here, "
+                  "given to every rank as GEOPIPE_LINK_EVENTS")
+      ->check(CLI::ExistingFile);
   cmd->add_flag("--cleanup", o->cleanup, "Remove network namespaces left by a killed --emulate netns run");
   cmd->add_option("program", q.program, "PROGRAM ARGS... (after --)");
   cmd->callback([o, &exit_code] { exit_code = run_launch(*o); });

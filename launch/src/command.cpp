@@ -100,8 +100,10 @@ std::vector<std::pair<std::string, std::string>> rank_environment(const LaunchSp
     env.emplace_back(env::kRanksOnHost, std::to_string(spec.placement.world_size()));
   // The comm layer's per-job settings, when the caller set them: the authentication key file
   // (the same path on every host) and scripted link events (core/env.h).
-  for (const char* name : {env::kAuthKeyFile, env::kLinkEvents})
-    if (const char* value = std::getenv(name); value && *value) env.emplace_back(name, value);
+  if (const char* key = std::getenv(env::kAuthKeyFile); key && *key) env.emplace_back(env::kAuthKeyFile, key);
+  const char* events = std::getenv(env::kLinkEvents);  // --link-events FILE first, then the caller's
+  if (!spec.link_events.empty()) env.emplace_back(env::kLinkEvents, spec.link_events);
+  else if (events && *events) env.emplace_back(env::kLinkEvents, events);
   if (spec.emulation == Emulation::kNetns) {
     env.emplace_back("NCCL_SOCKET_IFNAME", "gpeth");
   } else if (const std::string iface = spec.interfaces.for_region(rank.region); !iface.empty()) {

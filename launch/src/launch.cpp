@@ -1,6 +1,7 @@
 #include <geopipe/launch/launch.h>
 
 #include <geopipe/core/error.h>
+#include <geopipe/core/link_events.h>
 #include <geopipe/core/log.h>
 #include <geopipe/core/plan.h>
 #include <geopipe/launch/netns.h>
@@ -9,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <fstream>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
@@ -108,6 +110,11 @@ Prepared prepare(const LaunchRequest& q) {
   // Last, once the inputs are known good: the one refusal that is about who runs the launch.
   s.allow_run_as_root = mpirun_allows_root(emulation, q.allow_run_as_root, starts_mpirun, Launcher::current());
   s.tcp_links = q.tcp_links;
+  if (!q.link_events_file.empty()) {
+    if (emulation == Emulation::kNone)
+      throw InputError("--link-events", "", "link events change emulated links: use --emulate software or netns");
+    s.link_events = read_link_events_file(q.link_events_file, topo);
+  }
   if (emulation == Emulation::kNetns) place_in_namespaces(out);
   return out;
 }
@@ -122,6 +129,24 @@ void print_files(const std::vector<GeneratedFile>& files, std::ostream& out) {
 }  // namespace
 
 LaunchSpec prepare_launch(const LaunchRequest& request) { return prepare(request).spec; }
+
+std::string read_link_events_file(const std::string& path, const Topology& topology) {
+  std::ifstream in(path);
+  if (!in) throw InputError("--link-events", "", "cannot read " + path);
+  std::string joined, line;
+  for (int n = 1; std::getline(in, line); ++n) {
+    line = line.substr(0, line.find('#'));
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const std::string where = path + ":" + std::to_string(n);
+    for (const LinkEvent& e : parse_link_events(line, where)) {  // throws naming the file and line
+      for (const std::string& region : {e.from, e.to})
+        if (topology.region_index(region) < 0)
+          throw InputError(where, "", "event '" + e.text + "': the topology has no region '" + region + "'");
+      joined += (joined.empty() ? "" : ";") + e.text;
+    }
+  }
+  return joined;
+}
 
 int launch(const LaunchRequest& request, std::ostream& out) {
   Prepared p = prepare(request);

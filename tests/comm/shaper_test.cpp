@@ -257,3 +257,19 @@ TEST(LinkEvents, StepEventsMustMoveDataAndCountWholeSteps) {
     EXPECT_NE(std::string(e.what()).find("a stall (rate 0) must be timed in seconds"), std::string::npos) << e.what();
   }
 }
+
+TEST(LinkEvents, AnEventMaySetTheLatencyWhileItLasts) {
+  auto events = parse_link_events("a>b@1+2=100mbit,80ms;b>a@s3+1=400mbit,0.5ms");
+  ASSERT_EQ(events.size(), 2u);
+  EXPECT_DOUBLE_EQ(events[0].latency_s, 0.080);
+  EXPECT_DOUBLE_EQ(events[1].latency_s, 0.0005);
+  LinkShaper s = two_regions();
+  s.add_events(events, 0.0);
+  // 1.25 MB at 12.5 MB/s from t = 1.5 leaves at 1.6, inside the event: delivered 80 ms later.
+  EXPECT_DOUBLE_EQ(s.schedule(0, 1, 1250000, 1.5), 1.6 + 0.080);
+  // After the event: the link's 100 MB/s and 10 ms again.
+  EXPECT_DOUBLE_EQ(s.schedule(0, 1, 1000000, 4.0), 4.0 + 0.010 + 0.010);
+  s.begin_step(3, 10.0);  // the step event: 50 MB/s -> 50 MB/s (400 mbit), 20 ms -> 0.5 ms
+  EXPECT_DOUBLE_EQ(s.schedule(1, 0, 500000, 10.0), 10.0 + 0.010 + 0.0005);
+  EXPECT_THROW(parse_link_events("a>b@1+2=100mbit,80parsecs"), InputError);
+}

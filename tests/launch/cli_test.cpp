@@ -99,6 +99,29 @@ TEST_F(LaunchCli, TcpLinksFlagReachesMpirunsLine) {
   EXPECT_NE(bad.output.find("--tcp-links"), std::string::npos) << bad.output;
 }
 
+TEST_F(LaunchCli, LinkEventsFileIsCheckedAndReachesEveryRank) {
+  const std::string events = path("events.txt");
+  std::ofstream(events) << "# slow the transatlantic link for 10 steps\n"
+                           "us-east>eu-central@s5+10=62500kbit,80ms\n\n"
+                           "eu-central>us-east@2+1.5=0  # a stall\n";
+  CommandResult r = geopipe({"launch", "--topology", kLocal4, "--ranks-per-region", "1", "--link-events", events,
+                             "--dry-run", "--", "true"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("GEOPIPE_LINK_EVENTS=us-east>eu-central@s5+10=62500kbit,80ms;eu-central>us-east@2+1.5=0"),
+            std::string::npos) << r.output;
+  std::ofstream(events) << "us-east>eu-central@s5+10=62500kbit\nus-east>mars@1+1=1mbit\n";
+  CommandResult bad = geopipe({"launch", "--topology", kLocal4, "--ranks-per-region", "1", "--link-events", events,
+                               "--dry-run", "--", "true"});
+  EXPECT_EQ(bad.exit_code, 2) << bad.output;
+  EXPECT_NE(bad.output.find("events.txt:2"), std::string::npos) << bad.output;
+  EXPECT_NE(bad.output.find("no region 'mars'"), std::string::npos) << bad.output;
+  std::ofstream(events) << "us-east>eu-central@s0+10=1mbit\n";
+  CommandResult step0 = geopipe({"launch", "--topology", kLocal4, "--ranks-per-region", "1", "--link-events", events,
+                                 "--dry-run", "--", "true"});
+  EXPECT_EQ(step0.exit_code, 2) << step0.output;
+  EXPECT_NE(step0.output.find("events.txt:1"), std::string::npos) << step0.output;
+}
+
 TEST_F(LaunchCli, DryRunNetnsPrintsSetupAndTeardownWithoutTouchingTheHost) {
   CommandResult r = geopipe({"launch", "--topology", kLocal4, "--ranks-per-region", "1", "--emulate", "netns",
                              "--dry-run", "--", "true"});

@@ -11,12 +11,15 @@
 // moves, a stall), afterwards the topology's rate again. The link's rate is then a
 // piecewise-constant function of time and a message occupies the link until the integral of
 // the rate since its start reaches its size: one that starts before a stall finishes after it.
-// Events change the bandwidth only; the one-way latency stays the link's. An event may also be
+// An event may also set the link's one-way latency while it lasts ("=20mbit,80ms"): a message
+// whose last byte leaves the link during the event is delivered that much later. An event may also be
 // timed in training steps ("a>b@s5+10=2mbit": from the start of step 5, as the progress line
 // numbers them, for 10 steps): it opens when this rank's shaper hears that step begin
 // (Communicator::begin_step) and closes when step 15 begins, so a run slows a link at the same
 // step whatever the machine's speed. A stall (rate 0) must be timed in seconds.
 #pragma once
+
+#include <geopipe/core/link_events.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -37,37 +40,17 @@ enum class EmulateMode { kNone, kSoftware, kLatencyOnly };
 // "none"/"" -> kNone, "software" -> kSoftware, "netns" -> kLatencyOnly; nullopt otherwise.
 std::optional<EmulateMode> parse_emulate_mode(const std::string& text);
 
-struct LinkRate {
-  double bytes_per_s = 0;  // <= 0: unlimited bandwidth (latency only)
-  double latency_s = 0;    // one-way
-};
-
-// Parses "200mbit,20ms": rate in bit/kbit/mbit/gbit per second (decimal, as tc writes them),
-// then an optional one-way latency in us/ms/s. Throws InputError naming `what`.
-LinkRate parse_link_rate(const std::string& text, const std::string& what = "--emulate-link");
-
-// One scripted event, as written: "FROM>TO@START+DURATION=RATE" (regions by name, seconds
-// since the transport was created, RATE as parse_link_rate's rate part or 0 for a stall).
-struct LinkEvent {
-  std::string from, to;
-  double start_s = 0;
-  double duration_s = 0;
-  bool in_steps = false;    // "@sSTEP+STEPS": start_step and steps instead of seconds
-  int64_t start_step = 0;   // first step slowed (1-based, as the progress line counts)
-  int64_t steps = 0;        // for this many steps
-  double bytes_per_s = 0;  // 0: stalled
-  std::string text;        // the event as written (for error messages)
-};
-
-// Parses semicolon-separated events, e.g. "a>b@2+1.5=0;b>a@0+10=20mbit;a>b@s5+10=2mbit". Empty
-// text: none.
-// Throws InputError naming `what` and the bad event.
-std::vector<LinkEvent> parse_link_events(const std::string& text,
-                                         const std::string& what = "GEOPIPE_LINK_EVENTS");
+// LinkRate, parse_link_rate, LinkEvent and parse_link_events: core/link_events.h (geopipe launch
+// checks an events file with the same grammar).
+using geopipe::LinkEvent;
+using geopipe::LinkRate;
+using geopipe::parse_link_events;
+using geopipe::parse_link_rate;
 
 // A scripted interval of one link: during [start, end) it moves bytes_per_s (0: stalled).
 struct RateSegment {
   double start, end, bytes_per_s;
+  double latency_s = -1;  // >= 0: one-way latency during the segment (LinkEvent::latency_s)
 };
 // When `bytes` that start on a free link at time `start` have all left it: the link moves
 // `base_bytes_per_s` (<= 0: unlimited) except during `events` (sorted by start, disjoint).
@@ -98,7 +81,7 @@ class LinkShaper {
   // Sets the link from -> to to `bytes_per_s` (0: stalled) during [start, end) (shaper times).
   // Throws geopipe::Error when there is no such link, end <= start, the rate is negative, or
   // the interval overlaps another event of the same link.
-  void add_event(int from, int to, double start, double end, double bytes_per_s);
+  void add_event(int from, int to, double start, double end, double bytes_per_s, double latency_s = -1);
   // Adds parsed events with times relative to `origin` (the transport's creation time); events
   // timed in steps wait for begin_step(). Throws InputError naming `what` and the event for an
   // unknown region or a missing link.
@@ -129,6 +112,7 @@ class LinkShaper {
     int from, to;
     int64_t first, end;  // steps [first, end)
     double bytes_per_s;
+    double latency_s;
     int state = 0;       // 0 waiting, 1 open (its segment ends at +infinity), 2 done
     double opened_at = 0;
   };

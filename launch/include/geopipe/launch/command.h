@@ -44,6 +44,9 @@ struct LaunchSpec {
   // > 0: Open MPI opens this many TCP connections per peer (MCA btl_tcp_links), so one WAN link
   // carries several streams against per-flow rate caps; 0: Open MPI's default (1).
   int tcp_links = 0;
+  // Scripted link changes for every rank's shaper (GEOPIPE_LINK_EVENTS; else the caller's
+  // environment's, forwarded as it is): read from --link-events FILE and checked.
+  std::string link_events;
   // Printed as `# warning: ...` lines in the --dry-run output and the Slurm script (hosts that do
   // not resolve on the machine that wrote them), so the reader of the file sees them too.
   std::vector<std::string> warnings;

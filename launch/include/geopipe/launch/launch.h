@@ -25,6 +25,7 @@ struct LaunchRequest {
   bool slurm = false;              // print an sbatch script, run nothing
   bool allow_run_as_root = false;  // give mpirun Open MPI's --allow-run-as-root (see mpirun_allows_root)
   int tcp_links = 0;               // > 0: TCP connections per peer (LaunchSpec::tcp_links)
+  std::string link_events_file;    // scripted link changes, one event per line (LaunchSpec::link_events)
   std::vector<std::string> program;
 };
 
@@ -33,6 +34,11 @@ struct LaunchRequest {
 // dry_run or slurm they are spec.warnings instead: the command or script is for another cluster),
 // --emulate netns without root (unless dry_run), and a launch as root that Open MPI would refuse.
 LaunchSpec prepare_launch(const LaunchRequest& request);
+
+// The events of a --link-events file (core/link_events.h grammar, one per line, '#' starts a
+// comment), joined for GEOPIPE_LINK_EVENTS. InputError naming `path`:LINE for a malformed event or
+// a region the topology lacks, and for a file that cannot be read.
+std::string read_link_events_file(const std::string& path, const Topology& topology);
 
 // Runs the request: prints (dry_run, slurm) or sets up the emulation, runs mpirun, tears the
 // emulation down and returns the job's exit status. Progress goes to `out`; warnings go to the
