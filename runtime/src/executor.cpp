@@ -423,8 +423,13 @@ void PipelineExecutor::adapt_codecs(StepState& s, const StepReduction& r) {
     if (!it->second.observe(l.busy_s, period, &reason)) continue;
     l.codec_next = it->second.codec();
     l.codec_reason = reason;
+    bool mine = false;
     for (Chunk& k : chunks_)
-      if (k.stage == l.from_stage || k.stage == l.to_stage) k.io->set_codec(l.from_stage, l.to_stage, l.codec_next);
+      if (k.stage == l.from_stage || k.stage == l.to_stage) {
+        k.io->set_codec(l.from_stage, l.to_stage, l.codec_next);
+        mine = true;
+      }
+    if (mine) span("codec " + l.name() + " " + l.codec + " -> " + l.codec_next, now_us());  // an instant in the trace
   }
 }
 

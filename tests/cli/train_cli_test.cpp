@@ -135,8 +135,8 @@ TEST_F(TrainCli, PlannedChunkedSchedulesTrainAsOneProcessDoes) {
 
 // A plan with adaptive codecs (geopipe plan --codec adaptive) over a link slowed 8x from step 5 to
 // step 10 (a scripted link event, software shaper): the codec steps up within 3 steps and back
-// down within 5 of the link's return, and the JSON log, the progress lines, the summary and the
-// run's HTML report say so.
+// down within 5 of the link's return, and the JSON log, the progress lines, the summary, the
+// trace and the run's HTML report say so.
 // bench/runtime/adaptive.sh runs the same with geopipe-train --codec adaptive.
 TEST_F(TrainCli, AdaptiveCodecsFollowALinkThatSlowsDownAndRecovers) {
   const std::string topo = geopipe::test_support::source_path("bench/runtime/adaptive2.json");
@@ -169,6 +169,9 @@ TEST_F(TrainCli, AdaptiveCodecsFollowALinkThatSlowsDownAndRecovers) {
   EXPECT_LE(down, 11 + 5) << r.output;
   EXPECT_NE(r.output.find("link 0->1: none -> int8-block from step"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("0->1   adaptive codec, time at each: int8-block"), std::string::npos) << r.output;
+  std::ifstream trace_file(run_dir + "/trace.json");  // an instant on each end's track
+  const std::string trace((std::istreambuf_iterator<char>(trace_file)), std::istreambuf_iterator<char>());
+  EXPECT_NE(trace.find("\"codec 0->1 none -> int8-block\""), std::string::npos);
   // The run's report marks both changes on the step axis.
   Result report = geopipe("report " + run_dir);
   ASSERT_EQ(report.exit_code, 0) << report.output;
