@@ -9,14 +9,16 @@
 using geopipe::runtime::AdaptiveCodec;
 
 TEST(AdaptiveCodec, StepsUpOnlyAfterAWindowOfStepsWhereTheLinkHoldsThePipelineBack) {
-  AdaptiveCodec a(true, "none");  // window 2, up 1.0, down 0.6
+  AdaptiveCodec a(true, "none");  // window 2, up 1.2, down 0.6
   std::string why;
   EXPECT_FALSE(a.observe(3.0, 1.0, &why));   // one step over: not yet
   EXPECT_TRUE(a.observe(2.5, 1.0, &why));    // two: up
   EXPECT_EQ(a.codec(), "int8-block");
-  EXPECT_NE(why.find("busy 2.50x the compute over 2 steps"), std::string::npos) << why;
+  EXPECT_NE(why.find("busy 2.50x the compute over 2 steps (> 1.20)"), std::string::npos) << why;
   EXPECT_FALSE(a.observe(1.5, 1.0, &why));   // a fresh window at the new codec
-  EXPECT_TRUE(a.observe(1.2, 1.0, &why));
+  EXPECT_FALSE(a.observe(1.1, 1.0, &why));   // about as busy as the compute (< 1.2): stays
+  EXPECT_FALSE(a.observe(1.3, 1.0, &why));   // the window still holds the 1.1
+  EXPECT_TRUE(a.observe(1.3, 1.0, &why));
   EXPECT_EQ(a.codec(), "int4-block");
   EXPECT_FALSE(a.observe(5.0, 1.0, &why));   // the top of the ladder: stays
   EXPECT_FALSE(a.observe(5.0, 1.0, &why));
