@@ -3,7 +3,7 @@
 # region (software WAN shaper: each region pair's bandwidth and latency from the topology),
 # train it until it writes recognisable text (validation loss 5.5 -> about 1.3 nats per byte),
 # then show the summary, the checkpoint, the trace and a sample of its writing, and write the
-# run's report (one HTML page, offline: loss, links, bubbles, cost, prediction). About 4 minutes
+# run's report (one HTML page, offline: loss, links, bubbles, cost, prediction). About 3 minutes
 # after the build on 2 CPU cores (docs/PERFORMANCE.md, "The demo").
 #
 # The model is gpt-tiny (examples/jobs/gpt-tiny.json: 4 layers, d_model 128, 4 heads, a context

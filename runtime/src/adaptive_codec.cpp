@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <numeric>
 
 namespace geopipe::runtime {
 
@@ -25,21 +26,22 @@ bool AdaptiveCodec::observe(double busy_s, double compute_s, std::string* reason
   constexpr int kMaxProbeWait = 64;
   ratios_.push_back(compute_s > 0 ? busy_s / compute_s : 0.0);
   const int n = static_cast<int>(ratios_.size());
-  auto last = [&](int k, bool want_min) {
-    const auto from = ratios_.end() - k;
-    return want_min ? *std::min_element(from, ratios_.end()) : *std::max_element(from, ratios_.end());
-  };
+  // Up needs every step of the window over (one slow step is not a slow link); the try below
+  // needs the window's mean under: a mean is steadier than any one step, so two runs with the
+  // same link history cross the threshold at the same step more often.
+  auto lowest = [&](int k) { return *std::min_element(ratios_.end() - k, ratios_.end()); };
+  auto mean = [&](int k) { return std::accumulate(ratios_.end() - k, ratios_.end(), 0.0) / k; };
   char why[200];
   const int top = static_cast<int>(ladder_.size()) - 1;
-  if (level_ < top && n >= policy_.window && last(policy_.window, true) > policy_.up) {
+  if (level_ < top && n >= policy_.window && lowest(policy_.window) > policy_.up) {
     std::snprintf(why, sizeof why, "busy %.2fx the compute over %d steps (> %.2f): the link holds the pipeline back",
-                  last(policy_.window, true), policy_.window, policy_.up);
+                  lowest(policy_.window), policy_.window, policy_.up);
     if (probing_) probe_wait_ = std::min(2 * probe_wait_, kMaxProbeWait);  // the try failed
     probing_ = false;
     ++level_;
-  } else if (level_ > 0 && n >= probe_wait_ && last(probe_wait_, false) < policy_.down) {
-    std::snprintf(why, sizeof why, "busy at most %.2fx the compute over %d steps (< %.2f): trying %s",
-                  last(probe_wait_, false), probe_wait_, policy_.down, ladder_[static_cast<size_t>(level_ - 1)].c_str());
+  } else if (level_ > 0 && n >= probe_wait_ && mean(probe_wait_) < policy_.down) {
+    std::snprintf(why, sizeof why, "busy %.2fx the compute on average over %d steps (< %.2f): trying %s",
+                  mean(probe_wait_), probe_wait_, policy_.down, ladder_[static_cast<size_t>(level_ - 1)].c_str());
     probing_ = true;
     --level_;
   } else {

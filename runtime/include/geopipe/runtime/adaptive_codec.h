@@ -20,8 +20,8 @@ struct AdaptivePolicy {
   int window = 2;      // steps observed at one codec before it may step up
   double up = 1.2;     // step up when, in each of the last `window` steps, busy > up x compute
                        // (above 1: a link about as busy as the compute stays put, not flipping on noise)
-  double down = 0.6;   // try the codec below when, in each of the last `wait` steps, busy < down x
-                       // compute (`wait` starts at `window` and doubles after a failed try, to 64)
+  double down = 0.6;   // try the codec below when busy < down x compute on average over the last
+                       // `wait` steps (`wait` starts at `window` and doubles after a failed try, to 64)
 };
 
 class AdaptiveCodec {
