@@ -133,8 +133,8 @@ TEST_F(TrainCli, PlannedChunkedSchedulesTrainAsOneProcessDoes) {
   }
 }
 
-// A plan with adaptive codecs (geopipe plan --codec adaptive) over a link slowed 8x from step 5 to
-// step 10 (a scripted link event, software shaper): the codec steps up within 3 steps and back
+// A plan with adaptive codecs (geopipe plan --codec adaptive) over a link slowed 12x from step 5
+// to step 10 (a scripted link event, software shaper): the codec steps up within 3 steps and back
 // down within 5 of the link's return, and the JSON log, the progress lines, the summary, the
 // trace and the run's HTML report say so.
 // bench/runtime/adaptive.sh runs the same with geopipe-train --codec adaptive.
@@ -146,7 +146,10 @@ TEST_F(TrainCli, AdaptiveCodecsFollowALinkThatSlowsDownAndRecovers) {
                      " --stages 2 --schedule 1f1b --codec adaptive -o " + plan);
   ASSERT_EQ(p.exit_code, 0) << p.output;
   EXPECT_NE(p.output.find("codec none/none (adaptive)"), std::string::npos) << p.output;
-  const std::string events = "us-east>us-west@s5+6=62500kbit;us-west>us-east@s5+6=62500kbit";
+  // 12x slower, not the benchmark's 8x: the codec's decisions compare the link with this machine's
+  // compute, and 12x keeps every ratio clear of the thresholds on a machine 30 % faster or slower
+  // (uncompressed and slow ~2.9 > 1.2: up; int8 and slow ~1.1 > 0.6: stays; restored ~0.4 < 0.6).
+  const std::string events = "us-east>us-west@s5+6=41667kbit;us-west>us-east@s5+6=41667kbit";
   Result r = geopipe::test_support::run_command(
       std::string(GEOPIPE_MPIEXEC) + " -n 2 --oversubscribe -x GEOPIPE_EMULATE=software -x GEOPIPE_LINK_EVENTS='" +
       events + "' env -u GEOPIPE_TOPOLOGY " + GEOPIPE_TRAIN + " --plan " + plan + " --topology " + topo +

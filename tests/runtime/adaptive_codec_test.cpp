@@ -3,6 +3,7 @@
 // waits longer after each failed try.
 #include <geopipe/core/error.h>
 #include <geopipe/runtime/adaptive_codec.h>
+#include <geopipe/runtime/trainer.h>
 
 #include <gtest/gtest.h>
 
@@ -68,5 +69,18 @@ TEST(AdaptiveCodec, GradientsNeverGoBelowInt8AndAStartOffTheLadderIsRefused) {
     FAIL() << "accepted";
   } catch (const geopipe::InputError& e) {
     EXPECT_NE(std::string(e.what()).find("the plan's link starts at \"fp8-e4m3-block\""), std::string::npos) << e.what();
+  }
+}
+
+TEST(AdaptiveCodec, TheCodecFlagMapsAdaptiveToThePlansStartingCodecs) {
+  using Pair = std::pair<std::string, std::string>;
+  EXPECT_EQ(geopipe::runtime::codec_pair("adaptive"), (Pair{"", ""}));  // the plan's codecs, then adapted
+  EXPECT_EQ(geopipe::runtime::codec_pair("plan"), (Pair{"", ""}));
+  EXPECT_EQ(geopipe::runtime::codec_pair("int4"), (Pair{"int4-block", "int8-block"}));
+  try {
+    geopipe::runtime::codec_pair("zip");
+    FAIL() << "accepted";
+  } catch (const geopipe::InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("expected none, int8, fp8, int4, plan, adaptive"), std::string::npos) << e.what();
   }
 }

@@ -25,7 +25,7 @@ struct TrainConfig {
   std::optional<int64_t> iters;     // total optimizer steps; unset: the job's iterations; 0: none
   uint64_t seed = 1;
   std::string dtype = "fp32";       // fp32 | bf16 (bf16 autocast in forward)
-  std::string codec = "plan";       // none | int8 | fp8 | int4 | plan | a full codec name
+  std::string codec = "plan";       // none | int8 | fp8 | int4 | plan | adaptive | a full codec name
   std::string schedule = "plan";    // gpipe | 1f1b | 1f1b-lh | zb-h1 | plan (one stage per rank)
   std::string recompute = "none";   // none | full (keep block inputs, recompute in the backward)
   std::string schedule_file;        // overrides `schedule` when set
@@ -79,7 +79,8 @@ struct TrainResult {
 
 // Maps --codec to (forward, backward) codec names: "int8" -> int8-block both ways, "fp8" ->
 // fp8-e4m3-block forward / fp8-e5m2-block backward, "int4" -> int4-block forward / int8-block
-// backward (int4 gradients are too coarse, as the plan validator also says); "plan" -> {"", ""}.
+// backward (int4 gradients are too coarse, as the plan validator also says); "plan" and
+// "adaptive" (which starts at the plan's codecs, ExecutorOptions::adaptive_codecs) -> {"", ""}.
 std::pair<std::string, std::string> codec_pair(const std::string& flag);
 
 // Ranks that share this machine's cores: MPI's shared-memory group, or more when `geopipe
