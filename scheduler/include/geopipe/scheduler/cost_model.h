@@ -5,13 +5,12 @@
 #pragma once
 
 #include <geopipe/core/config.h>
+#include <geopipe/scheduler/profile.h>
 
 #include <string>
 #include <vector>
 
 namespace geopipe::scheduler {
-
-struct Profile;  // profile.h
 
 struct CostParams {
   double efficiency = 0.4;           // achieved fraction of a GPU's peak gpu_tflops
@@ -38,14 +37,9 @@ Flops head_flops(const ModelSpec& model, int micro_batch);
 
 // Seconds of one micro-batch of one kind of work on one device: the forward, the full backward,
 // and the backward split as zero-bubble schedules run it (I: the input gradient the previous stage
-// needs; W: the weight gradients, which can wait). I + W is the backward's work done in two calls.
-struct WorkTimes {
-  double forward_s = 0;
-  double backward_s = 0;
-  double input_grad_s = 0;
-  double weight_grad_s = 0;
-  double total() const { return forward_s + backward_s; }
-};
+// needs; W: the weight gradients, which can wait). The profile's record (profile.h), so a measured
+// profile and the FLOPs model fill the same fields.
+using WorkTimes = PhaseTimes;
 
 struct DeviceTimes {
   WorkTimes layer;      // one transformer block
