@@ -51,6 +51,13 @@ std::vector<int> Plan::stages_of_rank(int rank) const {
   return out;
 }
 
+int Plan::replica_of(int rank) const {
+  for (const auto& s : stages)
+    for (size_t r = 0; r < s.ranks.size(); ++r)
+      if (s.ranks[r] == rank) return static_cast<int>(r);
+  return -1;
+}
+
 const std::vector<std::string>& known_schedule_kinds() {
   static const std::vector<std::string> kinds = {"gpipe", "1f1b", "1f1b-lh", "interleaved", "zb-h1", "zbv"};
   return kinds;
@@ -125,6 +132,34 @@ std::vector<double> read_doubles(JsonReader& r, const json& obj, const std::stri
 
 namespace {
 
+// Data-parallel replicas: every stage has as many ranks, and a rank that runs several stages
+// (virtual stages) is the same replica of each, sharing the stages' position in the pipeline:
+// replica r's ranks run one copy of replica 0's pipeline.
+void check_replicas(const Plan& plan, const std::vector<int>& placed, JsonReader& r) {
+  const size_t replicas = plan.stages.front().ranks.size();
+  bool same_counts = replicas > 0;
+  for (size_t i = 1; i < plan.stages.size(); ++i)
+    if (plan.stages[i].ranks.size() != replicas && !plan.stages[i].ranks.empty()) {
+      same_counts = false;
+      r.error(child_path(index_path("stages", i), "ranks"),
+              "has " + std::to_string(plan.stages[i].ranks.size()) + " ranks (replicas), stage 0 has " +
+                  std::to_string(replicas) + ": every stage needs the same number of replicas");
+    }
+  if (placed.empty() || !same_counts) return;
+  for (size_t rep = 0; rep < replicas; ++rep) {
+    std::map<int, std::pair<int, size_t>> rank_at;  // pipeline position -> (rank, first stage there)
+    for (size_t i = 0; i < plan.stages.size(); ++i) {
+      const int rank = plan.stages[i].ranks[rep];
+      auto [it, fresh] = rank_at.emplace(placed[i], std::make_pair(rank, i));
+      if (!fresh && it->second.first != rank)
+        r.error(index_path(child_path(index_path("stages", i), "ranks"), rep),
+                "replica " + std::to_string(rep) + " of stage " + std::to_string(i) + " runs on rank " +
+                    std::to_string(rank) + ", but this schedule places it with stage " +
+                    std::to_string(it->second.second) + " (rank " + std::to_string(it->second.first) + ")");
+    }
+  }
+}
+
 // One rank per stage, or with virtual stages the schedule kind's placement, one region per rank.
 void check_stage_placement(const Plan& plan, JsonReader& r) {
   const int V = plan.schedule.virtual_stages, S = plan.num_stages();
@@ -140,6 +175,7 @@ void check_stage_placement(const Plan& plan, JsonReader& r) {
   }
   const int R = S / V;
   const std::vector<int> placed = V > 1 ? stage_ranks(chunk_placement_of(kind), R, V) : std::vector<int>{};
+  check_replicas(plan, placed, r);
   // By position in the array: a stage's "index" may be wrong (reported elsewhere) and must not
   // index anything here.
   std::map<int, size_t> first_stage_of;  // rank -> position of the first stage it appeared in
@@ -477,11 +513,14 @@ json to_json(const Plan& plan) {
                     {"link_utilisation", plan.predicted.link_utilisation}};
   if (!plan.predicted.peak_activations.empty()) j["predicted"]["peak_activations"] = plan.predicted.peak_activations;
   if (!plan.predicted.memory_bytes.empty()) j["predicted"]["memory_bytes"] = plan.predicted.memory_bytes;
-  j["provenance"] = {{"policy", plan.provenance.policy},
-                     {"topology", plan.provenance.topology_name},
-                     {"topology_hash", plan.provenance.topology_hash},
-                     {"job_hash", plan.provenance.job_hash},
-                     {"generator", plan.provenance.generator}};
+  // The optional provenance fields are written only when set: the reader refuses an empty string.
+  j["provenance"] = {{"topology_hash", plan.provenance.topology_hash}};
+  const std::pair<const char*, const std::string*> optional[] = {{"policy", &plan.provenance.policy},
+                                                                 {"topology", &plan.provenance.topology_name},
+                                                                 {"job_hash", &plan.provenance.job_hash},
+                                                                 {"generator", &plan.provenance.generator}};
+  for (const auto& [key, value] : optional)
+    if (!value->empty()) j["provenance"][key] = *value;
   return j;
 }
 

@@ -23,7 +23,10 @@ const std::vector<std::string>& known_codec_names();
 struct StagePlan {
   int index = 0;
   std::string region;
-  std::vector<int> ranks;   // MPI ranks that run this stage (one per stage today)
+  // MPI ranks that run this stage: one per data-parallel replica, replica r at ranks[r]. Every
+  // stage has the same count (parse_plan checks); replica r of stage k talks only to replica r
+  // of stages k +- 1, and a stage's replicas average their gradients (runtime/grad_reducer.h).
+  std::vector<int> ranks;
   int layer_begin = 0;      // transformer blocks [layer_begin, layer_end)
   int layer_end = 0;
 };
@@ -90,6 +93,12 @@ struct Plan {
   int stage_of_rank(int rank) const;      // the rank's first stage; -1 when it has none
   std::vector<int> stages_of_rank(int rank) const;  // in model order (V of them with virtual stages)
   const LinkPlan* link_between(int from_stage, int to_stage) const;  // nullptr if none
+  // Data-parallel replicas: ranks per stage (1 for a plan without stages).
+  int replicas() const { return stages.empty() ? 1 : static_cast<int>(stages.front().ranks.size()); }
+  // The replica `rank` belongs to (its index in its stages' rank lists); -1 when it has no stage.
+  int replica_of(int rank) const;
+  // The rank of replica `replica` of stage `stage`.
+  int rank_of(int stage, int replica) const { return stages.at(static_cast<size_t>(stage)).ranks.at(static_cast<size_t>(replica)); }
   // Content hash (hex) of the whole plan: the runtime stamps it on what a run writes (trace,
   // run.json) so `geopipe report` can tell files of this plan from files of another run.
   std::string hash() const;
