@@ -28,6 +28,7 @@ struct PlanOptions {
   std::string schedule = "auto";
   int stages = 0;
   int virtual_stages = 0;
+  int replicas = 0;  // 0: the job's (its "replicas" field, else 1)
   double slack = 0.10;
   double efficiency = 0.4;
   int shared_compute_slots = 0;
@@ -51,17 +52,31 @@ void print_schedules(const std::vector<scheduler::ScheduleOption>& options, cons
   }
 }
 
+// "rank 3", or for a stage's replicas "ranks 2-3" (consecutive) or "ranks 1,5".
+std::string rank_list(const std::vector<int>& ranks) {
+  if (ranks.size() == 1) return "rank " + std::to_string(ranks[0]);
+  bool consecutive = true;
+  for (size_t i = 1; i < ranks.size(); ++i) consecutive = consecutive && ranks[i] == ranks[i - 1] + 1;
+  if (consecutive) return "ranks " + std::to_string(ranks.front()) + "-" + std::to_string(ranks.back());
+  std::string s = "ranks ";
+  for (size_t i = 0; i < ranks.size(); ++i) s += (i ? "," : "") + std::to_string(ranks[i]);
+  return s;
+}
+
 void print_summary(const Plan& plan, const std::vector<scheduler::ScheduleOption>& options, const std::string& out) {
   char line[256];
   std::cout << "plan for job \"" << plan.job.name << "\" (policy " << plan.provenance.policy << ", topology "
             << plan.provenance.topology_name << "): " << plan.world_size() << (plan.world_size() == 1 ? " rank, " : " ranks, ")
-            << plan.num_stages() << (plan.num_stages() == 1 ? " stage" : " stages") << ", schedule " << plan.schedule.kind;
+            << plan.num_stages() << (plan.num_stages() == 1 ? " stage" : " stages");
+  if (plan.replicas() > 1) std::cout << " x " << plan.replicas() << " replicas";
+  std::cout << ", schedule " << plan.schedule.kind;
   if (plan.schedule.virtual_stages > 1) std::cout << " (" << plan.schedule.virtual_stages << " stages per rank)";
   std::cout << "\n";
   for (size_t k = 0; k < plan.stages.size(); ++k) {
     const auto& s = plan.stages[k];
-    std::snprintf(line, sizeof line, "  stage %-3d rank %-3d %-26s layers [%d, %d)  %.4f s/micro-batch", s.index,
-                  s.ranks[0], s.region.c_str(), s.layer_begin, s.layer_end, plan.predicted.stage_compute_s[k]);
+    std::snprintf(line, sizeof line, "  stage %-3d %-8s %-26s layers [%d, %d)  %.4f s/micro-batch", s.index,
+                  rank_list(s.ranks).c_str(), s.region.c_str(), s.layer_begin, s.layer_end,
+                  plan.predicted.stage_compute_s[k]);
     std::cout << line;
     if (k < plan.schedule.warmup.size()) std::cout << "  warm-up " << plan.schedule.warmup[k];
     std::cout << "\n";
@@ -74,8 +89,13 @@ void print_summary(const Plan& plan, const std::vector<scheduler::ScheduleOption
                   100 * plan.predicted.link_utilisation[i]);
     std::cout << line;
   }
-  for (size_t r = 0; r < plan.predicted.peak_activations.size(); ++r) {
-    std::snprintf(line, sizeof line, "  rank  %-3zu peak activations %d micro-batches, memory %.3f GB\n", r,
+  // One line per pipeline position: its replicas (consecutive ranks, planner.h) hold the same chunks.
+  const int replicas = plan.replicas();
+  for (int r = 0; r < static_cast<int>(plan.predicted.peak_activations.size()); r += replicas) {
+    std::vector<int> ranks(static_cast<size_t>(replicas));
+    for (int k = 0; k < replicas; ++k) ranks[k] = r + k;
+    const std::string who = replicas == 1 ? "rank  " + std::to_string(r) : rank_list(ranks);
+    std::snprintf(line, sizeof line, "  %-9s peak activations %d micro-batches, memory %.3f GB\n", who.c_str(),
                   plan.predicted.peak_activations[r], plan.predicted.memory_bytes[r] / 1e9);
     std::cout << line;
   }
@@ -91,6 +111,7 @@ void print_summary(const Plan& plan, const std::vector<scheduler::ScheduleOption
 int run_plan(const PlanOptions& o) {
   Topology topology = load_topology(o.topology);
   JobSpec job = load_job(o.job);
+  if (o.replicas > 0) job.replicas = o.replicas;  // the plan records the count it was made with
   auto policy = scheduler::parse_policy(o.policy);
   if (!policy) throw InputError("--policy", "", "unknown policy \"" + o.policy + "\"");
   scheduler::PlannerOptions po;
@@ -154,6 +175,10 @@ void register_plan(CLI::App& app, int& exit_code) {
   cmd->add_option("--virtual-stages", o->virtual_stages,
                   "Stages (model chunks) per rank for interleaved: the layers split into stages x V chunks (default 2)")
       ->check(CLI::Range(1, 64));
+  cmd->add_option("--replicas", o->replicas,
+                  "Data-parallel replicas of every stage, all in the stage's region (default: the job's "
+                  "\"replicas\", else 1); a stage then needs this many GPUs of its region")
+      ->check(CLI::Range(1, kMaxReplicas));
   cmd->add_option("--slack", o->slack, "Allocator: iteration time within (1 + slack) of the fastest feasible path")
       ->check(CLI::Range(0.0, 10.0));
   cmd->add_option("--efficiency", o->efficiency, "Achieved fraction of peak GPU FLOP/s (default 0.4)")

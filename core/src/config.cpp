@@ -233,7 +233,7 @@ namespace {
 
 void read_job(JsonReader& r, const json& doc, const std::string& path, JobSpec& job) {
   if (!r.expect_object(doc, path, {"name", "tenant", "note", "model", "micro_batch", "micro_batches", "iterations",
-                                   "stages", "arrival_s"}))
+                                   "stages", "replicas", "arrival_s"}))
     return;
   if (auto s = r.string(doc, path, "name")) job.name = *s;
   if (auto s = r.string(doc, path, "tenant", false)) job.tenant = *s;
@@ -260,6 +260,7 @@ void read_job(JsonReader& r, const json& doc, const std::string& path, JobSpec& 
   if (auto x = r.integer(doc, path, "micro_batches", 1, 1 << 20)) job.micro_batches = static_cast<int>(*x);
   if (auto x = r.integer(doc, path, "iterations", 1, 1LL << 40)) job.iterations = static_cast<int>(std::min<long long>(*x, 1 << 30));
   if (auto x = r.number(doc, path, "arrival_s", false, false)) job.arrival_s = *x;
+  if (auto x = r.integer(doc, path, "replicas", 1, kMaxReplicas, false)) job.replicas = static_cast<int>(*x);
 
   const std::string sp = child_path(path, "stages");
   if (const json* st = r.field(doc, path, "stages")) {
@@ -315,6 +316,7 @@ json to_json(const JobSpec& job) {
     j["stages"] = job.min_stages;
   else
     j["stages"] = {job.min_stages, job.max_stages};
+  if (job.replicas != 1) j["replicas"] = job.replicas;  // absent at 1: JobSpec::hash of older jobs unchanged
   j["arrival_s"] = job.arrival_s;
   return j;
 }

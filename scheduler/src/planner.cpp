@@ -631,23 +631,34 @@ PlanResult exact_placement(const Topology& topology, const JobSpec& job, const C
 
 namespace {
 
-Plan make_plan(const Topology& topology, const JobSpec& job, const Placement& p, const ScheduleOption& o,
-               const std::string& policy, const CostParams& cost) {
-  Plan plan;
-  plan.job = job;
-  const int N = static_cast<int>(o.chunk_rank.size()), M = job.micro_batches;
+// A per-rank prediction from one value per pipeline position: replica r of position p is rank
+// p * replicas + r, and every replica of a position holds the same chunks.
+template <typename T>
+std::vector<T> per_rank(const std::vector<T>& per_position, int replicas) {
+  std::vector<T> out;
+  for (const T& v : per_position) out.insert(out.end(), static_cast<size_t>(replicas), v);
+  return out;
+}
+
+// Stage chunks in model order. Ranks are grouped by pipeline position (replica r of position p
+// is rank p * R + r), so launch, which fills a region's hosts in rank order, keeps a stage's
+// replicas together, and a rank holds the same replica of every chunk at its position.
+void add_stages(Plan& plan, const Topology& topology, const Placement& p, const ScheduleOption& o, int replicas) {
   int begin = 0;
-  for (int c = 0; c < N; ++c) {
+  for (size_t c = 0; c < o.chunk_rank.size(); ++c) {
     StagePlan s;
-    s.index = c;
+    s.index = static_cast<int>(c);
     s.region = topology.regions[p.region[o.chunk_rank[c]]].name;
-    s.ranks = {o.chunk_rank[c]};
+    for (int r = 0; r < replicas; ++r) s.ranks.push_back(o.chunk_rank[c] * replicas + r);
     s.layer_begin = begin;
     s.layer_end = begin + o.chunk_layers[c];
     begin = s.layer_end;
     plan.stages.push_back(s);
   }
-  const double iteration = o.timing.iteration_s;
+}
+
+void add_links(Plan& plan, const Topology& topology, const Placement& p, const ScheduleOption& o, int replicas) {
+  const int N = static_cast<int>(o.chunk_rank.size()), M = plan.job.micro_batches;
   for (int c = 0; c + 1 < N; ++c) {
     LinkPlan l;
     l.from_stage = c;
@@ -661,33 +672,79 @@ Plan make_plan(const Topology& topology, const JobSpec& job, const Placement& p,
     l.transport = same && topology.regions[region].gpu_type != "cpu" ? "nccl" : "mpi";
     l.adaptive = o.adaptive[c];
     plan.links.push_back(l);
-    // Share of the boundary's bandwidth the job uses over the iteration.
-    const double demand = M * std::max(o.fwd_bytes[c], o.bwd_bytes[c]) / iteration;
+    // Share of the boundary's bandwidth the job uses over the iteration. Every replica's
+    // pipeline sends over the one link between two regions; inside a region each replica pair
+    // has a path of its own.
+    const int pipelines = same ? 1 : replicas;
+    const double demand = pipelines * M * std::max(o.fwd_bytes[c], o.bwd_bytes[c]) / o.timing.iteration_s;
     plan.predicted.link_utilisation.push_back(o.boundary_bps[c] > 0 ? demand / o.boundary_bps[c] : 0.0);
   }
+}
+
+void add_predictions(Plan& plan, const Topology& topology, const Placement& p, const ScheduleOption& o,
+                     const CostParams& cost, int replicas) {
+  const int M = plan.job.micro_batches;
+  // The iteration time leaves out the replicas' gradient all-reduce and their sharing of the
+  // inter-region links (the planner issue adds both to the cost model); energy counts every GPU:
+  // each replica computes its own M micro-batches within the same iteration.
+  const double iteration = o.timing.iteration_s;
+  std::vector<const Region*> regs;
+  std::vector<double> per_mb;
+  for (int r = 0; r < p.stages(); ++r)
+    for (int k = 0; k < replicas; ++k) {
+      regs.push_back(&topology.regions[p.region[r]]);
+      per_mb.push_back(o.timing.rank_compute_s[r] / M);
+    }
+  EnergyCost ec = iteration_energy(regs, per_mb, iteration, M, cost);
+  plan.predicted.iteration_s = iteration;
+  plan.predicted.jct_s = iteration * plan.job.iterations;
+  plan.predicted.energy_kwh = joules_to_kwh(ec.energy_j) * plan.job.iterations;
+  plan.predicted.cost_usd = ec.cost_usd * plan.job.iterations;
+  plan.predicted.stage_compute_s = o.chunk_s;
+  plan.predicted.peak_activations = per_rank(o.timing.peak_activations, replicas);
+  plan.predicted.memory_bytes = per_rank(o.memory_bytes, replicas);
+}
+
+Plan make_plan(const Topology& topology, const JobSpec& job, const Placement& p, const ScheduleOption& o,
+               const std::string& policy, const CostParams& cost) {
+  Plan plan;
+  plan.job = job;
+  add_stages(plan, topology, p, o, job.replicas);
+  add_links(plan, topology, p, o, job.replicas);
   plan.schedule.kind = o.kind;
   plan.schedule.virtual_stages = o.virtual_stages;
   plan.schedule.warmup = o.warmup;  // the 1F1B kinds' depths; empty for the others
-  std::vector<const Region*> regs;
-  std::vector<double> per_mb;
-  for (int r = 0; r < p.stages(); ++r) {
-    regs.push_back(&topology.regions[p.region[r]]);
-    per_mb.push_back(o.timing.rank_compute_s[r] / M);
-  }
-  EnergyCost ec = iteration_energy(regs, per_mb, iteration, M, cost);
-  plan.predicted.iteration_s = iteration;
-  plan.predicted.jct_s = iteration * job.iterations;
-  plan.predicted.energy_kwh = joules_to_kwh(ec.energy_j) * job.iterations;
-  plan.predicted.cost_usd = ec.cost_usd * job.iterations;
-  plan.predicted.stage_compute_s = o.chunk_s;
-  plan.predicted.peak_activations = o.timing.peak_activations;
-  plan.predicted.memory_bytes = o.memory_bytes;
+  add_predictions(plan, topology, p, o, cost, job.replicas);
   plan.provenance.policy = policy;
   plan.provenance.topology_name = topology.name;
   plan.provenance.topology_hash = topology.hash();
   plan.provenance.job_hash = job.hash();
   plan.provenance.generator = std::string("geopipe ") + GEOPIPE_VERSION;
   return plan;
+}
+
+// With R replicas a stage takes R GPUs of one region: the placement search sees a region as
+// gpus / R stage slots. InfeasibleError when the slots cannot hold the job's fewest stages,
+// naming every region with its GPUs.
+ClusterState replica_slots(const Topology& topology, const JobSpec& job, const PlannerOptions& options,
+                           const std::string& refusal) {
+  ClusterState state = ClusterState::empty(topology);
+  const int R = job.replicas;
+  if (R == 1) return state;  // one GPU a stage: explain() words the shortage as before
+  for (int& free : state.free_gpus) free /= R;
+  const int fewest = options.fixed_stages > 0 ? options.fixed_stages : job.min_stages;
+  if (state.total_free() >= fewest) return state;
+  std::string regions;
+  for (size_t i = 0; i < topology.regions.size(); ++i) {
+    const Region& region = topology.regions[i];
+    regions += (i ? ", " : "") + region.name + " has " + std::to_string(region.gpus) + " GPU" +
+               (region.gpus == 1 ? "" : "s") + " (" + std::to_string(state.free_gpus[i]) + " stage" +
+               (state.free_gpus[i] == 1 ? "" : "s") + ")";
+  }
+  throw InfeasibleError(refusal + "too few GPUs for " + std::to_string(R) + " replicas: each stage needs " +
+                        std::to_string(R) + " GPUs in one region and the job at least " + std::to_string(fewest) +
+                        (fewest == 1 ? " stage (" : " stages (") + std::to_string(fewest * R) +
+                        " GPUs); " + regions);
 }
 
 }  // namespace
@@ -698,11 +755,11 @@ Plan plan_job(Policy policy, const Topology& topology, const JobSpec& job, const
     throw InputError("--stages", "", "asked for " + std::to_string(options.fixed_stages) + " stages but job \"" +
                                          job.name + "\" has " + std::to_string(job.model.layers) + " layers");
   if (options.profile) check_profile_matches(*options.profile, job);
-  ClusterState state = ClusterState::empty(topology);
+  const std::string refusal =
+      "cannot place job \"" + job.name + "\" on " + topology.name + " (policy " + policy_name(policy) + "): ";
+  ClusterState state = replica_slots(topology, job, options, refusal);
   PlanResult r = place_job(policy, topology, job, state, options);
-  if (!r.placement)
-    throw InfeasibleError("cannot place job \"" + job.name + "\" on " + topology.name + " (policy " +
-                          policy_name(policy) + "): " + r.why);
+  if (!r.placement) throw InfeasibleError(refusal + r.why);
   std::vector<ScheduleOption> options_here = schedule_options(topology, job, *r.placement, options);
   const ScheduleOption& chosen = pick_schedule(options_here, options.schedule);
   Plan plan = make_plan(topology, job, *r.placement, chosen, policy_name(policy), options.cost);

@@ -364,6 +364,13 @@ SimResult simulate(const Topology& topology, const Workload& workload, Policy po
   if (policy == Policy::kExact)
     throw InputError("--policy", "", "\"exact\" solves one job on an empty cluster (geopipe plan --policy exact); "
                                      "it is not a queue policy for the simulator");
+  // Refused rather than run as one rank a stage: the simulator holds one GPU per stage and one
+  // pipeline's traffic per link, so a job's replicas would be silently dropped.
+  for (const JobSpec& job : workload.jobs)
+    if (job.replicas != 1)
+      throw InputError("workload \"" + workload.name + "\"", "job \"" + job.name + "\".replicas",
+                       "the multi-tenant simulator runs one rank per stage; replicas (" +
+                           std::to_string(job.replicas) + ") are planned by geopipe plan only");
   return Simulation(topology, workload, policy, options).run();
 }
 

@@ -83,6 +83,46 @@ TEST(Job, StageRangeIsClippedToTheLayerCount) {
   EXPECT_EQ(j.max_stages, 4);
 }
 
+TEST(Job, ReplicasDefaultToOneAndLeaveTheHashOfJobsWithoutThemUnchanged) {
+  json doc = read_json_file(src("examples/jobs/gpt-tiny.json"));
+  JobSpec plain = parse_job(doc, "gpt-tiny.json");
+  EXPECT_EQ(plain.replicas, 1);
+  EXPECT_FALSE(to_json(plain).contains("replicas"));
+  // The hash plans recorded for this job before replicas existed.
+  EXPECT_EQ(plain.hash(), "770d129c610c1e79");
+  doc["replicas"] = 1;
+  EXPECT_EQ(parse_job(doc, "gpt-tiny.json").hash(), "770d129c610c1e79");
+  doc["replicas"] = 2;
+  JobSpec two = parse_job(doc, "gpt-tiny.json");
+  EXPECT_EQ(two.replicas, 2);
+  EXPECT_EQ(to_json(two)["replicas"], 2);
+  EXPECT_NE(two.hash(), plain.hash());
+  JobSpec back = parse_job(to_json(two), "roundtrip");
+  EXPECT_EQ(back.replicas, 2);
+  EXPECT_EQ(back.hash(), two.hash());
+}
+
+TEST(Job, BadReplicaCountIsRefusedNamingTheFileAndField) {
+  const json bad_values[] = {0, -2, 4097, 1.5, "2", nullptr};
+  for (const json& value : bad_values) {
+    SCOPED_TRACE(value.dump());
+    json doc = read_json_file(src("examples/jobs/gpt-tiny.json"));
+    doc["replicas"] = value;
+    try {
+      parse_job(doc, "job.json");
+      ADD_FAILURE() << "accepted replicas " << value.dump();
+    } catch (const InputError& e) {
+      ASSERT_EQ(e.diagnostics().size(), 1u) << e.what();
+      EXPECT_NE(std::string(e.what()).find("job.json: replicas:"), std::string::npos) << e.what();
+      const bool integer = value.is_number_integer();
+      EXPECT_NE(std::string(e.what()).find(integer ? "expected an integer in [1, 4096], got " + value.dump()
+                                                    : "expected an integer, got "),
+                std::string::npos)
+          << e.what();
+    }
+  }
+}
+
 TEST(Workload, JobsAreOrderedByArrival) {
   Workload w = load_workload(src("examples/workloads/mixed6.json"));
   ASSERT_EQ(w.jobs.size(), 6u);

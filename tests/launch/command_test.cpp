@@ -2,6 +2,7 @@
 #include <geopipe/core/env.h>
 #include <geopipe/core/error.h>
 #include <geopipe/launch/command.h>
+#include <geopipe/launch/launch.h>
 #include <geopipe/launch/netns.h>
 #include <geopipe/launch/process.h>
 
@@ -14,6 +15,8 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <optional>
 
 namespace geopipe::launch {
@@ -390,6 +393,50 @@ TEST(LaunchCommand, NetnsCommandRunsMpirunInTheHubWithTheAgent) {
   EXPECT_NE(agent->content.find("exec ip netns exec \"$ns\" /bin/sh -c \"$*\""), std::string::npos) << agent->content;
   EXPECT_NE(agent->content.find("session=/run/gp/sessions/\"$ns\""), std::string::npos) << agent->content;
   EXPECT_NE(agent->content.find("OMPI_MCA_orte_tmpdir_base=\"$session\""), std::string::npos) << agent->content;
+}
+
+TEST(LaunchCommand, NetnsPutsAStagesReplicasInItsRegionsNamespace) {
+  // 2 stages x 2 replicas on two regions of 2 GPUs; --dry-run builds the layout without root.
+  const auto dir = std::filesystem::temp_directory_path() / ("geopipe-netns-replicas-" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  Topology t = local4();
+  t.regions.resize(2);
+  t.links.resize(1);  // us-east <-> us-west
+  for (auto& region : t.regions) region.gpus = 2;
+  const std::string topology_file = (dir / "topology.json").string(), plan_file = (dir / "plan.json").string();
+  std::ofstream(topology_file) << to_json(t).dump(1);
+  t = load_topology(topology_file);
+  save_plan(make_plan(t, {{"us-east", 2}, {"us-west", 2}}), plan_file);
+
+  LaunchRequest q;
+  q.topology_file = topology_file;
+  q.plan_file = plan_file;
+  q.emulation = Emulation::kNetns;
+  q.dry_run = true;
+  q.run_dir = dir.string();
+  q.program = {"geopipe-train"};
+  LaunchSpec s = prepare_launch(q);
+  const std::string east = "geopipe-" + std::to_string(getpid()) + "-r0";
+  const std::string west = "geopipe-" + std::to_string(getpid()) + "-r1";
+  ASSERT_EQ(s.placement.world_size(), 4);
+  for (int r = 0; r < 4; ++r) {
+    SCOPED_TRACE(r);
+    EXPECT_EQ(s.placement.ranks[r].host, r < 2 ? east : west);
+    EXPECT_EQ(s.placement.ranks[r].region, r < 2 ? "us-east" : "us-west");
+  }
+  MpirunCommand cmd = build_mpirun(s);
+  auto ctx = app_contexts(cmd.argv);
+  ASSERT_EQ(ctx.size(), 2u);  // one app context per namespace, its two replicas in it
+  EXPECT_TRUE(has_pair(ctx[0], "-np", "2"));
+  EXPECT_TRUE(has_pair(ctx[0], "--host", east));
+  EXPECT_TRUE(has_pair(ctx[0], "-x", "GEOPIPE_REGION=us-east"));
+  EXPECT_TRUE(has_pair(ctx[1], "-np", "2"));
+  EXPECT_TRUE(has_pair(ctx[1], "--host", west));
+  EXPECT_TRUE(has_pair(ctx[1], "-x", "GEOPIPE_REGION=us-west"));
+  EXPECT_NE(cmd.files[0].content.find(east + " slots=2  # us-east\n" + west + " slots=2  # us-west\n"),
+            std::string::npos)
+      << cmd.files[0].content;
+  std::filesystem::remove_all(dir);
 }
 
 TEST(LaunchCommand, RunCaptureReportsStatusOutputAndTimeout) {

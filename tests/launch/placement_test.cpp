@@ -98,6 +98,38 @@ TEST(LaunchPlacement, RefusesPlanWithMoreRanksThanHostfileSlots) {
       << msg;
 }
 
+TEST(LaunchPlacement, StageReplicasGoToTheHostsOfTheirStagesRegionInRankOrder) {
+  // 2 stages x 2 replicas (the planner numbers a stage's replicas consecutively): Oregon's two
+  // hosts have one slot each, so its replicas take one host each; Virginia's share its host.
+  Topology t = aws6_with_hosts();
+  auto hostfile = parse_hostfile("10.0.1.1 slots=1\n10.0.1.2 slots=1\n10.0.2.1 slots=2\n", "hosts.txt");
+  Plan plan = make_plan(t, {{"us-west-2-oregon", 2}, {"us-east-1-virginia", 2}});
+  ASSERT_EQ(plan.replicas(), 2);
+  Placement p = place_plan(plan, "plan.json", t, make_inventory(t, Emulation::kNone, hostfile, "hosts.txt"));
+  ASSERT_EQ(p.world_size(), 4);
+  const char* hosts[] = {"10.0.1.1", "10.0.1.2", "10.0.2.1", "10.0.2.1"};
+  for (int r = 0; r < 4; ++r) {
+    SCOPED_TRACE(r);
+    EXPECT_EQ(p.ranks[r].stage, r / 2);
+    EXPECT_EQ(p.ranks[r].region, r < 2 ? "us-west-2-oregon" : "us-east-1-virginia");
+    EXPECT_EQ(p.ranks[r].host, hosts[r]);
+  }
+}
+
+TEST(LaunchPlacement, RefusesReplicasTheirRegionsHaveNoGpusFor) {
+  Topology t = local4();  // one GPU a region
+  Plan plan = make_plan(t, {{"us-east", 2}, {"us-west", 2}});
+  std::string msg = input_error_text([&] { place_plan(plan, "plan.json", t, make_inventory(t, Emulation::kSoftware)); });
+  EXPECT_NE(msg.find("regions[0] (\"us-east\"): region \"us-east\" is short of GPUs: the plan plan.json places 2 "
+                     "ranks there but it has 1 GPU"),
+            std::string::npos)
+      << msg;
+  EXPECT_NE(msg.find("regions[1] (\"us-west\"): region \"us-west\" is short of GPUs: the plan plan.json places 2 "
+                     "ranks there but it has 1 GPU"),
+            std::string::npos)
+      << msg;
+}
+
 TEST(LaunchPlacement, RefusesHostMissingFromHostfile) {
   Topology t = aws6_with_hosts();
   auto hostfile = parse_hostfile("10.0.1.1 slots=4\n", "hosts.txt");

@@ -79,6 +79,57 @@ TEST(CliPlan, InfeasibleJobExitsThreeSayingWhy) {
   EXPECT_NE(r.output.find("too few GPUs"), std::string::npos) << r.output;
 }
 
+TEST(CliPlan, ReplicasGiveEveryStageRanksInItsRegion) {
+  const std::string topology = src("tests/scheduler/data/two-regions-2gpus.json");
+  const std::string plan = out("cli_plan_replicas.json");
+  std::remove(plan.c_str());
+  Result r = run("plan --topology " + topology + " --job " + src("examples/jobs/gpt-tiny.json") +
+                 " --stages 2 --replicas 2 --schedule 1f1b -o " + plan);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("4 ranks, 2 stages x 2 replicas, schedule 1f1b"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("  stage 0   ranks 0-1 "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("  stage 1   ranks 2-3 "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("  ranks 2-3 peak activations 1 micro-batches"), std::string::npos) << r.output;
+  geopipe::Plan p = geopipe::load_plan(plan);
+  ASSERT_EQ(p.num_stages(), 2);
+  EXPECT_EQ(p.stages[0].ranks, (std::vector<int>{0, 1}));
+  EXPECT_EQ(p.stages[1].ranks, (std::vector<int>{2, 3}));
+  EXPECT_NE(p.stages[0].region, p.stages[1].region);  // each region has room for one stage of 2
+  EXPECT_EQ(p.job.replicas, 2);
+  EXPECT_NO_THROW(geopipe::check_plan_against(p, geopipe::load_topology(topology), plan, 4));
+  Result v = run("validate --topology " + topology + " " + plan);
+  EXPECT_EQ(v.exit_code, 0) << v.output;
+}
+
+TEST(CliPlan, TheJobsReplicasFieldPlansReplicasAndTheFlagOverridesIt) {
+  const std::string base = "plan --topology " + src("tests/scheduler/data/two-regions-2gpus.json") + " --job " +
+                           src("tests/scheduler/data/gpt-tiny-2x2.json") + " --schedule 1f1b";
+  Result field = run(base);
+  ASSERT_EQ(field.exit_code, 0) << field.output;
+  auto doc = nlohmann::json::parse(field.output);
+  EXPECT_EQ(doc["stages"][1]["ranks"], nlohmann::json::array({2, 3}));
+  EXPECT_EQ(doc["job"]["replicas"], 2);
+  Result flag = run(base + " --replicas 1");
+  ASSERT_EQ(flag.exit_code, 0) << flag.output;
+  auto one = nlohmann::json::parse(flag.output);
+  EXPECT_EQ(one["stages"][1]["ranks"], nlohmann::json::array({1}));
+  EXPECT_FALSE(one["job"].contains("replicas"));
+  Result zero = run(base + " --replicas 0");
+  EXPECT_EQ(zero.exit_code, 2) << zero.output;
+  EXPECT_NE(zero.output.find("--replicas: Value 0 not in range 1 to 4096"), std::string::npos) << zero.output;
+}
+
+TEST(CliPlan, ReplicasThatNoRegionHasRoomForExitThreeNamingTheRegions) {
+  Result r = run("plan --topology " + src("examples/topologies/local4.json") + " --job " +
+                 src("examples/jobs/gpt-tiny.json") + " --replicas 2 -o " + out("never.json"));
+  EXPECT_EQ(r.exit_code, 3) << r.output;
+  EXPECT_NE(r.output.find("too few GPUs for 2 replicas: each stage needs 2 GPUs in one region and the job at least 4 "
+                          "stages (8 GPUs); us-east has 1 GPU (0 stages), us-west has 1 GPU (0 stages), eu-central has "
+                          "1 GPU (0 stages), ap-southeast has 1 GPU (0 stages)"),
+            std::string::npos)
+      << r.output;
+}
+
 TEST(CliPlan, ProfileReplacesTheFlopsModel) {
   Result a = run("plan --topology " + src("examples/topologies/local4.json") + " --job " +
                  src("examples/jobs/gpt-tiny.json") + " --profile " + src("tests/scheduler/data/profile-cpu-gpt-tiny.json"));

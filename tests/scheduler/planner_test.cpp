@@ -238,3 +238,95 @@ TEST(Plan, LongLinksGetTheLatencyHidingSchedule) {
   EXPECT_EQ(q.schedule.warmup[0], 1);
   EXPECT_GT(q.predicted.iteration_s, p.predicted.iteration_s);
 }
+
+// ---- Replicas ----------------------------------------------------------------------------------
+
+namespace {
+
+// Two regions of `gpus` GPUs each; the two-stage job with `replicas` replicas per stage.
+geopipe::Topology two_regions_of(int gpus) {
+  return make_topology({{"a", gpus, 1.0, 0.1}, {"b", gpus, 1.0, 0.2}}, {{"a", "b", 10, 10}});
+}
+geopipe::JobSpec replicated(geopipe::JobSpec job, int replicas) {
+  job.replicas = replicas;
+  return job;
+}
+
+}  // namespace
+
+TEST(PlanReplicas, EveryStageGetsItsReplicasInItsRegionRanksGroupedByStage) {
+  // Two GPUs a region and two per stage: each region holds exactly one stage.
+  auto t = two_regions_of(2);
+  geopipe::Plan p = gs::plan_job(gs::Policy::kBace, t, replicated(two_stage_job(), 2), {});
+  ASSERT_EQ(p.num_stages(), 2);
+  EXPECT_EQ(p.world_size(), 4);
+  EXPECT_EQ(p.replicas(), 2);
+  EXPECT_EQ(p.job.replicas, 2);
+  EXPECT_EQ(p.stages[0].ranks, (std::vector<int>{0, 1}));
+  EXPECT_EQ(p.stages[1].ranks, (std::vector<int>{2, 3}));
+  EXPECT_NE(p.stages[0].region, p.stages[1].region);
+  EXPECT_EQ(p.replica_of(3), 1);
+  EXPECT_EQ(p.rank_of(1, 0), 2);
+  // Per-rank predictions: one entry per rank, a stage's replicas alike.
+  ASSERT_EQ(p.predicted.memory_bytes.size(), 4u);
+  ASSERT_EQ(p.predicted.peak_activations.size(), 4u);
+  EXPECT_EQ(p.predicted.memory_bytes[2], p.predicted.memory_bytes[3]);
+  EXPECT_EQ(p.predicted.peak_activations[0], p.predicted.peak_activations[1]);
+
+  geopipe::Plan back = geopipe::parse_plan(geopipe::to_json(p), "replicas.json");
+  EXPECT_EQ(back.stages[0].ranks, (std::vector<int>{0, 1}));
+  EXPECT_EQ(back.stages[1].ranks, (std::vector<int>{2, 3}));
+  EXPECT_EQ(back.job.replicas, 2);
+  EXPECT_EQ(back.provenance.job_hash, back.job.hash());
+  EXPECT_NO_THROW(geopipe::check_plan_against(back, t, "replicas.json", 4));
+}
+
+TEST(PlanReplicas, EnergyCountsEveryReplicaAndIterationTimeIsUnchanged) {
+  // The same two regions, one GPU a stage either way: the same placement, twice the GPUs.
+  geopipe::Plan one = gs::plan_job(gs::Policy::kBace, two_regions_of(1), two_stage_job(), {});
+  geopipe::Plan two = gs::plan_job(gs::Policy::kBace, two_regions_of(2), replicated(two_stage_job(), 2), {});
+  ASSERT_EQ(one.stages[0].region, two.stages[0].region);
+  EXPECT_DOUBLE_EQ(two.predicted.iteration_s, one.predicted.iteration_s);
+  EXPECT_NEAR(two.predicted.energy_kwh, 2 * one.predicted.energy_kwh, 1e-12 * one.predicted.energy_kwh);
+  EXPECT_NEAR(two.predicted.cost_usd, 2 * one.predicted.cost_usd, 1e-12 * one.predicted.cost_usd);
+  // Both replicas' activations cross the one link between a and b.
+  ASSERT_EQ(two.links.size(), 1u);
+  EXPECT_NEAR(two.predicted.link_utilisation[0], 2 * one.predicted.link_utilisation[0], 1e-12);
+}
+
+TEST(PlanReplicas, ARegionWithRoomForTwoReplicatedStagesHostsBoth) {
+  // a: 4 GPUs (two stages of two replicas), b: 1 GPU (none); the link is too slow to want anyway.
+  auto t = make_topology({{"a", 4, 1.0, 0.1}, {"b", 1, 1.0, 0.1}}, {{"a", "b", 0.001, 100}});
+  geopipe::Plan p = gs::plan_job(gs::Policy::kBace, t, replicated(two_stage_job(), 2), {});
+  ASSERT_EQ(p.num_stages(), 2);
+  EXPECT_EQ(p.stages[0].region, "a");
+  EXPECT_EQ(p.stages[1].region, "a");
+  EXPECT_EQ(p.stages[1].ranks, (std::vector<int>{2, 3}));
+}
+
+TEST(PlanReplicas, ARankIsTheSameReplicaOfEveryChunkAtItsPosition) {
+  // ZB-V: position 0 holds chunks 0 and 3, position 1 chunks 1 and 2.
+  auto t = two_regions_of(2);
+  gs::PlannerOptions o;
+  o.schedule = "zbv";
+  geopipe::Plan p = gs::plan_job(gs::Policy::kBace, t, replicated(make_job("j", 4, 1024, 1024, 1, 8, 10, 2, 2), 2), o);
+  ASSERT_EQ(p.num_stages(), 4);
+  EXPECT_EQ(p.stages[0].ranks, (std::vector<int>{0, 1}));
+  EXPECT_EQ(p.stages[1].ranks, (std::vector<int>{2, 3}));
+  EXPECT_EQ(p.stages[2].ranks, (std::vector<int>{2, 3}));
+  EXPECT_EQ(p.stages[3].ranks, (std::vector<int>{0, 1}));
+  EXPECT_EQ(p.stages_of_rank(1), (std::vector<int>{0, 3}));
+  EXPECT_EQ(p.replica_of(1), 1);
+  EXPECT_EQ(p.stages[3].region, p.stages[0].region);
+  EXPECT_NO_THROW(geopipe::parse_plan(geopipe::to_json(p), "zbv-replicas.json"));
+}
+
+TEST(PlanReplicas, RegionsTooSmallForTheReplicasAreNamedWithTheirGpus) {
+  auto t = make_topology({{"a", 1, 1.0, 0.1}, {"b", 3, 1.0, 0.1}}, {{"a", "b", 10, 10}});
+  EXPECT_EQ(infeasible_message(gs::Policy::kBace, t, replicated(two_stage_job(), 2), {}),
+            "cannot place job \"j\" on test (policy bace): too few GPUs for 2 replicas: each stage needs 2 GPUs in "
+            "one region and the job at least 2 stages (4 GPUs); a has 1 GPU (0 stages), b has 3 GPUs (1 stage)");
+  // Every policy goes through the same check.
+  EXPECT_NE(infeasible_message(gs::Policy::kExact, t, replicated(two_stage_job(), 2), {}).find("b has 3 GPUs (1 stage)"),
+            std::string::npos);
+}

@@ -67,6 +67,19 @@ TEST(Simulator, BaceDoesNotOversubscribeALinkItHasSeenFillUp) {
   EXPECT_LE(r.max_link_oversubscription, 1.0 + 1e-9);
 }
 
+TEST(Simulator, RefusesAJobWithReplicasInsteadOfDroppingThem) {
+  auto job = link_job("dp");
+  job.replicas = 2;
+  try {
+    gs::simulate(shared_link(10), workload({link_job("x"), job}), gs::Policy::kBace, {});
+    FAIL() << "simulated a job with replicas";
+  } catch (const geopipe::InputError& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "workload \"test\": job \"dp\".replicas: the multi-tenant simulator runs one rank per stage; replicas "
+              "(2) are planned by geopipe plan only");
+  }
+}
+
 TEST(Simulator, EnergyAndCostOfAJobAloneMatchItsPlan) {
   auto t = shared_link(10);
   auto job = link_job("x");

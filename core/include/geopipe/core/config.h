@@ -79,6 +79,9 @@ struct ModelSpec {
   DType dtype = DType::kBFloat16;
 };
 
+// Most data-parallel replicas a job (or `geopipe plan --replicas`) may ask for.
+inline constexpr int kMaxReplicas = 4096;
+
 struct JobSpec {
   std::string name;
   std::string tenant = "default";
@@ -88,6 +91,10 @@ struct JobSpec {
   int iterations = 1;
   int min_stages = 1;       // "stages": N fixes both; [min, max] gives a range
   int max_stages = 1;
+  // Data-parallel replicas of every stage (`geopipe plan --replicas` overrides it): each stage
+  // gets this many ranks, all in its region. Written to JSON only when not 1, so the hashes of
+  // jobs without replicas stay what they were.
+  int replicas = 1;
   double arrival_s = 0;     // arrival time in a workload
   std::string hash() const;
 };

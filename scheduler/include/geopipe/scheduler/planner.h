@@ -101,7 +101,8 @@ struct PlanResult {
 };
 
 // Places a job under a policy on the current state. The ablations and BACE share this entry;
-// the multi-tenant parts of a policy (order, rigid waiting) live in the simulator.
+// the multi-tenant parts of a policy (order, rigid waiting) live in the simulator. A stage takes
+// one of `state.free_gpus`: plan_job turns job.replicas into such stage slots before calling it.
 PlanResult place_job(Policy policy, const Topology& topology, const JobSpec& job, const ClusterState& state,
                      const PlannerOptions& options);
 
@@ -147,9 +148,11 @@ std::vector<ScheduleOption> schedule_options(const Topology& topology, const Job
 const ScheduleOption& pick_schedule(const std::vector<ScheduleOption>& options, const std::string& requested);
 
 // Plans one job on an empty cluster; InfeasibleError (exit 3) saying which constraint failed.
-// Rank r runs its chunks in the placement's region r; energy and cost come from the chosen
-// schedule's replayed iteration and each rank's compute. `considered` (optional) receives every
-// schedule option evaluated.
+// Pipeline position p runs its chunks in the placement's region p. With job.replicas R > 1 every
+// stage takes R GPUs of its region (the search sees gpus / R stage slots per region) and lists R
+// ranks, rank p * R + r being replica r of position p; a region too small for that is named in
+// the refusal. Energy and cost come from the chosen schedule's replayed iteration and each rank's
+// compute, over every replica. `considered` (optional) receives every schedule option evaluated.
 Plan plan_job(Policy policy, const Topology& topology, const JobSpec& job, const PlannerOptions& options,
               std::vector<ScheduleOption>* considered = nullptr);
 
