@@ -345,6 +345,7 @@ void Communicator::Engine::fail_locked(Op& op, const std::string& message) {
 
 bool Communicator::Engine::progress_locked() {
   bool progressed = post_due_locked(now_s());
+  progressed = progress_group_ops_locked() || progressed;
   if (!reqs_.empty()) {
     std::vector<int> indices(reqs_.size());
     std::vector<MPI_Status> statuses(reqs_.size());
@@ -685,7 +686,7 @@ void Communicator::Engine::cancel(const std::shared_ptr<Op>& op) {
 }
 
 bool Communicator::Engine::moving_locked() const {
-  if (!sending_.empty()) return true;
+  if (!sending_.empty() || !group_ops_.empty()) return true;
   for (const Slot& slot : slots_)
     if (slot.op->is_send || slot.piece > 0) return true;
   return false;

@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -188,6 +189,15 @@ class Communicator::Engine {
     std::unique_ptr<std::vector<double>> buffer;
   };
   std::vector<Abandoned> abandoned_;
+  // Group collectives in flight (group.h): polled by progress_locked while any is pending, so
+  // they advance while the caller computes. Completed ones leave the list.
+  struct GroupOp {
+    MPI_Request request = MPI_REQUEST_NULL;
+    bool done = false;
+    int error = MPI_SUCCESS;
+    double done_at = 0;  // now_s() when the progress engine saw it complete
+  };
+  std::vector<std::shared_ptr<GroupOp>> group_ops_;
 
   std::string who(int rank) const {
     return "rank " + std::to_string(rank) + " (region " + regions_[rank] + ")";
@@ -226,7 +236,7 @@ class Communicator::Engine {
   void post_chunk_receives_locked(const std::shared_ptr<Op>& op);
   void fail_locked(Op& op, const std::string& message);
   void update_next_release_locked();
-  bool idle_locked() const { return reqs_.empty() && sending_.empty(); }
+  bool idle_locked() const { return reqs_.empty() && sending_.empty() && group_ops_.empty(); }
   // Data is moving: a send is in flight or waits for the shaper, or a receive's header arrived.
   bool moving_locked() const;
 
@@ -241,6 +251,11 @@ class Communicator::Engine {
   // At destruction: have the abandoned collectives finished since? Buffers of those still
   // pending are leaked on purpose (MPI may still write into them).
   bool settle_abandoned_collectives();
+  // Group collectives (group.cpp): `post` posts one non-blocking MPI collective into the request
+  // it is given; it runs under the engine's lock, then the progress thread polls it.
+  std::shared_ptr<GroupOp> start_group_op(const std::function<int(MPI_Request*)>& post, const std::string& what);
+  bool test_group_op(GroupOp& op);  // true once complete; throws Error when MPI reported one
+  bool progress_group_ops_locked();
 };
 
 }  // namespace geopipe::comm

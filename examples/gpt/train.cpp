@@ -171,6 +171,8 @@ void add_flags(CLI::App& app, TrainFlags& f) {
   app.add_flag("--checkpoint-at-start", cfg.checkpoint_at_start,
                "also checkpoint the initial weights as step 0 (with --iters 0: only that)");
   app.add_flag("--resume", cfg.resume, "continue from --checkpoint-dir's manifest");
+  app.add_flag("--shard-optimizer", cfg.shard_optimizer,
+               "ZeRO-1 with replicas: each replica keeps AdamW state for 1/R of its stage's parameters");
   app.add_option("--comm-timeout", cfg.comm_timeout_s, "seconds any wait may block")->check(CLI::PositiveNumber);
   app.add_option("--auth-key-file", f.auth_key_file, "authenticate message headers with this per-job key (>= 32 bytes; default $GEOPIPE_AUTH_KEY_FILE)");
   app.add_option("--device", cfg.device, "cpu, cuda or auto")->check(CLI::IsMember({"cpu", "cuda", "auto"}));

@@ -2,10 +2,12 @@
 // stage_io.h's; the compute and its per-micro-batch state are here; run() is the one loop, with
 // a switch per action kind and one place that says where an error happened.
 #include <geopipe/comm/communicator.h>
+#include <geopipe/comm/group.h>
 #include <geopipe/comm/nccl_transport.h>
 #include <geopipe/core/error.h>
 #include <geopipe/runtime/executor.h>
 
+#include "grad_reducer.h"
 #include "stage_io.h"
 #include "tags.h"
 #include "timing.h"
@@ -68,6 +70,7 @@ struct PipelineExecutor::Chunk {
   AdamW* optimizer = nullptr;
   std::unique_ptr<StageIO> io;
   std::unique_ptr<StageCompute> compute;
+  std::unique_ptr<GradReducer> reducer;  // replicas only
   bool prev_here = false, next_here = false;  // the neighbouring stage runs on this rank too
 };
 
@@ -98,11 +101,20 @@ PipelineExecutor::PipelineExecutor(const Plan& plan, std::vector<StageChunk> chu
   if (schedule.num_stages != S)
     throw InputError("schedule", "stages", "schedule has " + std::to_string(schedule.num_stages) +
                                                " stages, the plan has " + std::to_string(S));
+  replica_ = std::max(plan.replica_of(rank_), 0);
+  replicas_ = plan.replicas();
+  // The schedule is one replica's pipeline: its rank p is the position of this replica's rank
+  // that runs the stages the schedule places on p.
+  const int position = schedule.stage_rank.at(static_cast<size_t>(std::max(plan.stage_of_rank(rank_), 0)));
   for (int s = 0; s < S; ++s)
-    if (schedule.stage_rank.at(static_cast<size_t>(s)) != plan.stages[static_cast<size_t>(s)].ranks.at(0))
-      throw InputError("schedule", "stage_rank", "the schedule runs stage " + std::to_string(s) + " on rank " +
+    if ((schedule.stage_rank.at(static_cast<size_t>(s)) == position) != (plan.rank_of(s, replica_) == rank_))
+      throw InputError("schedule", "stage_rank", "the schedule runs stage " + std::to_string(s) + " on its rank " +
                                                      std::to_string(schedule.stage_rank[static_cast<size_t>(s)]) +
-                                                     ", the plan on rank " + std::to_string(plan.stages[static_cast<size_t>(s)].ranks.at(0)));
+                                                     ", the plan (replica " + std::to_string(replica_) + ") on rank " +
+                                                     std::to_string(plan.rank_of(s, replica_)));
+  if ((replicas_ > 1) != (options_.replica_group != nullptr))
+    throw Error("PipelineExecutor: a plan with " + std::to_string(replicas_) + " replicas needs " +
+                (replicas_ > 1 ? "a replica group" : "no replica group"));
   if (schedule.num_micro_batches != plan.job.micro_batches)
     throw InputError("schedule", "micro_batches", "schedule has " + std::to_string(schedule.num_micro_batches) +
                                                       " micro-batches, the job has " +
@@ -112,15 +124,20 @@ PipelineExecutor::PipelineExecutor(const Plan& plan, std::vector<StageChunk> chu
                                                  " micro-batches x stages per step are supported (message tags), got " +
                                                  std::to_string(plan.job.micro_batches) + " x " + std::to_string(S));
   if (plan.world_size() > 1 && !comm) throw Error("PipelineExecutor: a multi-rank plan needs a communicator");
-  actions_ = schedule.ranks.at(static_cast<size_t>(rank_));
+  actions_ = schedule.ranks.at(static_cast<size_t>(position));
   for (const StageChunk& c : chunks) {
     Chunk k;
     k.stage = c.stage;
     k.model = c.model;
     k.optimizer = c.optimizer;
-    k.io = std::make_unique<StageIO>(plan, c.stage, c.model->device(), comm, options_,
+    k.io = std::make_unique<StageIO>(plan, c.stage, replica_, c.model->device(), comm, options_,
                                      options_.record_trace ? &trace_ : nullptr);
     k.compute = std::make_unique<StageCompute>(*c.model, options_.recompute);
+    if (options_.replica_group) {
+      k.reducer = std::make_unique<GradReducer>(*c.model, c.stage, *options_.replica_group, plan.job.micro_batches,
+                                                options_.shard_optimizer);
+      k.compute->set_weight_grad_observer([r = k.reducer.get()](const at::Tensor& p) { r->on_accumulated(p); });
+    }
     chunks_.push_back(std::move(k));
   }
   for (Chunk& k : chunks_) {
@@ -167,6 +184,8 @@ StepStats PipelineExecutor::train_step(int64_t step) {
   StepState s(step, Mode::kTrain);
   s.stats.step = step;
   s.stats.lr = learning_rate(optim_, step);
+  for (Chunk& k : chunks_)
+    if (k.reducer) k.reducer->begin_step();
   run(actions_, s);
   s.stats.compute_s = s.compute_s;
   s.stats.step_s = seconds_since(t0);
@@ -186,12 +205,13 @@ std::vector<Action> PipelineExecutor::eval_actions(int batches) const {
   return list;
 }
 
+// Replica r evaluates batches r, r + R, ... of the `batches`; the mean is over all of them.
 double PipelineExecutor::evaluate(int64_t step, int batches) {
   at::NoGradGuard no_grad;
-  batches = std::min(batches, kMaxMicroBatches / plan_.num_stages());  // message tags (tags.h)
+  batches = std::min(batches, replicas_ * (kMaxMicroBatches / plan_.num_stages()));  // message tags (tags.h)
   StepState s(step, Mode::kEval);
-  s.eval_batches = batches;
-  run(eval_actions(batches), s);
+  s.eval_batches = std::max(0, (batches - replica_ + replicas_ - 1) / replicas_);
+  run(eval_actions(s.eval_batches), s);
   for (Chunk& k : chunks_) k.io->finish_sends();
   std::vector<double> v = {stage_here(plan_.num_stages() - 1) ? s.eval_loss_sum / batches : 0.0};
   allreduce_sum(comm_, v, options_.comm_timeout_s);
@@ -302,7 +322,8 @@ void PipelineExecutor::forward(const Action& a, StepState& s) {
   const at::Device dev = k.model->device();
   TokenBatch batch;
   if (first || last)
-    batch = sample_batch(data_, s.mode == Mode::kTrain ? Split::kTrain : Split::kVal, options_.seed, s.step, mb, B, T);
+    batch = sample_batch(data_, s.mode == Mode::kTrain ? Split::kTrain : Split::kVal, options_.seed, s.step,
+                         global_micro_batch(mb, s), B, T);
   at::Tensor input;
   if (first) {
     input = at::tensor(batch.inputs, at::TensorOptions().dtype(at::kLong)).view({B, T}).to(dev);
@@ -333,6 +354,12 @@ void PipelineExecutor::forward(const Action& a, StepState& s) {
     note_activations(s);
     if (options_.after_compute) options_.after_compute(s.step, a);
   }
+}
+
+// Batches are a function of (seed, step, global micro-batch): replica r trains on micro-batches
+// r M .. r M + M - 1 of the step, so R replicas see what one process running R M would.
+int PipelineExecutor::global_micro_batch(int mb, const StepState& s) const {
+  return s.mode == Mode::kTrain ? replica_ * plan_.job.micro_batches + mb : mb * replicas_ + replica_;
 }
 
 void PipelineExecutor::note_activations(StepState& s) const {
@@ -369,21 +396,18 @@ void PipelineExecutor::backward(const Action& a, StepState& s) {
   if (options_.after_compute) options_.after_compute(s.step, a);
 }
 
-// OPT: the step's sends finish (the next step reuses tags), one all-reduce carries the loss,
-// the gradient norms and the link measurements, then clipping and AdamW on every stage here.
+// OPT: the step's sends finish (the next step reuses tags), the replicas average their
+// gradients, one all-reduce carries the loss, the gradient norms and the link measurements, then
+// clipping and AdamW on every stage here (ZeRO-1: on this replica's slices, then all-gathered).
 void PipelineExecutor::optimizer_step(StepState& s) {
   for (Chunk& k : chunks_) k.io->finish_sends();
   const double t0 = now_us();
+  reduce_gradients(s);
   const auto c0 = Clock::now();
   const int L = plan_.job.model.layers, S = plan_.num_stages();
-  StepReduction r(L, S);
-  for (const auto& [m, l] : s.losses) r.loss += l.item<double>();
-  for (const Chunk& k : chunks_) {
-    for (const auto& [unit, sq] : unit_grad_sq_norms(*k.model)) r.unit_sq_norms.at(static_cast<size_t>(unit)) = sq;
-    r.stage_compute_s.at(static_cast<size_t>(k.stage)) = s.compute_s / static_cast<double>(chunks_.size());
-  }
-  std::vector<double> v = r.pack();
-  for (const Chunk& k : chunks_) k.io->fill_links(v, StepReduction::link_offset(L));
+  std::vector<double> v = local_reduction(s).pack();
+  if (replica_ == 0)
+    for (const Chunk& k : chunks_) k.io->fill_links(v, StepReduction::link_offset(L));
   s.compute_s += seconds_since(c0);
   const auto r0 = Clock::now();
   try {
@@ -393,20 +417,64 @@ void PipelineExecutor::optimizer_step(StepState& s) {
   }
   const double allreduce_wait = seconds_since(r0);
   const auto c1 = Clock::now();
-  r = StepReduction::unpack(v, L, S);
-  s.stats.loss = r.loss;
+  const StepReduction r = StepReduction::unpack(v, L, S);
+  s.stats.loss = r.loss / replicas_;
   s.stats.grad_norm = r.grad_norm();
   s.stats.links = r.links;
   adapt_codecs(s, r);
-  s.stats.wait_s = allreduce_wait;
+  s.stats.wait_s += allreduce_wait;
+  const double scale = clip_scale(s.stats.grad_norm, optim_.grad_clip);
   for (const Chunk& k : chunks_) {
     s.stats.wait_s += k.io->wait_s();
     k.io->add_bytes(s.stats);
-    k.optimizer->step(s.stats.lr, clip_scale(s.stats.grad_norm, optim_.grad_clip));
-    k.optimizer->zero_grad();
+    if (options_.shard_optimizer) {
+      const std::vector<at::Tensor> grads = k.reducer->shard_grads();
+      k.optimizer->step(s.stats.lr, scale, &grads);
+      k.reducer->gather_parameters(options_.comm_timeout_s);
+    } else {
+      k.optimizer->step(s.stats.lr, scale);
+    }
+    // Every parameter's gradient, not only the optimizer's (ZeRO-1: the slices of this replica).
+    for (const NamedTensor& p : k.model->named_parameters())
+      if (p.tensor.grad().defined()) p.tensor.mutable_grad().zero_();
   }
   s.compute_s += seconds_since(c1);
   span("OPT", t0);
+}
+
+// Replicas: every bucket of every stage here completes (most of them during the backward); the
+// wait is the all-reduce time the backward did not hide.
+void PipelineExecutor::reduce_gradients(StepState& s) {
+  for (const Chunk& k : chunks_) {
+    if (!k.reducer) continue;
+    try {
+      s.stats.allreduce_exposed_s += k.reducer->finish(options_.comm_timeout_s);
+    } catch (const TimeoutError& e) {
+      throw TimeoutError("stage " + std::to_string(k.stage) + " averaging gradients over its replicas: " + e.what());
+    }
+    s.stats.allreduce_s += k.reducer->busy_s();
+    if (!options_.record_trace) continue;
+    const double shift_us = now_us() - comm::steady_now_s() * 1e6;  // steady clock -> the trace's
+    for (const GradReducer::Span& sp : k.reducer->spans())
+      trace_.push_back({sp.name, sp.start_s * 1e6 + shift_us, (sp.end_s - sp.start_s) * 1e6});
+  }
+  s.stats.wait_s += s.stats.allreduce_exposed_s;
+}
+
+// This rank's part of the step's reduction (see StepReduction).
+StepReduction PipelineExecutor::local_reduction(const StepState& s) const {
+  StepReduction r(plan_.job.model.layers, plan_.num_stages());
+  for (const auto& [m, l] : s.losses) r.loss += l.item<double>();
+  for (const Chunk& k : chunks_) {
+    if (options_.shard_optimizer) {
+      for (const auto& [unit, sq] : k.reducer->shard_unit_sq_norms()) r.unit_sq_norms.at(static_cast<size_t>(unit)) += sq;
+    } else if (replica_ == 0) {
+      for (const auto& [unit, sq] : unit_grad_sq_norms(*k.model)) r.unit_sq_norms.at(static_cast<size_t>(unit)) = sq;
+    }
+    if (replica_ == 0)
+      r.stage_compute_s.at(static_cast<size_t>(k.stage)) = s.compute_s / static_cast<double>(chunks_.size());
+  }
+  return r;
 }
 
 // ---- the step's reduction ------------------------------------------------------------------

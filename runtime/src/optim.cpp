@@ -17,25 +17,49 @@ double learning_rate(const OptimConfig& c, int64_t step) {
   return c.min_lr + coeff * (c.lr - c.min_lr);
 }
 
-AdamW::AdamW(std::vector<NamedTensor> params, const OptimConfig& config)
-    : params_(std::move(params)), config_(config) {
-  for (const auto& p : params_) {
-    m_.push_back(at::zeros_like(p.tensor));
-    v_.push_back(at::zeros_like(p.tensor));
+std::string ParamSlice::name() const {
+  if (whole()) return param.name;
+  return param.name + "[" + std::to_string(begin) + ":" + std::to_string(begin + length) + "]";
+}
+
+namespace {
+
+std::vector<ParamSlice> whole_params(std::vector<NamedTensor> params) {
+  std::vector<ParamSlice> slices;
+  for (auto& p : params) slices.push_back({p, 0, p.tensor.numel()});
+  return slices;
+}
+
+// The slice's elements as a tensor sharing the parameter's storage (the parameter itself when whole).
+at::Tensor view_of(const ParamSlice& s, const at::Tensor& full) {
+  return s.whole() ? full : full.view(-1).narrow(0, s.begin, s.length);
+}
+
+}  // namespace
+
+AdamW::AdamW(std::vector<NamedTensor> params, const OptimConfig& config) : AdamW(whole_params(std::move(params)), config) {}
+
+AdamW::AdamW(std::vector<ParamSlice> slices, const OptimConfig& config) : slices_(std::move(slices)), config_(config) {
+  for (const auto& s : slices_) {
+    m_.push_back(at::zeros_like(view_of(s, s.param.tensor)));
+    v_.push_back(at::zeros_like(view_of(s, s.param.tensor)));
   }
 }
 
-void AdamW::step(double lr, double grad_scale) {
+void AdamW::step(double lr, double grad_scale, const std::vector<at::Tensor>* slice_grads) {
   at::NoGradGuard no_grad;
   ++t_;
   const double bc1 = 1.0 - std::pow(config_.beta1, static_cast<double>(t_));
   const double bc2 = 1.0 - std::pow(config_.beta2, static_cast<double>(t_));
-  for (size_t i = 0; i < params_.size(); ++i) {
-    at::Tensor p = params_[i].tensor;
-    at::Tensor g = p.grad();
+  for (size_t i = 0; i < slices_.size(); ++i) {
+    const ParamSlice& s = slices_[i];
+    at::Tensor p = view_of(s, s.param.tensor);
+    at::Tensor g = slice_grads ? slice_grads->at(i).view(p.sizes()) : s.param.tensor.grad();
     if (!g.defined()) continue;
+    if (!slice_grads) g = view_of(s, g);
     if (grad_scale != 1.0) g.mul_(grad_scale);
-    if (p.dim() >= 2 && config_.weight_decay > 0) p.mul_(1.0 - lr * config_.weight_decay);
+    // Decoupled weight decay on matrices only: the whole parameter's shape decides.
+    if (s.param.tensor.dim() >= 2 && config_.weight_decay > 0) p.mul_(1.0 - lr * config_.weight_decay);
     m_[i].mul_(config_.beta1).add_(g, 1.0 - config_.beta1);
     v_[i].mul_(config_.beta2).addcmul_(g, g, 1.0 - config_.beta2);
     at::Tensor denom = (v_[i] / bc2).sqrt_().add_(config_.eps);
@@ -44,17 +68,24 @@ void AdamW::step(double lr, double grad_scale) {
 }
 
 void AdamW::zero_grad() {
-  for (auto& p : params_) {
-    at::Tensor& g = p.tensor.mutable_grad();
+  for (auto& s : slices_) {
+    at::Tensor& g = s.param.tensor.mutable_grad();
     if (g.defined()) g.zero_();
   }
 }
 
+int64_t AdamW::state_bytes() const {
+  int64_t n = 0;
+  for (size_t i = 0; i < m_.size(); ++i)
+    n += m_[i].numel() * static_cast<int64_t>(m_[i].element_size()) + v_[i].numel() * static_cast<int64_t>(v_[i].element_size());
+  return n;
+}
+
 std::vector<NamedTensor> AdamW::state() const {
   std::vector<NamedTensor> s;
-  for (size_t i = 0; i < params_.size(); ++i) {
-    s.push_back({"exp_avg." + params_[i].name, m_[i]});
-    s.push_back({"exp_avg_sq." + params_[i].name, v_[i]});
+  for (size_t i = 0; i < slices_.size(); ++i) {
+    s.push_back({"exp_avg." + slices_[i].name(), m_[i]});
+    s.push_back({"exp_avg_sq." + slices_[i].name(), v_[i]});
   }
   return s;
 }
@@ -63,12 +94,13 @@ void AdamW::load_state(const std::vector<NamedTensor>& state, int64_t steps_take
   std::map<std::string, at::Tensor> by_name;
   for (const auto& s : state) by_name[s.name] = s.tensor;
   at::NoGradGuard no_grad;
-  for (size_t i = 0; i < params_.size(); ++i) {
+  for (size_t i = 0; i < slices_.size(); ++i) {
+    const std::string name = slices_[i].name();
     for (auto [prefix, dst] : {std::make_pair("exp_avg.", &m_[i]), std::make_pair("exp_avg_sq.", &v_[i])}) {
-      auto it = by_name.find(prefix + params_[i].name);
-      if (it == by_name.end()) throw Error(source + ": optimizer state has no " + prefix + params_[i].name);
+      auto it = by_name.find(prefix + name);
+      if (it == by_name.end()) throw Error(source + ": optimizer state has no " + prefix + name);
       if (!it->second.sizes().equals(dst->sizes()))
-        throw Error(source + ": optimizer state " + prefix + params_[i].name + " has the wrong shape");
+        throw Error(source + ": optimizer state " + prefix + name + " has the wrong shape");
       dst->copy_(it->second);
     }
   }

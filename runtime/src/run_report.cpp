@@ -92,6 +92,9 @@ void StepLogger::log(const StepStats& st, std::optional<double> val) {
     for (const auto& l : st.links)
       if (l.busy_s > 0 && (!slow || l.mb_per_s() < slow->mb_per_s())) slow = &l;
     if (slow) line += fmt::format(" | slowest link {} {:.3g} MB/s wait {:.3f} s", slow->name(), slow->mb_per_s(), slow->wait_s);
+    if (st.allreduce_s > 0)  // replicas: rank 0's gradient all-reduce, and what the backward did not hide
+      line += fmt::format(" | all-reduce {:.3f} s ({:.0f}% exposed)", st.allreduce_s,
+                          100 * std::min(1.0, st.allreduce_exposed_s / st.allreduce_s));
     std::printf("%s | ETA %s\n", line.c_str(), fmt_duration(eta).c_str());
     for (const auto& l : st.links)  // --codec adaptive: what changes from the next step on, and why
       if (!l.codec_next.empty())
@@ -104,6 +107,10 @@ void StepLogger::log(const StepStats& st, std::optional<double> val) {
                       {"grad_norm", st.grad_norm}, {"tokens_per_s", tok_s}, {"step_s", st.step_s},
                       {"elapsed_s", elapsed}};
   if (val) j["val_loss"] = *val;
+  if (st.allreduce_s > 0) {
+    j["allreduce_s"] = st.allreduce_s;
+    j["allreduce_exposed_s"] = st.allreduce_exposed_s;
+  }
   if (!st.links.empty()) {
     nlohmann::json links = nlohmann::json::object();
     for (const auto& l : st.links) {

@@ -107,6 +107,10 @@ SampleResult generate(const Plan& plan, const SampleConfig& cfg, comm::Communica
     throw InputError("plan", "schedule.virtual_stages",
                      "sampling runs one stage per rank; sample with a one-stage plan (a checkpoint of this model "
                      "loads into any plan)");
+  if (plan.replicas() > 1)
+    throw InputError("plan", "stages", "sampling runs one pipeline; this plan has " + std::to_string(plan.replicas()) +
+                                           " replicas per stage (sample with a plan of one replica: a checkpoint "
+                                           "loads into any plan of the same stages)");
   const int stage = comm ? plan.stage_of_rank(rank) : 0;
   if (S > 1 && !comm) throw Error("a " + std::to_string(S) + "-stage plan needs MPI (run it under mpirun / geopipe launch)");
   const StagePlan& sp = plan.stages.at(static_cast<size_t>(stage));

@@ -142,13 +142,15 @@ void WeightGradStash::push(Entry e) {
   entries_.push_back(std::move(e));
 }
 
-void WeightGradStash::apply_and_clear() {
+void WeightGradStash::apply_and_clear(const std::function<void(const at::Tensor&)>& accumulated) {
   std::lock_guard<std::mutex> lock(mutex_);
   at::NoGradGuard no_grad;
   for (const Entry& e : entries_) {
     auto [gw, gb] = weight_grads(e.input, e.grad_output, e.weight, e.bias);
     accumulate(e.weight, gw);
+    if (accumulated) accumulated(e.weight);
     if (gb.defined()) accumulate(e.bias, gb);
+    if (gb.defined() && accumulated) accumulated(e.bias);
   }
   entries_.clear();
 }
@@ -303,7 +305,7 @@ at::Tensor StageCompute::backward_input(int mb, const at::Tensor& grad_output) {
 }
 
 void StageCompute::backward_weight(int mb) {
-  state(mb, "W", Phase::kInputDone).stash->apply_and_clear();
+  state(mb, "W", Phase::kInputDone).stash->apply_and_clear(observer_);
   live_.erase(mb);
 }
 

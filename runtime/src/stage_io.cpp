@@ -53,9 +53,9 @@ std::string pick_codec(const std::string& plan_codec, const std::string& overrid
 
 uint64_t job_id_of(const std::string& name) { return std::stoull(fnv1a_hex(name), nullptr, 16); }
 
-StageIO::StageIO(const Plan& plan, int stage, at::Device device, comm::Communicator* comm,
+StageIO::StageIO(const Plan& plan, int stage, int replica, at::Device device, comm::Communicator* comm,
                  const ExecutorOptions& options, std::vector<TraceSpan>* trace)
-    : plan_(plan), stage_(stage), device_(device), comm_(comm), options_(options), trace_(trace),
+    : plan_(plan), stage_(stage), replica_(replica), device_(device), comm_(comm), options_(options), trace_(trace),
       job_id_(job_id_of(plan.job.name)) {
   const std::string& of = options_.codec_forward_override;
   const std::string& ob = options_.codec_backward_override;

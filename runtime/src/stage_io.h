@@ -37,8 +37,10 @@ class StageIO {
   // activations over MPI on tags of their own (tags.h).
   enum class Mode { kTrain, kEval };
 
-  StageIO(const Plan& plan, int stage, at::Device device, comm::Communicator* comm, const ExecutorOptions& options,
-          std::vector<TraceSpan>* trace);
+  // `replica`: this rank's data-parallel replica; its peers are the same replica of the
+  // neighbouring stages.
+  StageIO(const Plan& plan, int stage, int replica, at::Device device, comm::Communicator* comm,
+          const ExecutorOptions& options, std::vector<TraceSpan>* trace);
   ~StageIO();
 
   // Starts a step of `micro_batches` over `actions` (this rank's list; the actions of this stage
@@ -86,7 +88,7 @@ class StageIO {
     double start_s = 0, end_s = -1;  // seconds since the step began; end < 0: not seen complete
   };
   int neighbour(const Action& a) const;  // the stage a SEND goes to or a RECV comes from
-  int peer_rank(int stage) const { return plan_.stages.at(static_cast<size_t>(stage)).ranks.at(0); }
+  int peer_rank(int stage) const { return plan_.rank_of(stage, replica_); }
   bool link_on_nccl(int stage) const;
   comm::Transport& transport(int stage);
   const std::string& codec_of(const Action& a) const;
@@ -99,6 +101,7 @@ class StageIO {
 
   const Plan& plan_;
   const int stage_;
+  const int replica_;
   const at::Device device_;
   comm::Communicator* comm_;
   const ExecutorOptions& options_;

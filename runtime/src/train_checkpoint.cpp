@@ -60,7 +60,8 @@ void write_checkpoint(const Plan& plan, const TrainConfig& cfg, const std::vecto
   // Sizes and checksums to every rank (one slot pair per stage, filled by the stage's first
   // rank: the sum is exact). It is also the barrier: every stage's file is on disk.
   std::vector<double> dv(2 * static_cast<size_t>(S), 0.0);
-  for (size_t i = 0; i < chunks.size(); ++i) {
+  // Replicas hold the same parameters and optimizer state: replica 0 writes the stage's file.
+  for (size_t i = 0; i < chunks.size() && plan.replica_of(rank) <= 0; ++i) {
     const StageChunk& c = chunks[i];
     StageCheckpoint ck{c.stage, step, cfg.seed, step, c.model->named_parameters(), c.optimizer->state()};
     const FileDigest d = save_stage_checkpoint(cfg.checkpoint_dir, ck, i == 0 ? midway : std::function<void()>());

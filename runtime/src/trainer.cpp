@@ -1,4 +1,5 @@
 #include <geopipe/comm/communicator.h>
+#include <geopipe/comm/group.h>
 #include <geopipe/comm/nccl_transport.h>
 #include <geopipe/comm/router.h>
 #include <geopipe/core/error.h>
@@ -6,6 +7,7 @@
 #include <geopipe/runtime/checkpoint.h>
 #include <geopipe/runtime/trainer.h>
 
+#include "grad_reducer.h"
 #include "trainer_parts.h"
 
 #include <csignal>
@@ -35,7 +37,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 Schedule build_schedule(const Plan& plan, const TrainConfig& cfg) {
-  const int R = plan.world_size(), M = plan.job.micro_batches;
+  const int R = plan.world_size() / plan.replicas(), M = plan.job.micro_batches;  // one replica's pipeline
   // NCCL pairs sends and receives in issue order: the order must survive the rendezvous dry run
   // too (the generators' orders are checked by runtime_schedule_test; a user's here).
   const bool nccl = std::any_of(plan.links.begin(), plan.links.end(),
@@ -124,14 +126,15 @@ struct RankModels {
   int64_t num_parameters = 0;
 };
 RankModels build_models(const Plan& plan, const std::vector<int>& stages, const OptimConfig& oc, uint64_t seed,
-                        at::Device device) {
+                        at::Device device, int replica, bool shard) {
   RankModels m;
   const GptConfig gc = gpt_config(plan.job.model);
   for (int s : stages) {
     const StagePlan& sp = plan.stages[static_cast<size_t>(s)];
     m.models.push_back(std::make_unique<GptStage>(gc, sp.layer_begin, sp.layer_end, s == 0,
                                                   s + 1 == plan.num_stages(), seed, device));
-    m.optimizers.push_back(std::make_unique<AdamW>(m.models.back()->named_parameters(), oc));
+    m.optimizers.push_back(shard ? std::make_unique<AdamW>(GradReducer::shard_of(*m.models.back(), plan.replicas(), replica), oc)
+                                 : std::make_unique<AdamW>(m.models.back()->named_parameters(), oc));
     m.chunks.push_back({s, m.models.back().get(), m.optimizers.back().get()});
     m.num_parameters += m.models.back()->num_parameters();
   }
@@ -161,6 +164,30 @@ std::unique_ptr<comm::NcclTransport> nccl_for(const Plan& plan, at::Device devic
   return nccl;
 }
 
+// The group of this rank's stage replicas (collective over every rank; none with one replica),
+// and the one the gradients travel on: NCCL when the stage is on a GPU, else the MPI group.
+struct ReplicaGroups {
+  std::unique_ptr<comm::MpiGroup> mpi;
+  std::unique_ptr<comm::ProcessGroup> nccl;
+  comm::ProcessGroup* grads() const { return nccl ? nccl.get() : mpi.get(); }
+};
+ReplicaGroups replica_groups(const Plan& plan, const TrainConfig& cfg, at::Device device, comm::Communicator* comm) {
+  ReplicaGroups g;
+  if (cfg.shard_optimizer && plan.replicas() < 2)
+    throw InputError("--shard-optimizer", "shard-optimizer", "needs a plan with replicas (this one has 1 rank per stage)");
+  if (plan.replicas() < 2) return g;
+  if (cfg.shard_optimizer && !cfg.checkpoint_dir.empty())
+    throw InputError("--shard-optimizer", "shard-optimizer",
+                     "checkpoints of a sharded optimizer are not written yet; drop --checkpoint-dir or --shard-optimizer");
+  const int rank = comm->rank(), stage = plan.stage_of_rank(rank);
+  std::string ranks;
+  for (int r : plan.stages[static_cast<size_t>(stage)].ranks) ranks += (ranks.empty() ? "" : ", ") + std::to_string(r);
+  g.mpi = std::make_unique<comm::MpiGroup>(*comm, plan.rank_of(stage, 0), plan.replica_of(rank),
+                                           "stage " + std::to_string(stage) + " replicas (ranks " + ranks + ")");
+  if (device.is_cuda()) g.nccl = comm::make_nccl_group(*g.mpi, device.has_index() ? device.index() : 0);
+  return g;
+}
+
 bool due(int every, int64_t steps_done, bool final_step) {
   return every > 0 && (steps_done % every == 0 || final_step);
 }
@@ -176,7 +203,8 @@ TrainResult run_training(const Plan& plan, const TrainConfig& cfg, comm::Communi
   const TokenDataset data = rank_data(plan, cfg, stages);
   OptimConfig oc = cfg.optim;
   if (oc.decay_steps <= 0) oc.decay_steps = iters;
-  RankModels m = build_models(plan, stages, oc, cfg.seed, device);
+  RankModels m = build_models(plan, stages, oc, cfg.seed, device, std::max(plan.replica_of(rank), 0), cfg.shard_optimizer);
+  const ReplicaGroups groups = replica_groups(plan, cfg, device, comm);
 
   TrainResult result;
   if (cfg.resume) result.first_step = detail::resume(plan, cfg, m.chunks, comm);
@@ -184,6 +212,8 @@ TrainResult run_training(const Plan& plan, const TrainConfig& cfg, comm::Communi
   faults.install(eo);
   const std::unique_ptr<comm::NcclTransport> nccl = nccl_for(plan, device, comm);
   eo.nccl = nccl.get();
+  eo.replica_group = groups.grads();
+  eo.shard_optimizer = cfg.shard_optimizer;
   PipelineExecutor exec(plan, m.chunks, data, comm, build_schedule(plan, cfg), oc, eo);
   detail::StepLogger logger(plan, cfg, rank == 0, result.first_step, iters);
   if (rank == 0)

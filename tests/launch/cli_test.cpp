@@ -213,7 +213,7 @@ TEST_F(LaunchCli, BadInputExitsTwoAndNamesTheProblem) {
     std::vector<std::string> args;
     std::string message;
   };
-  std::string plan2 = local4_plan({{"us-east", 1}, {"us-west", 2}});
+  std::string plan2 = local4_plan({{"us-east", 2}, {"us-west", 2}});  // 2 replicas per stage, 1 GPU per region
   Topology bad_host = testing::aws6_with_hosts();
   bad_host.regions[3].hosts = {"no-such-host.invalid"};
   {
@@ -227,7 +227,7 @@ TEST_F(LaunchCli, BadInputExitsTwoAndNamesTheProblem) {
   save_plan(testing::make_plan(aws, {{"us-west-2-oregon", 3}}), path("plan3.json"));
   const std::vector<Case> cases = {
       {{"--plan", path("missing.json"), "--topology", kLocal4}, path("missing.json") + ": cannot open file"},
-      {{"--plan", plan2, "--topology", kLocal4}, "region \"us-west\" is short of GPUs"},
+      {{"--plan", plan2, "--topology", kLocal4}, "region \"us-east\" is short of GPUs"},
       {{"--ranks-per-region", "1", "--topology", path("bad_host.json")}, "does not resolve"},
       {{"--plan", path("plan3.json"), "--topology", path("aws.json"), "--hostfile", path("hosts.txt")},
        "region \"us-west-2-oregon\" is short of slots"},

@@ -126,7 +126,7 @@ TEST(Optim, AdamWMatchesTheClosedFormFirstSteps) {
   OptimConfig c;
   c.weight_decay = 0.1;
   c.eps = 1e-8;
-  AdamW opt({{"w", w}, {"b", b}}, c);
+  AdamW opt(std::vector<NamedTensor>{{"w", w}, {"b", b}}, c);
   (w.sum() * 3.0 + b.sum() * 3.0).backward();  // gradient 3 everywhere
   opt.step(0.01);
   // Step 1: m_hat = g, v_hat = g^2, update = lr * g / (|g| + eps) = lr; decay only on the matrix.

@@ -3,7 +3,7 @@
 // every rank's region (all-gathered at construction), moves messages between any two ranks
 // (chunked, several chunks in flight, through the software WAN shaper when emulating), and
 // offers the two collectives the runtime needs: a small all-reduce of doubles and a barrier,
-// both with a timeout.
+// both with a timeout. Groups of ranks (a stage's replicas) get their own collectives: group.h.
 //
 // Threading: MPI must be initialised with MPI_THREAD_MULTIPLE (init_mpi() does it): a progress
 // thread drives transfers in the background while the caller computes, and the caller's own
@@ -157,6 +157,7 @@ class Communicator final : public Transport {
   class Engine;  // the MPI engine (comm/src/mpi_engine.h; settings: comm/src/comm_options.h)
 
  private:
+  friend class MpiGroup;  // group.h: its collectives run on this engine's progress thread
   std::unique_ptr<Engine> engine_;
 };
 

@@ -41,6 +41,7 @@
 namespace geopipe::comm {
 class Communicator;
 class NcclTransport;
+class ProcessGroup;
 }
 
 namespace geopipe::runtime {
@@ -59,6 +60,12 @@ struct ExecutorOptions {
   bool record_trace = false;
   // Links the plan marks "nccl" use this transport (null: every link is MPI). Must outlive the executor.
   comm::NcclTransport* nccl = nullptr;
+  // Data-parallel replicas (plan.replicas() > 1): the group of this rank's stage replicas, which
+  // average their gradients (runtime/src/grad_reducer.h); null for one replica. Must outlive the
+  // executor. `shard_optimizer` (ZeRO-1): each replica updates 1/R of each stage's parameters;
+  // the stages' AdamW must then be built on GradReducer::shard_of's slices.
+  comm::ProcessGroup* replica_group = nullptr;
+  bool shard_optimizer = false;
   // Called after every F, B, I and W action (tests' fault hooks: GEOPIPE_TEST_FAULT kill).
   std::function<void(int64_t step, const Action& action)> after_compute;
 };
@@ -96,6 +103,9 @@ struct StepStats {
   // bytes they held (StageCompute::live_bytes).
   int peak_activations = 0;
   int64_t peak_activation_bytes = 0;
+  // Replicas: this rank's gradient collectives, from the first bucket's start to the last one's
+  // end, and the part OPT waited for (not hidden behind the backward). 0 with one replica.
+  double allreduce_s = 0, allreduce_exposed_s = 0;
   // Every directed link of the pipeline, "0->1", "1->0", "1->2", ... (empty for one stage).
   // run_training logs them (JSON log, progress line); its TrainResult::steps keep them empty.
   std::vector<LinkStats> links;
@@ -110,6 +120,9 @@ struct TraceSpan {
 // The per-step reduction: one all-reduce carries the loss (the last stage's slot), each
 // parameter unit's squared gradient norm (its owner's slot: the sum is exact, so every split gives
 // one process's norm) and, per stage boundary, kLinkSlots link measurements (each end fills its own).
+// With replicas, every replica's last stage adds its loss (the sum is divided by the replica
+// count), the averaged gradients' norms come from replica 0 (ZeRO-1: each replica's slices), and
+// the links and compute times are replica 0's.
 struct StepReduction {
   static constexpr size_t kLinkSlots = 6;  // bytes, busy, wait forward; bytes, busy, wait backward
   StepReduction(int layers, int stages);
@@ -167,6 +180,9 @@ class PipelineExecutor {
   void start_adaptive_codecs();
   void adapt_codecs(StepState& s, const StepReduction& r);  // --codec adaptive, after the all-reduce
   void optimizer_step(StepState& s);
+  void reduce_gradients(StepState& s);  // replicas: wait for the buckets, average (OPT)
+  StepReduction local_reduction(const StepState& s) const;
+  int global_micro_batch(int mb, const StepState& s) const;  // the data index of micro-batch mb
   at::Tensor tensor_to_send(const Action& a, StepState& s) const;
   Chunk& chunk(int stage);
   bool stage_here(int stage) const;
@@ -176,6 +192,7 @@ class PipelineExecutor {
 
   const Plan& plan_;
   int rank_;
+  int replica_ = 0, replicas_ = 1;
   std::vector<Chunk> chunks_;  // this rank's stages, in model order
   const TokenDataset& data_;
   comm::Communicator* comm_;

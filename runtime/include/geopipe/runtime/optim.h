@@ -5,6 +5,7 @@
 #include <geopipe/runtime/gpt.h>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace geopipe::runtime {
@@ -22,22 +23,36 @@ struct OptimConfig {
 // Learning rate at `step` (0-based): warm-up from lr/warmup to lr, then cosine to min_lr.
 double learning_rate(const OptimConfig& config, int64_t step);
 
+// A contiguous range of one parameter's elements (flattened): what a replica updates under
+// ZeRO-1 (runtime/src/grad_reducer.h shards each gradient bucket into such slices).
+struct ParamSlice {
+  NamedTensor param;
+  int64_t begin = 0, length = 0;
+  bool whole() const { return begin == 0 && length == param.tensor.numel(); }
+  std::string name() const;  // "<param>" when whole, else "<param>[begin:end]"
+};
+
 class AdamW {
  public:
-  AdamW(std::vector<NamedTensor> params, const OptimConfig& config);
+  AdamW(std::vector<NamedTensor> params, const OptimConfig& config);  // every parameter whole
+  // ZeRO-1: state and updates for these slices only (the rest of each parameter is another
+  // replica's); their gradients are passed to step().
+  AdamW(std::vector<ParamSlice> slices, const OptimConfig& config);
   // One update with learning rate `lr` using the parameters' current .grad (scaled by
-  // grad_scale first, for clipping). Parameters without a gradient are skipped.
-  void step(double lr, double grad_scale = 1.0);
+  // grad_scale first, for clipping). Parameters without a gradient are skipped. `slice_grads`
+  // (ZeRO-1): the gradient of each slice instead, in slice order, flat.
+  void step(double lr, double grad_scale = 1.0, const std::vector<at::Tensor>* slice_grads = nullptr);
   void zero_grad();
   int64_t steps_taken() const { return t_; }
+  int64_t state_bytes() const;  // the moments' bytes (what ZeRO-1 divides by the replicas)
 
-  // State for checkpoints: "exp_avg.<name>" and "exp_avg_sq.<name>" per parameter.
+  // State for checkpoints: "exp_avg.<slice name>" and "exp_avg_sq.<slice name>" per slice.
   std::vector<NamedTensor> state() const;
   // Restores state() output and the step count; throws Error naming a missing/mismatched entry.
   void load_state(const std::vector<NamedTensor>& state, int64_t steps_taken, const std::string& source);
 
  private:
-  std::vector<NamedTensor> params_;
+  std::vector<ParamSlice> slices_;
   std::vector<at::Tensor> m_, v_;
   OptimConfig config_;
   int64_t t_ = 0;

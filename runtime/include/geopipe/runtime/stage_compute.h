@@ -7,6 +7,7 @@
 #include <geopipe/runtime/gpt.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -39,7 +40,9 @@ class WeightGradStash {
   void push(Entry e);
   // grad_W += grad_out^T input and grad_b += sum_rows(grad_out) into the parameters' .grad, as
   // autograd's accumulation would (set when undefined, else add in place); then forgets them.
-  void apply_and_clear();
+  // `accumulated` (when set) is told of each parameter right after its gradient was added, as
+  // autograd's accumulation hooks are (the replicas' gradient buckets start on it).
+  void apply_and_clear(const std::function<void(const at::Tensor&)>& accumulated = {});
   int64_t bytes() const;  // the distinct storages of the stashed inputs and output gradients
 
  private:
@@ -71,6 +74,9 @@ class StageCompute {
   at::Tensor backward_input(int mb, const at::Tensor& grad_output = {});
   // W: the linear layers' weight and bias gradients of micro-batch mb; frees the micro-batch.
   void backward_weight(int mb);
+  // Told of every parameter W accumulates a gradient into (WeightGradStash::apply_and_clear);
+  // B and I accumulate through autograd, whose hooks the gradient reducer registers itself.
+  void set_weight_grad_observer(std::function<void(const at::Tensor&)> observer) { observer_ = std::move(observer); }
 
   // Bytes micro-batch mb holds now (0 when it holds nothing): exact for the tensors kept here
   // (input, block inputs, stash); for a live autograd graph (recompute none, F to B/I) an estimate
@@ -109,6 +115,7 @@ class StageCompute {
   const GptStage& model_;
   Recompute recompute_;
   std::map<int, MicroBatch> live_;
+  std::function<void(const at::Tensor&)> observer_;
 };
 
 }  // namespace geopipe::runtime

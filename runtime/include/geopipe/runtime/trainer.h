@@ -42,6 +42,7 @@ struct TrainConfig {
   // `--iters 0`) can then start from exactly geopipe's initialisation.
   bool checkpoint_at_start = false;
   bool resume = false;
+  bool shard_optimizer = false;     // ZeRO-1 over each stage's replicas (plan.replicas() > 1)
   double comm_timeout_s = 300;
   std::string device = "cpu";       // cpu | cuda | auto
   std::optional<Topology> topology; // for the electricity cost in the summary
