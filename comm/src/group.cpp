@@ -89,7 +89,6 @@ bool Communicator::Engine::test_group_op(GroupOp& op) {
 struct MpiGroup::Impl {
   MPI_Comm comm = MPI_COMM_NULL;
   std::vector<std::shared_ptr<Communicator::Engine::GroupOp>> pending;  // the comm may be freed when all are done
-  std::vector<std::shared_ptr<void>> kept;  // buffers of this group's own (allgather_u64)
 
   GroupRequest start(Communicator& comm, const std::string& group, const std::string& what,
                      const std::function<int(MPI_Comm, MPI_Request*)>& post) {
@@ -118,10 +117,7 @@ MpiGroup::~MpiGroup() {
   std::lock_guard<std::mutex> lock(e.mu_);
   e.progress_group_ops_locked();
   for (const auto& op : impl_->pending)
-    if (!op->done) {  // MPI still owns a collective on it (after a timeout): never free either
-      for (auto& k : impl_->kept) new std::shared_ptr<void>(k);  // MPI may still write into them
-      return;
-    }
+    if (!op->done) return;  // MPI still owns a collective on it (after a timeout): never free it
   MPI_Comm_free(&impl_->comm);
 }
 
@@ -145,19 +141,6 @@ GroupRequest MpiGroup::allgather(const float* send, float* recv, size_t count, c
   return impl_->start(comm_, name(), "all-gather of " + what, [&](MPI_Comm c, MPI_Request* r) {
     return MPI_Iallgather(send, static_cast<int>(count), MPI_FLOAT, recv, static_cast<int>(count), MPI_FLOAT, c, r);
   });
-}
-
-std::vector<uint64_t> MpiGroup::allgather_u64(uint64_t value, Seconds timeout) {
-  auto values = std::make_shared<std::vector<uint64_t>>(static_cast<size_t>(size_) + 1, 0);
-  (*values)[static_cast<size_t>(size_)] = value;  // the send slot, after the results
-  impl_->kept.push_back(values);
-  GroupRequest req = impl_->start(comm_, name(), "all-gather of parameter digests", [&](MPI_Comm c, MPI_Request* r) {
-    return MPI_Iallgather(&values->back(), 1, MPI_UINT64_T, values->data(), 1, MPI_UINT64_T, c, r);
-  });
-  req.wait(timeout);
-  impl_->kept.pop_back();
-  values->pop_back();
-  return *values;
 }
 
 }  // namespace geopipe::comm

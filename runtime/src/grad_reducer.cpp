@@ -138,8 +138,14 @@ double GradReducer::finish(double timeout_s) {
     while (next_ < buckets_.size()) start(next_++);  // parameters that got no gradient this step
   }
   const double t0 = comm::steady_now_s();
-  for (Bucket& b : buckets_) b.request.wait(comm::Seconds(timeout_s));
-  const double waited = comm::steady_now_s() - t0;
+  double last_done = t0;
+  for (Bucket& b : buckets_) {
+    b.request.wait(comm::Seconds(timeout_s));
+    last_done = std::max(last_done, b.request.completed_at());
+  }
+  // Until the last bucket completed (its completion time, as busy_s uses): a wake-up of this thread
+  // delayed by other processes is not all-reduce time.
+  const double waited = last_done - t0;
   at::NoGradGuard no_grad;
   const double scale = 1.0 / group_.size();
   for (size_t bi = 0; bi < buckets_.size(); ++bi) {

@@ -3,6 +3,7 @@
 // ZeRO-1, the losses of 10 steps equal one process running both replicas' micro-batches (fp32
 // CPU, within 1e-5 relative), and the all-reduce is measured every step.
 #include "test_plan.h"
+#include "test_world.h"
 
 #include <geopipe/comm/communicator.h>
 #include <geopipe/core/plan.h>
@@ -27,31 +28,9 @@ using namespace geopipe::runtime;
 
 namespace {
 
-std::unique_ptr<comm::Communicator> g_world;
-
-int world_size() {
-  int n = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &n);
-  return n;
-}
-
-// Ranks in the first half of the world are in us-east, the rest in eu-central.
-std::string region_of(int rank) { return rank < (world_size() + 1) / 2 ? "us-east" : "eu-central"; }
-
-class WorldEnvironment : public ::testing::Environment {
- public:
-  void SetUp() override {
-    set_compute_threads(1);  // several ranks share 2 cores
-    int rank = 0;
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    comm::CommOptions o;
-    o.region = region_of(rank);
-    o.default_timeout_s = 60;
-    g_world = std::make_unique<comm::Communicator>(o);
-  }
-  void TearDown() override { g_world.reset(); }
-};
-const auto* const kWorldEnvironment = ::testing::AddGlobalTestEnvironment(new WorldEnvironment);
+using testing_support::region_of;
+using testing_support::world_size;
+const auto* const kWorldEnvironment = ::testing::AddGlobalTestEnvironment(new testing_support::WorldEnvironment);
 
 constexpr int kLayers = 4;
 constexpr int kReplicas = 2;
@@ -94,7 +73,7 @@ TEST_P(Replicas, TwoReplicasMatchOneProcessWithTwiceTheMicroBatches) {
   const int M = 4;
   TrainConfig cfg = testing_support::tiny_config(10);
   cfg.shard_optimizer = shard;
-  const TrainResult a = run_training(replica_plan(kind, M), cfg, g_world.get());
+  const TrainResult a = run_training(replica_plan(kind, M), cfg, testing_support::world().get());
   const std::vector<double>& want = reference(kReplicas * M);
   ASSERT_EQ(a.steps.size(), want.size());
   for (size_t i = 0; i < want.size(); ++i) {

@@ -4,6 +4,7 @@
 // the losses of one process training the same model for 10 steps (fp32 CPU, within 1e-5
 // relative), and the same run twice is bit-identical.
 #include "test_plan.h"
+#include "test_world.h"
 
 #include <geopipe/comm/communicator.h>
 #include <geopipe/core/plan.h>
@@ -26,31 +27,9 @@ using namespace geopipe::runtime;
 
 namespace {
 
-std::unique_ptr<comm::Communicator> g_world;
-
-int world_size() {
-  int n = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &n);
-  return n;
-}
-
-// Ranks in the first half of the world are in us-east, the rest in eu-central.
-std::string region_of(int rank) { return rank < (world_size() + 1) / 2 ? "us-east" : "eu-central"; }
-
-class WorldEnvironment : public ::testing::Environment {
- public:
-  void SetUp() override {
-    set_compute_threads(1);  // several ranks share 2 cores
-    int rank = 0;
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    comm::CommOptions o;
-    o.region = region_of(rank);
-    o.default_timeout_s = 60;
-    g_world = std::make_unique<comm::Communicator>(o);
-  }
-  void TearDown() override { g_world.reset(); }
-};
-const auto* const kWorldEnvironment = ::testing::AddGlobalTestEnvironment(new WorldEnvironment);
+using testing_support::region_of;
+using testing_support::world_size;
+const auto* const kWorldEnvironment = ::testing::AddGlobalTestEnvironment(new testing_support::WorldEnvironment);
 
 constexpr int kLayers = 8;  // enough for 2 stages per rank on 4 ranks, one block each
 
@@ -101,14 +80,14 @@ class Schedules : public ::testing::TestWithParam<Case> {};
 TEST_P(Schedules, MatchOneProcessFor10StepsAndRerunBitIdentically) {
   const auto& [kind, V, M, recompute] = GetParam();
   const Plan plan = schedule_plan(kind, V, M);
-  const TrainResult a = run_training(plan, config(recompute), g_world.get());
+  const TrainResult a = run_training(plan, config(recompute), testing_support::world().get());
   const std::vector<double>& want = reference(M);
   ASSERT_EQ(a.steps.size(), want.size());
   for (size_t i = 0; i < want.size(); ++i)
     EXPECT_LE(std::abs(a.steps[i].loss - want[i]), 1e-5 * std::abs(want[i]))
         << kind << " step " << i << ": " << a.steps[i].loss << " vs " << want[i];
   EXPECT_LT(a.steps.back().loss, a.steps.front().loss);
-  const TrainResult b = run_training(plan, config(recompute), g_world.get());
+  const TrainResult b = run_training(plan, config(recompute), testing_support::world().get());
   for (size_t i = 0; i < want.size(); ++i) {
     EXPECT_EQ(a.steps[i].loss, b.steps[i].loss) << kind << " step " << i;
     EXPECT_EQ(a.steps[i].grad_norm, b.steps[i].grad_norm) << kind << " step " << i;
@@ -139,13 +118,13 @@ TEST(Schedules, CheckpointOfTwoStagesPerRankResumesTheSameTrajectory) {
   part.optim.decay_steps = 10;
   part.checkpoint_dir = std::string(GEOPIPE_BINARY_DIR) + "/tests/schedules_test_ckpt_np" + std::to_string(world_size());
   part.checkpoint_every = 4;
-  if (g_world->rank() == 0) std::filesystem::remove_all(part.checkpoint_dir);
-  g_world->barrier(comm::Seconds(60));
-  run_training(plan, part, g_world.get());
+  if (testing_support::world()->rank() == 0) std::filesystem::remove_all(part.checkpoint_dir);
+  testing_support::world()->barrier(comm::Seconds(60));
+  run_training(plan, part, testing_support::world().get());
   TrainConfig rest = config("none");
   rest.checkpoint_dir = part.checkpoint_dir;
   rest.resume = true;
-  const TrainResult r = run_training(plan, rest, g_world.get());
+  const TrainResult r = run_training(plan, rest, testing_support::world().get());
   const std::vector<double>& want = reference(4);
   ASSERT_EQ(r.steps.size(), 6u);
   for (size_t i = 0; i < 6; ++i) EXPECT_LE(std::abs(r.steps[i].loss - want[4 + i]), 1e-5 * want[4 + i]) << "step " << 4 + i;

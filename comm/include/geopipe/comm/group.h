@@ -96,8 +96,6 @@ class MpiGroup final : public ProcessGroup {
   GroupRequest allreduce_sum(float* data, size_t count, const std::string& what) override;
   GroupRequest reduce_scatter_sum(const float* send, float* recv, size_t count, const std::string& what) override;
   GroupRequest allgather(const float* send, float* recv, size_t count, const std::string& what) override;
-  // Blocking: one 64-bit value from every rank of the group, in group order (digests).
-  std::vector<uint64_t> allgather_u64(uint64_t value, Seconds timeout);
   void* mpi_comm();  // the MPI_Comm (as void*: this header does not include mpi.h), for NCCL's bootstrap
 
  private:
