@@ -5,7 +5,8 @@
 #      device's compute capability, Torch_DIR = PyTorch's LibTorch) into build-gpu/,
 #   2. builds only what the check runs (geopipe, geopipe-train, geopipe-codec-bench, the GPU tests),
 #   3. runs the GPU tests through ctest (CUDA codecs bit for bit against the CPU twins, the LibTorch
-#      adapter on CUDA tensors, NCCL self-send, staging through pinned memory),
+#      adapter on CUDA tensors, NCCL self-send, a one-rank NCCL replica group's all-reduce,
+#      reduce-scatter and all-gather, staging through pinned memory),
 #   4. runs `geopipe-codec-bench --device cuda`,
 #   5. trains a small GPT on the GPU for 20 steps (bf16, int8 codec on the links): 2 stages on two
 #      emulated regions of local4 sharing the one GPU (`geopipe launch --emulate software`), the

@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -92,22 +93,29 @@ void write_file_atomic(const std::string& path, const std::string& bytes, const 
   fsync_path(p.parent_path().empty() ? "." : p.parent_path().string(), O_RDONLY | O_DIRECTORY);
 }
 
-std::string stage_checkpoint_path(const std::string& dir, int64_t step, int stage) {
-  char name[64];
-  std::snprintf(name, sizeof(name), "step-%06lld/stage-%d.pt", static_cast<long long>(step), stage);
+std::string stage_checkpoint_path(const std::string& dir, int64_t step, int stage, int shard, int shards) {
+  char name[96];
+  if (shards > 1)
+    std::snprintf(name, sizeof(name), "step-%06lld/stage-%d.shard-%d.pt", static_cast<long long>(step), stage, shard);
+  else
+    std::snprintf(name, sizeof(name), "step-%06lld/stage-%d.pt", static_cast<long long>(step), stage);
   return (fs::path(dir) / name).string();
 }
 
 FileDigest digest_of(const void* data, size_t bytes) { return {bytes, comm::crc32c(data, bytes)}; }
 
 FileDigest save_stage_checkpoint(const std::string& dir, const StageCheckpoint& c, const std::function<void()>& midway) {
-  const std::string path = stage_checkpoint_path(dir, c.step, c.stage);
+  const std::string path = stage_checkpoint_path(dir, c.step, c.stage, c.shard, c.shards);
   fs::create_directories(fs::path(path).parent_path());
   c10::impl::GenericDict meta(c10::StringType::get(), c10::IntType::get());
   meta.insert("step", c.step);
   meta.insert("seed", static_cast<int64_t>(c.seed));
   meta.insert("stage", static_cast<int64_t>(c.stage));
   meta.insert("data_position", c.data_position);
+  if (c.shards > 1) {  // absent from unsharded files, as before shards existed
+    meta.insert("shard", static_cast<int64_t>(c.shard));
+    meta.insert("shards", static_cast<int64_t>(c.shards));
+  }
   c10::impl::GenericDict root(c10::StringType::get(), c10::AnyType::get());
   root.insert("model", tensor_dict(c.model));
   root.insert("optimizer", tensor_dict(c.optimizer));
@@ -161,6 +169,10 @@ StageCheckpoint parse_stage_checkpoint(const std::vector<char>& bytes, const std
   c.seed = static_cast<uint64_t>(meta.at("seed").toInt());
   c.stage = static_cast<int>(meta.at("stage").toInt());
   c.data_position = meta.at("data_position").toInt();
+  if (meta.contains("shards")) {
+    c.shard = static_cast<int>(meta.at("shard").toInt());
+    c.shards = static_cast<int>(meta.at("shards").toInt());
+  }
   return c;
 }
 
@@ -177,17 +189,19 @@ const char* file_check_name(FileCheck check) {
   return "?";
 }
 
-StageCheckpoint load_stage_checkpoint(const std::string& dir, const Manifest& m, int stage, FileCheck* check) {
+StageCheckpoint load_stage_checkpoint(const std::string& dir, const Manifest& m, int stage, int shard,
+                                      FileCheck* check) {
   FileCheck scratch;
   FileCheck& why = check ? *check : scratch;
   why = FileCheck::kOk;
   const std::string mpath = manifest_path(dir);
-  if (stage < 0 || stage >= static_cast<int>(m.files.size()))
-    throw InputError(mpath, "files", "names no file for stage " + std::to_string(stage));
-  const ManifestFile& entry = m.files[static_cast<size_t>(stage)];
+  const std::string which = "stage " + std::to_string(stage) +
+                            (m.optimizer_shards > 1 ? " shard " + std::to_string(shard) : std::string());
+  if (stage < 0 || stage >= m.num_stages || shard < 0 || shard >= m.optimizer_shards)
+    throw InputError(mpath, "files", "names no file for " + which);
+  const ManifestFile& entry = m.file(stage, shard);
   const std::string path = (fs::path(dir) / entry.path).string();
-  const std::string named = " (stage " + std::to_string(stage) + " of step " + std::to_string(m.step) +
-                            ", named by " + mpath + ")";
+  const std::string named = " (" + which + " of step " + std::to_string(m.step) + ", named by " + mpath + ")";
   std::ifstream f(path, std::ios::binary);
   if (!f) {
     why = FileCheck::kMissing;
@@ -218,9 +232,11 @@ StageCheckpoint load_stage_checkpoint(const std::string& dir, const Manifest& m,
     why = FileCheck::kUnreadable;
     throw InputError(path, "", std::string(e.what()) + named);
   }
-  if (c.step != m.step || c.stage != stage) {
+  if (c.step != m.step || c.stage != stage || c.shard != (m.optimizer_shards > 1 ? shard : 0) ||
+      c.shards != m.optimizer_shards) {
     why = FileCheck::kUnreadable;
-    throw InputError(path, "meta", "holds stage " + std::to_string(c.stage) + " of step " + std::to_string(c.step) +
+    throw InputError(path, "meta", "holds stage " + std::to_string(c.stage) + " shard " + std::to_string(c.shard) +
+                                       " of " + std::to_string(c.shards) + " of step " + std::to_string(c.step) +
                                        ", expected" + named);
   }
   return c;
@@ -235,8 +251,11 @@ void write_manifest(const std::string& dir, const Manifest& m) {
     bytes.push_back(f.digest.bytes);
     crcs.push_back(hex32(f.digest.crc32c));
   }
-  nlohmann::json j = {{"format", 2},      {"step", m.step},   {"num_stages", m.num_stages}, {"job", m.job},
-                      {"files", files},   {"bytes", bytes},   {"crc32c", crcs}};
+  nlohmann::json j = {{"format", 2},         {"step", m.step},
+                      {"num_stages", m.num_stages}, {"job", m.job},
+                      {"replicas", m.replicas},     {"optimizer_shards", m.optimizer_shards},
+                      {"files", files},             {"bytes", bytes},
+                      {"crc32c", crcs}};
   fs::create_directories(dir);
   write_file_atomic(manifest_path(dir), j.dump(1) + "\n");
 }
@@ -255,6 +274,8 @@ std::optional<Manifest> read_manifest(const std::string& dir) {
     m.num_stages = j.at("num_stages").get<int>();
     m.job = j.at("job").get<std::string>();
     files = j.at("files").get<std::vector<std::string>>();
+    m.replicas = j.value("replicas", 1);  // absent before replicas existed
+    m.optimizer_shards = j.value("optimizer_shards", 1);
   } catch (const std::exception& e) {
     throw InputError(path, "", std::string("malformed checkpoint manifest: ") + e.what());
   }
@@ -268,9 +289,15 @@ std::optional<Manifest> read_manifest(const std::string& dir) {
   } catch (const std::exception& e) {
     throw InputError(path, "crc32c", std::string("malformed checkpoint manifest: ") + e.what());
   }
-  if (m.num_stages < 1 || files.size() != static_cast<size_t>(m.num_stages) || bytes.size() != files.size() ||
+  if (m.replicas < 1 || m.replicas > 4096)
+    throw InputError(path, "replicas", "expected 1..4096, got " + std::to_string(m.replicas));
+  if (m.optimizer_shards != 1 && m.optimizer_shards != m.replicas)
+    throw InputError(path, "optimizer_shards", "expected 1 or the replica count " + std::to_string(m.replicas) +
+                                                   ", got " + std::to_string(m.optimizer_shards));
+  const size_t expected = static_cast<size_t>(std::max(m.num_stages, 0)) * static_cast<size_t>(m.optimizer_shards);
+  if (m.num_stages < 1 || m.num_stages > 1 << 20 || files.size() != expected || bytes.size() != files.size() ||
       crcs.size() != files.size())
-    throw InputError(path, "files", "expected num_stages (" + std::to_string(m.num_stages) +
+    throw InputError(path, "files", "expected num_stages x optimizer_shards (" + std::to_string(expected) +
                                         ") entries in files, bytes and crc32c, found " + std::to_string(files.size()) +
                                         ", " + std::to_string(bytes.size()) + ", " + std::to_string(crcs.size()));
   for (size_t i = 0; i < files.size(); ++i) {

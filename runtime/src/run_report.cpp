@@ -42,13 +42,14 @@ std::string fmt_bytes(double b) {
 }
 
 // Electricity of the run: each stage's GPU power x PUE x wall time at its region's price.
-std::pair<double, double> electricity(const Plan& plan, const Topology& topo, const std::vector<double>& wall_s) {
+// Every rank is a GPU (a stage's replicas each draw power): its region's power x PUE x its wall time.
+std::pair<double, double> electricity(const Plan& plan, const Topology& topo, const std::vector<double>& rank_wall_s) {
   double kwh_sum = 0, usd = 0;
-  for (size_t s = 0; s < plan.stages.size(); ++s) {
-    const int ri = topo.region_index(plan.stages[s].region);
+  for (int rank = 0; rank < plan.world_size(); ++rank) {
+    const int ri = topo.region_index(plan.stages[static_cast<size_t>(plan.stage_of_rank(rank))].region);
     if (ri < 0) continue;
     const Region& r = topo.regions[static_cast<size_t>(ri)];
-    const double kwh = r.gpu_power_w * r.pue * wall_s[s] / 3.6e6;
+    const double kwh = r.gpu_power_w * r.pue * rank_wall_s[static_cast<size_t>(rank)] / 3.6e6;
     kwh_sum += kwh;
     usd += kwh * r.price_usd_per_kwh;
   }
@@ -60,6 +61,10 @@ std::pair<double, double> electricity(const Plan& plan, const Topology& topo, co
 void RunTotals::add(const StepStats& st) {
   compute_s += st.compute_s;
   wait_s += st.wait_s;
+  if (steps > 0) {  // the first step's all-reduce also waits for the replicas' start-up skew
+    allreduce_s += st.allreduce_s;
+    allreduce_exposed_s += st.allreduce_exposed_s;
+  }
   for (const LinkStats& l : st.links) {
     link_wire[{l.from_stage, l.to_stage}] += l.bytes;
     if (!l.codec.empty()) codec_time[{l.from_stage, l.to_stage}][l.codec] += st.step_s;
@@ -69,7 +74,8 @@ void RunTotals::add(const StepStats& st) {
 
 StepLogger::StepLogger(const Plan& plan, const TrainConfig& cfg, bool rank0, int64_t first_step, int64_t iters)
     : config_(cfg), rank0_(rank0), first_step_(first_step), iters_(iters),
-      tokens_per_step_(static_cast<double>(plan.job.micro_batch) * plan.job.model.seq_len * plan.job.micro_batches),
+      tokens_per_step_(static_cast<double>(plan.job.micro_batch) * plan.job.model.seq_len * plan.job.micro_batches *
+                       plan.replicas()),
       start_(Clock::now()) {
   if (!rank0 || cfg.json_log.empty()) return;
   json_.open(cfg.json_log, cfg.resume ? std::ios::app : std::ios::trunc);
@@ -148,27 +154,39 @@ std::string summarize(const Plan& plan, const TrainConfig& cfg, const RunTotals&
                       comm::Communicator* comm) {
   // Every rank's times in its slot, one all-reduce.
   const int R = plan.world_size(), rank = comm ? comm->rank() : 0;
-  constexpr size_t K = 3;
+  constexpr size_t K = 6;
   std::vector<double> v(static_cast<size_t>(R) * K, 0.0);
-  const double mine[K] = {tot.compute_s, tot.wait_s, tot.wall_s};
+  const double mine[K] = {tot.compute_s, tot.wait_s,           tot.wall_s,
+                          tot.allreduce_s, tot.allreduce_exposed_s, static_cast<double>(result.optimizer_state_bytes)};
   std::copy(mine, mine + K, v.begin() + static_cast<std::ptrdiff_t>(static_cast<size_t>(rank) * K));
   allreduce_sum(comm, v, cfg.comm_timeout_s);
   if (rank != 0 || result.steps.empty()) return "";
   auto at = [&](int r, size_t k) { return v[static_cast<size_t>(r) * K + k]; };
+  const double steps = static_cast<double>(result.steps.size());
+  const bool replicas = plan.replicas() > 1;
   std::ostringstream o;
   o << fmt::format("summary: {} steps, final loss {:.4f}", result.steps.size(), result.steps.back().loss);
   if (!result.val_losses.empty()) o << fmt::format(", validation loss {:.4f}", result.val_losses.back().second);
-  o << fmt::format(", {:.3f} s/step\n", tot.wall_s / static_cast<double>(result.steps.size()));
-  o << "  stage  region          compute  comm-wait  idle+other\n";
-  std::vector<double> wall(plan.stages.size(), 0.0);
+  o << fmt::format(", {:.3f} s/step\n", tot.wall_s / steps);
+  o << (replicas ? "  stage/replica  region          compute  comm-wait  idle+other  optimizer  all-reduce/step  exposed\n"
+                 : "  stage  region          compute  comm-wait  idle+other  optimizer\n");
+  std::vector<double> wall(static_cast<size_t>(R), 0.0);
   for (int r = 0; r < R; ++r) {
     const std::vector<int> stages = plan.stages_of_rank(r);
-    wall[static_cast<size_t>(stages.front())] = at(r, 2);  // a rank's GPU, counted once
+    wall[static_cast<size_t>(r)] = at(r, 2);
     const double c = at(r, 0) / std::max(at(r, 2), 1e-9), w = at(r, 1) / std::max(at(r, 2), 1e-9);
-    o << fmt::format("  {:<5}  {:<14} {:7.1f}%  {:8.1f}%  {:9.1f}%\n", stages_of(plan, r),
+    const std::string who = replicas ? fmt::format("{}/{}", stages_of(plan, r), plan.replica_of(r)) : stages_of(plan, r);
+    o << fmt::format("  {:<{}}  {:<14} {:7.1f}%  {:8.1f}%  {:9.1f}%", who, replicas ? 13 : 5,
                      plan.stages[static_cast<size_t>(stages.front())].region, 100 * c, 100 * w,
                      100 * std::max(0.0, 1 - c - w));
+    o << fmt::format("  {:>9}", fmt_bytes(at(r, 5)));  // AdamW's moments: what ZeRO-1 divides by R
+    // Replicas: the gradient all-reduce per step, and the part the backward did not hide.
+    if (replicas)
+      o << fmt::format("  {:13.4f} s  {:6.1f}%", at(r, 3) / std::max(1.0, steps - 1),
+                       100 * at(r, 4) / std::max(at(r, 3), 1e-12));
+    o << "\n";
   }
+  if (replicas) o << "  (all-reduce: mean over the steps after the first, which also waits for the replicas to start)\n";
   if (plan.num_stages() > 1) o << "  link   activations raw -> wire (codec)      gradients raw -> wire (codec)\n";
   const auto [over_f, over_b] = codec_pair(cfg.codec);
   for (int s = 0; s + 1 < plan.num_stages(); ++s) {

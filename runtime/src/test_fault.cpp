@@ -21,6 +21,7 @@ const char* fault_kind_name(TestFault::Kind k) {
     case TestFault::Kind::kKill: return "kill";
     case TestFault::Kind::kKillInCheckpoint: return "kill-in-checkpoint";
     case TestFault::Kind::kCorrupt: return "corrupt";
+    case TestFault::Kind::kPerturb: return "perturb";
     case TestFault::Kind::kNone: break;
   }
   return "none";
@@ -45,7 +46,7 @@ TestFault parse_test_fault(const std::string& text) {
   if (text.empty()) return f;
   auto bad = [&](const std::string& why) {
     return InputError("GEOPIPE_TEST_FAULT", "", "\"" + text + "\": " + why +
-                                                   " (expected kill|kill-in-checkpoint|corrupt:rank=R:step=S)");
+                                                   " (expected kill|kill-in-checkpoint|corrupt|perturb:rank=R:step=S)");
   };
   std::vector<std::string> parts;
   size_t pos = 0;
@@ -59,6 +60,7 @@ TestFault parse_test_fault(const std::string& text) {
   if (parts[0] == "kill") f.kind = TestFault::Kind::kKill;
   else if (parts[0] == "kill-in-checkpoint") f.kind = TestFault::Kind::kKillInCheckpoint;
   else if (parts[0] == "corrupt") f.kind = TestFault::Kind::kCorrupt;
+  else if (parts[0] == "perturb") f.kind = TestFault::Kind::kPerturb;
   else throw bad("unknown fault \"" + parts[0] + "\"");
   auto number = [&](const std::string& field, const std::string& key, long long min) {
     if (field.rfind(key + "=", 0) != 0) throw bad("expected " + key + "=N, got \"" + field + "\"");
@@ -101,6 +103,14 @@ void FaultHooks::before_step(int64_t step, comm::Communicator* comm) const {
   if (!mine_ || fault_.kind != TestFault::Kind::kCorrupt || step + 1 != fault_.step) return;
   spdlog::warn("GEOPIPE_TEST_FAULT corrupt: rank {}'s first send of step {} flips a payload byte", fault_.rank, step + 1);
   comm->inject_fault_for_testing(comm::TestFault::kCorruptPayload);
+}
+
+void FaultHooks::after_step(int64_t step, const std::vector<StageChunk>& chunks) const {
+  if (!mine_ || fault_.kind != TestFault::Kind::kPerturb || step + 1 != fault_.step) return;
+  const NamedTensor& p = chunks.front().model->named_parameters().front();
+  spdlog::warn("GEOPIPE_TEST_FAULT perturb: rank {} adds 1e-3 to {} after step {}", fault_.rank, p.name, step + 1);
+  at::NoGradGuard no_grad;
+  p.tensor.add_(1e-3);
 }
 
 std::function<void()> FaultHooks::checkpoint_midway(int64_t step, const std::string& file) const {

@@ -3,12 +3,15 @@
 #include "trainer_parts.h"
 
 #include <geopipe/comm/communicator.h>
+#include <geopipe/comm/crc32c.h>
 #include <geopipe/core/error.h>
 #include <geopipe/runtime/checkpoint.h>
 
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 
@@ -33,14 +36,14 @@ void trim_json_log(const std::string& path, int64_t last_step) {
   write_file_atomic(path, kept);
 }
 
-// Loads this stage's file (size, CRC32C, meta and seed checked); nullopt with `*check` set when
-// it is refused, so that every rank can learn of it before anyone throws.
-std::optional<StageCheckpoint> load_own_file(const TrainConfig& cfg, const Manifest& manifest, int stage,
+// Loads one file of this rank's stage (size, CRC32C, meta and seed checked); nullopt with
+// `*check` set when it is refused, so that every rank can learn of it before anyone throws.
+std::optional<StageCheckpoint> load_own_file(const TrainConfig& cfg, const Manifest& manifest, int stage, int shard,
                                              FileCheck* check, std::optional<InputError>* refused) {
   try {
-    StageCheckpoint ck = load_stage_checkpoint(cfg.checkpoint_dir, manifest, stage, check);
+    StageCheckpoint ck = load_stage_checkpoint(cfg.checkpoint_dir, manifest, stage, shard, check);
     if (ck.seed != cfg.seed)
-      throw InputError(stage_checkpoint_path(cfg.checkpoint_dir, ck.step, stage), "meta.seed",
+      throw InputError(stage_checkpoint_path(cfg.checkpoint_dir, ck.step, stage, shard, ck.shards), "meta.seed",
                        "checkpoint was trained with seed " + std::to_string(ck.seed) + ", this run has --seed " +
                            std::to_string(cfg.seed));
     return ck;
@@ -51,72 +54,173 @@ std::optional<StageCheckpoint> load_own_file(const TrainConfig& cfg, const Manif
   }
 }
 
+std::string hex32(uint32_t v) {
+  char buf[16];
+  std::snprintf(buf, sizeof(buf), "%08x", v);
+  return buf;
+}
+
+// CRC32C of the bytes of a stage's parameters, in model order: what its replicas compare.
+uint32_t parameter_digest(const StageChunk& c) {
+  uint32_t crc = 0;
+  for (const NamedTensor& p : c.model->named_parameters()) {
+    const at::Tensor t = p.tensor.detach().to(at::kCPU).contiguous();
+    crc = comm::crc32c(t.data_ptr(), t.nbytes(), crc);
+  }
+  return crc;
+}
+
+// The classic data-parallel bug is silent divergence (a missed all-reduce, a non-deterministic
+// kernel, a flipped bit): before a checkpoint is written, every replica of every stage publishes
+// its parameters' digest; every rank sees them all, so all refuse together, and the previous
+// checkpoint stays the one manifest.json names.
+void check_replicas_agree(const Plan& plan, const TrainConfig& cfg, const std::vector<StageChunk>& chunks, int64_t step,
+                          comm::Communicator* comm) {
+  const int S = plan.num_stages(), R = plan.replicas();
+  if (R < 2) return;
+  const int replica = plan.replica_of(comm->rank());
+  std::vector<double> digests(static_cast<size_t>(S) * static_cast<size_t>(R), 0.0);  // exact: < 2^32
+  for (const StageChunk& c : chunks) digests[static_cast<size_t>(c.stage * R + replica)] = parameter_digest(c);
+  allreduce_sum(comm, digests, cfg.comm_timeout_s);
+  for (int s = 0; s < S; ++s) {
+    const double* d = &digests[static_cast<size_t>(s * R)];
+    if (std::all_of(d, d + R, [&](double x) { return x == d[0]; })) continue;
+    std::string who;
+    for (int r = 0; r < R; ++r)
+      who += (r ? ", replica " : "replica ") + std::to_string(r) + " (rank " + std::to_string(plan.rank_of(s, r)) +
+             ") " + hex32(static_cast<uint32_t>(d[r]));
+    throw Error("replica check at step " + std::to_string(step) + ": stage " + std::to_string(s) +
+                "'s replicas hold different parameters (CRC32C " + who +
+                "): a replica diverged; checkpoint not written, " + manifest_path(cfg.checkpoint_dir) +
+                " still names the previous one");
+  }
+}
+
+// Files per stage: the replica count with a sharded optimizer (each replica its shard), else 1.
+int optimizer_shards(const Plan& plan, const TrainConfig& cfg) { return cfg.shard_optimizer ? plan.replicas() : 1; }
+
+// --resume refuses a checkpoint whose optimizer state is split otherwise than this run's.
+void check_manifest_fits(const Plan& plan, const TrainConfig& cfg, const Manifest& m) {
+  const std::string mpath = manifest_path(cfg.checkpoint_dir);
+  if (m.num_stages != plan.num_stages() || m.job != plan.job.name)
+    throw InputError(mpath, "num_stages",
+                     "checkpoint of job " + m.job + " with " + std::to_string(m.num_stages) +
+                         " stages does not match plan " + plan.job.name + " with " + std::to_string(plan.num_stages()));
+  const int shards = optimizer_shards(plan, cfg);
+  if (m.optimizer_shards > 1 && m.optimizer_shards != shards)
+    throw InputError(mpath, "optimizer_shards",
+                     "the checkpoint holds each stage's optimizer state in " + std::to_string(m.optimizer_shards) +
+                         " shards (written with --shard-optimizer by " + std::to_string(m.replicas) +
+                         " replicas per stage); resume with --shard-optimizer on a plan with " +
+                         std::to_string(m.replicas) + " replicas per stage");
+  if (m.optimizer_shards == 1 && shards > 1)
+    throw InputError(mpath, "optimizer_shards",
+                     "the checkpoint holds each stage's whole optimizer state (written without --shard-optimizer); "
+                     "resume without --shard-optimizer");
+}
+
 }  // namespace
 
 void write_checkpoint(const Plan& plan, const TrainConfig& cfg, const std::vector<StageChunk>& chunks, int64_t step,
                       comm::Communicator* comm, const std::function<void()>& midway) {
-  const int S = plan.num_stages();
-  const int rank = comm ? comm->rank() : 0;
-  // Sizes and checksums to every rank (one slot pair per stage, filled by the stage's first
-  // rank: the sum is exact). It is also the barrier: every stage's file is on disk.
-  std::vector<double> dv(2 * static_cast<size_t>(S), 0.0);
-  // Replicas hold the same parameters and optimizer state: replica 0 writes the stage's file.
-  for (size_t i = 0; i < chunks.size() && plan.replica_of(rank) <= 0; ++i) {
+  const int S = plan.num_stages(), shards = optimizer_shards(plan, cfg);
+  const int rank = comm ? comm->rank() : 0, replica = std::max(plan.replica_of(rank), 0);
+  check_replicas_agree(plan, cfg, chunks, step, comm);
+  // Sizes and checksums to every rank (one slot pair per file, filled by its writer: the sum
+  // is exact). It is also the barrier: every file is on disk.
+  std::vector<double> dv(2 * static_cast<size_t>(S * shards), 0.0);
+  // Replicas hold the same parameters and optimizer state: replica 0 writes the stage's file,
+  // or, with a sharded optimizer, every replica its shard (the model in shard 0's).
+  const int shard = shards > 1 ? replica : 0;
+  for (size_t i = 0; i < chunks.size() && (shards > 1 || replica == 0); ++i) {
     const StageChunk& c = chunks[i];
-    StageCheckpoint ck{c.stage, step, cfg.seed, step, c.model->named_parameters(), c.optimizer->state()};
+    StageCheckpoint ck{c.stage, step, cfg.seed, step, {}, c.optimizer->state(), shard, shards};
+    if (shard == 0) ck.model = c.model->named_parameters();
     const FileDigest d = save_stage_checkpoint(cfg.checkpoint_dir, ck, i == 0 ? midway : std::function<void()>());
-    if (rank == plan.stages[static_cast<size_t>(c.stage)].ranks.at(0)) {
-      dv[2 * static_cast<size_t>(c.stage)] = static_cast<double>(d.bytes);
-      dv[2 * static_cast<size_t>(c.stage) + 1] = static_cast<double>(d.crc32c);
-    }
+    const size_t slot = 2 * static_cast<size_t>(c.stage * shards + shard);
+    dv[slot] = static_cast<double>(d.bytes);
+    dv[slot + 1] = static_cast<double>(d.crc32c);
   }
   allreduce_sum(comm, dv, cfg.comm_timeout_s);
   if (rank != 0) return;
-  Manifest m{step, S, plan.job.name, {}};
+  Manifest m{step, S, plan.job.name, {}, plan.replicas(), shards};
   for (int s = 0; s < S; ++s)
-    m.files.push_back({fs::relative(stage_checkpoint_path(cfg.checkpoint_dir, step, s), cfg.checkpoint_dir).string(),
-                       {static_cast<uint64_t>(dv[2 * static_cast<size_t>(s)]),
-                        static_cast<uint32_t>(dv[2 * static_cast<size_t>(s) + 1])}});
+    for (int r = 0; r < shards; ++r) {
+      const size_t slot = 2 * static_cast<size_t>(s * shards + r);
+      m.files.push_back(
+          {fs::relative(stage_checkpoint_path(cfg.checkpoint_dir, step, s, r, shards), cfg.checkpoint_dir).string(),
+           {static_cast<uint64_t>(dv[slot]), static_cast<uint32_t>(dv[slot + 1])}});
+    }
   write_manifest(cfg.checkpoint_dir, m);
 }
 
+namespace {
+
+// What one rank loads for one of its stages: the model (shard 0's file) and the optimizer state
+// (the same file, or this replica's shard).
+struct LoadedStage {
+  std::optional<StageCheckpoint> model, optimizer;
+};
+
+// Every rank verifies its own files; then all learn which failed, so every rank refuses
+// together, naming the file, before anything is loaded.
+std::vector<LoadedStage> load_verified(const Plan& plan, const TrainConfig& cfg, const Manifest& m,
+                                       const std::vector<StageChunk>& chunks, comm::Communicator* comm) {
+  const int shards = m.optimizer_shards, replica = comm ? std::max(plan.replica_of(comm->rank()), 0) : 0;
+  std::optional<InputError> refused;
+  std::vector<LoadedStage> loaded;
+  std::vector<double> failed(static_cast<size_t>(m.num_stages * shards), 0.0);
+  auto load = [&](int stage, int shard) {
+    FileCheck check = FileCheck::kOk;
+    auto ck = load_own_file(cfg, m, stage, shard, &check, &refused);
+    double& slot = failed[static_cast<size_t>(stage * shards + shard)];
+    slot = std::max(slot, static_cast<double>(check));
+    return ck;
+  };
+  for (const StageChunk& c : chunks) {
+    LoadedStage l;
+    l.model = load(c.stage, 0);
+    if (shards > 1 && replica > 0) l.optimizer = load(c.stage, replica);
+    loaded.push_back(std::move(l));
+  }
+  if (comm) comm->allreduce_max(failed.data(), static_cast<int>(failed.size()), comm::Seconds(cfg.comm_timeout_s));
+  if (refused) throw *refused;
+  for (size_t i = 0; i < failed.size(); ++i)
+    if (failed[i] != 0) {
+      const int stage = static_cast<int>(i) / shards, shard = static_cast<int>(i) % shards;
+      throw InputError((fs::path(cfg.checkpoint_dir) / m.file(stage, shard).path).string(), "",
+                       "stage " + std::to_string(stage) + (shards > 1 ? " shard " + std::to_string(shard) : "") +
+                           "'s checkpoint file is " + file_check_name(static_cast<FileCheck>(static_cast<int>(failed[i]))) +
+                           " (named by " + manifest_path(cfg.checkpoint_dir) + "); not resuming");
+    }
+  return loaded;
+}
+
+}  // namespace
+
 int64_t resume(const Plan& plan, const TrainConfig& cfg, const std::vector<StageChunk>& chunks,
                comm::Communicator* comm) {
-  const int S = plan.num_stages();
   if (cfg.checkpoint_dir.empty()) throw InputError("--resume", "resume", "needs --checkpoint-dir");
   auto manifest = read_manifest(cfg.checkpoint_dir);
   if (!manifest) throw InputError(cfg.checkpoint_dir, "manifest.json", "no checkpoint to resume from");
-  if (manifest->num_stages != S || manifest->job != plan.job.name)
-    throw InputError(manifest_path(cfg.checkpoint_dir), "num_stages",
-                     "checkpoint of job " + manifest->job + " with " + std::to_string(manifest->num_stages) +
-                         " stages does not match plan " + plan.job.name + " with " + std::to_string(S));
-  // Every rank verifies its own stage files; then all learn which stages failed, so every rank
-  // refuses together, naming the file, before anything is written.
-  std::optional<InputError> refused;
-  std::vector<std::optional<StageCheckpoint>> loaded;
-  std::vector<double> failed(static_cast<size_t>(S), 0.0);
-  for (const StageChunk& c : chunks) {
-    FileCheck check = FileCheck::kOk;
-    loaded.push_back(load_own_file(cfg, *manifest, c.stage, &check, &refused));
-    failed[static_cast<size_t>(c.stage)] = static_cast<double>(check);
-  }
-  if (comm) comm->allreduce_max(failed.data(), S, comm::Seconds(cfg.comm_timeout_s));
-  if (refused) throw *refused;
-  for (int s = 0; s < S; ++s)
-    if (failed[static_cast<size_t>(s)] != 0)
-      throw InputError((fs::path(cfg.checkpoint_dir) / manifest->files[static_cast<size_t>(s)].path).string(), "",
-                       "stage " + std::to_string(s) + "'s checkpoint file is " +
-                           file_check_name(static_cast<FileCheck>(static_cast<int>(failed[static_cast<size_t>(s)]))) +
-                           " (named by " + manifest_path(cfg.checkpoint_dir) + "); not resuming");
+  check_manifest_fits(plan, cfg, *manifest);
+  const std::vector<LoadedStage> loaded = load_verified(plan, cfg, *manifest, chunks, comm);
   for (size_t i = 0; i < chunks.size(); ++i) {
-    const StageCheckpoint& ck = *loaded[i];
-    const std::string file = stage_checkpoint_path(cfg.checkpoint_dir, ck.step, chunks[i].stage);
-    copy_into(ck.model, chunks[i].model->named_parameters(), file);
-    chunks[i].optimizer->load_state(ck.optimizer, ck.step, file);
+    const StageCheckpoint& model = *loaded[i].model;
+    const StageCheckpoint& opt = loaded[i].optimizer ? *loaded[i].optimizer : model;
+    copy_into(model.model, chunks[i].model->named_parameters(),
+              stage_checkpoint_path(cfg.checkpoint_dir, model.step, model.stage, model.shard, model.shards));
+    chunks[i].optimizer->load_state(opt.optimizer, opt.step,
+                                    stage_checkpoint_path(cfg.checkpoint_dir, opt.step, opt.stage, opt.shard, opt.shards));
   }
   if (!comm || comm->rank() == 0) {
     spdlog::info("resumed from {} at step {} (every stage file verified: size and CRC32C)",
                  manifest_path(cfg.checkpoint_dir), manifest->step);
+    if (manifest->replicas != plan.replicas())  // the weights and state fit; the global batch changes
+      spdlog::warn("the checkpoint was written with {} replicas per stage, this run has {}: an optimizer step now takes "
+                   "{} micro-batches instead of {}",
+                   manifest->replicas, plan.replicas(), plan.replicas() * plan.job.micro_batches,
+                   manifest->replicas * plan.job.micro_batches);
     if (!cfg.json_log.empty()) trim_json_log(cfg.json_log, manifest->step);
   }
   return manifest->step;

@@ -176,9 +176,6 @@ ReplicaGroups replica_groups(const Plan& plan, const TrainConfig& cfg, at::Devic
   if (cfg.shard_optimizer && plan.replicas() < 2)
     throw InputError("--shard-optimizer", "shard-optimizer", "needs a plan with replicas (this one has 1 rank per stage)");
   if (plan.replicas() < 2) return g;
-  if (cfg.shard_optimizer && !cfg.checkpoint_dir.empty())
-    throw InputError("--shard-optimizer", "shard-optimizer",
-                     "checkpoints of a sharded optimizer are not written yet; drop --checkpoint-dir or --shard-optimizer");
   const int rank = comm->rank(), stage = plan.stage_of_rank(rank);
   std::string ranks;
   for (int r : plan.stages[static_cast<size_t>(stage)].ranks) ranks += (ranks.empty() ? "" : ", ") + std::to_string(r);
@@ -207,6 +204,7 @@ TrainResult run_training(const Plan& plan, const TrainConfig& cfg, comm::Communi
   const ReplicaGroups groups = replica_groups(plan, cfg, device, comm);
 
   TrainResult result;
+  for (const auto& opt : m.optimizers) result.optimizer_state_bytes += opt->state_bytes();
   if (cfg.resume) result.first_step = detail::resume(plan, cfg, m.chunks, comm);
   ExecutorOptions eo = executor_options(cfg);
   faults.install(eo);
@@ -233,6 +231,7 @@ TrainResult run_training(const Plan& plan, const TrainConfig& cfg, comm::Communi
     if (comm) comm->begin_step(step);  // link events timed in steps (shaper.h)
     StepStats st = exec.train_step(step);
     if (!std::isfinite(st.loss)) throw Error("training diverged at step " + std::to_string(step) + ": loss is not finite");
+    faults.after_step(step, m.chunks);
     totals.add(st);
     const bool final_step = step + 1 == iters;
     std::optional<double> val;

@@ -28,6 +28,7 @@ class FaultHooks {
   FaultHooks(const TrainConfig& config, int rank, int world, bool has_comm);
   void install(ExecutorOptions& options) const;  // kill: SIGKILL after the step's first F/B
   void before_step(int64_t step, comm::Communicator* comm) const;  // corrupt: the step's first send
+  void after_step(int64_t step, const std::vector<StageChunk>& chunks) const;  // perturb: a parameter
   // kill-in-checkpoint: what to run half-way through writing `file` after step `step` (or nothing).
   std::function<void()> checkpoint_midway(int64_t step, const std::string& file) const;
 
@@ -50,6 +51,8 @@ int64_t resume(const Plan& plan, const TrainConfig& config, const std::vector<St
 // link's wire bytes (the same on every rank: the step's reduction carries them).
 struct RunTotals {
   double compute_s = 0, wait_s = 0, wall_s = 0;
+  // Replicas' gradient all-reduce and its unhidden part, over the steps after the first.
+  double allreduce_s = 0, allreduce_exposed_s = 0;
   std::map<std::pair<int, int>, double> link_wire;  // (from stage, to stage) -> bytes
   // --codec adaptive: (from stage, to stage) -> codec -> seconds of the steps it ran
   std::map<std::pair<int, int>, std::map<std::string, double>> codec_time;

@@ -192,6 +192,7 @@ TEST_F(BadInput, TrainRefusesEveryBadFlagValue) {
           {ok + " --prompt hello", "--sample"},
           {ok + " --sample 5 --temperature -1", "--temperature"},
           {ok + " --sample 5 --top-k -2", "--top-k"},
+          {ok + " --shard-optimizer", "--shard-optimizer: shard-optimizer: needs a plan with replicas (this one has 1 rank per stage)"},
       },
       train);
 }

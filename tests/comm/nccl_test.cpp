@@ -1,7 +1,8 @@
-// NCCL backend: one rank sends to itself on its GPU, in one batch (NCCL refuses two ranks on one
-// device, so this is the test a one-GPU machine can run). Skips without a GPU. The Router tests
-// run everywhere.
+// NCCL backend: one rank sends to itself on its GPU, in one batch, and a one-rank replica group
+// runs its collectives (NCCL refuses two ranks on one device, so these are the tests a one-GPU
+// machine can run). Skip without a GPU. The Router and refusal tests run everywhere.
 #include <geopipe/comm/communicator.h>
+#include <geopipe/comm/group.h>
 #include <geopipe/comm/nccl_transport.h>
 #include <geopipe/comm/router.h>
 #include <geopipe/core/error.h>
@@ -13,6 +14,7 @@
 #include <cuda_runtime.h>
 #endif
 
+#include <memory>
 #include <vector>
 
 using namespace geopipe;
@@ -83,6 +85,57 @@ TEST(NcclTransport, RefusesToStartWithoutAGpuAndSaysWhy) {
     const std::string msg = e.what();
     EXPECT_TRUE(msg.find("no CUDA device") != std::string::npos ||
                 msg.find("no NCCL") != std::string::npos)
+        << msg;
+  }
+}
+
+// The stage replicas' gradient path on GPUs (runtime/src/grad_reducer.h): a group of one rank
+// (one GPU: NCCL refuses two ranks on one device) runs all-reduce, reduce-scatter and all-gather
+// on device buffers; with one member each returns its input, so every byte is checked.
+TEST(NcclGroup, OneRankGroupRunsItsCollectivesOnTheGpu) {
+  if (kernels::cuda_device_count() == 0 || !NcclTransport::available())
+    GTEST_SKIP() << kernels::cuda_describe();
+#if GEOPIPE_HAVE_NCCL
+  Communicator comm(options());
+  MpiGroup mpi(comm, 0, 0, "stage 0 replicas (ranks 0)");
+  std::unique_ptr<ProcessGroup> group = make_nccl_group(mpi, 0);
+  EXPECT_TRUE(group->on_gpu());
+  EXPECT_EQ(group->size(), 1);
+  const size_t n = (1u << 22) + 3;  // 16 MB: a bucket's size
+  std::vector<float> host(n), back(n, 0.f);
+  for (size_t i = 0; i < n; ++i) host[i] = static_cast<float>(i % 1000) * 0.25f - 7.f;
+  float *data = nullptr, *shard = nullptr, *gathered = nullptr;
+  ASSERT_EQ(cudaMalloc(&data, n * sizeof(float)), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&shard, n * sizeof(float)), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&gathered, n * sizeof(float)), cudaSuccess);
+  // On the legacy stream, where LibTorch computes gradients: the group orders itself after it.
+  ASSERT_EQ(cudaMemcpyAsync(data, host.data(), n * sizeof(float), cudaMemcpyHostToDevice, nullptr), cudaSuccess);
+  group->allreduce_sum(data, n, "bucket 0").wait(Seconds(60));
+  group->reduce_scatter_sum(data, shard, n, "bucket 0").wait(Seconds(60));
+  GroupRequest last = group->allgather(shard, gathered, n, "bucket 0");
+  last.wait(Seconds(60));
+  EXPECT_GT(last.completed_at(), 0.0);
+  ASSERT_EQ(cudaMemcpy(back.data(), gathered, n * sizeof(float), cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(back, host);
+  group.reset();
+  cudaFree(data);
+  cudaFree(shard);
+  cudaFree(gathered);
+#endif
+}
+
+TEST(NcclGroup, RefusesToStartWithoutAGpuNamingTheGroup) {
+  if (NcclTransport::available()) GTEST_SKIP() << "a GPU is present";
+  Communicator comm(options());
+  MpiGroup mpi(comm, 0, 0, "stage 0 replicas (ranks 0)");
+  try {
+    make_nccl_group(mpi, 0);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("group stage 0 replicas (ranks 0): "), std::string::npos) << msg;
+    EXPECT_TRUE(msg.find("NCCL needs a CUDA device, none is visible on rank 0") != std::string::npos ||
+                msg.find("built without NCCL") != std::string::npos)
         << msg;
   }
 }

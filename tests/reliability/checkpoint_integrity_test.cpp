@@ -58,7 +58,7 @@ class CheckpointIntegrity : public ::testing::Test {
     EXPECT_TRUE(m.has_value());
     FileCheck check = FileCheck::kOk;
     try {
-      runtime::load_stage_checkpoint(dir_, *m, stage, &check);
+      runtime::load_stage_checkpoint(dir_, *m, stage, 0, &check);
     } catch (const InputError& e) {
       EXPECT_EQ(check, want) << e.what();
       return e.what();
@@ -92,6 +92,47 @@ TEST_F(CheckpointIntegrity, ManifestRecordsSizeAndCrc32cOfEveryStageFile) {
   auto j = nlohmann::json::parse(read_file(manifest()));
   EXPECT_EQ(j.at("format"), 2);
   EXPECT_EQ(j.at("crc32c").size(), 2u);
+}
+
+// ZeRO-1: one stage, two optimizer shards; the model is in shard 0's file only.
+TEST_F(CheckpointIntegrity, OptimizerShardsAreFilesOfTheirOwnCheckedLikeStageFiles) {
+  Manifest m{6, 1, "gpt-test", {}, 2, 2};
+  for (int r = 0; r < 2; ++r) {
+    StageCheckpoint c{0, 6, 1234, 6, {}, {{"exp_avg.w[" + std::to_string(r * 8) + ":" + std::to_string(r * 8 + 8) + "]",
+                                           at::full({8}, static_cast<float>(r))}}, r, 2};
+    if (r == 0) c.model = {{"w", at::ones({16})}};
+    const runtime::FileDigest d = runtime::save_stage_checkpoint(dir_, c);
+    m.files.push_back({fs::relative(runtime::stage_checkpoint_path(dir_, 6, 0, r, 2), dir_).string(), d});
+  }
+  runtime::write_manifest(dir_, m);
+  auto back = runtime::read_manifest(dir_);
+  ASSERT_TRUE(back.has_value());
+  EXPECT_EQ(back->replicas, 2);
+  EXPECT_EQ(back->optimizer_shards, 2);
+  EXPECT_EQ(back->file(0, 1).path, "step-000006/stage-0.shard-1.pt");
+  const StageCheckpoint shard1 = runtime::load_stage_checkpoint(dir_, *back, 0, 1);
+  EXPECT_EQ(shard1.shard, 1);
+  EXPECT_TRUE(shard1.model.empty());
+  ASSERT_EQ(shard1.optimizer.size(), 1u);
+  EXPECT_EQ(shard1.optimizer[0].name, "exp_avg.w[8:16]");
+  EXPECT_EQ(runtime::load_stage_checkpoint(dir_, *back, 0, 0).model.size(), 1u);
+  // A shard file swapped for the other (as a mis-copy would): refused by its checksum.
+  fs::copy_file(runtime::stage_checkpoint_path(dir_, 6, 0, 0, 2), runtime::stage_checkpoint_path(dir_, 6, 0, 1, 2),
+                fs::copy_options::overwrite_existing);
+  FileCheck check = FileCheck::kOk;
+  EXPECT_THROW(runtime::load_stage_checkpoint(dir_, *back, 0, 1, &check), InputError);
+  EXPECT_NE(check, FileCheck::kOk);
+  // A manifest whose shard count is neither 1 nor its replica count.
+  auto j = nlohmann::json::parse(read_file(manifest()));
+  j["optimizer_shards"] = 3;
+  std::ofstream(manifest(), std::ios::trunc) << j.dump();
+  try {
+    runtime::read_manifest(dir_);
+    FAIL() << "accepted 3 shards of 2 replicas";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("optimizer_shards: expected 1 or the replica count 2, got 3"), std::string::npos)
+        << e.what();
+  }
 }
 
 TEST_F(CheckpointIntegrity, TruncatedStageFileIsRefusedNamingItAndTheManifest) {

@@ -55,6 +55,14 @@ class FaultJob : public ::testing::Test {
     return path("plan.json");
   }
 
+  // One stage of the tiny GPT on two ranks of one region: data-parallel replicas 0 and 1.
+  std::string write_replica_plan() {
+    nlohmann::json doc = to_json(testing_support::tiny_plan({{0, 4}}, {"us-east"}, "1f1b"));
+    doc["stages"][0]["ranks"] = {0, 1};
+    save(parse_plan(doc, "replica-plan.json"));
+    return path("plan.json");
+  }
+
   // A plan file load_plan accepts: tiny_plan's provenance completed.
   void save(Plan plan) {
     plan.provenance.generator = "reliability tests";
@@ -170,6 +178,29 @@ TEST_F(FaultJob, SurvivorsOfAKilledRankTimeOutNamingItWhenTheLauncherKeepsThemRu
   EXPECT_NE(r.output.find("alive and sending"), std::string::npos) << r.output;  // comm's hint
   // Open MPI 4.1 in recovery mode exits 0 even after MPI_Abort, so the status is not asserted
   // here (docs/RELIABILITY.md); without recovery (the test above, and `geopipe launch`) it is.
+}
+
+// A stage's replicas meet in every step's gradient all-reduce: with the launcher keeping the
+// survivor running, replica 0 stops at its timeout naming the operation and the replica group.
+TEST_F(FaultJob, KilledReplicaStopsTheJobNamingItsReplicaGroup) {
+  write_replica_plan();
+  JobResult r = run(train(2, {}, {"--mca", "orte_enable_recovery", "1"}), "replica",
+                    {{"GEOPIPE_TEST_FAULT", "kill:rank=1:step=3"}});
+  const int64_t kill_ms = fault_unix_ms(r.output);
+  ASSERT_GT(kill_ms, 0) << r.output;
+  const double kill_to_exit_s = static_cast<double>(r.end_unix_ms - kill_ms) / 1e3;
+  std::printf("[ figure ] SIGKILL of replica 1, replica 0 left running -> job exit: %.2f s (comm timeout %.0f s)\n",
+              kill_to_exit_s, kCommTimeout);
+  EXPECT_LT(kill_to_exit_s, kCommTimeout + 15) << r.output;
+  EXPECT_NE(r.output.find("stage 0 (rank 0) at 0OPT of step 3: stage 0 averaging gradients over its replicas: rank 0: "
+                          "all-reduce of stage 0 bucket 0"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("in group stage 0 replicas (ranks 0, 1) timed out after 10.000 s: a replica is missing, "
+                          "dead or stuck"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("step 3/8"), std::string::npos) << "step 3 completed without replica 1:\n" << r.output;
 }
 
 TEST_F(FaultJob, KillDuringCheckpointWriteLeavesThePreviousCheckpointAndResumeReproducesTheLosses) {

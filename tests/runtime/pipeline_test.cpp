@@ -1,6 +1,7 @@
 // The pipeline executor across 4 ranks in 2 regions (fp32, CPU): same losses as one process,
 // bit-identical reruns, int8 links close to uncompressed, resume, merged trace.
 #include "test_plan.h"
+#include "test_world.h"
 
 #include <geopipe/comm/communicator.h>
 #include <geopipe/core/env.h>
@@ -29,26 +30,10 @@ namespace {
 const std::vector<std::pair<int, int>> kFourStages = {{0, 1}, {1, 2}, {2, 3}, {3, 4}};
 const std::vector<std::string> kTwoRegions = {"us-east", "us-east", "eu-central", "eu-central"};
 
-std::unique_ptr<comm::Communicator> g_world;
+const auto* const kWorldEnvironment = ::testing::AddGlobalTestEnvironment(new testing_support::WorldEnvironment);
+using testing_support::shared_dir;
 
-// The communicator is built collectively before the first test and destroyed after the last
-// one, while MPI is still initialised.
-class WorldEnvironment : public ::testing::Environment {
- public:
-  void SetUp() override {
-    runtime::set_compute_threads(1);  // 4 ranks share 2 cores
-    int rank = 0;
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    comm::CommOptions o;
-    o.region = kTwoRegions.at(rank);
-    o.default_timeout_s = 60;
-    g_world = std::make_unique<comm::Communicator>(o);
-  }
-  void TearDown() override { g_world.reset(); }
-};
-const auto* const kWorldEnvironment = ::testing::AddGlobalTestEnvironment(new WorldEnvironment);
-
-comm::Communicator& world() { return *g_world; }
+comm::Communicator& world() { return *testing_support::world(); }
 
 std::vector<double> losses(const TrainResult& r) {
   std::vector<double> l;
@@ -72,14 +57,6 @@ void expect_close(const std::vector<double>& got, const std::vector<double>& wan
     EXPECT_LE(std::abs(got[i] - want[i]), rel * std::abs(want[i])) << "step " << i << ": " << got[i] << " vs " << want[i];
 }
 
-std::string shared_dir(const std::string& name) {
-  std::string d = std::string(GEOPIPE_BINARY_DIR) + "/tests/runtime_pipeline_test_" + name;
-  int rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  if (rank == 0) fs::remove_all(d);
-  MPI_Barrier(MPI_COMM_WORLD);
-  return d;
-}
 
 }  // namespace
 

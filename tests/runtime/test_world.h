@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <filesystem>
 #include <memory>
 #include <string>
 
@@ -40,5 +41,16 @@ class WorldEnvironment : public ::testing::Environment {
   }
   void TearDown() override { world().reset(); }
 };
+
+// A folder every rank of the test names the same, emptied by rank 0 before anyone uses it.
+inline std::string shared_dir(const std::string& name) {
+  const std::string d =
+      std::string(GEOPIPE_BINARY_DIR) + "/tests/runtime_mpi_np" + std::to_string(world_size()) + "_" + name;
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  if (rank == 0) std::filesystem::remove_all(d);
+  MPI_Barrier(MPI_COMM_WORLD);
+  return d;
+}
 
 }  // namespace geopipe::testing_support

@@ -5,8 +5,15 @@
 //   DIR/step-000100/stage-0.pt   {"model": {name: tensor}, "optimizer": {"exp_avg.<name>": ...},
 //                                 "meta": {"step": 100, "seed": 1, "stage": 0, "data_position": 100}}
 //   DIR/manifest.json            {"format": 2, "step": 100, "num_stages": 4, "job": "gpt-tiny",
+//                                 "replicas": 2, "optimizer_shards": 1,
 //                                 "files": ["step-000100/stage-0.pt", ...],
 //                                 "bytes": [123456, ...], "crc32c": ["1a2b3c4d", ...]}
+//
+// Stage replicas hold the same parameters and optimizer state: replica 0 writes the stage's file.
+// With a sharded optimizer (ZeRO-1) each replica r holds AdamW state for its slices only and
+// writes step-N/stage-S.shard-R.pt: shard 0 also holds the model, the others their optimizer
+// state only; "optimizer_shards" is then the replica count and "files" lists every stage's
+// shards, stage-major. Such a checkpoint resumes with the same replica count and --shard-optimizer.
 //
 // Every file is written atomically (temp file in the same folder, fsync, rename, fsync of the
 // folder). The manifest is written last, by one rank, after every stage's file is on disk, so
@@ -36,8 +43,9 @@ struct StageCheckpoint {
   int64_t step = 0;           // optimizer steps taken; training resumes at this step
   uint64_t seed = 0;
   int64_t data_position = 0;  // the sampler is a function of the step: equal to step
-  std::vector<NamedTensor> model;
+  std::vector<NamedTensor> model;  // empty in optimizer shards other than 0
   std::vector<NamedTensor> optimizer;
+  int shard = 0, shards = 1;  // optimizer shard (the replica that wrote it) of how many
 };
 
 // Size and CRC32C of a file's bytes: what the manifest records for each stage file.
@@ -48,7 +56,8 @@ struct FileDigest {
 };
 FileDigest digest_of(const void* data, size_t bytes);
 
-std::string stage_checkpoint_path(const std::string& dir, int64_t step, int stage);
+// DIR/step-000100/stage-S.pt, or DIR/step-000100/stage-S.shard-R.pt when shards > 1.
+std::string stage_checkpoint_path(const std::string& dir, int64_t step, int stage, int shard = 0, int shards = 1);
 // Writes the stage file atomically and returns its digest. `midway` (tests' fault hook) is
 // called when half of the temp file has been written and flushed.
 FileDigest save_stage_checkpoint(const std::string& dir, const StageCheckpoint& ckpt,
@@ -62,7 +71,12 @@ struct Manifest {
   int64_t step = 0;
   int num_stages = 0;
   std::string job;
-  std::vector<ManifestFile> files;  // one per stage, in stage order
+  std::vector<ManifestFile> files;  // num_stages x optimizer_shards, stage-major
+  int replicas = 1;          // replicas per stage of the run that wrote it
+  int optimizer_shards = 1;  // files per stage: 1, or the replica count with a sharded optimizer
+  const ManifestFile& file(int stage, int shard = 0) const {
+    return files.at(static_cast<size_t>(stage) * static_cast<size_t>(optimizer_shards) + static_cast<size_t>(shard));
+  }
 };
 std::string manifest_path(const std::string& dir);  // DIR/manifest.json
 void write_manifest(const std::string& dir, const Manifest& manifest);
@@ -74,10 +88,11 @@ std::optional<Manifest> read_manifest(const std::string& dir);
 enum class FileCheck { kOk = 0, kMissing = 1, kWrongSize = 2, kWrongChecksum = 3, kUnreadable = 4 };
 const char* file_check_name(FileCheck check);  // "missing", "truncated or overwritten", ...
 
-// Loads stage `stage` of the checkpoint `manifest` names: reads DIR/<file>, checks its size
-// and CRC32C against the manifest before parsing, then that its meta (step, stage) agrees.
-// Throws InputError naming the file and the manifest; `*check` (when given) says why.
-StageCheckpoint load_stage_checkpoint(const std::string& dir, const Manifest& manifest, int stage,
+// Loads shard `shard` of stage `stage` of the checkpoint `manifest` names: reads DIR/<file>,
+// checks its size and CRC32C against the manifest before parsing, then that its meta (step,
+// stage, shard) agrees. Throws InputError naming the file and the manifest; `*check` (when
+// given) says why.
+StageCheckpoint load_stage_checkpoint(const std::string& dir, const Manifest& manifest, int stage, int shard = 0,
                                       FileCheck* check = nullptr);
 
 // Copies checkpointed tensors into `params` by name; throws Error naming the file and the

@@ -60,10 +60,13 @@ struct TrainConfig {
 //                                     file of the checkpoint after step S (temp file partly written)
 //   corrupt:rank=R:step=S             rank R's first send of step S flips a payload byte after
 //                                     its checksum was computed (comm's TestFault::kCorruptPayload)
+//   perturb:rank=R:step=S             rank R adds 1e-3 to its first parameter after step S's
+//                                     optimizer step (a replica diverges: the next checkpoint's
+//                                     replica check stops the job naming the stage and replicas)
 // Before raising SIGKILL the rank prints one line to stderr:
 //   "geopipe-train: rank R: GEOPIPE_TEST_FAULT <kind>: SIGKILL at step S ... (unix_ms T)".
 struct TestFault {
-  enum class Kind { kNone, kKill, kKillInCheckpoint, kCorrupt };
+  enum class Kind { kNone, kKill, kKillInCheckpoint, kCorrupt, kPerturb };
   Kind kind = Kind::kNone;
   int rank = -1;
   int64_t step = 0;
@@ -76,6 +79,7 @@ struct TrainResult {
   std::vector<std::pair<int64_t, double>> val_losses;  // (step, validation loss)
   int64_t first_step = 0;             // > 0 after a resume
   std::string summary;                // the end-of-run summary (rank 0; empty elsewhere)
+  int64_t optimizer_state_bytes = 0;  // this rank's AdamW moments (÷ R with --shard-optimizer)
 };
 
 // Maps --codec to (forward, backward) codec names: "int8" -> int8-block both ways, "fp8" ->
