@@ -242,6 +242,35 @@ StageCheckpoint load_stage_checkpoint(const std::string& dir, const Manifest& m,
   return c;
 }
 
+namespace {
+
+// The recorded layout must tile the model's layers: stage s holds [layers[s].first, .second),
+// each starting where the previous ended, from 0 to the model's n_layer.
+void check_layout(const Manifest& m, const std::string& path) {
+  if (m.model.n_layer < 0 || (m.model.n_layer > 0 && (m.model.n_head < 1 || m.model.n_embd < 1 ||
+                                                      m.model.block_size < 1 || m.model.vocab_size < 1)))
+    throw InputError(path, "model", "every field must be a positive integer");
+  if (m.step_micro_batches < 0) throw InputError(path, "step_micro_batches", "must be a positive integer");
+  if (m.layers.empty()) return;
+  if (m.layers.size() != static_cast<size_t>(m.num_stages))
+    throw InputError(path, "layers", "expected num_stages (" + std::to_string(m.num_stages) + ") ranges, found " +
+                                         std::to_string(m.layers.size()));
+  int next = 0;
+  for (size_t s = 0; s < m.layers.size(); ++s) {
+    const auto [b, e] = m.layers[s];
+    if (b != next || e < b)
+      throw InputError(path, "layers[" + std::to_string(s) + "]",
+                       "[" + std::to_string(b) + ", " + std::to_string(e) + ") does not continue at layer " +
+                           std::to_string(next));
+    next = e;
+  }
+  if (m.model.n_layer > 0 && next != m.model.n_layer)
+    throw InputError(path, "layers", "cover " + std::to_string(next) + " layers, the model has " +
+                                         std::to_string(m.model.n_layer));
+}
+
+}  // namespace
+
 std::string manifest_path(const std::string& dir) { return (fs::path(dir) / "manifest.json").string(); }
 
 void write_manifest(const std::string& dir, const Manifest& m) {
@@ -256,6 +285,16 @@ void write_manifest(const std::string& dir, const Manifest& m) {
                       {"replicas", m.replicas},     {"optimizer_shards", m.optimizer_shards},
                       {"files", files},             {"bytes", bytes},
                       {"crc32c", crcs}};
+  if (!m.layers.empty()) {
+    nlohmann::json layers = nlohmann::json::array();
+    for (const auto& [b, e] : m.layers) layers.push_back({b, e});
+    j["layers"] = layers;
+  }
+  if (m.step_micro_batches > 0) j["step_micro_batches"] = m.step_micro_batches;
+  if (m.model.n_layer > 0)
+    j["model"] = {{"n_layer", m.model.n_layer},       {"n_head", m.model.n_head},
+                  {"n_embd", m.model.n_embd},         {"block_size", m.model.block_size},
+                  {"vocab_size", m.model.vocab_size}};
   fs::create_directories(dir);
   write_file_atomic(manifest_path(dir), j.dump(1) + "\n");
 }
@@ -276,6 +315,13 @@ std::optional<Manifest> read_manifest(const std::string& dir) {
     files = j.at("files").get<std::vector<std::string>>();
     m.replicas = j.value("replicas", 1);  // absent before replicas existed
     m.optimizer_shards = j.value("optimizer_shards", 1);
+    m.step_micro_batches = j.value("step_micro_batches", 0);
+    if (j.contains("layers")) m.layers = j.at("layers").get<std::vector<std::pair<int, int>>>();
+    if (j.contains("model")) {  // absent before resharding
+      const auto& mj = j.at("model");
+      m.model = {mj.at("n_layer").get<int>(), mj.at("n_head").get<int>(), mj.at("n_embd").get<int>(),
+                 mj.at("block_size").get<int>(), mj.at("vocab_size").get<int>()};
+    }
   } catch (const std::exception& e) {
     throw InputError(path, "", std::string("malformed checkpoint manifest: ") + e.what());
   }
@@ -300,6 +346,7 @@ std::optional<Manifest> read_manifest(const std::string& dir) {
     throw InputError(path, "files", "expected num_stages x optimizer_shards (" + std::to_string(expected) +
                                         ") entries in files, bytes and crc32c, found " + std::to_string(files.size()) +
                                         ", " + std::to_string(bytes.size()) + ", " + std::to_string(crcs.size()));
+  check_layout(m, path);
   for (size_t i = 0; i < files.size(); ++i) {
     const fs::path rel(files[i]);
     bool escapes = rel.empty() || rel.is_absolute();
@@ -322,11 +369,18 @@ void copy_into(const std::vector<NamedTensor>& saved, const std::vector<NamedTen
   at::NoGradGuard no_grad;
   for (const auto& p : params) {
     auto it = by_name.find(p.name);
-    if (it == by_name.end()) throw Error(source + ": no parameter " + p.name);
+    if (it == by_name.end()) throw InputError(source, p.name, "the checkpoint has no such tensor (another model?)");
     if (!it->second.sizes().equals(p.tensor.sizes()))
-      throw Error(source + ": parameter " + p.name + " has the wrong shape");
+      throw InputError(source, p.name, "is " + shape_of(it->second) + " in the checkpoint, " + shape_of(p.tensor) +
+                                           " in this model (another model shape)");
     p.tensor.copy_(it->second);
   }
+}
+
+std::string shape_of(const at::Tensor& t) {
+  std::string s = "[";
+  for (int64_t d = 0; d < t.dim(); ++d) s += (d ? ", " : "") + std::to_string(t.size(d));
+  return s + "]";
 }
 
 }  // namespace geopipe::runtime

@@ -95,13 +95,20 @@ void AdamW::load_state(const std::vector<NamedTensor>& state, int64_t steps_take
   for (const auto& s : state) by_name[s.name] = s.tensor;
   at::NoGradGuard no_grad;
   for (size_t i = 0; i < slices_.size(); ++i) {
-    const std::string name = slices_[i].name();
+    const ParamSlice& s = slices_[i];
     for (auto [prefix, dst] : {std::make_pair("exp_avg.", &m_[i]), std::make_pair("exp_avg_sq.", &v_[i])}) {
-      auto it = by_name.find(prefix + name);
-      if (it == by_name.end()) throw Error(source + ": optimizer state has no " + prefix + name);
-      if (!it->second.sizes().equals(dst->sizes()))
-        throw Error(source + ": optimizer state " + prefix + name + " has the wrong shape");
-      dst->copy_(it->second);
+      at::Tensor src;
+      if (auto it = by_name.find(prefix + s.name()); it != by_name.end()) {
+        src = it->second;
+      } else if (auto whole = by_name.find(prefix + s.param.name); whole != by_name.end() && !s.whole() &&
+                                                                    whole->second.numel() == s.param.tensor.numel()) {
+        src = view_of(s, whole->second.reshape(-1));  // a slice of whole state (another sharding)
+      } else {
+        throw Error(source + ": optimizer state has no " + prefix + s.name());
+      }
+      if (!src.sizes().equals(dst->sizes()))
+        throw Error(source + ": optimizer state " + prefix + s.name() + " has the wrong shape");
+      dst->copy_(src);
     }
   }
   t_ = steps_taken;

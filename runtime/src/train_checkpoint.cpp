@@ -1,5 +1,6 @@
 // The checkpoint protocol of a training run: writing every stage's file and the manifest, and
 // resuming with every stage file verified first (checkpoint.h holds the files' format).
+#include "reshard.h"
 #include "trainer_parts.h"
 
 #include <geopipe/comm/communicator.h>
@@ -14,6 +15,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 namespace geopipe::runtime::detail {
 
@@ -99,24 +101,21 @@ void check_replicas_agree(const Plan& plan, const TrainConfig& cfg, const std::v
 // Files per stage: the replica count with a sharded optimizer (each replica its shard), else 1.
 int optimizer_shards(const Plan& plan, const TrainConfig& cfg) { return cfg.shard_optimizer ? plan.replicas() : 1; }
 
-// --resume refuses a checkpoint whose optimizer state is split otherwise than this run's.
-void check_manifest_fits(const Plan& plan, const TrainConfig& cfg, const Manifest& m) {
+// --resume takes a checkpoint of the same job and model under any layout; one written before
+// manifests recorded their layout only under the same stages (assumed to have the same split).
+Manifest checked_layout(const Plan& plan, const TrainConfig& cfg, Manifest m) {
   const std::string mpath = manifest_path(cfg.checkpoint_dir);
-  if (m.num_stages != plan.num_stages() || m.job != plan.job.name)
-    throw InputError(mpath, "num_stages",
-                     "checkpoint of job " + m.job + " with " + std::to_string(m.num_stages) +
-                         " stages does not match plan " + plan.job.name + " with " + std::to_string(plan.num_stages()));
-  const int shards = optimizer_shards(plan, cfg);
-  if (m.optimizer_shards > 1 && m.optimizer_shards != shards)
-    throw InputError(mpath, "optimizer_shards",
-                     "the checkpoint holds each stage's optimizer state in " + std::to_string(m.optimizer_shards) +
-                         " shards (written with --shard-optimizer by " + std::to_string(m.replicas) +
-                         " replicas per stage); resume with --shard-optimizer on a plan with " +
-                         std::to_string(m.replicas) + " replicas per stage");
-  if (m.optimizer_shards == 1 && shards > 1)
-    throw InputError(mpath, "optimizer_shards",
-                     "the checkpoint holds each stage's whole optimizer state (written without --shard-optimizer); "
-                     "resume without --shard-optimizer");
+  if (m.job != plan.job.name)
+    throw InputError(mpath, "job", "checkpoint of job " + m.job + ", the plan runs job " + plan.job.name);
+  check_same_model(m, gpt_config(plan.job.model), mpath);
+  if (m.layers.empty()) {
+    if (m.num_stages != plan.num_stages())
+      throw InputError(mpath, "layers", "the checkpoint records no layer split (written before resharding) and has " +
+                                            std::to_string(m.num_stages) + " stages, the plan " +
+                                            std::to_string(plan.num_stages()) + ": resume it with its own plan");
+    for (const StagePlan& sp : plan.stages) m.layers.emplace_back(sp.layer_begin, sp.layer_end);
+  }
+  return m;
 }
 
 }  // namespace
@@ -143,7 +142,9 @@ void write_checkpoint(const Plan& plan, const TrainConfig& cfg, const std::vecto
   }
   allreduce_sum(comm, dv, cfg.comm_timeout_s);
   if (rank != 0) return;
-  Manifest m{step, S, plan.job.name, {}, plan.replicas(), shards};
+  Manifest m{step, S, plan.job.name, {}, plan.replicas(), shards, {}, gpt_config(plan.job.model),
+             plan.replicas() * plan.job.micro_batches};
+  for (const StagePlan& sp : plan.stages) m.layers.emplace_back(sp.layer_begin, sp.layer_end);
   for (int s = 0; s < S; ++s)
     for (int r = 0; r < shards; ++r) {
       const size_t slot = 2 * static_cast<size_t>(s * shards + r);
@@ -156,33 +157,33 @@ void write_checkpoint(const Plan& plan, const TrainConfig& cfg, const std::vecto
 
 namespace {
 
-// What one rank loads for one of its stages: the model (shard 0's file) and the optimizer state
-// (the same file, or this replica's shard).
-struct LoadedStage {
-  std::optional<StageCheckpoint> model, optimizer;
-};
+// "[0, 2) [2, 3) [3, 4)": a layer split, for the log.
+std::string layers_text(const std::vector<std::pair<int, int>>& layers) {
+  std::string out;
+  for (const auto& [b, e] : layers) out += (out.empty() ? "[" : " [") + std::to_string(b) + ", " + std::to_string(e) + ")";
+  return out;
+}
 
-// Every rank verifies its own files; then all learn which failed, so every rank refuses
-// together, naming the file, before anything is loaded.
-std::vector<LoadedStage> load_verified(const Plan& plan, const TrainConfig& cfg, const Manifest& m,
-                                       const std::vector<StageChunk>& chunks, comm::Communicator* comm) {
-  const int shards = m.optimizer_shards, replica = comm ? std::max(plan.replica_of(comm->rank()), 0) : 0;
+// A file of the checkpoint: (stage, optimizer shard).
+using FileKey = std::pair<int, int>;
+
+// Every rank verifies the files its stages need (those of the checkpoint's stages that hold
+// their layers, every optimizer shard of each); then all learn which failed, so every rank
+// refuses together, naming the file, before anything is loaded.
+std::map<FileKey, StageCheckpoint> load_verified(const TrainConfig& cfg, const Manifest& m,
+                                                 const std::vector<StageChunk>& chunks, comm::Communicator* comm) {
+  const int shards = m.optimizer_shards;
   std::optional<InputError> refused;
-  std::vector<LoadedStage> loaded;
+  std::map<FileKey, StageCheckpoint> loaded;
   std::vector<double> failed(static_cast<size_t>(m.num_stages * shards), 0.0);
-  auto load = [&](int stage, int shard) {
-    FileCheck check = FileCheck::kOk;
-    auto ck = load_own_file(cfg, m, stage, shard, &check, &refused);
-    double& slot = failed[static_cast<size_t>(stage * shards + shard)];
-    slot = std::max(slot, static_cast<double>(check));
-    return ck;
-  };
-  for (const StageChunk& c : chunks) {
-    LoadedStage l;
-    l.model = load(c.stage, 0);
-    if (shards > 1 && replica > 0) l.optimizer = load(c.stage, replica);
-    loaded.push_back(std::move(l));
-  }
+  for (const StageChunk& c : chunks)
+    for (int stage : source_stages(m, *c.model))
+      for (int shard = 0; shard < shards; ++shard) {
+        if (loaded.count({stage, shard})) continue;
+        FileCheck check = FileCheck::kOk;
+        if (auto ck = load_own_file(cfg, m, stage, shard, &check, &refused)) loaded.emplace(FileKey{stage, shard}, std::move(*ck));
+        failed[static_cast<size_t>(stage * shards + shard)] = static_cast<double>(check);
+      }
   if (comm) comm->allreduce_max(failed.data(), static_cast<int>(failed.size()), comm::Seconds(cfg.comm_timeout_s));
   if (refused) throw *refused;
   for (size_t i = 0; i < failed.size(); ++i)
@@ -196,34 +197,52 @@ std::vector<LoadedStage> load_verified(const Plan& plan, const TrainConfig& cfg,
   return loaded;
 }
 
+// One stage's parameters and optimizer state from the files that hold its tensors, wherever
+// (in whichever layout) they were written.
+void load_stage(const Manifest& m, const std::map<FileKey, StageCheckpoint>& files, const StageChunk& c,
+                const std::string& source) {
+  std::vector<NamedTensor> model;
+  std::map<std::string, at::Tensor> optimizer;
+  for (int stage : source_stages(m, *c.model))
+    for (int shard = 0; shard < m.optimizer_shards; ++shard) {
+      const StageCheckpoint& ck = files.at({stage, shard});
+      model.insert(model.end(), ck.model.begin(), ck.model.end());
+      for (const NamedTensor& t : ck.optimizer) optimizer.emplace(t.name, t.tensor);
+    }
+  const std::vector<NamedTensor> params = c.model->named_parameters();
+  copy_into(model, params, source);
+  c.optimizer->load_state(whole_optimizer_state(optimizer, params, source), m.step, source);
+}
+
 }  // namespace
 
 int64_t resume(const Plan& plan, const TrainConfig& cfg, const std::vector<StageChunk>& chunks,
                comm::Communicator* comm) {
   if (cfg.checkpoint_dir.empty()) throw InputError("--resume", "resume", "needs --checkpoint-dir");
-  auto manifest = read_manifest(cfg.checkpoint_dir);
-  if (!manifest) throw InputError(cfg.checkpoint_dir, "manifest.json", "no checkpoint to resume from");
-  check_manifest_fits(plan, cfg, *manifest);
-  const std::vector<LoadedStage> loaded = load_verified(plan, cfg, *manifest, chunks, comm);
-  for (size_t i = 0; i < chunks.size(); ++i) {
-    const StageCheckpoint& model = *loaded[i].model;
-    const StageCheckpoint& opt = loaded[i].optimizer ? *loaded[i].optimizer : model;
-    copy_into(model.model, chunks[i].model->named_parameters(),
-              stage_checkpoint_path(cfg.checkpoint_dir, model.step, model.stage, model.shard, model.shards));
-    chunks[i].optimizer->load_state(opt.optimizer, opt.step,
-                                    stage_checkpoint_path(cfg.checkpoint_dir, opt.step, opt.stage, opt.shard, opt.shards));
-  }
+  auto read = read_manifest(cfg.checkpoint_dir);
+  if (!read) throw InputError(cfg.checkpoint_dir, "manifest.json", "no checkpoint to resume from");
+  const Manifest manifest = checked_layout(plan, cfg, *read);
+  const std::string source = manifest_path(cfg.checkpoint_dir) + " (step " + std::to_string(manifest.step) + ")";
+  const std::map<FileKey, StageCheckpoint> files = load_verified(cfg, manifest, chunks, comm);
+  for (const StageChunk& c : chunks) load_stage(manifest, files, c, source);
   if (!comm || comm->rank() == 0) {
     spdlog::info("resumed from {} at step {} (every stage file verified: size and CRC32C)",
-                 manifest_path(cfg.checkpoint_dir), manifest->step);
-    if (manifest->replicas != plan.replicas())  // the weights and state fit; the global batch changes
-      spdlog::warn("the checkpoint was written with {} replicas per stage, this run has {}: an optimizer step now takes "
-                   "{} micro-batches instead of {}",
-                   manifest->replicas, plan.replicas(), plan.replicas() * plan.job.micro_batches,
-                   manifest->replicas * plan.job.micro_batches);
-    if (!cfg.json_log.empty()) trim_json_log(cfg.json_log, manifest->step);
+                 manifest_path(cfg.checkpoint_dir), manifest.step);
+    std::vector<std::pair<int, int>> mine;
+    for (const StagePlan& sp : plan.stages) mine.emplace_back(sp.layer_begin, sp.layer_end);
+    if (manifest.layers != mine || manifest.optimizer_shards != optimizer_shards(plan, cfg))
+      spdlog::info("resharded the checkpoint (stages {}, optimizer state in {} shard(s) per stage) into this plan "
+                   "(stages {}, {} shard(s) per stage)",
+                   layers_text(manifest.layers), manifest.optimizer_shards, layers_text(mine),
+                   optimizer_shards(plan, cfg));
+    const int step_micro_batches = plan.replicas() * plan.job.micro_batches;
+    if (manifest.step_micro_batches > 0 && manifest.step_micro_batches != step_micro_batches)
+      spdlog::warn("the checkpoint's run took {} micro-batches per optimizer step, this one takes {} ({} replicas x {}): "
+                   "the trajectory changes",
+                   manifest.step_micro_batches, step_micro_batches, plan.replicas(), plan.job.micro_batches);
+    if (!cfg.json_log.empty()) trim_json_log(cfg.json_log, manifest.step);
   }
-  return manifest->step;
+  return manifest.step;
 }
 
 }  // namespace geopipe::runtime::detail

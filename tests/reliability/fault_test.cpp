@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -201,6 +202,61 @@ TEST_F(FaultJob, KilledReplicaStopsTheJobNamingItsReplicaGroup) {
             std::string::npos)
       << r.output;
   EXPECT_EQ(r.output.find("step 3/8"), std::string::npos) << "step 3 completed without replica 1:\n" << r.output;
+}
+
+void expect_close_losses(const std::vector<std::pair<int64_t, double>>& got,
+                         const std::vector<std::pair<int64_t, double>>& want, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_EQ(got[i].first, want[i].first) << what << " line " << i;
+    EXPECT_LE(std::abs(got[i].second - want[i].second), 1e-5 * std::abs(want[i].second))
+        << what << " step " << want[i].first << ": " << got[i].second << " vs " << want[i].second;
+  }
+}
+
+// A checkpoint of 4 stages (one layer each) resumes under other plans of the same model: 3
+// stages with another split, and 2 stages x 2 replicas (each replica half of the micro-batches,
+// ZeRO-1: every tensor, moments included, comes from files written under another layout). The
+// 10 steps after the checkpoint equal the uninterrupted 4-stage run's within 1e-5.
+TEST_F(FaultJob, CheckpointResumesUnderAnotherStageCountSplitAndReplicaCount) {
+  constexpr int kSteps = 20;
+  write_plan(4);
+  JobResult ref = run(train(4, {"--json-log", path("reference.jsonl")}, {}, kSteps), "reference");
+  ASSERT_EQ(ref.exit_code, 0) << ref.output;
+  const auto want = logged_losses(path("reference.jsonl"));
+  ASSERT_EQ(want.size(), static_cast<size_t>(kSteps));
+  const std::vector<std::pair<int64_t, double>> second_half(want.begin() + 10, want.end());
+  // The same run stopped after step 10's checkpoint (killed in step 11).
+  JobResult killed = run(train(4, {"--checkpoint-dir", path("ckpt"), "--checkpoint-every", "10"}, {}, kSteps), "killed",
+                         {{"GEOPIPE_TEST_FAULT", "kill:rank=0:step=11"}});
+  ASSERT_GT(fault_unix_ms(killed.output), 0) << killed.output;
+  ASSERT_EQ(manifest_step(path("ckpt")), 10);
+  fs::copy(path("ckpt"), path("ckpt-3"), fs::copy_options::recursive);
+  fs::copy(path("ckpt"), path("ckpt-2x2"), fs::copy_options::recursive);
+
+  save(testing_support::tiny_plan({{0, 2}, {2, 3}, {3, 4}}, {"us-east", "us-east", "eu-central"}, "1f1b"));
+  JobResult three = run(train(3, {"--checkpoint-dir", path("ckpt-3"), "--resume", "--json-log", path("three.jsonl")}, {},
+                              kSteps),
+                        "three-stages");
+  ASSERT_EQ(three.exit_code, 0) << three.output;
+  EXPECT_NE(three.output.find("resharded the checkpoint (stages [0, 1) [1, 2) [2, 3) [3, 4), optimizer state in 1 "
+                              "shard(s) per stage) into this plan (stages [0, 2) [2, 3) [3, 4), 1 shard(s) per stage)"),
+            std::string::npos)
+      << three.output;
+  expect_close_losses(logged_losses(path("three.jsonl")), second_half, "3 stages");
+
+  nlohmann::json doc = to_json(testing_support::tiny_plan({{0, 2}, {2, 4}}, {"us-east", "eu-central"}, "1f1b", "none", 2));
+  doc["stages"][0]["ranks"] = {0, 1};
+  doc["stages"][1]["ranks"] = {2, 3};
+  save(parse_plan(doc, "2x2.json"));
+  JobResult dp = run(train(4, {"--checkpoint-dir", path("ckpt-2x2"), "--resume", "--shard-optimizer", "--json-log",
+                               path("2x2.jsonl")},
+                           {}, kSteps),
+                     "2x2");
+  ASSERT_EQ(dp.exit_code, 0) << dp.output;
+  EXPECT_NE(dp.output.find("into this plan (stages [0, 2) [2, 4), 2 shard(s) per stage)"), std::string::npos) << dp.output;
+  EXPECT_EQ(dp.output.find("the trajectory changes"), std::string::npos) << dp.output;  // 2 x 2 = 4 micro-batches
+  expect_close_losses(logged_losses(path("2x2.jsonl")), second_half, "2 stages x 2 replicas");
 }
 
 TEST_F(FaultJob, KillDuringCheckpointWriteLeavesThePreviousCheckpointAndResumeReproducesTheLosses) {

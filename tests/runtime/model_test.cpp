@@ -261,6 +261,40 @@ TEST(Training, ResumeReproducesTheUninterruptedLosses) {
   EXPECT_THROW(run_training(plan, other, nullptr), InputError);
 }
 
+// Resharding keeps the model: a checkpoint of another model shape is refused before anything
+// loads, naming the manifest field and the first tensor that differs.
+TEST(Training, ResumeOfAnotherModelIsRefusedNamingTheFirstMismatchingTensor) {
+  TrainConfig cfg = testing_support::tiny_config(1);
+  cfg.checkpoint_dir = fresh_dir("ckpt_other_model");
+  cfg.checkpoint_every = 1;
+  const Plan one = testing_support::tiny_plan({{0, 4}}, {"us-east"});
+  run_training(one, cfg, nullptr);
+  TrainConfig resume = cfg;
+  resume.resume = true;
+  auto refusal = [&](const std::string& field, int value) {
+    nlohmann::json doc = to_json(one);
+    doc["job"]["model"][field] = value;
+    if (field == "layers") doc["stages"][0]["layers"] = {0, value};
+    try {
+      run_training(parse_plan(doc, "other.json"), resume, nullptr);
+    } catch (const InputError& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  EXPECT_NE(refusal("layers", 3).find("model.n_layer: the checkpoint's model has n_layer 4, the plan's 3: "
+                                      "transformer.h.3.* is in the checkpoint, not in the plan's model"),
+            std::string::npos);
+  EXPECT_NE(refusal("layers", 6).find("the plan's transformer.h.4.* is not in the checkpoint"), std::string::npos);
+  EXPECT_NE(refusal("d_model", 64).find("model.n_embd: the checkpoint's model has n_embd 32, the plan's 64: "
+                                        "transformer.wte.weight is [256, 32] in the checkpoint, [256, 64] in the "
+                                        "plan's model"),
+            std::string::npos);
+  EXPECT_NE(refusal("heads", 4).find("model.n_head: the checkpoint's model has n_head 2, the plan's 4"),
+            std::string::npos);
+  EXPECT_EQ(run_training(one, resume, nullptr).first_step, 1);  // its own model loads
+}
+
 TEST(Training, ExportGathersOneNanoGptCheckpointWithEveryParameter) {
   Plan plan = testing_support::tiny_plan({{0, 2}}, {"us-east"});
   TrainConfig cfg = testing_support::tiny_config(1);

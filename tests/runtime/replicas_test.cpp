@@ -3,8 +3,8 @@
 // ZeRO-1, the losses of 10 steps equal one process running both replicas' micro-batches (fp32
 // CPU, within 1e-5 relative), and the all-reduce is measured every step; int8 on the
 // inter-region link stays within 2 % over 50 steps; resuming a DP checkpoint (each replica's
-// optimizer shard with ZeRO-1) continues the same losses; a replica whose parameters diverged is
-// caught at the next checkpoint.
+// optimizer shard with ZeRO-1) continues the same losses, also with the optimizer sharded the
+// other way; a replica whose parameters diverged is caught at the next checkpoint.
 #include "test_plan.h"
 #include "test_world.h"
 
@@ -168,23 +168,64 @@ TEST_P(ReplicaResume, ResumingADataParallelCheckpointContinuesTheSameLosses) {
   if (shard) {
     EXPECT_EQ(m->file(0, 1).path, "step-000006/stage-0.shard-1.pt");
   }
-  // Its optimizer state is split by replica: it resumes only as it was written.
+  // Resharded: the step-3 checkpoint once more, resumed with the optimizer sharded the other way
+  // (state written whole resumes sliced by ZeRO-1, slices resume whole).
+  TrainConfig again = part;
+  again.checkpoint_dir = testing_support::shared_dir(shard ? "reshard_zero1" : "reshard");
+  run_training(plan, again, testing_support::world().get());
   TrainConfig other = rest;
+  other.checkpoint_dir = again.checkpoint_dir;
   other.shard_optimizer = !shard;
-  try {
-    run_training(plan, other, testing_support::world().get());
-    FAIL() << "resumed a checkpoint with another optimizer layout";
-  } catch (const InputError& e) {
-    EXPECT_NE(std::string(e.what()).find("optimizer_shards"), std::string::npos) << e.what();
-    EXPECT_NE(std::string(e.what()).find(shard ? "resume with --shard-optimizer on a plan with 2 replicas per stage"
-                                               : "resume without --shard-optimizer"),
-              std::string::npos)
-        << e.what();
-  }
+  const TrainResult switched = run_training(plan, other, testing_support::world().get());
+  ASSERT_EQ(switched.steps.size(), 3u);
+  for (size_t i = 0; i < 3; ++i)
+    EXPECT_LE(std::abs(switched.steps[i].loss - whole.steps[i + 3].loss), 1e-5 * whole.steps[i + 3].loss)
+        << "step " << i + 4 << " resumed " << (shard ? "without" : "with") << " ZeRO-1";
 }
 
 INSTANTIATE_TEST_SUITE_P(Optimizer, ReplicaResume, ::testing::Values(false, true),
                          [](const ::testing::TestParamInfo<bool>& i) { return i.param ? "zero1" : "replicated"; });
+
+// A manifest written before checkpoints recorded their layout (no "layers", no "model") loads
+// only into a plan with its stage count; with the layout recorded, the same files reshard.
+TEST(Replicas, CheckpointWithoutARecordedLayoutLoadsOnlyIntoItsOwnStages) {
+  const Plan replicated = replica_plan("1f1b", 4);  // world / 2 stages x 2 replicas
+  std::vector<std::pair<int, int>> layers;
+  std::vector<std::string> regions;
+  for (int s = 0; s < world_size(); ++s) {  // world stages x 1 replica, same model
+    layers.push_back({s * kLayers / world_size(), (s + 1) * kLayers / world_size()});
+    regions.push_back(region_of(s));
+  }
+  const Plan pipelined = testing_support::tiny_plan(layers, regions, "1f1b", "none", 8);
+  TrainConfig cfg = testing_support::tiny_config(1);
+  cfg.checkpoint_dir = testing_support::shared_dir("no_layout");
+  cfg.checkpoint_every = 1;
+  run_training(replicated, cfg, testing_support::world().get());
+  TrainConfig resume = cfg;
+  resume.resume = true;
+  resume.iters = 2;
+  resume.checkpoint_every = 0;  // the manifest stays at step 1
+  EXPECT_EQ(run_training(pipelined, resume, testing_support::world().get()).first_step, 1);  // resharded
+  testing_support::world()->barrier(comm::Seconds(60));
+  if (testing_support::world()->rank() == 0) {  // as an older geopipe wrote it
+    auto m = read_manifest(cfg.checkpoint_dir);
+    m->layers.clear();
+    m->model = {};
+    write_manifest(cfg.checkpoint_dir, *m);
+  }
+  testing_support::world()->barrier(comm::Seconds(60));
+  try {
+    run_training(pipelined, resume, testing_support::world().get());
+    FAIL() << "a checkpoint without its layout was resharded";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("layers: the checkpoint records no layer split (written before resharding) and "
+                                         "has " + std::to_string(world_size() / kReplicas) + " stages, the plan " +
+                                         std::to_string(world_size())),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(run_training(replicated, resume, testing_support::world().get()).first_step, 1);
+}
 
 // GEOPIPE_TEST_FAULT perturb: rank 1 (replica 1 of stage 0) nudges a parameter after step 3.
 // The checkpoint of step 2 passes the replica check; the one of step 4 stops every rank, naming

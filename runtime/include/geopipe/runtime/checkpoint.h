@@ -5,7 +5,9 @@
 //   DIR/step-000100/stage-0.pt   {"model": {name: tensor}, "optimizer": {"exp_avg.<name>": ...},
 //                                 "meta": {"step": 100, "seed": 1, "stage": 0, "data_position": 100}}
 //   DIR/manifest.json            {"format": 2, "step": 100, "num_stages": 4, "job": "gpt-tiny",
-//                                 "replicas": 2, "optimizer_shards": 1,
+//                                 "replicas": 2, "optimizer_shards": 1, "layers": [[0, 1], ...],
+//                                 "model": {"n_layer": 4, "n_head": 4, "n_embd": 64, ...},
+//                                 "step_micro_batches": 16,
 //                                 "files": ["step-000100/stage-0.pt", ...],
 //                                 "bytes": [123456, ...], "crc32c": ["1a2b3c4d", ...]}
 //
@@ -13,7 +15,12 @@
 // With a sharded optimizer (ZeRO-1) each replica r holds AdamW state for its slices only and
 // writes step-N/stage-S.shard-R.pt: shard 0 also holds the model, the others their optimizer
 // state only; "optimizer_shards" is then the replica count and "files" lists every stage's
-// shards, stage-major. Such a checkpoint resumes with the same replica count and --shard-optimizer.
+// shards, stage-major.
+//
+// Resharding (docs/ARCHITECTURE.md, "Checkpoints"): tensors keep nanoGPT's global names and the
+// optimizer state is named after its parameter ("exp_avg.<name>", or "exp_avg.<name>[b:e]" for a
+// ZeRO-1 slice), so a run under another plan — other stage count, layer split, replica count,
+// schedule, sharding — loads each tensor from the files of the stages whose layers hold it.
 //
 // Every file is written atomically (temp file in the same folder, fsync, rename, fsync of the
 // folder). The manifest is written last, by one rank, after every stage's file is on disk, so
@@ -74,6 +81,13 @@ struct Manifest {
   std::vector<ManifestFile> files;  // num_stages x optimizer_shards, stage-major
   int replicas = 1;          // replicas per stage of the run that wrote it
   int optimizer_shards = 1;  // files per stage: 1, or the replica count with a sharded optimizer
+  // The layout and model that wrote it, which let any plan of the same model load it
+  // (resharding): each stage's layers [begin, end), and the model's shape. Both absent from
+  // manifests written before resharding (layers empty, model.n_layer 0): those load only into a
+  // plan with the same stages.
+  std::vector<std::pair<int, int>> layers{};
+  GptConfig model{};
+  int step_micro_batches = 0;  // micro-batches per optimizer step, all replicas (0: not recorded)
   const ManifestFile& file(int stage, int shard = 0) const {
     return files.at(static_cast<size_t>(stage) * static_cast<size_t>(optimizer_shards) + static_cast<size_t>(shard));
   }
@@ -95,9 +109,10 @@ const char* file_check_name(FileCheck check);  // "missing", "truncated or overw
 StageCheckpoint load_stage_checkpoint(const std::string& dir, const Manifest& manifest, int stage, int shard = 0,
                                       FileCheck* check = nullptr);
 
-// Copies checkpointed tensors into `params` by name; throws Error naming the file and the
-// parameter when one is missing or has another shape.
+// Copies checkpointed tensors into `params` by name; throws InputError naming `source` and the
+// parameter when one is missing or has another shape (with both shapes).
 void copy_into(const std::vector<NamedTensor>& saved, const std::vector<NamedTensor>& params, const std::string& source);
+std::string shape_of(const at::Tensor& t);  // "[256, 64]"
 
 // A whole-model file in nanoGPT's checkpoint layout: {"model": state dict, "model_args": {n_layer,
 // n_head, n_embd, block_size, vocab_size, bias: 1, dropout: 0}, "iter_num": step}, atomically.

@@ -48,7 +48,9 @@ class AdamW {
 
   // State for checkpoints: "exp_avg.<slice name>" and "exp_avg_sq.<slice name>" per slice.
   std::vector<NamedTensor> state() const;
-  // Restores state() output and the step count; throws Error naming a missing/mismatched entry.
+  // Restores state() output and the step count; a slice's state may also come from its whole
+  // parameter's entry (a checkpoint written with other shards). Throws Error naming a
+  // missing/mismatched entry.
   void load_state(const std::vector<NamedTensor>& state, int64_t steps_taken, const std::string& source);
 
  private:

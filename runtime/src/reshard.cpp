@@ -1,0 +1,98 @@
+#include "reshard.h"
+
+#include <geopipe/core/error.h>
+
+#include <cstdlib>
+
+namespace geopipe::runtime::detail {
+
+void check_same_model(const Manifest& m, const GptConfig& mine, const std::string& file) {
+  const GptConfig& ck = m.model;
+  if (ck.n_layer == 0) return;  // not recorded (older manifest): the tensors' shapes decide
+  auto refuse = [&](const std::string& field, int theirs, int ours, const std::string& tensor) {
+    throw InputError(file, "model." + field,
+                     "the checkpoint's model has " + field + " " + std::to_string(theirs) + ", the plan's " +
+                         std::to_string(ours) + (tensor.empty() ? "" : ": " + tensor));
+  };
+  if (ck.n_layer > mine.n_layer)
+    refuse("n_layer", ck.n_layer, mine.n_layer,
+           "transformer.h." + std::to_string(mine.n_layer) + ".* is in the checkpoint, not in the plan's model");
+  if (ck.n_layer < mine.n_layer)
+    refuse("n_layer", ck.n_layer, mine.n_layer,
+           "the plan's transformer.h." + std::to_string(ck.n_layer) + ".* is not in the checkpoint");
+  const std::string wte = "transformer.wte.weight is [" + std::to_string(ck.vocab_size) + ", " +
+                          std::to_string(ck.n_embd) + "] in the checkpoint, [" + std::to_string(mine.vocab_size) +
+                          ", " + std::to_string(mine.n_embd) + "] in the plan's model";
+  if (ck.n_embd != mine.n_embd) refuse("n_embd", ck.n_embd, mine.n_embd, wte);
+  if (ck.vocab_size != mine.vocab_size) refuse("vocab_size", ck.vocab_size, mine.vocab_size, wte);
+  if (ck.block_size != mine.block_size)
+    refuse("block_size", ck.block_size, mine.block_size,
+           "transformer.wpe.weight is [" + std::to_string(ck.block_size) + ", " + std::to_string(ck.n_embd) +
+               "] in the checkpoint, [" + std::to_string(mine.block_size) + ", " + std::to_string(mine.n_embd) +
+               "] in the plan's model");
+  if (ck.n_head != mine.n_head)  // every tensor has the same shape: only the manifest can tell
+    refuse("n_head", ck.n_head, mine.n_head, "same tensor shapes, another attention");
+}
+
+std::vector<int> source_stages(const Manifest& m, const GptStage& stage) {
+  std::vector<int> out;
+  const int S = m.num_stages;
+  for (int s = 0; s < S; ++s) {
+    const auto [begin, end] = m.layers.at(static_cast<size_t>(s));
+    const bool overlaps = begin < stage.layer_end() && stage.layer_begin() < end;
+    if (overlaps || (s == 0 && stage.is_first()) || (s == S - 1 && stage.is_last())) out.push_back(s);
+  }
+  return out;
+}
+
+namespace {
+
+// "exp_avg.w[8:16]" -> (8, 16), given the prefix "exp_avg.w[".
+bool slice_range(const std::string& key, size_t prefix_len, int64_t* begin, int64_t* end) {
+  const char* p = key.c_str() + prefix_len;
+  char* colon = nullptr;
+  *begin = std::strtoll(p, &colon, 10);
+  if (colon == p || *colon != ':') return false;
+  char* close = nullptr;
+  *end = std::strtoll(colon + 1, &close, 10);
+  return close != colon + 1 && *close == ']' && close[1] == '\0';
+}
+
+// One moment of one parameter, whole: the entry itself, or its slices copied into place.
+at::Tensor whole_moment(const std::map<std::string, at::Tensor>& entries, const std::string& key,
+                        const at::Tensor& param, const std::string& source) {
+  if (auto it = entries.find(key); it != entries.end()) return it->second;
+  at::Tensor flat = at::empty({param.numel()}, at::TensorOptions().dtype(at::kFloat));
+  int64_t covered = 0;
+  const std::string prefix = key + "[";
+  for (auto it = entries.lower_bound(prefix); it != entries.end() && it->first.compare(0, prefix.size(), prefix) == 0;
+       ++it) {
+    int64_t begin = 0, end = 0;
+    if (!slice_range(it->first, prefix.size(), &begin, &end) || begin < 0 || end > param.numel() ||
+        end - begin != it->second.numel())
+      throw InputError(source, it->first, "is not a slice of " + key + " (" + std::to_string(param.numel()) +
+                                              " elements)");
+    flat.narrow(0, begin, end - begin).copy_(it->second.reshape(-1));
+    covered += end - begin;
+  }
+  if (covered == 0) throw InputError(source, key, "the checkpoint has no optimizer state for this parameter");
+  if (covered != param.numel())  // slices never overlap (ZeRO-1 splits each parameter once)
+    throw InputError(source, key, "its slices cover " + std::to_string(covered) + " of " +
+                                      std::to_string(param.numel()) + " elements (a shard file is missing?)");
+  return flat.view(param.sizes());
+}
+
+}  // namespace
+
+std::vector<NamedTensor> whole_optimizer_state(const std::map<std::string, at::Tensor>& entries,
+                                               const std::vector<NamedTensor>& params, const std::string& source) {
+  std::vector<NamedTensor> out;
+  for (const NamedTensor& p : params)
+    for (const char* moment : {"exp_avg.", "exp_avg_sq."}) {
+      const std::string key = moment + p.name;
+      out.push_back({key, whole_moment(entries, key, p.tensor, source)});
+    }
+  return out;
+}
+
+}  // namespace geopipe::runtime::detail
