@@ -100,9 +100,10 @@ void print_summary(const Plan& plan, const std::vector<scheduler::ScheduleOption
     std::cout << line;
   }
   std::snprintf(line, sizeof line,
-                "  predicted: iteration %.4f s, job %.1f s (%d iterations), energy %.3f kWh, cost %.4f USD\n",
+                "  predicted: iteration %.4f s, job %.1f s (%d iterations), energy %.3f kWh, cost %.4f USD "
+                "(electricity %.4f + egress %.4f)\n",
                 plan.predicted.iteration_s, plan.predicted.jct_s, plan.job.iterations, plan.predicted.energy_kwh,
-                plan.predicted.cost_usd);
+                plan.predicted.cost_usd, plan.predicted.electricity_usd, plan.predicted.egress_usd);
   std::cout << line;
   print_schedules(options, plan);
   if (!out.empty()) std::cout << "wrote " << out << "\n";

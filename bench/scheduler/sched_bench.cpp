@@ -78,24 +78,26 @@ json quality(const geopipe::Topology& topo, const std::vector<uint64_t>& seeds, 
       }
     }
     std::printf("\nbandwidth x%g (mean over %zu seeds)\n", scale, seeds.size());
-    std::printf("%-14s %11s %11s %11s %11s %10s %8s\n", "policy", "avgJCT(h)", "p95JCT(h)", "makespan(h)",
-                "energy(kWh)", "cost(USD)", "unfin.");
+    std::printf("%-14s %11s %11s %11s %11s %10s %11s %10s %8s\n", "policy", "avgJCT(h)", "p95JCT(h)", "makespan(h)",
+                "energy(kWh)", "elec(USD)", "egress(USD)", "cost(USD)", "unfin.");
     json sc = {{"bandwidth_scale", scale}, {"policies", json::array()}, {"changes", json::array()}};
     for (size_t p = 0; p < policies.size(); ++p) {
-      std::vector<double> a, p95, mk, e, c;
+      std::vector<double> a, p95, mk, e, el, eg, c;
       int unfinished = 0;
       for (const auto& r : res[p]) {
         a.push_back(r.avg_jct_s / 3600), p95.push_back(r.p95_jct_s / 3600), mk.push_back(r.makespan_s / 3600);
-        e.push_back(r.energy_kwh), c.push_back(r.cost_usd);
+        e.push_back(r.energy_kwh), el.push_back(r.electricity_usd), eg.push_back(r.egress_usd), c.push_back(r.cost_usd);
         unfinished += r.never_started;
       }
-      std::printf("%-14s %11.3f %11.3f %11.3f %11.1f %10.2f %8d\n", gs::policy_name(policies[p]), mean(a), mean(p95),
-                  mean(mk), mean(e), mean(c), unfinished);
+      std::printf("%-14s %11.3f %11.3f %11.3f %11.1f %10.2f %11.2f %10.2f %8d\n", gs::policy_name(policies[p]), mean(a),
+                  mean(p95), mean(mk), mean(e), mean(el), mean(eg), mean(c), unfinished);
       sc["policies"].push_back({{"policy", gs::policy_name(policies[p])},
                                 {"avg_jct_h", a},
                                 {"p95_jct_h", p95},
                                 {"makespan_h", mk},
                                 {"energy_kwh", e},
+                                {"electricity_usd", el},
+                                {"egress_usd", eg},
                                 {"cost_usd", c},
                                 {"never_started", unfinished}});
     }
@@ -154,6 +156,23 @@ geopipe::Topology random_topology(gs::Rng& rng, int regions, int min_gpus, int m
   return geopipe::parse_topology(doc, "random");
 }
 
+// The same topology with an egress price on each direction of each link, drawn from the AWS list
+// prices (docs/TOPOLOGIES.md) with a generator of its own, so that --egress prices the very
+// instances of the run without it.
+geopipe::Topology with_egress(gs::Rng& rng, const geopipe::Topology& t) {
+  const double prices[] = {0.01, 0.02, 0.02, 0.09};
+  json doc = geopipe::to_json(t);
+  const size_t pairs = doc["links"].size();
+  for (size_t i = 0; i < pairs; ++i) {
+    json reverse = doc["links"][i];
+    std::swap(reverse["a"], reverse["b"]);
+    doc["links"][i]["egress_usd_per_gb"] = prices[static_cast<int>(rng.uniform() * 4)];
+    reverse["egress_usd_per_gb"] = prices[static_cast<int>(rng.uniform() * 4)];
+    doc["links"].push_back(reverse);
+  }
+  return geopipe::parse_topology(doc, "random");
+}
+
 geopipe::JobSpec random_job(gs::Rng& rng, int layers, int min_stages, int max_stages) {
   const int widths[] = {1024, 2048, 4096};
   json doc = {{"name", "job"},
@@ -171,14 +190,15 @@ geopipe::JobSpec random_job(gs::Rng& rng, int layers, int min_stages, int max_st
   return geopipe::parse_job(doc, "job");
 }
 
-json optimality(int instances, uint64_t seed) {
-  gs::Rng rng(seed);
+json optimality(int instances, uint64_t seed, bool egress) {
+  gs::Rng rng(seed), price_rng(seed + 1);
   std::vector<double> gaps, bace_ms, exact_ms;
   int both = 0, bace_missed = 0, none = 0, outside_window = 0;
   json rows = json::array();
   for (int i = 0; i < instances; ++i) {
     const int R = 3 + static_cast<int>(rng.uniform() * 4);  // 3..6 regions
     auto topo = random_topology(rng, R, 1, 4, 0.2, 20);
+    if (egress) topo = with_egress(price_rng, topo);
     const int smax = std::min(gs::kExactMaxStages, topo.total_gpus());
     const int S = 2 + static_cast<int>(rng.uniform() * (smax - 1));
     const bool range = rng.uniform() < 0.5;
@@ -210,8 +230,8 @@ json optimality(int instances, uint64_t seed) {
     }
     rows.push_back(row);
   }
-  std::printf("# optimality: %d random instances (3-6 regions, 1-4 GPUs each, 2-8 stages, half with a stage range)\n",
-              instances);
+  std::printf("# optimality: %d random instances (3-6 regions, 1-4 GPUs each, 2-8 stages, half with a stage range)%s\n",
+              instances, egress ? ", egress 0.01-0.09 USD/GB per direction" : "");
   std::printf("%-10s %8s %8s %8s %8s %8s %12s %12s %14s\n", "instances", "compared", "median%", "p90%", "max%",
               "min%", "bace_missed", "infeasible", "outside_window");
   std::printf("%-10d %8d %8.2f %8.2f %8.2f %8.2f %12d %12d %14d\n", instances, both, quantile(gaps, 0.5),
@@ -278,7 +298,7 @@ int main(int argc, char** argv) {
   std::vector<double> scales = {0.25, 0.5, 1, 2};
   int jobs = 200, instances = 100, reps = 20;
   double load = 0.8;
-  bool ablations = true;
+  bool ablations = true, egress = false;
   app.add_option("--mode", mode, "quality, optimality, speed or all")
       ->check(CLI::IsMember({"quality", "optimality", "speed", "all"}));
   app.add_option("--topology", topology, "Topology for quality and speed (default aws6)")->check(CLI::ExistingFile);
@@ -287,6 +307,7 @@ int main(int argc, char** argv) {
   app.add_option("--jobs", jobs, "Jobs per generated workload");
   app.add_option("--load", load, "Offered load of generated workloads");
   app.add_option("--instances", instances, "Random instances for the optimality gap");
+  app.add_flag("--egress", egress, "Optimality: price every link direction (0.01-0.09 USD/GB)");
   app.add_option("--reps", reps, "Random 16x64 planning instances");
   app.add_flag("!--no-ablations", ablations, "Skip the BACE ablations in quality mode");
   app.add_option("--json", json_out, "Write all numbers as JSON");
@@ -295,7 +316,7 @@ int main(int argc, char** argv) {
     auto topo = geopipe::load_topology(topology);
     json doc = {{"topology", topo.name}};
     if (mode == "quality" || mode == "all") doc["quality"] = quality(topo, seeds, scales, jobs, load, ablations);
-    if (mode == "optimality" || mode == "all") doc["optimality"] = optimality(instances, 7);
+    if (mode == "optimality" || mode == "all") doc["optimality"] = optimality(instances, 7, egress);
     if (mode == "speed" || mode == "all") doc["speed"] = speed(topo, reps);
     if (!json_out.empty()) std::ofstream(json_out) << doc.dump(2) << "\n";
   } catch (const geopipe::Error& e) {

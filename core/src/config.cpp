@@ -121,16 +121,44 @@ std::string Topology::hash() const {
         ls.push_back(l ? json{l->gbps, l->latency_ms} : json(nullptr));
       }
   j["links"] = ls;
+  // Egress prices joined the hash later: only a topology that sets one hashes them, so the hashes
+  // (and the plans made) of topologies without prices stay what they were.
+  if (priced()) {
+    json prices = {intra_region.egress_usd_per_gb};
+    for (int a = 0; a < num_regions(); ++a)
+      for (int b = 0; b < num_regions(); ++b)
+        if (a != b) {
+          auto l = link(a, b);
+          prices.push_back(l ? json(l->egress_usd_per_gb) : json(nullptr));
+        }
+    j["egress_usd_per_gb"] = prices;
+  }
   return fnv1a_hex(j.dump());
+}
+
+bool Topology::priced() const {
+  if (intra_region.egress_usd_per_gb > 0) return true;
+  for (const auto& l : links)
+    if (l.spec.egress_usd_per_gb > 0) return true;
+  return false;
 }
 
 namespace {
 
-void read_link_spec(JsonReader& r, const json& v, const std::string& path, LinkSpec& out,
-                    std::initializer_list<const char*> allowed) {
-  if (!r.expect_object(v, path, allowed)) return;
+// The fields of a link or of intra_region; `v` is known to be an object. A missing price is free:
+// older topologies carry none.
+void read_link_spec(JsonReader& r, const json& v, const std::string& path, LinkSpec& out) {
   if (auto g = r.number(v, path, "gbps", /*positive=*/true)) out.gbps = *g;
   if (auto l = r.number(v, path, "latency_ms", /*positive=*/false)) out.latency_ms = *l;
+  if (auto e = r.number(v, path, "egress_usd_per_gb", /*positive=*/false, /*required=*/false))
+    out.egress_usd_per_gb = *e;
+}
+
+json link_spec_json(const LinkSpec& spec) {
+  json j = {{"gbps", spec.gbps}, {"latency_ms", spec.latency_ms}};
+  // A free direction is left out, as in a file written before prices: it reads back as 0.
+  if (spec.egress_usd_per_gb > 0) j["egress_usd_per_gb"] = spec.egress_usd_per_gb;
+  return j;
 }
 
 }  // namespace
@@ -141,8 +169,9 @@ Topology parse_topology(const json& doc, const std::string& file) {
   t.source = file;
   if (!r.expect_object(doc, "", {"name", "note", "intra_region", "regions", "links"})) r.throw_if_errors();
   if (auto name = r.string(doc, "", "name")) t.name = *name;
-  if (const json* intra = r.field(doc, "", "intra_region"))
-    read_link_spec(r, *intra, "intra_region", t.intra_region, {"gbps", "latency_ms"});
+  if (const json* intra = r.field(doc, "", "intra_region");
+      intra && r.expect_object(*intra, "intra_region", {"gbps", "latency_ms", "egress_usd_per_gb"}))
+    read_link_spec(r, *intra, "intra_region", t.intra_region);
 
   std::set<std::string> names;
   if (const json* regions = r.field(doc, "", "regions"); regions && r.expect_array(*regions, "regions")) {
@@ -186,7 +215,7 @@ Topology parse_topology(const json& doc, const std::string& file) {
     for (size_t i = 0; i < links->size(); ++i) {
       const json& v = (*links)[i];
       const std::string p = index_path("links", i);
-      if (!r.expect_object(v, p, {"a", "b", "gbps", "latency_ms", "note"})) continue;
+      if (!r.expect_object(v, p, {"a", "b", "gbps", "latency_ms", "egress_usd_per_gb", "note"})) continue;
       Link l;
       auto a = r.string(v, p, "a");
       auto b = r.string(v, p, "b");
@@ -195,8 +224,7 @@ Topology parse_topology(const json& doc, const std::string& file) {
       if (a && b && *a == *b) r.error(p, "a link must join two different regions (both are \"" + *a + "\")");
       if (a && b && !seen_links.insert({*a, *b}).second)
         r.error(p, "duplicate link " + *a + " -> " + *b);
-      if (auto g = r.number(v, p, "gbps", true)) l.spec.gbps = *g;
-      if (auto x = r.number(v, p, "latency_ms", false)) l.spec.latency_ms = *x;
+      read_link_spec(r, v, p, l.spec);
       if (a) l.a = *a;
       if (b) l.b = *b;
       t.links.push_back(std::move(l));
@@ -212,7 +240,7 @@ Topology load_topology(const std::string& path) { return parse_topology(read_jso
 json to_json(const Topology& t) {
   json j;
   j["name"] = t.name;
-  j["intra_region"] = {{"gbps", t.intra_region.gbps}, {"latency_ms", t.intra_region.latency_ms}};
+  j["intra_region"] = link_spec_json(t.intra_region);
   j["regions"] = json::array();
   for (const auto& r : t.regions) {
     json rj = {{"name", r.name},       {"gpus", r.gpus},           {"gpu_type", r.gpu_type},
@@ -222,8 +250,12 @@ json to_json(const Topology& t) {
     j["regions"].push_back(rj);
   }
   j["links"] = json::array();
-  for (const auto& l : t.links)
-    j["links"].push_back({{"a", l.a}, {"b", l.b}, {"gbps", l.spec.gbps}, {"latency_ms", l.spec.latency_ms}});
+  for (const auto& l : t.links) {
+    json lj = link_spec_json(l.spec);
+    lj["a"] = l.a;
+    lj["b"] = l.b;
+    j["links"].push_back(lj);
+  }
   return j;
 }
 

@@ -429,13 +429,19 @@ void read_schedule(JsonReader& r, const json& doc, Plan& plan) {
 void read_predicted(JsonReader& r, const json& doc, Plan& plan) {
   const json* pr = r.field(doc, "", "predicted", false);
   if (!pr || !r.expect_object(*pr, "predicted",
-                              {"iteration_s", "jct_s", "energy_kwh", "cost_usd", "stage_compute_s", "link_utilisation",
-                               "peak_activations", "memory_bytes"}))
+                              {"iteration_s", "jct_s", "energy_kwh", "cost_usd", "electricity_usd", "egress_usd",
+                               "stage_compute_s", "link_utilisation", "peak_activations", "memory_bytes"}))
     return;
   if (auto x = r.number(*pr, "predicted", "iteration_s", false, false)) plan.predicted.iteration_s = *x;
   if (auto x = r.number(*pr, "predicted", "jct_s", false, false)) plan.predicted.jct_s = *x;
   if (auto x = r.number(*pr, "predicted", "energy_kwh", false, false)) plan.predicted.energy_kwh = *x;
   if (auto x = r.number(*pr, "predicted", "cost_usd", false, false)) plan.predicted.cost_usd = *x;
+  // Plans from before egress was priced give only cost_usd, which was all electricity.
+  if (auto x = r.number(*pr, "predicted", "egress_usd", false, false)) plan.predicted.egress_usd = *x;
+  if (auto x = r.number(*pr, "predicted", "electricity_usd", false, false))
+    plan.predicted.electricity_usd = *x;
+  else
+    plan.predicted.electricity_usd = std::max(0.0, plan.predicted.cost_usd - plan.predicted.egress_usd);
   plan.predicted.stage_compute_s = read_doubles(r, *pr, "predicted", "stage_compute_s");
   plan.predicted.link_utilisation = read_doubles(r, *pr, "predicted", "link_utilisation");
   plan.predicted.memory_bytes = read_doubles(r, *pr, "predicted", "memory_bytes");
@@ -509,6 +515,8 @@ json to_json(const Plan& plan) {
                     {"jct_s", plan.predicted.jct_s},
                     {"energy_kwh", plan.predicted.energy_kwh},
                     {"cost_usd", plan.predicted.cost_usd},
+                    {"electricity_usd", plan.predicted.electricity_usd},
+                    {"egress_usd", plan.predicted.egress_usd},
                     {"stage_compute_s", plan.predicted.stage_compute_s},
                     {"link_utilisation", plan.predicted.link_utilisation}};
   if (!plan.predicted.peak_activations.empty()) j["predicted"]["peak_activations"] = plan.predicted.peak_activations;

@@ -80,6 +80,12 @@ double link_time_s(double bytes, const LinkSpec& link) {
   return bytes / bw + link.latency_ms * 1e-3;
 }
 
+double boundary_egress_usd(double fwd_bytes, double bwd_bytes, const LinkSpec& forward, const LinkSpec& backward,
+                           int micro_batches) {
+  const double per_micro_batch = fwd_bytes * forward.egress_usd_per_gb + bwd_bytes * backward.egress_usd_per_gb;
+  return micro_batches * per_micro_batch / kBytesPerGB;
+}
+
 namespace {
 
 double extra_s(size_t k, size_t n, const DeviceTimes& d) {

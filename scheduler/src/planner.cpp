@@ -124,6 +124,22 @@ struct Eval {
   double cost_usd = kInf;   // whole job
 };
 
+// The closed-form timing of the 1F1B family (or GPipe) that options.schedule asks for; "auto"
+// deepens 1F1B's warm-up where latency stalls it.
+PipelineTiming time_path(const Context& c, const std::vector<double>& t, const std::vector<double>& x,
+                         const std::vector<double>& lat, ScheduleKind& kind) {
+  const int M = c.job.micro_batches, slots = c.opt.cost.shared_compute_slots;
+  kind = c.opt.schedule == "gpipe"     ? ScheduleKind::kGPipe
+         : c.opt.schedule == "1f1b-lh" ? ScheduleKind::kOneFOneBLatencyHiding
+                                       : ScheduleKind::kOneFOneB;
+  PipelineTiming timing = pipeline_timing(t, x, lat, M, kind, slots);
+  if (kind == ScheduleKind::kOneFOneB && c.opt.schedule == "auto" && timing.latency_stall) {
+    kind = ScheduleKind::kOneFOneBLatencyHiding;
+    timing = pipeline_timing(t, x, lat, M, kind, slots);
+  }
+  return timing;
+}
+
 Eval evaluate(const Context& c, const std::vector<int>& path, const std::vector<double>& hop_override, Placement* out) {
   Eval e;
   const size_t S = path.size();
@@ -133,7 +149,7 @@ Eval evaluate(const Context& c, const std::vector<int>& path, const std::vector<
   std::vector<double> t = stage_times(split, dev);
   const double pc = *std::max_element(t.begin(), t.end());
   std::vector<double> x(S ? S - 1 : 0), lat(S ? S - 1 : 0);
-  double worst = 0;
+  double worst = 0, egress = 0;  // egress: USD of one iteration of this pipeline
   const LinkSpec& intra = c.topo.intra_region;
   for (size_t j = 0; j + 1 < S; ++j) {
     const int a = path[j], b = path[j + 1];
@@ -154,6 +170,7 @@ Eval evaluate(const Context& c, const std::vector<int>& path, const std::vector<
     const double bytes_b = a == b ? c.bytes_none : boundary_bytes(c.job, codec.second);
     x[j] = std::max(bytes_f / bw_f, bytes_b / bw_b);
     lat[j] = (a == b ? intra.latency_ms : c.topo.link(a, b)->latency_ms) * 1e-3;
+    egress += boundary_egress_usd(bytes_f, bytes_b, *c.topo.link(a, b), *c.topo.link(b, a), c.job.micro_batches);
     if (a != b) {
       worst = std::max(worst, x[j] / pc);
       if (x[j] > pc * (1 + kRelEps)) e.bandwidth_ok = false;
@@ -166,28 +183,14 @@ Eval evaluate(const Context& c, const std::vector<int>& path, const std::vector<
       out->hop_bps.push_back(std::min(bw_f, bw_b));
     }
   }
-  const int M = c.job.micro_batches;
-  ScheduleKind kind = ScheduleKind::kOneFOneB;
-  PipelineTiming timing;
-  if (c.opt.schedule == "gpipe") {
-    kind = ScheduleKind::kGPipe;
-    timing = pipeline_timing(t, x, lat, M, kind, c.opt.cost.shared_compute_slots);
-  } else if (c.opt.schedule == "1f1b-lh") {
-    kind = ScheduleKind::kOneFOneBLatencyHiding;
-    timing = pipeline_timing(t, x, lat, M, kind, c.opt.cost.shared_compute_slots);
-  } else {
-    timing = pipeline_timing(t, x, lat, M, kind, c.opt.cost.shared_compute_slots);
-    if (c.opt.schedule == "auto" && timing.latency_stall) {
-      kind = ScheduleKind::kOneFOneBLatencyHiding;
-      timing = pipeline_timing(t, x, lat, M, kind, c.opt.cost.shared_compute_slots);
-    }
-  }
+  ScheduleKind kind;
+  const PipelineTiming timing = time_path(c, t, x, lat, kind);
   std::vector<const Region*> regs(S);
   for (size_t k = 0; k < S; ++k) regs[k] = &c.topo.regions[path[k]];
-  EnergyCost ec = iteration_energy(regs, t, timing.iteration_s, M, c.opt.cost);
+  EnergyCost ec = iteration_energy(regs, t, timing.iteration_s, c.job.micro_batches, c.opt.cost);
   e.ok = true;
   e.iteration_s = timing.iteration_s;
-  e.cost_usd = ec.cost_usd * c.job.iterations;
+  e.cost_usd = (ec.cost_usd + egress) * c.job.iterations;
   if (out) {
     out->region = path;
     out->layers = split;
@@ -199,6 +202,8 @@ Eval evaluate(const Context& c, const std::vector<int>& path, const std::vector<
     out->iteration_s = timing.iteration_s;
     out->job_s = timing.iteration_s * c.job.iterations;
     out->energy_kwh = joules_to_kwh(ec.energy_j) * c.job.iterations;
+    out->electricity_usd = ec.cost_usd * c.job.iterations;
+    out->egress_usd = egress * c.job.iterations;
     out->cost_usd = e.cost_usd;
     out->bandwidth_ok = e.bandwidth_ok;
     out->worst_hop_ratio = worst;
@@ -274,7 +279,7 @@ class Pathfinder {
       leaf();
       path_.clear();
     }
-    dfs(-1, 0.0, 0.0, 0.0);
+    dfs(-1, 0.0, 0.0, 0.0, 0.0);
     return out_;
   }
 
@@ -283,14 +288,24 @@ class Pathfinder {
     const int M = c_.job.micro_batches;
     return (M - 1) * std::max(f_lb_ / S_, max_x) + f_lb_ + hop_fill;
   }
-  double cost_lb(double t_lb, double rate_sum, int remaining) const {
+  // `egress`: a lower bound on the egress (USD per iteration) of the hops placed so far.
+  double cost_lb(double t_lb, double rate_sum, int remaining, double egress) const {
     const double idle = c_.opt.cost.idle_power_fraction;
     const int M = c_.job.micro_batches;
     return c_.job.iterations *
-           (idle * t_lb * (rate_sum + remaining * min_rate_) + (1 - idle) * M * min_rate_ * f_lb_);
+           (idle * t_lb * (rate_sum + remaining * min_rate_) + (1 - idle) * M * min_rate_ * f_lb_ + egress);
+  }
+  // The least egress (USD per iteration) a block of n stages in region r adds after `last`: the hop
+  // into it at the fewest bytes any allowed codec sends, and its n - 1 uncompressed hops inside r.
+  double block_egress_lb(int last, int r, int n) const {
+    const int M = c_.job.micro_batches;
+    const LinkSpec& intra = c_.topo.intra_region;
+    double usd = (n - 1) * boundary_egress_usd(c_.bytes_none, c_.bytes_none, intra, intra, M);
+    if (last >= 0) usd += boundary_egress_usd(min_bytes_, min_bytes_, *c_.topo.link(last, r), *c_.topo.link(r, last), M);
+    return usd;
   }
 
-  void dfs(int last, double max_x, double hop_fill, double rate_sum) {
+  void dfs(int last, double max_x, double hop_fill, double rate_sum, double egress) {
     if (++out_.nodes > budget_ && (!out_.best.empty() || out_.nodes > 2 * budget_)) return;
     const int placed = static_cast<int>(path_.size());
     if (placed == S_) {
@@ -312,7 +327,7 @@ class Pathfinder {
     if (tlb > cap_ * (1 + kRelEps)) return;
     if (goal_ == Goal::kMinTime && !out_.best.empty() && tlb >= out_.best_t * (1 - kRelEps)) return;
     if (goal_ == Goal::kMinCost && !out_.best.empty() &&
-        cost_lb(tlb, rate_sum, S_ - placed) >= out_.best_c * (1 - kRelEps))
+        cost_lb(tlb, rate_sum, S_ - placed, egress) >= out_.best_c * (1 - kRelEps))
       return;
 
     struct Child {
@@ -357,7 +372,7 @@ class Pathfinder {
         for (int i = 0; i < n; ++i) path_.push_back(k.region);
         const double intra_fill = (n - 1) * 2.0 * c_.topo.intra_region.latency_ms * 1e-3;
         dfs(k.region, std::max(max_x, k.x), hop_fill + (last >= 0 ? 2.0 * (k.x + k.lat) : 0.0) + intra_fill,
-            rate_sum + n * c_.rate[k.region]);
+            rate_sum + n * c_.rate[k.region], egress + block_egress_lb(last, k.region, n));
         path_.resize(placed);
         if (stop()) break;
       }
@@ -681,6 +696,20 @@ void add_links(Plan& plan, const Topology& topology, const Placement& p, const S
   }
 }
 
+// Egress (USD) of one iteration of one pipeline: every boundary between chunks on different ranks,
+// at the prices of the links (or of intra_region) between their regions. Chunks on one rank send
+// nothing.
+double pipeline_egress_usd(const Topology& topology, const Placement& p, const ScheduleOption& o, int micro_batches) {
+  double usd = 0;
+  for (size_t c = 0; c + 1 < o.chunk_rank.size(); ++c) {
+    if (o.chunk_rank[c] == o.chunk_rank[c + 1]) continue;
+    const int a = p.region[o.chunk_rank[c]], b = p.region[o.chunk_rank[c + 1]];
+    usd += boundary_egress_usd(o.fwd_bytes[c], o.bwd_bytes[c], *topology.link(a, b), *topology.link(b, a),
+                               micro_batches);
+  }
+  return usd;
+}
+
 void add_predictions(Plan& plan, const Topology& topology, const Placement& p, const ScheduleOption& o,
                      const CostParams& cost, int replicas) {
   const int M = plan.job.micro_batches;
@@ -699,7 +728,11 @@ void add_predictions(Plan& plan, const Topology& topology, const Placement& p, c
   plan.predicted.iteration_s = iteration;
   plan.predicted.jct_s = iteration * plan.job.iterations;
   plan.predicted.energy_kwh = joules_to_kwh(ec.energy_j) * plan.job.iterations;
-  plan.predicted.cost_usd = ec.cost_usd * plan.job.iterations;
+  plan.predicted.electricity_usd = ec.cost_usd * plan.job.iterations;
+  // Every replica's pipeline sends its own activations and gradients, over a shared link between
+  // regions or a path of its own inside one: egress counts each of them.
+  plan.predicted.egress_usd = pipeline_egress_usd(topology, p, o, M) * plan.job.iterations * replicas;
+  plan.predicted.cost_usd = plan.predicted.electricity_usd + plan.predicted.egress_usd;
   plan.predicted.stage_compute_s = o.chunk_s;
   plan.predicted.peak_activations = per_rank(o.timing.peak_activations, replicas);
   plan.predicted.memory_bytes = per_rank(o.memory_bytes, replicas);

@@ -27,11 +27,12 @@ std::string printf_str(const char* fmt, ...) {
 std::string format_scenario(const std::string& title, const std::vector<SimResult>& results) {
   std::ostringstream out;
   out << title << "\n";
-  out << printf_str("%-14s %12s %12s %12s %12s %12s %9s\n", "policy", "avg JCT (h)", "p95 JCT (h)", "makespan (h)",
-                    "energy (kWh)", "cost (USD)", "finished");
+  out << printf_str("%-14s %12s %12s %12s %12s %12s %12s %12s %9s\n", "policy", "avg JCT (h)", "p95 JCT (h)",
+                    "makespan (h)", "energy (kWh)", "elec. (USD)", "egress (USD)", "cost (USD)", "finished");
   for (const auto& r : results)
-    out << printf_str("%-14s %12.3f %12.3f %12.3f %12.1f %12.2f %5d/%-3zu\n", r.policy.c_str(), r.avg_jct_s / 3600,
-                      r.p95_jct_s / 3600, r.makespan_s / 3600, r.energy_kwh, r.cost_usd, r.finished, r.jobs.size());
+    out << printf_str("%-14s %12.3f %12.3f %12.3f %12.1f %12.2f %12.2f %12.2f %5d/%-3zu\n", r.policy.c_str(),
+                      r.avg_jct_s / 3600, r.p95_jct_s / 3600, r.makespan_s / 3600, r.energy_kwh, r.electricity_usd,
+                      r.egress_usd, r.cost_usd, r.finished, r.jobs.size());
   const char* baselines[] = {"delay-first", "cost-first", "fifo"};
   bool header = false;
   for (const auto& r : results) {
@@ -68,6 +69,8 @@ nlohmann::json to_json(const SimResult& r, bool with_jobs) {
                       {"p95_jct_s", r.p95_jct_s},
                       {"makespan_s", r.makespan_s},
                       {"energy_kwh", r.energy_kwh},
+                      {"electricity_usd", r.electricity_usd},
+                      {"egress_usd", r.egress_usd},
                       {"cost_usd", r.cost_usd},
                       {"events", r.events},
                       {"placements_tried", r.placements_tried},
@@ -84,6 +87,8 @@ nlohmann::json to_json(const SimResult& r, bool with_jobs) {
                                   {"regions", x.regions},
                                   {"planned_s", x.planned_s},
                                   {"energy_kwh", x.energy_kwh},
+                                  {"electricity_usd", x.electricity_usd},
+                                  {"egress_usd", x.egress_usd},
                                   {"cost_usd", x.cost_usd},
                                   {"relaxed", x.relaxed},
                                   {"waiting_reason", x.waiting_reason}});
@@ -100,12 +105,13 @@ void write_jobs_csv(const std::vector<SimResult>& results, const std::string& pa
     return q + "\"";
   };
   out << "policy,bandwidth_scale,job,arrival_s,start_s,end_s,jct_s,stages,inter_region_hops,regions,planned_s,"
-         "energy_kwh,cost_usd,relaxed,waiting_reason\n";
+         "energy_kwh,electricity_usd,egress_usd,cost_usd,relaxed,waiting_reason\n";
   for (const auto& r : results)
     for (const auto& j : r.jobs)
       out << r.policy << "," << r.bandwidth_scale << "," << quote(j.name) << "," << j.arrival_s << "," << j.start_s
           << "," << j.end_s << "," << j.jct_s() << "," << j.stages << "," << j.inter_region_hops << ","
-          << quote(j.regions) << "," << j.planned_s << "," << j.energy_kwh << "," << j.cost_usd << ","
+          << quote(j.regions) << "," << j.planned_s << "," << j.energy_kwh << "," << j.electricity_usd << ","
+          << j.egress_usd << "," << j.cost_usd << ","
           << (j.relaxed ? 1 : 0) << "," << quote(j.waiting_reason) << "\n";
   if (!out) throw Error("error while writing " + path);
 }

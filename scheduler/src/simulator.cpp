@@ -47,7 +47,8 @@ struct Running {
   double remaining = 0;  // iterations left
   double iter_s = 0;     // iteration time under the current link shares
   double watts = 0;      // energy rate, J/s
-  double usd_per_s = 0;
+  double usd_per_s = 0;  // electricity
+  double egress_usd_per_s = 0;
 };
 
 struct Waiting {
@@ -116,8 +117,11 @@ class Simulation {
     if (dt <= 0) return;
     for (auto& r : running_) {
       r.remaining = std::max(0.0, r.remaining - dt / r.iter_s);
-      res_.jobs[r.job].energy_kwh += r.watts * dt / 3.6e6;
-      res_.jobs[r.job].cost_usd += r.usd_per_s * dt;
+      JobRecord& rec = res_.jobs[r.job];
+      rec.energy_kwh += r.watts * dt / 3.6e6;
+      rec.electricity_usd += r.usd_per_s * dt;
+      rec.egress_usd += r.egress_usd_per_s * dt;
+      rec.cost_usd = rec.electricity_usd + rec.egress_usd;
     }
   }
 
@@ -319,6 +323,8 @@ class Simulation {
       r.iter_s = tm.iteration_s;
       r.watts = ec.energy_j / tm.iteration_s;
       r.usd_per_s = ec.cost_usd / tm.iteration_s;
+      // A job's bytes per iteration do not depend on its link shares: egress accrues per iteration done.
+      r.egress_usd_per_s = p.egress_usd / job.iterations / tm.iteration_s;
     }
   }
 
@@ -326,6 +332,8 @@ class Simulation {
     std::vector<double> jct;
     for (const auto& j : res_.jobs) {
       res_.energy_kwh += j.energy_kwh;
+      res_.electricity_usd += j.electricity_usd;
+      res_.egress_usd += j.egress_usd;
       res_.cost_usd += j.cost_usd;
       if (j.end_s >= 0) {
         jct.push_back(j.jct_s());

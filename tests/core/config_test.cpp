@@ -4,6 +4,9 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <cmath>
+#include <limits>
+
 using namespace geopipe;
 using nlohmann::json;
 
@@ -14,10 +17,103 @@ std::string src(const std::string& rel) { return std::string(GEOPIPE_SOURCE_DIR)
 TEST(Topology, ShippedTopologiesParse) {
   Topology aws = load_topology(src("examples/topologies/aws6.json"));
   EXPECT_EQ(aws.num_regions(), 6);
-  EXPECT_EQ(aws.links.size(), 15u);
+  EXPECT_EQ(aws.links.size(), 23u);  // 15 pairs, 8 of them priced differently out of Tokyo or Singapore
   EXPECT_EQ(aws.total_gpus(), 168);
   Topology local = load_topology(src("examples/topologies/local4.json"));
   EXPECT_EQ(local.num_regions(), 4);
+}
+
+TEST(Topology, ShippedTopologiesCarryTheSendingRegionsEgressPrice) {
+  Topology aws = load_topology(src("examples/topologies/aws6.json"));
+  auto price = [&aws](const char* from, const char* to) {
+    return aws.link(aws.region_index(from), aws.region_index(to))->egress_usd_per_gb;
+  };
+  EXPECT_DOUBLE_EQ(price("us-west-2-oregon", "ap-northeast-1-tokyo"), 0.02);
+  EXPECT_DOUBLE_EQ(price("ap-northeast-1-tokyo", "us-west-2-oregon"), 0.09);
+  EXPECT_DOUBLE_EQ(price("us-east-1-virginia", "us-east-2-ohio"), 0.01);
+  EXPECT_DOUBLE_EQ(price("us-east-2-ohio", "us-east-1-virginia"), 0.01);
+  EXPECT_DOUBLE_EQ(price("eu-central-1-frankfurt", "ap-southeast-1-singapore"), 0.02);
+  EXPECT_DOUBLE_EQ(price("ap-southeast-1-singapore", "ap-northeast-1-tokyo"), 0.09);
+  EXPECT_DOUBLE_EQ(aws.link(0, 0)->egress_usd_per_gb, 0.0);  // inside a region (one placement group)
+  // Every directed pair is priced: none was left at the default of 0.
+  for (int a = 0; a < aws.num_regions(); ++a)
+    for (int b = 0; b < aws.num_regions(); ++b)
+      if (a != b) {
+        EXPECT_GE(aws.link(a, b)->egress_usd_per_gb, 0.01) << a << " -> " << b;
+      }
+  Topology local = load_topology(src("examples/topologies/local4.json"));
+  EXPECT_DOUBLE_EQ(local.link(local.region_index("ap-southeast"), local.region_index("us-east"))->egress_usd_per_gb, 0.09);
+  EXPECT_DOUBLE_EQ(local.link(local.region_index("us-east"), local.region_index("ap-southeast"))->egress_usd_per_gb, 0.02);
+}
+
+namespace {
+// Three regions; links a-b (one entry), b-c and c-b (both directions), a-c without a price.
+json priced_doc() {
+  return json::parse(R"({
+    "name": "t", "intra_region": {"gbps": 100, "latency_ms": 0.5},
+    "regions": [
+      {"name": "a", "gpus": 2, "gpu_type": "H100", "gpu_tflops": 989, "gpu_mem_gb": 80, "gpu_power_w": 700, "pue": 1.2, "price_usd_per_kwh": 0.07},
+      {"name": "b", "gpus": 2, "gpu_type": "H100", "gpu_tflops": 989, "gpu_mem_gb": 80, "gpu_power_w": 700, "pue": 1.2, "price_usd_per_kwh": 0.08},
+      {"name": "c", "gpus": 2, "gpu_type": "H100", "gpu_tflops": 989, "gpu_mem_gb": 80, "gpu_power_w": 700, "pue": 1.2, "price_usd_per_kwh": 0.09}],
+    "links": [
+      {"a": "a", "b": "b", "gbps": 1.0, "latency_ms": 10, "egress_usd_per_gb": 0.02},
+      {"a": "b", "b": "c", "gbps": 2.0, "latency_ms": 20, "egress_usd_per_gb": 0.01},
+      {"a": "c", "b": "b", "gbps": 2.0, "latency_ms": 20, "egress_usd_per_gb": 0.09},
+      {"a": "a", "b": "c", "gbps": 0.5, "latency_ms": 30}]})");
+}
+}  // namespace
+
+TEST(Topology, EgressPricesAreSymmetricUnlessBothDirectionsGiven) {
+  Topology t = parse_topology(priced_doc(), "t.json");
+  EXPECT_DOUBLE_EQ(t.link(0, 1)->egress_usd_per_gb, 0.02);
+  EXPECT_DOUBLE_EQ(t.link(1, 0)->egress_usd_per_gb, 0.02);  // given one way: the same both ways
+  EXPECT_DOUBLE_EQ(t.link(1, 2)->egress_usd_per_gb, 0.01);  // given both ways: each direction its own
+  EXPECT_DOUBLE_EQ(t.link(2, 1)->egress_usd_per_gb, 0.09);
+  EXPECT_DOUBLE_EQ(t.link(0, 2)->egress_usd_per_gb, 0.0);   // no price given: free
+  EXPECT_DOUBLE_EQ(t.link(2, 0)->egress_usd_per_gb, 0.0);
+  EXPECT_TRUE(t.priced());
+}
+
+TEST(Topology, IntraRegionEgressDefaultsToZeroAndCanBeSet) {
+  json doc = priced_doc();
+  EXPECT_DOUBLE_EQ(parse_topology(doc, "t.json").link(1, 1)->egress_usd_per_gb, 0.0);
+  doc["intra_region"]["egress_usd_per_gb"] = 0.01;
+  Topology t = parse_topology(doc, "t.json");
+  for (int r = 0; r < 3; ++r) EXPECT_DOUBLE_EQ(t.link(r, r)->egress_usd_per_gb, 0.01);
+  EXPECT_DOUBLE_EQ(t.link(0, 1)->egress_usd_per_gb, 0.02);  // links keep their own price
+}
+
+TEST(Topology, BadEgressPriceIsRefusedNamingTheFileAndField) {
+  struct Case {
+    json value;
+    std::string expected;
+  };
+  const Case cases[] = {{-0.02, "expected a number >= 0, got -0.02"},
+                        {"0.02", "expected a number, got a string (\"0.02\")"},
+                        {nullptr, "expected a number, got null"},
+                        {true, "expected a number, got a boolean (true)"},
+                        {std::numeric_limits<double>::infinity(), "expected a finite number"},
+                        {std::nan(""), "expected a finite number"}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.value.dump());
+    for (const std::string field : {"links[3]", "intra_region"}) {
+      json doc = priced_doc();
+      if (field == "intra_region")
+        doc["intra_region"]["egress_usd_per_gb"] = c.value;
+      else
+        doc["links"][3]["egress_usd_per_gb"] = c.value;
+      try {
+        parse_topology(doc, "topo.json");
+        ADD_FAILURE() << "accepted " << field << ".egress_usd_per_gb = " << c.value.dump();
+      } catch (const InputError& e) {
+        ASSERT_EQ(e.diagnostics().size(), 1u) << e.what();
+        EXPECT_EQ(e.exit_code(), kExitBadInput);
+        EXPECT_NE(std::string(e.what()).find("topo.json: " + field + ".egress_usd_per_gb: " + c.expected),
+                  std::string::npos)
+            << e.what();
+      }
+    }
+  }
 }
 
 TEST(Topology, LinksAreSymmetricUnlessBothDirectionsGiven) {
@@ -56,12 +152,38 @@ TEST(Topology, HashChangesWithPlanningInputsOnly) {
   json pricier = doc;
   pricier["regions"][0]["price_usd_per_kwh"] = 0.5;
   EXPECT_NE(parse_topology(pricier, "x").hash(), h);
+  // Egress prices count; a price of 0 written out is the same as none (older files hash as before).
+  for (auto& link : doc["links"]) link.erase("egress_usd_per_gb");
+  const std::string unpriced = parse_topology(doc, "x").hash();
+  EXPECT_NE(unpriced, h);
+  json zero = doc;
+  zero["links"][0]["egress_usd_per_gb"] = 0;
+  zero["intra_region"]["egress_usd_per_gb"] = 0;
+  EXPECT_EQ(parse_topology(zero, "x").hash(), unpriced);
+  json egress = doc;
+  egress["links"][0]["egress_usd_per_gb"] = 0.02;
+  const std::string priced = parse_topology(egress, "x").hash();
+  EXPECT_NE(priced, unpriced);
+  egress["links"][0]["egress_usd_per_gb"] = 0.03;
+  EXPECT_NE(parse_topology(egress, "x").hash(), priced);
 }
 
 TEST(Topology, RoundTripsThroughJson) {
   Topology t = load_topology(src("examples/topologies/aws6.json"));
   Topology back = parse_topology(to_json(t), "roundtrip");
   EXPECT_EQ(back.hash(), t.hash());
+  EXPECT_EQ(to_json(back), to_json(t));
+  ASSERT_EQ(back.links.size(), t.links.size());
+  for (size_t i = 0; i < t.links.size(); ++i)
+    EXPECT_DOUBLE_EQ(back.links[i].spec.egress_usd_per_gb, t.links[i].spec.egress_usd_per_gb) << "link " << i;
+  // A price is written only where there is one: a topology without prices writes none.
+  json doc = priced_doc();
+  doc["intra_region"]["egress_usd_per_gb"] = 0.01;
+  const json written = to_json(parse_topology(doc, "t.json"));
+  EXPECT_EQ(written["intra_region"]["egress_usd_per_gb"], 0.01);
+  EXPECT_EQ(written["links"][2]["egress_usd_per_gb"], 0.09);
+  EXPECT_FALSE(written["links"][3].contains("egress_usd_per_gb"));
+  EXPECT_EQ(to_json(parse_topology(written, "again.json")), written);
 }
 
 TEST(Job, StagesAcceptACountOrARange) {

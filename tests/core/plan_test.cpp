@@ -57,6 +57,58 @@ TEST(Plan, SaveThenLoadGivesTheSamePlan) {
   std::remove(path.c_str());
 }
 
+// Plans written before egress was priced carry only cost_usd: all of it was electricity.
+TEST(Plan, WithoutCostPartsReadsTheCostAsElectricity) {
+  Plan p = load_plan(src(kGoodPlan));  // predicted: cost_usd 0.01 and neither part
+  EXPECT_DOUBLE_EQ(p.predicted.cost_usd, 0.01);
+  EXPECT_DOUBLE_EQ(p.predicted.electricity_usd, 0.01);
+  EXPECT_DOUBLE_EQ(p.predicted.egress_usd, 0.0);
+  const nlohmann::json written = to_json(p);
+  EXPECT_EQ(written["predicted"]["electricity_usd"], 0.01);
+  EXPECT_EQ(written["predicted"]["egress_usd"], 0.0);
+  EXPECT_EQ(to_json(parse_plan(written, "again.json")), written);
+}
+
+// Written by `geopipe plan` for the demo job on local4 (priced links): ap-southeast -> eu-central
+// -> us-east -> us-west, no codec, 8 x 64 x 128 fp32 = 262,144 bytes a message, 8 micro-batches,
+// 300 iterations; per-GB prices both ways 0.09 + 0.02, 0.02 + 0.02, 0.02 + 0.02.
+TEST(Plan, PlannerWrittenPlanCarriesBothPartsOfItsCost) {
+  const Plan p = load_plan(src("tests/data/good/plan_local4_priced.json"));
+  EXPECT_EQ(p.stages.front().region, "ap-southeast");
+  EXPECT_NEAR(p.predicted.egress_usd, 262144 * (0.11 + 0.04 + 0.04) * 8 * 300 / 1e9, 1e-15);
+  EXPECT_NEAR(p.predicted.egress_usd, 0.119537664, 1e-15);
+  EXPECT_DOUBLE_EQ(p.predicted.cost_usd, p.predicted.electricity_usd + p.predicted.egress_usd);
+  EXPECT_EQ(to_json(parse_plan(to_json(p), "again.json")), to_json(p));
+}
+
+TEST(Plan, ElectricityAndEgressRoundTripThroughJson) {
+  Plan p = load_plan(src(kGoodPlan));
+  p.predicted.electricity_usd = 1.25;
+  p.predicted.egress_usd = 0.0054525952;
+  p.predicted.cost_usd = p.predicted.electricity_usd + p.predicted.egress_usd;
+  const nlohmann::json written = to_json(p);
+  EXPECT_EQ(written["predicted"]["electricity_usd"], 1.25);
+  EXPECT_EQ(written["predicted"]["egress_usd"], 0.0054525952);
+  EXPECT_DOUBLE_EQ(written["predicted"]["cost_usd"].get<double>(), 1.2554525952);
+  Plan back = parse_plan(nlohmann::json::parse(written.dump()), "back.json");
+  EXPECT_EQ(back.predicted.electricity_usd, 1.25);
+  EXPECT_EQ(back.predicted.egress_usd, 0.0054525952);
+  EXPECT_EQ(back.predicted.cost_usd, p.predicted.cost_usd);
+  EXPECT_EQ(to_json(back), written);
+  EXPECT_EQ(back.hash(), p.hash());
+  // A negative part is refused like any other prediction, naming it.
+  nlohmann::json bad = written;
+  bad["predicted"]["egress_usd"] = -1;
+  try {
+    parse_plan(bad, "bad.json");
+    ADD_FAILURE() << "accepted a negative egress_usd";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("bad.json: predicted.egress_usd: expected a number >= 0, got -1"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 // Found by the plan fuzz target: a plan without the optional provenance fields wrote them as empty
 // strings, which its own reader then refused.
 TEST(Plan, WithoutOptionalProvenanceReadsBackFromItsOwnJson) {

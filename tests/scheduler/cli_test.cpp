@@ -32,6 +32,13 @@ TEST(CliPlan, DemoPlanIsWrittenAndValid) {
   geopipe::Plan p = geopipe::load_plan(plan);
   EXPECT_EQ(p.num_stages(), 4);
   EXPECT_NO_THROW(geopipe::check_plan_against(p, geopipe::load_topology(src("examples/topologies/local4.json")), plan, 4));
+  // The summary shows the cost's two parts, as the plan records them; local4's links are priced.
+  EXPECT_GT(p.predicted.egress_usd, 0.0);
+  EXPECT_DOUBLE_EQ(p.predicted.cost_usd, p.predicted.electricity_usd + p.predicted.egress_usd);
+  char parts[128];
+  std::snprintf(parts, sizeof parts, "cost %.4f USD (electricity %.4f + egress %.4f)", p.predicted.cost_usd,
+                p.predicted.electricity_usd, p.predicted.egress_usd);
+  EXPECT_NE(r.output.find(parts), std::string::npos) << r.output;
   Result v = run("validate --topology " + src("examples/topologies/local4.json") + " " + plan);
   EXPECT_EQ(v.exit_code, 0) << v.output;
 }
@@ -181,6 +188,7 @@ TEST(CliSimulate, GeneratesAWorkloadAndPrintsTheComparison) {
   EXPECT_NE(r.output.find("bandwidth x0.5"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("cost-first"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("bace           fifo"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("energy (kWh)  elec. (USD) egress (USD)   cost (USD)"), std::string::npos) << r.output;
   auto doc = geopipe::read_json_file(json);
   ASSERT_EQ(doc["scenarios"].size(), 2u);
   EXPECT_EQ(doc["scenarios"][0]["results"].size(), 4u);
@@ -189,6 +197,10 @@ TEST(CliSimulate, GeneratesAWorkloadAndPrintsTheComparison) {
   int lines = 0;
   for (std::string line; std::getline(in, line);) ++lines;
   EXPECT_EQ(lines, 1 + 2 * 4 * 40);
+  const auto& first = doc["scenarios"][0]["results"][0];
+  EXPECT_NEAR(first["cost_usd"].get<double>(),
+              first["electricity_usd"].get<double>() + first["egress_usd"].get<double>(),
+              1e-9 * first["cost_usd"].get<double>());
 }
 
 TEST(CliSimulate, RunsAWorkloadFileAndRejectsBadPolicies) {

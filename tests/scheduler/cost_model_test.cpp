@@ -170,6 +170,31 @@ TEST(CostModel, EnergyCountsBusyAndIdleTimeAtRegionalPrice) {
   EXPECT_DOUBLE_EQ(e.cost_usd, 2016.0 / 3.6e6 * 0.1);
 }
 
+TEST(CostModel, EgressIsWireBytesTimesEachDirectionsPricePerMicroBatch) {
+  // b = 2, s = 1024, h = 2048, bf16: 2 * 1024 * 2048 * 2 = 8,388,608 bytes a message each way.
+  ModelSpec m{4, 2048, 16, 1024, 256, geopipe::DType::kBFloat16};
+  geopipe::JobSpec job;
+  job.model = m;
+  job.micro_batch = 2;
+  const double plain = gs::boundary_bytes(job, "none"), int8 = gs::boundary_bytes(job, "int8-block");
+  ASSERT_DOUBLE_EQ(plain, 8388608.0);
+  ASSERT_DOUBLE_EQ(int8, 4194304.0);
+  geopipe::LinkSpec out, back;
+  out.egress_usd_per_gb = 0.02;
+  back.egress_usd_per_gb = 0.02;
+  // Symmetric: 8 micro-batches x 8,388,608 bytes x 2 directions x 0.02 USD / 1e9 bytes.
+  EXPECT_DOUBLE_EQ(gs::boundary_egress_usd(plain, plain, out, back, 8), 0.00268435456);
+  // The codec halves the bytes on the wire and the bill.
+  EXPECT_DOUBLE_EQ(gs::boundary_egress_usd(int8, int8, out, back, 8), 0.00134217728);
+  // Asymmetric: the gradients leave by a link at 0.09: 8 x 8,388,608 x (0.02 + 0.09) / 1e9.
+  back.egress_usd_per_gb = 0.09;
+  EXPECT_DOUBLE_EQ(gs::boundary_egress_usd(plain, plain, out, back, 8), 0.00738197504);
+  // int4 activations out (0.5 byte an element), int8 gradients back: 8 x (2,097,152 x 0.02 + 4,194,304 x 0.09) / 1e9.
+  EXPECT_DOUBLE_EQ(gs::boundary_egress_usd(gs::boundary_bytes(job, "int4-block"), int8, out, back, 8), 0.003355443200);
+  // A free link (no price in the file) costs nothing.
+  EXPECT_DOUBLE_EQ(gs::boundary_egress_usd(plain, plain, geopipe::LinkSpec{}, geopipe::LinkSpec{}, 8), 0.0);
+}
+
 TEST(CostModel, BalanceMatchesBruteForceOnRandomCases) {
   geopipe::scheduler::Rng rng(5);
   for (int trial = 0; trial < 300; ++trial) {

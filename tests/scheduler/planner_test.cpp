@@ -330,3 +330,113 @@ TEST(PlanReplicas, RegionsTooSmallForTheReplicasAreNamedWithTheirGpus) {
   EXPECT_NE(infeasible_message(gs::Policy::kExact, t, replicated(two_stage_job(), 2), {}).find("b has 3 GPUs (1 stage)"),
             std::string::npos);
 }
+
+// ---- Egress ------------------------------------------------------------------------------------
+
+namespace {
+
+// `t` with egress prices: its first link's a -> b at `forward`, b -> a at `backward` (given as
+// the reverse link when they differ), and `intra` inside a region.
+geopipe::Topology priced(const geopipe::Topology& t, double forward, double backward, double intra = 0) {
+  nlohmann::json doc = geopipe::to_json(t);
+  if (intra > 0) doc["intra_region"]["egress_usd_per_gb"] = intra;
+  if (!doc["links"].empty()) {
+    doc["links"][0]["egress_usd_per_gb"] = forward;
+    if (backward != forward) {
+      nlohmann::json reverse = doc["links"][0];
+      std::swap(reverse["a"], reverse["b"]);
+      reverse["egress_usd_per_gb"] = backward;
+      doc["links"].push_back(reverse);
+    }
+  }
+  return geopipe::parse_topology(doc, "priced-topology.json");
+}
+
+// two_stage_job(): 1 x 1024 tokens x 1024 wide, bf16: 2,097,152 bytes a message each way, 8
+// micro-batches, 10 iterations.
+constexpr double kMessage = 2097152, kMessages = 8 * 10;
+
+}  // namespace
+
+TEST(PlanEgress, TwoRegionJobPaysBothDirectionsOfEveryMicroBatchAndIteration) {
+  auto t = priced(two_regions(10), 0.02, 0.02);  // a 10 Gbit/s link needs no codec
+  geopipe::Plan p = gs::plan_job(gs::Policy::kBace, t, two_stage_job(), {});
+  ASSERT_EQ(p.links.size(), 1u);
+  ASSERT_EQ(p.links[0].codec_forward, "none");
+  // 80 messages x 2 directions x 2,097,152 bytes x 0.02 USD / 1e9 bytes.
+  EXPECT_NEAR(p.predicted.egress_usd, 0.0067108864, 1e-15);
+  EXPECT_DOUBLE_EQ(p.predicted.cost_usd, p.predicted.electricity_usd + p.predicted.egress_usd);
+  EXPECT_GT(p.predicted.electricity_usd, 0);
+  // The placement the allocator weighed carries the same two parts.
+  auto placed = gs::place_job(gs::Policy::kBace, t, two_stage_job(), gs::ClusterState::empty(t), {});
+  ASSERT_TRUE(placed.placement);
+  EXPECT_NEAR(placed.placement->egress_usd, 0.0067108864, 1e-15);
+  EXPECT_DOUBLE_EQ(placed.placement->cost_usd, placed.placement->electricity_usd + placed.placement->egress_usd);
+  // With a codec the bill is for the compressed bytes: int8-block halves bf16.
+  gs::PlannerOptions int8;
+  int8.codec = "int8-block";
+  geopipe::Plan c = gs::plan_job(gs::Policy::kBace, t, two_stage_job(), int8);
+  ASSERT_EQ(c.links[0].codec_forward, "int8-block");
+  EXPECT_NEAR(c.predicted.egress_usd, 0.0033554432, 1e-15);
+  EXPECT_LE(c.predicted.electricity_usd, p.predicted.electricity_usd);  // shorter messages: no longer an iteration
+  EXPECT_DOUBLE_EQ(c.predicted.cost_usd, c.predicted.electricity_usd + c.predicted.egress_usd);
+  // Without prices the job pays electricity only, as before.
+  EXPECT_EQ(gs::plan_job(gs::Policy::kBace, two_regions(10), two_stage_job(), {}).predicted.egress_usd, 0.0);
+}
+
+TEST(PlanEgress, AsymmetricPricesChargeEachDirectionAtItsOwnRate) {
+  auto t = priced(two_regions(10), 0.02, 0.09);
+  geopipe::Plan p = gs::plan_job(gs::Policy::kBace, t, two_stage_job(), {});
+  // Both directions carry the same bytes: 80 x 2,097,152 x (0.02 + 0.09) / 1e9, whichever way round.
+  EXPECT_NEAR(p.predicted.egress_usd, kMessages * kMessage * 0.11 / 1e9, 1e-15);
+  EXPECT_NEAR(p.predicted.egress_usd, 0.0184549376, 1e-15);
+  // int4 activations (524,288 bytes) and int8 gradients (1,048,576): the heavier gradients should
+  // leave by the cheap direction, a -> b, so stage 0 goes to b. Both orders are equally fast and
+  // use equally priced GPUs: the egress alone decides.
+  gs::PlannerOptions int4;
+  int4.codec = "int4-block";
+  geopipe::Plan q = gs::plan_job(gs::Policy::kBace, t, two_stage_job(), int4);
+  EXPECT_EQ(q.stages[0].region, "b");
+  EXPECT_NEAR(q.predicted.egress_usd, kMessages * (524288 * 0.09 + 1048576 * 0.02) / 1e9, 1e-15);
+  EXPECT_NEAR(q.predicted.egress_usd, 0.0054525952, 1e-15);
+}
+
+TEST(PlanEgress, InsideARegionTheDefaultIsFreeAndIntraRegionSetsThePrice) {
+  auto one = make_topology({{"a", 2, 1.0, 0.1}}, {});
+  geopipe::Plan free = gs::plan_job(gs::Policy::kBace, one, two_stage_job(), {});
+  ASSERT_EQ(free.stages[1].region, "a");
+  EXPECT_EQ(free.predicted.egress_usd, 0.0);
+  geopipe::Plan paid = gs::plan_job(gs::Policy::kBace, priced(one, 0, 0, 0.01), two_stage_job(), {});
+  EXPECT_NEAR(paid.predicted.egress_usd, 0.0033554432, 1e-15);  // 80 x 2 x 2,097,152 x 0.01 / 1e9
+  EXPECT_DOUBLE_EQ(paid.predicted.electricity_usd, free.predicted.electricity_usd);
+}
+
+TEST(PlanEgress, EveryReplicasPipelinePaysItsOwnTraffic) {
+  auto t = priced(two_regions_of(2), 0.02, 0.02);
+  geopipe::Plan one = gs::plan_job(gs::Policy::kBace, priced(two_regions_of(1), 0.02, 0.02), two_stage_job(), {});
+  geopipe::Plan two = gs::plan_job(gs::Policy::kBace, t, replicated(two_stage_job(), 2), {});
+  ASSERT_NE(two.stages[0].region, two.stages[1].region);
+  EXPECT_NEAR(one.predicted.egress_usd, 0.0067108864, 1e-15);
+  EXPECT_NEAR(two.predicted.egress_usd, 2 * 0.0067108864, 1e-15);
+  EXPECT_DOUBLE_EQ(two.predicted.cost_usd, two.predicted.electricity_usd + two.predicted.egress_usd);
+}
+
+TEST(Allocator, EgressKeepsAPipelineInOneRegionWhenCrossingCostsMoreThanTheElectricitySaved) {
+  // "cheap" has half the electricity price; a 4-stage job fits in either region alone or across.
+  auto base = make_topology({{"dear", 4, 1.0, 0.2}, {"cheap", 2, 1.0, 0.1}}, {{"dear", "cheap", 100, 1}});
+  auto job = make_job("j", 8, 1024, 1024, 1, 8, 10, 4, 4);
+  gs::PlannerOptions o;
+  o.slack = 1.0;
+  geopipe::Plan unpriced = gs::plan_job(gs::Policy::kBace, base, job, o);
+  std::set<std::string> regions;
+  for (const auto& s : unpriced.stages) regions.insert(s.region);
+  EXPECT_EQ(regions.size(), 2u) << "without egress half the stages run where power is cheap";
+  // At 10 USD/GB the crossing costs more than the electricity it saves.
+  geopipe::Plan paid = gs::plan_job(gs::Policy::kBace, priced(base, 10, 10), job, o);
+  for (const auto& s : paid.stages) EXPECT_EQ(s.region, "dear");
+  EXPECT_EQ(paid.predicted.egress_usd, 0.0);
+  // It pays more for power than the split placement did, and far less than that placement's
+  // one crossing would cost: 80 x 2 x 2,097,152 x 10 / 1e9 = 3.36 USD.
+  EXPECT_GT(paid.predicted.electricity_usd, unpriced.predicted.electricity_usd);
+  EXPECT_LT(paid.predicted.cost_usd, unpriced.predicted.electricity_usd + kMessages * 2 * kMessage * 10 / 1e9);
+}

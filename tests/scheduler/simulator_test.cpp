@@ -5,6 +5,7 @@
 #include "test_util.h"
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 
@@ -89,6 +90,37 @@ TEST(Simulator, EnergyAndCostOfAJobAloneMatchItsPlan) {
   EXPECT_NEAR(r.jobs[0].jct_s(), placed.placement->job_s, 1e-9 * placed.placement->job_s);
   EXPECT_NEAR(r.energy_kwh, placed.placement->energy_kwh, 1e-9 * r.energy_kwh);
   EXPECT_NEAR(r.cost_usd, placed.placement->cost_usd, 1e-9 * r.cost_usd);
+}
+
+TEST(Simulator, EgressOfAJobAloneIsItsWireBytesAtEachDirectionsPrice) {
+  // shared_link with a -> b at 0.02 USD/GB and b -> a at 0.05; delay-first runs the job across it.
+  nlohmann::json doc = geopipe::to_json(shared_link(10));
+  doc["links"][0]["egress_usd_per_gb"] = 0.02;
+  nlohmann::json reverse = doc["links"][0];
+  std::swap(reverse["a"], reverse["b"]);
+  reverse["egress_usd_per_gb"] = 0.05;
+  doc["links"].push_back(reverse);
+  auto t = geopipe::parse_topology(doc, "priced.json");
+  auto job = link_job("x");
+  auto placed = gs::place_job(gs::Policy::kDelayFirst, t, job, gs::ClusterState::empty(t), {});
+  ASSERT_TRUE(placed.placement);
+  ASSERT_EQ(placed.placement->inter_region_hops(), 1);
+  // 8 micro-batches x 20 iterations x 2,097,152 bytes (bf16, no codec) x (0.02 + 0.05) / 1e9.
+  const double egress = 8 * 20 * 2097152 * 0.07 / 1e9;
+  EXPECT_NEAR(placed.placement->egress_usd, egress, 1e-12 * egress);
+  auto r = gs::simulate(t, workload({job}), gs::Policy::kDelayFirst, {});
+  EXPECT_NEAR(r.jobs[0].egress_usd, 0.0234881024, 1e-9 * egress);
+  EXPECT_NEAR(r.egress_usd, 0.0234881024, 1e-9 * egress);
+  EXPECT_NEAR(r.electricity_usd, placed.placement->electricity_usd, 1e-9 * r.electricity_usd);
+  EXPECT_NEAR(r.cost_usd, r.electricity_usd + r.egress_usd, 1e-12 * r.cost_usd);
+  EXPECT_NEAR(r.cost_usd, placed.placement->cost_usd, 1e-9 * r.cost_usd);
+  // The table shows both parts and their total.
+  const std::string table = gs::format_scenario("t", {r});
+  EXPECT_NE(table.find("elec. (USD) egress (USD)   cost (USD)"), std::string::npos) << table;
+  EXPECT_NE(table.find("0.02"), std::string::npos) << table;
+  const auto j = gs::to_json(r, true);
+  EXPECT_DOUBLE_EQ(j["egress_usd"].get<double>(), r.egress_usd);
+  EXPECT_DOUBLE_EQ(j["job_records"][0]["electricity_usd"].get<double>(), r.jobs[0].electricity_usd);
 }
 
 TEST(Simulator, BacePutsAShortJobAheadOfALongOneThatArrivedFirst) {

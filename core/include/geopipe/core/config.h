@@ -34,10 +34,14 @@ struct Region {
 struct LinkSpec {
   double gbps = 0;        // bandwidth in Gbit/s (1e9 bit/s)
   double latency_ms = 0;  // one-way latency
+  // What the cloud bills for one GB (1e9 bytes) sent this way (egress, charged by the sending
+  // region); optional in the file, 0 when not given.
+  double egress_usd_per_gb = 0;
   double bytes_per_s() const { return gbps * 1e9 / 8.0; }
 };
 
-// A link as written in the file. Symmetric unless the file also gives the reverse direction.
+// A link as written in the file. Symmetric unless the file also gives the reverse direction:
+// every field, egress_usd_per_gb included, then comes from the entry of that direction.
 struct Link {
   std::string a, b;
   LinkSpec spec;
@@ -58,6 +62,8 @@ struct Topology {
   int total_gpus() const;
   // Stable content hash (hex) of everything that affects planning; plans record it.
   std::string hash() const;
+  // Whether any link (or intra_region) has an egress price.
+  bool priced() const;
 
   // Filled by finalize(): directed link matrix, row-major [from][to].
   std::vector<std::optional<LinkSpec>> directed;

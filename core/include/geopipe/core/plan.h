@@ -64,7 +64,9 @@ struct Prediction {
   double iteration_s = 0;
   double jct_s = 0;
   double energy_kwh = 0;
-  double cost_usd = 0;
+  double cost_usd = 0;          // the job's cost: electricity_usd + egress_usd
+  double electricity_usd = 0;   // energy at each region's price
+  double egress_usd = 0;        // bytes on the wire between ranks at the links' egress prices
   std::vector<double> stage_compute_s;   // forward + backward of one micro-batch, per stage
   std::vector<double> link_utilisation;  // per LinkPlan, fraction of the link's bandwidth
   std::vector<int> peak_activations;     // per rank: most micro-batch activations alive at once

@@ -65,6 +65,15 @@ double codec_ratio(const std::string& codec, DType dtype);
 // Link time of one message: bytes / bandwidth + one-way latency.
 double link_time_s(double bytes, const LinkSpec& link);
 
+// Egress (USD) of one iteration over one boundary: M micro-batches of activations leave by
+// `forward` (fwd_bytes each) and their gradients come back by `backward` (bwd_bytes each), each
+// direction at its link's egress_usd_per_gb. Bytes are those on the wire, after the codec
+// (boundary_bytes); a GB is 1e9 bytes. Callers multiply by iterations and by the pipelines
+// (replicas) that cross the boundary.
+double boundary_egress_usd(double fwd_bytes, double bwd_bytes, const LinkSpec& forward, const LinkSpec& backward,
+                           int micro_batches);
+inline constexpr double kBytesPerGB = 1e9;
+
 // Splits `layers` transformer blocks over stages with the given per-device times, minimizing the
 // slowest stage; stage 0 also carries the embedding and the last stage the LM head and loss.
 // Every stage gets at least one block. Returns blocks per stage (sums to `layers`).
@@ -111,7 +120,8 @@ double chunk_activation_bytes(const ModelSpec& model, int micro_batch, int block
 inline constexpr double kBytesPerParameter = 16;
 
 // Energy (joules) of one iteration on the stages' GPUs (one GPU per stage): busy time at board
-// power, the rest of the iteration at idle power, times PUE. Cost in USD at each region's price.
+// power, the rest of the iteration at idle power, times PUE. Cost in USD at each region's
+// electricity price (a job's cost adds the egress, boundary_egress_usd).
 struct EnergyCost {
   double energy_j = 0;
   double cost_usd = 0;

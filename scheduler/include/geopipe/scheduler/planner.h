@@ -80,14 +80,17 @@ struct Placement {
   double iteration_s = 0;
   double job_s = 0;                            // iterations * iteration_s
   double energy_kwh = 0;                       // whole job
-  double cost_usd = 0;                         // whole job
+  double electricity_usd = 0;                  // whole job: energy at each region's price
+  double egress_usd = 0;                       // whole job: every boundary's traffic, both ways (boundary_egress_usd)
+  double cost_usd = 0;                         // whole job: electricity + egress, what the allocator minimizes
   bool bandwidth_ok = true;                    // every inter-region hop's transfer <= compute period
   double worst_hop_ratio = 0;                  // max over inter-region hops of transfer / compute period
   int stages() const { return static_cast<int>(region.size()); }
   int inter_region_hops() const;
 };
 
-// Evaluates one region sequence: layer balance, codecs (per options.codec), timing, energy, cost.
+// Evaluates one region sequence: layer balance, codecs (per options.codec), timing, energy, cost
+// (electricity and egress of one pipeline: plan_job's predictions multiply by the replicas).
 // `hop_bps` overrides the bandwidth of each boundary (the simulator's fair shares); empty: the
 // state's residual (use_residual) or capacity. nullopt when two consecutive regions have no link.
 std::optional<Placement> evaluate_path(const Topology& topology, const JobSpec& job, const std::vector<int>& regions,

@@ -55,7 +55,9 @@ struct JobRecord {
   std::string regions;          // e.g. "us-east-2-ohio x8"
   double planned_s = 0;         // run time the placement predicted when it started (links as seen then)
   double energy_kwh = 0;
-  double cost_usd = 0;
+  double electricity_usd = 0;
+  double egress_usd = 0;
+  double cost_usd = 0;          // electricity + egress
   bool relaxed = false;         // no bandwidth-feasible path even on the empty cluster: placed without the check
   std::string waiting_reason;   // for jobs never started: why
   double jct_s() const { return end_s < 0 ? -1 : end_s - arrival_s; }
@@ -68,7 +70,7 @@ struct SimResult {
   int finished = 0;
   int never_started = 0;
   double avg_jct_s = 0, p95_jct_s = 0, makespan_s = 0;
-  double energy_kwh = 0, cost_usd = 0;
+  double energy_kwh = 0, electricity_usd = 0, egress_usd = 0, cost_usd = 0;  // cost: electricity + egress
   long events = 0;
   long placements_tried = 0;
   double max_link_oversubscription = 0;  // max over time and links of demand / capacity
@@ -81,7 +83,8 @@ SimResult simulate(const Topology& topology, const Workload& workload, Policy po
 
 // Percent change of `value` against `base` (negative: lower than the baseline).
 double percent_change(double value, double base);
-// One scenario's table: a row per policy (avg / p95 JCT, makespan, energy, cost, finished), then
+// One scenario's table: a row per policy (avg / p95 JCT, makespan, energy, electricity, egress and
+// their total cost, finished), then
 // each policy's change in % against each baseline (delay-first, cost-first, fifo) that was run.
 std::string format_scenario(const std::string& title, const std::vector<SimResult>& results);
 nlohmann::json to_json(const SimResult& result, bool with_jobs);
