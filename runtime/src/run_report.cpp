@@ -61,6 +61,8 @@ std::pair<double, double> electricity(const Plan& plan, const Topology& topo, co
 void RunTotals::add(const StepStats& st) {
   compute_s += st.compute_s;
   wait_s += st.wait_s;
+  checkpoint_blocked_s += st.checkpoint_blocked_s;
+  checkpoint_write_s += st.checkpoint_write_s;
   if (steps > 0) {  // the first step's all-reduce also waits for the replicas' start-up skew
     allreduce_s += st.allreduce_s;
     allreduce_exposed_s += st.allreduce_exposed_s;
@@ -113,6 +115,8 @@ void StepLogger::log(const StepStats& st, std::optional<double> val) {
                       {"grad_norm", st.grad_norm}, {"tokens_per_s", tok_s}, {"step_s", st.step_s},
                       {"elapsed_s", elapsed}};
   if (val) j["val_loss"] = *val;
+  if (st.checkpoint_blocked_s > 0) j["checkpoint_blocked_s"] = st.checkpoint_blocked_s;
+  if (st.checkpoint_write_s > 0) j["checkpoint_write_s"] = st.checkpoint_write_s;
   if (st.allreduce_s > 0) {
     j["allreduce_s"] = st.allreduce_s;
     j["allreduce_exposed_s"] = st.allreduce_exposed_s;
@@ -187,6 +191,12 @@ std::string summarize(const Plan& plan, const TrainConfig& cfg, const RunTotals&
     o << "\n";
   }
   if (replicas) o << "  (all-reduce: mean over the steps after the first, which also waits for the replicas to start)\n";
+  if (tot.checkpoints > 0)  // rank 0's: the loop's cost and the background write, per checkpoint
+    o << fmt::format("  checkpoints: {}, the loop blocked {:.4f} s each ({:.1f}% of a step), files written in the "
+                     "background in {:.4f} s each\n",
+                     tot.checkpoints, tot.checkpoint_blocked_s / tot.checkpoints,
+                     100 * tot.checkpoint_blocked_s / tot.checkpoints / std::max(tot.wall_s / steps, 1e-12),
+                     tot.checkpoint_write_s / tot.checkpoints);
   if (plan.num_stages() > 1) o << "  link   activations raw -> wire (codec)      gradients raw -> wire (codec)\n";
   const auto [over_f, over_b] = codec_pair(cfg.codec);
   for (int s = 0; s + 1 < plan.num_stages(); ++s) {

@@ -1,10 +1,10 @@
-// The checkpoint protocol of a training run: writing every stage's file and the manifest, and
-// resuming with every stage file verified first (checkpoint.h holds the files' format).
+// Resuming a training run: every file a rank needs verified first, then each stage's tensors from
+// the checkpoint's files that hold them, in whatever layout they were written (checkpoint.h holds
+// the files' format; checkpoint_writer.cpp writes them).
 #include "reshard.h"
 #include "trainer_parts.h"
 
 #include <geopipe/comm/communicator.h>
-#include <geopipe/comm/crc32c.h>
 #include <geopipe/core/error.h>
 #include <geopipe/runtime/checkpoint.h>
 
@@ -56,51 +56,6 @@ std::optional<StageCheckpoint> load_own_file(const TrainConfig& cfg, const Manif
   }
 }
 
-std::string hex32(uint32_t v) {
-  char buf[16];
-  std::snprintf(buf, sizeof(buf), "%08x", v);
-  return buf;
-}
-
-// CRC32C of the bytes of a stage's parameters, in model order: what its replicas compare.
-uint32_t parameter_digest(const StageChunk& c) {
-  uint32_t crc = 0;
-  for (const NamedTensor& p : c.model->named_parameters()) {
-    const at::Tensor t = p.tensor.detach().to(at::kCPU).contiguous();
-    crc = comm::crc32c(t.data_ptr(), t.nbytes(), crc);
-  }
-  return crc;
-}
-
-// The classic data-parallel bug is silent divergence (a missed all-reduce, a non-deterministic
-// kernel, a flipped bit): before a checkpoint is written, every replica of every stage publishes
-// its parameters' digest; every rank sees them all, so all refuse together, and the previous
-// checkpoint stays the one manifest.json names.
-void check_replicas_agree(const Plan& plan, const TrainConfig& cfg, const std::vector<StageChunk>& chunks, int64_t step,
-                          comm::Communicator* comm) {
-  const int S = plan.num_stages(), R = plan.replicas();
-  if (R < 2) return;
-  const int replica = plan.replica_of(comm->rank());
-  std::vector<double> digests(static_cast<size_t>(S) * static_cast<size_t>(R), 0.0);  // exact: < 2^32
-  for (const StageChunk& c : chunks) digests[static_cast<size_t>(c.stage * R + replica)] = parameter_digest(c);
-  allreduce_sum(comm, digests, cfg.comm_timeout_s);
-  for (int s = 0; s < S; ++s) {
-    const double* d = &digests[static_cast<size_t>(s * R)];
-    if (std::all_of(d, d + R, [&](double x) { return x == d[0]; })) continue;
-    std::string who;
-    for (int r = 0; r < R; ++r)
-      who += (r ? ", replica " : "replica ") + std::to_string(r) + " (rank " + std::to_string(plan.rank_of(s, r)) +
-             ") " + hex32(static_cast<uint32_t>(d[r]));
-    throw Error("replica check at step " + std::to_string(step) + ": stage " + std::to_string(s) +
-                "'s replicas hold different parameters (CRC32C " + who +
-                "): a replica diverged; checkpoint not written, " + manifest_path(cfg.checkpoint_dir) +
-                " still names the previous one");
-  }
-}
-
-// Files per stage: the replica count with a sharded optimizer (each replica its shard), else 1.
-int optimizer_shards(const Plan& plan, const TrainConfig& cfg) { return cfg.shard_optimizer ? plan.replicas() : 1; }
-
 // --resume takes a checkpoint of the same job and model under any layout; one written before
 // manifests recorded their layout only under the same stages (assumed to have the same split).
 Manifest checked_layout(const Plan& plan, const TrainConfig& cfg, Manifest m) {
@@ -119,41 +74,6 @@ Manifest checked_layout(const Plan& plan, const TrainConfig& cfg, Manifest m) {
 }
 
 }  // namespace
-
-void write_checkpoint(const Plan& plan, const TrainConfig& cfg, const std::vector<StageChunk>& chunks, int64_t step,
-                      comm::Communicator* comm, const std::function<void()>& midway) {
-  const int S = plan.num_stages(), shards = optimizer_shards(plan, cfg);
-  const int rank = comm ? comm->rank() : 0, replica = std::max(plan.replica_of(rank), 0);
-  check_replicas_agree(plan, cfg, chunks, step, comm);
-  // Sizes and checksums to every rank (one slot pair per file, filled by its writer: the sum
-  // is exact). It is also the barrier: every file is on disk.
-  std::vector<double> dv(2 * static_cast<size_t>(S * shards), 0.0);
-  // Replicas hold the same parameters and optimizer state: replica 0 writes the stage's file,
-  // or, with a sharded optimizer, every replica its shard (the model in shard 0's).
-  const int shard = shards > 1 ? replica : 0;
-  for (size_t i = 0; i < chunks.size() && (shards > 1 || replica == 0); ++i) {
-    const StageChunk& c = chunks[i];
-    StageCheckpoint ck{c.stage, step, cfg.seed, step, {}, c.optimizer->state(), shard, shards};
-    if (shard == 0) ck.model = c.model->named_parameters();
-    const FileDigest d = save_stage_checkpoint(cfg.checkpoint_dir, ck, i == 0 ? midway : std::function<void()>());
-    const size_t slot = 2 * static_cast<size_t>(c.stage * shards + shard);
-    dv[slot] = static_cast<double>(d.bytes);
-    dv[slot + 1] = static_cast<double>(d.crc32c);
-  }
-  allreduce_sum(comm, dv, cfg.comm_timeout_s);
-  if (rank != 0) return;
-  Manifest m{step, S, plan.job.name, {}, plan.replicas(), shards, {}, gpt_config(plan.job.model),
-             plan.replicas() * plan.job.micro_batches};
-  for (const StagePlan& sp : plan.stages) m.layers.emplace_back(sp.layer_begin, sp.layer_end);
-  for (int s = 0; s < S; ++s)
-    for (int r = 0; r < shards; ++r) {
-      const size_t slot = 2 * static_cast<size_t>(s * shards + r);
-      m.files.push_back(
-          {fs::relative(stage_checkpoint_path(cfg.checkpoint_dir, step, s, r, shards), cfg.checkpoint_dir).string(),
-           {static_cast<uint64_t>(dv[slot]), static_cast<uint32_t>(dv[slot + 1])}});
-    }
-  write_manifest(cfg.checkpoint_dir, m);
-}
 
 namespace {
 

@@ -218,13 +218,21 @@ TrainResult run_training(const Plan& plan, const TrainConfig& cfg, comm::Communi
     spdlog::info("job {}: {} stages on {} ranks, {} micro-batches of {}x{} tokens, steps {}..{}, rank 0 has {} parameters",
                  plan.job.name, plan.num_stages(), plan.world_size(), plan.job.micro_batches, plan.job.micro_batch,
                  plan.job.model.seq_len, result.first_step, iters, m.num_parameters);
+  detail::CheckpointWriter checkpoints(plan, cfg, comm);
   if (cfg.checkpoint_at_start && !cfg.resume) {
     if (cfg.checkpoint_dir.empty()) throw InputError("--checkpoint-at-start", "checkpoint-at-start", "needs --checkpoint-dir");
-    detail::write_checkpoint(plan, cfg, m.chunks, 0, comm);
+    checkpoints.begin(m.chunks, 0);
+    checkpoints.finish();
     if (rank == 0) spdlog::info("checkpointed the initial weights as step 0: {}", manifest_path(cfg.checkpoint_dir));
   }
 
   detail::RunTotals totals;
+  auto finish_checkpoint = [&](StepStats& st) {
+    const detail::CheckpointTimes t = checkpoints.finish();
+    st.checkpoint_blocked_s += t.blocked_s;
+    st.checkpoint_write_s += t.write_s;
+    ++totals.checkpoints;
+  };
   const auto t_run = std::chrono::steady_clock::now();
   for (int64_t step = result.first_step; step < iters; ++step) {
     faults.before_step(step, comm);
@@ -232,7 +240,7 @@ TrainResult run_training(const Plan& plan, const TrainConfig& cfg, comm::Communi
     StepStats st = exec.train_step(step);
     if (!std::isfinite(st.loss)) throw Error("training diverged at step " + std::to_string(step) + ": loss is not finite");
     faults.after_step(step, m.chunks);
-    totals.add(st);
+    if (checkpoints.pending()) finish_checkpoint(st);  // begun after the previous step, written during this one
     const bool final_step = step + 1 == iters;
     std::optional<double> val;
     if (due(cfg.eval_every, step + 1, final_step)) {
@@ -240,8 +248,11 @@ TrainResult run_training(const Plan& plan, const TrainConfig& cfg, comm::Communi
       result.val_losses.emplace_back(step + 1, *val);
     }
     if (!cfg.checkpoint_dir.empty() && due(cfg.checkpoint_every, step + 1, final_step))
-      detail::write_checkpoint(plan, cfg, m.chunks, step + 1, comm,
-                               faults.checkpoint_midway(step + 1, stage_checkpoint_path(cfg.checkpoint_dir, step + 1, stages.front())));
+      st.checkpoint_blocked_s += checkpoints.begin(
+          m.chunks, step + 1,
+          faults.checkpoint_midway(step + 1, stage_checkpoint_path(cfg.checkpoint_dir, step + 1, stages.front())));
+    if (final_step && checkpoints.pending()) finish_checkpoint(st);  // the last: nothing left to overlap
+    totals.add(st);
     logger.log(st, val);
     result.steps.push_back(st);
     result.steps.back().links = {};  // logged; not kept per step (memory of long runs)

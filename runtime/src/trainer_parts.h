@@ -4,6 +4,7 @@
 // runtime.
 #pragma once
 
+#include <geopipe/runtime/checkpoint.h>
 #include <geopipe/runtime/executor.h>
 #include <geopipe/runtime/trainer.h>
 
@@ -13,6 +14,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace geopipe::comm {
@@ -37,10 +39,60 @@ class FaultHooks {
   bool mine_ = false;
 };
 
-// Every stage writes its file (this rank's: `chunks`), then rank 0 the manifest naming them all
-// (checkpoint.h). `step` is the number of optimizer steps taken. Collective.
-void write_checkpoint(const Plan& plan, const TrainConfig& config, const std::vector<StageChunk>& chunks, int64_t step,
-                      comm::Communicator* comm, const std::function<void()>& midway = {});
+// Optimizer-state files per stage: the replica count with a sharded optimizer (each replica
+// writes its shard), else 1.
+inline int optimizer_shards(const Plan& plan, const TrainConfig& cfg) {
+  return cfg.shard_optimizer ? plan.replicas() : 1;
+}
+
+// What a checkpoint cost: the seconds the training loop was blocked (copying its tensors to host
+// memory, and waiting at the end for its files), and the seconds the files took in the background.
+struct CheckpointTimes {
+  double blocked_s = 0, write_s = 0;
+};
+
+// Asynchronous checkpoints (checkpoint_writer.cpp): begin() copies this rank's stages to host
+// memory and writes their files on a thread of its own; finish() — called by the loop at the
+// end of the next step, the end of the run, or by the next begin() — waits for the thread, then
+// every rank exchanges file sizes, CRC32Cs and the replicas' parameter digests, and rank 0
+// writes the manifest (checkpoint.h). Until then the previous manifest names the last complete
+// checkpoint. Both are collective.
+class CheckpointWriter {
+ public:
+  CheckpointWriter(const Plan& plan, const TrainConfig& config, comm::Communicator* comm);
+  ~CheckpointWriter();
+  CheckpointWriter(const CheckpointWriter&) = delete;
+  CheckpointWriter& operator=(const CheckpointWriter&) = delete;
+  // The checkpoint after `step` optimizer steps; `midway` is the test hook run half-way through
+  // this rank's first file. Returns the seconds the loop was blocked.
+  double begin(const std::vector<StageChunk>& chunks, int64_t step, std::function<void()> midway = {});
+  // Throws Error when a rank could not write its files or the replicas disagree (no manifest then).
+  CheckpointTimes finish();
+  bool pending() const { return pending_; }
+  int64_t pending_step() const { return step_; }
+
+ private:
+  struct Job {  // what the writer thread leaves for finish()
+    std::vector<double> files;    // (bytes, crc32c) per file, this rank's slots
+    std::vector<double> digests;  // parameter CRC32C per (stage, replica), this rank's slots
+    std::string error;
+    double write_s = 0;
+  };
+  void write_files(bool writes, const std::function<void()>& midway);
+  void check_replicas_agree(const std::vector<double>& digests) const;
+  Manifest manifest_of(const std::vector<double>& files) const;
+
+  const Plan& plan_;
+  const TrainConfig& cfg_;
+  comm::Communicator* comm_;
+  int rank_, replica_, shards_;
+  std::vector<StageCheckpoint> snapshot_;
+  Job job_;
+  std::thread thread_;
+  bool pending_ = false;
+  int64_t step_ = 0;
+};
+
 // --resume: every rank verifies its own stage files, all refuse together naming the file when
 // any is damaged, else load parameters and optimizer state. Returns the step to continue from.
 // Collective.
@@ -53,6 +105,8 @@ struct RunTotals {
   double compute_s = 0, wait_s = 0, wall_s = 0;
   // Replicas' gradient all-reduce and its unhidden part, over the steps after the first.
   double allreduce_s = 0, allreduce_exposed_s = 0;
+  double checkpoint_blocked_s = 0, checkpoint_write_s = 0;  // this rank's, over the run
+  int64_t checkpoints = 0;
   std::map<std::pair<int, int>, double> link_wire;  // (from stage, to stage) -> bytes
   // --codec adaptive: (from stage, to stage) -> codec -> seconds of the steps it ran
   std::map<std::pair<int, int>, std::map<std::string, double>> codec_time;

@@ -226,9 +226,10 @@ TEST_F(FaultJob, CheckpointResumesUnderAnotherStageCountSplitAndReplicaCount) {
   const auto want = logged_losses(path("reference.jsonl"));
   ASSERT_EQ(want.size(), static_cast<size_t>(kSteps));
   const std::vector<std::pair<int64_t, double>> second_half(want.begin() + 10, want.end());
-  // The same run stopped after step 10's checkpoint (killed in step 11).
+  // The same run stopped after step 10's checkpoint (written during step 11, named at its end;
+  // killed in step 12).
   JobResult killed = run(train(4, {"--checkpoint-dir", path("ckpt"), "--checkpoint-every", "10"}, {}, kSteps), "killed",
-                         {{"GEOPIPE_TEST_FAULT", "kill:rank=0:step=11"}});
+                         {{"GEOPIPE_TEST_FAULT", "kill:rank=0:step=12"}});
   ASSERT_GT(fault_unix_ms(killed.output), 0) << killed.output;
   ASSERT_EQ(manifest_step(path("ckpt")), 10);
   fs::copy(path("ckpt"), path("ckpt-3"), fs::copy_options::recursive);
@@ -291,7 +292,9 @@ TEST_F(FaultJob, KillDuringCheckpointWriteLeavesThePreviousCheckpointAndResumeRe
 TEST_F(FaultJob, CorruptedMessageStopsTheJobBeforeItsOptimizerStep) {
   write_plan(4);
   // Rank 1's first send of step 3 is 1SEND_F0 to rank 2 (stage 2), its payload flipped after
-  // the checksum. Checkpoints every step: the manifest must stay at step 2.
+  // the checksum. Checkpoints every step, written in the background and named by the manifest at
+  // the end of the next step: step 2's was to be named at the end of step 3, so the manifest
+  // stays at step 1 (its files are on disk, unnamed), and nothing of step 3 is written.
   JobResult r = run(train(4, {"--checkpoint-dir", path("ckpt"), "--checkpoint-every", "1", "--json-log",
                               path("run.jsonl")}),
                     "corrupt", {{"GEOPIPE_TEST_FAULT", "corrupt:rank=1:step=3"}});
@@ -304,7 +307,8 @@ TEST_F(FaultJob, CorruptedMessageStopsTheJobBeforeItsOptimizerStep) {
   auto log = logged_losses(path("run.jsonl"));
   ASSERT_FALSE(log.empty());
   EXPECT_EQ(log.back().first, 2) << "a step was logged after the corrupted message";
-  EXPECT_EQ(manifest_step(path("ckpt")), 2) << "a checkpoint was written after the corrupted message";
+  EXPECT_EQ(manifest_step(path("ckpt")), 1) << "a checkpoint was named after the corrupted message";
+  EXPECT_TRUE(fs::exists(path("ckpt/step-000002/stage-0.pt")));
   EXPECT_FALSE(fs::exists(path("ckpt/step-000003")));
 }
 

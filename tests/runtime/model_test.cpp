@@ -261,6 +261,57 @@ TEST(Training, ResumeReproducesTheUninterruptedLosses) {
   EXPECT_THROW(run_training(plan, other, nullptr), InputError);
 }
 
+// Asynchronous checkpoints: the step that takes one is blocked only for the host copy; its files
+// are written while the next step runs, which names them in the manifest at its end (the run's
+// last checkpoint at once). Both costs are reported per step and in the summary.
+TEST(Training, CheckpointsAreWrittenInTheBackgroundAndNamedAStepLater) {
+  const Plan plan = testing_support::tiny_plan({{0, 4}}, {"us-east"});
+  TrainConfig cfg = testing_support::tiny_config(5);
+  cfg.checkpoint_dir = fresh_dir("ckpt_async");
+  cfg.checkpoint_every = 2;
+  const TrainResult r = run_training(plan, cfg, nullptr);
+  ASSERT_EQ(r.steps.size(), 5u);
+  // Step 2 copies (blocked, nothing written yet), step 3 names it (its write time reported), step
+  // 4 copies, step 5 names step 4's, then copies and names its own (the run's last).
+  const std::vector<bool> blocked = {false, true, true, true, true}, written = {false, false, true, false, true};
+  for (size_t i = 0; i < 5; ++i) {
+    EXPECT_EQ(r.steps[i].checkpoint_blocked_s > 0, blocked[i]) << "step " << i + 1;
+    EXPECT_EQ(r.steps[i].checkpoint_write_s > 0, written[i]) << "step " << i + 1;
+  }
+  const auto m = read_manifest(cfg.checkpoint_dir);
+  ASSERT_TRUE(m.has_value());
+  EXPECT_EQ(m->step, 5);
+  for (int step : {2, 4, 5}) EXPECT_TRUE(fs::exists(stage_checkpoint_path(cfg.checkpoint_dir, step, 0))) << step;
+  EXPECT_NE(r.summary.find("checkpoints: 3, the loop blocked "), std::string::npos) << r.summary;
+  EXPECT_NE(r.summary.find("files written in the background in "), std::string::npos) << r.summary;
+  // What was written is the state after the step, not what the next step made of it.
+  TrainConfig resume = cfg;
+  resume.resume = true;
+  resume.iters = 5;
+  EXPECT_EQ(run_training(plan, resume, nullptr).first_step, 5);
+}
+
+// A checkpoint the writer thread cannot write stops the run when it was to be named, saying
+// which rank and why; no manifest names it.
+TEST(Training, ACheckpointThatCannotBeWrittenStopsTheRunNamingTheRank) {
+  const Plan plan = testing_support::tiny_plan({{0, 4}}, {"us-east"});
+  TrainConfig cfg = testing_support::tiny_config(4);
+  cfg.checkpoint_dir = fresh_dir("ckpt_unwritable");
+  cfg.checkpoint_every = 2;
+  fs::create_directories(cfg.checkpoint_dir);
+  std::ofstream(cfg.checkpoint_dir + "/step-000002") << "a file where the step's folder goes";
+  try {
+    run_training(plan, cfg, nullptr);
+    FAIL() << "the run went on without its checkpoint";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("checkpoint of step 2: rank 0 could not write its files: "), std::string::npos)
+        << e.what();
+    EXPECT_NE(std::string(e.what()).find("manifest.json still names the previous checkpoint"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_FALSE(read_manifest(cfg.checkpoint_dir).has_value());
+}
+
 // Resharding keeps the model: a checkpoint of another model shape is refused before anything
 // loads, naming the manifest field and the first tensor that differs.
 TEST(Training, ResumeOfAnotherModelIsRefusedNamingTheFirstMismatchingTensor) {

@@ -106,6 +106,10 @@ struct StepStats {
   // Replicas: this rank's gradient collectives, from the first bucket's start to the last one's
   // end, and the part OPT waited for (not hidden behind the backward). 0 with one replica.
   double allreduce_s = 0, allreduce_exposed_s = 0;
+  // Set by the training loop: what checkpoints cost this step — the seconds the loop was blocked
+  // (host copy; waiting for the previous files), and the background write of the checkpoint
+  // finished this step (trainer_parts.h: CheckpointWriter).
+  double checkpoint_blocked_s = 0, checkpoint_write_s = 0;
   // Every directed link of the pipeline, "0->1", "1->0", "1->2", ... (empty for one stage).
   // run_training logs them (JSON log, progress line); its TrainResult::steps keep them empty.
   std::vector<LinkStats> links;
