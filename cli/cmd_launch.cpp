@@ -3,6 +3,7 @@
 #include <geopipe/core/error.h>
 #include <geopipe/launch/launch.h>
 #include <geopipe/launch/netns.h>
+#include <geopipe/launch/supervise.h>
 
 #include <iostream>
 #include <memory>
@@ -17,6 +18,7 @@ namespace {
 
 struct LaunchOptions {
   launch::LaunchRequest request;
+  launch::SuperviseOptions supervise;
   std::string emulate;
   bool cleanup = false;
 };
@@ -34,6 +36,11 @@ int run_launch(LaunchOptions& o) {
     if (!o.request.emulation)
       throw InputError("--emulate", "", "expected software, netns or none, got \"" + o.emulate + "\"");
   }
+  if (o.supervise.replan && o.supervise.max_restarts < 1)
+    throw InputError("--replan", "replan", "needs --max-restarts N (N >= 1): it decides how a restart runs");
+  if (o.supervise.max_restarts > 0 && (o.request.dry_run || o.request.slurm))
+    throw InputError("--max-restarts", "max-restarts", "restarts a running job: not with --dry-run or --slurm");
+  if (o.supervise.max_restarts > 0) return launch::supervise(o.request, o.supervise, std::cout);
   return launch::launch(o.request, std::cout);
 }
 
@@ -86,6 +93,15 @@ void register_launch(CLI::App& app, int& exit_code) {
                   "or FROM>TO@sSTEP+STEPS=RATE[,LATENCY] (e.g. us-east>us-west@s5+10=62500kbit,80ms); checked here, "
                   "given to every rank as GEOPIPE_LINK_EVENTS")
       ->check(CLI::ExistingFile);
+  cmd->add_option("--max-restarts", o->supervise.max_restarts,
+                  "When the job fails, relaunch it up to N times, with --resume when the program's --checkpoint-dir "
+                  "has a checkpoint (each rank leaves a failure record that says what failed)")
+      ->check(CLI::Range(0, 1000));
+  cmd->add_flag("--replan", o->supervise.replan,
+                "With --max-restarts: when every rank of a region failed (killed, hung, cut off), plan the job again "
+                "without that region and relaunch on the new plan (written next to --plan)");
+  cmd->add_option("--restart-backoff", o->supervise.backoff_s, "Seconds to wait before each relaunch")
+      ->check(CLI::Range(0.0, 3600.0));
   cmd->add_flag("--cleanup", o->cleanup, "Remove network namespaces left by a killed --emulate netns run");
   cmd->add_option("program", q.program, "PROGRAM ARGS... (after --)");
   cmd->callback([o, &exit_code] { exit_code = run_launch(*o); });

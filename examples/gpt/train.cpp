@@ -1,5 +1,7 @@
 // geopipe-train: trains the plan's GPT, one rank per stage (under mpirun / geopipe launch), or the
 // whole model in one process for a one-stage plan (the reference). Flags: --help.
+#include "failure_report.h"
+
 #include <geopipe/comm/auth.h>
 #include <geopipe/comm/communicator.h>
 #include <geopipe/core/env.h>
@@ -233,6 +235,7 @@ int main(int argc, char** argv) {
     if (threads <= 0) threads = runtime::default_threads_per_rank();
     const std::string compute = runtime::set_compute_threads(threads);
     Plan plan = load_plan(cfg.plan_file);
+    train::arm_failure_report(rank, plan);
     const int stage = plan.stage_of_rank(rank);
     log::set_rank_context(rank, stage >= 0 ? plan.stages[stage].region : "none");
     if (rank == 0) {
@@ -305,10 +308,12 @@ int main(int argc, char** argv) {
     return 0;
   } catch (const Error& e) {
     std::fprintf(stderr, "geopipe-train: rank %d: %s\n", rank, e.what());
+    train::report_failure(rank, e);
     if (size > 1) MPI_Abort(MPI_COMM_WORLD, e.exit_code());  // a failed rank stops the job
     return e.exit_code();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "geopipe-train: rank %d: %s\n", rank, e.what());
+    train::report_failure(rank, e);
     if (size > 1) MPI_Abort(MPI_COMM_WORLD, kExitFailure);
     return kExitFailure;
   }

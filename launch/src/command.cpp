@@ -101,6 +101,7 @@ std::vector<std::pair<std::string, std::string>> rank_environment(const LaunchSp
   // The comm layer's per-job settings, when the caller set them: the authentication key file
   // (the same path on every host) and scripted link events (core/env.h).
   if (const char* key = std::getenv(env::kAuthKeyFile); key && *key) env.emplace_back(env::kAuthKeyFile, key);
+  if (const char* dir = std::getenv(env::kFailureDir); dir && *dir) env.emplace_back(env::kFailureDir, dir);
   const char* events = std::getenv(env::kLinkEvents);  // --link-events FILE first, then the caller's
   if (!spec.link_events.empty()) env.emplace_back(env::kLinkEvents, spec.link_events);
   else if (events && *events) env.emplace_back(env::kLinkEvents, events);

@@ -8,6 +8,7 @@
 #include <geopipe/runtime/executor.h>
 
 #include "grad_reducer.h"
+#include "wait_state.h"
 #include "stage_io.h"
 #include "tags.h"
 #include "timing.h"
@@ -242,7 +243,7 @@ void PipelineExecutor::run(const std::vector<Action>& actions, StepState& s) {
     } catch (const InputError&) {
       throw;
     } catch (const TimeoutError& e) {
-      throw TimeoutError(where(a, s.step) + e.what());
+      throw TimeoutError(where(a, s.step) + e.what(), e.peer());
     } catch (const Error& e) {
       throw Error(where(a, s.step) + e.what());
     }
@@ -411,6 +412,7 @@ void PipelineExecutor::optimizer_step(StepState& s) {
   s.compute_s += seconds_since(c0);
   const auto r0 = Clock::now();
   try {
+    const detail::WaitMark mark(detail::kWaitingForAGroup);
     allreduce_sum(comm_, v, options_.comm_timeout_s);
   } catch (const TimeoutError& e) {
     throw TimeoutError("the all-reduce of loss and gradient norms (some rank never arrived): " + std::string(e.what()));
@@ -448,6 +450,7 @@ void PipelineExecutor::reduce_gradients(StepState& s) {
   for (const Chunk& k : chunks_) {
     if (!k.reducer) continue;
     try {
+      const detail::WaitMark mark(detail::kWaitingForAGroup);
       s.stats.allreduce_exposed_s += k.reducer->finish(options_.comm_timeout_s);
     } catch (const TimeoutError& e) {
       throw TimeoutError("stage " + std::to_string(k.stage) + " averaging gradients over its replicas: " + e.what());

@@ -1,5 +1,6 @@
 // A stage's links in one step (stage_io.h).
 #include "stage_io.h"
+#include "wait_state.h"
 
 #include "tags.h"
 #include "timing.h"
@@ -223,6 +224,7 @@ void StageIO::wait_posted(Posted& p, const Action& recv) {
     return std::any_of(sends_.begin(), sends_.end(), [](const InFlight& f) { return f.end_s < 0; });
   };
   try {
+    const detail::WaitMark mark(peer_rank(from));
     poll_sends();
     while (sends_in_flight() && Clock::now() < poll_until && !p.request.test()) {
       std::this_thread::sleep_for(std::chrono::microseconds(200));
@@ -236,7 +238,9 @@ void StageIO::wait_posted(Posted& p, const Action& recv) {
         also = " (this step's sends to stage " + std::to_string(f.forward ? stage_ + 1 : stage_ - 1) +
                " have not finished either)";
     throw TimeoutError(to_string(recv) + " waited " + secs(options_.comm_timeout_s) + " for stage " +
-                       std::to_string(from) + " (rank " + std::to_string(peer_rank(from)) + ")" + also + ": " + e.what());
+                           std::to_string(from) + " (rank " + std::to_string(peer_rank(from)) + ")" + also + ": " +
+                           e.what(),
+                       peer_rank(from));
   } catch (const Error& e) {  // a bad message: checksum, header, size
     throw Error(to_string(recv) + " received a bad message from stage " + std::to_string(from) + " (rank " +
                 std::to_string(peer_rank(from)) + "); the step is abandoned, no optimizer step taken: " + e.what());
@@ -300,11 +304,13 @@ void StageIO::finish_sends() {
   for (auto& f : sends_) {
     if (f.end_s < 0) {
       try {
+        const detail::WaitMark mark(peer_rank(f.forward ? stage_ + 1 : stage_ - 1));
         f.request.wait(std::max(comm::Seconds(0), comm::Seconds(deadline - Clock::now())));
       } catch (const TimeoutError& e) {
         const int to = f.forward ? stage_ + 1 : stage_ - 1;
         throw TimeoutError("waited " + secs(options_.comm_timeout_s) + " for its send to stage " + std::to_string(to) +
-                           " (rank " + std::to_string(peer_rank(to)) + ") to finish: " + e.what());
+                               " (rank " + std::to_string(peer_rank(to)) + ") to finish: " + e.what(),
+                           peer_rank(to));
       }
       f.end_s = since_start();
     }

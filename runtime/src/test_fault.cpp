@@ -19,6 +19,7 @@ namespace {
 const char* fault_kind_name(TestFault::Kind k) {
   switch (k) {
     case TestFault::Kind::kKill: return "kill";
+    case TestFault::Kind::kStop: return "stop";
     case TestFault::Kind::kKillInCheckpoint: return "kill-in-checkpoint";
     case TestFault::Kind::kCorrupt: return "corrupt";
     case TestFault::Kind::kPerturb: return "perturb";
@@ -46,7 +47,7 @@ TestFault parse_test_fault(const std::string& text) {
   if (text.empty()) return f;
   auto bad = [&](const std::string& why) {
     return InputError("GEOPIPE_TEST_FAULT", "", "\"" + text + "\": " + why +
-                                                   " (expected kill|kill-in-checkpoint|corrupt|perturb:rank=R:step=S)");
+                                                   " (expected kill|stop|kill-in-checkpoint|corrupt|perturb:rank=R:step=S)");
   };
   std::vector<std::string> parts;
   size_t pos = 0;
@@ -58,6 +59,7 @@ TestFault parse_test_fault(const std::string& text) {
   }
   if (parts.size() != 3) throw bad("three ':'-separated fields expected");
   if (parts[0] == "kill") f.kind = TestFault::Kind::kKill;
+  else if (parts[0] == "stop") f.kind = TestFault::Kind::kStop;
   else if (parts[0] == "kill-in-checkpoint") f.kind = TestFault::Kind::kKillInCheckpoint;
   else if (parts[0] == "corrupt") f.kind = TestFault::Kind::kCorrupt;
   else if (parts[0] == "perturb") f.kind = TestFault::Kind::kPerturb;
@@ -93,9 +95,15 @@ FaultHooks::FaultHooks(const TrainConfig& cfg, int rank, int world, bool has_com
 }
 
 void FaultHooks::install(ExecutorOptions& options) const {
-  if (!mine_ || fault_.kind != TestFault::Kind::kKill) return;
-  options.after_compute = [f = fault_](int64_t step, const Action& a) {
-    if (step + 1 == f.step) die_by_sigkill(f, "after " + to_string(a) + ", mid-iteration");
+  if (!mine_ || (fault_.kind != TestFault::Kind::kKill && fault_.kind != TestFault::Kind::kStop)) return;
+  options.after_compute = [f = fault_, stopped = false](int64_t step, const Action& a) mutable {
+    if (step + 1 != f.step || stopped) return;
+    stopped = true;  // once: continued (to be terminated), the rank must not stop again
+    if (f.kind == TestFault::Kind::kKill) die_by_sigkill(f, "after " + to_string(a) + ", mid-iteration");
+    std::fprintf(stderr, "geopipe-train: rank %d: GEOPIPE_TEST_FAULT stop: SIGSTOP at step %lld after %s (hung until "
+                 "continued)\n", f.rank, static_cast<long long>(f.step), to_string(a).c_str());
+    std::fflush(stderr);
+    std::raise(SIGSTOP);
   };
 }
 

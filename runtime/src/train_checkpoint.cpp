@@ -24,15 +24,17 @@ namespace fs = std::filesystem;
 namespace {
 
 // On resume, rank 0 keeps the JSON log's lines up to the resumed step (a killed run may have
-// logged steps after its last checkpoint, or a torn last line), so the log stays one trajectory.
+// logged steps after its last checkpoint, or a torn last line), so the log stays one trajectory,
+// and the supervisor's restart lines (geopipe launch --max-restarts).
 void trim_json_log(const std::string& path, int64_t last_step) {
   std::ifstream in(path);
   if (!in) return;
   std::string kept, line;
   while (std::getline(in, line)) {
     const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (j.is_object() && j.contains("step") && j["step"].is_number_integer() && j["step"].get<int64_t>() <= last_step)
-      kept += line + "\n";
+    const bool step_kept = j.is_object() && j.contains("step") && j["step"].is_number_integer() &&
+                           j["step"].get<int64_t>() <= last_step;
+    if (step_kept || (j.is_object() && j.contains("restart"))) kept += line + "\n";  // restarts: the supervisor's
   }
   in.close();
   write_file_atomic(path, kept);

@@ -9,6 +9,7 @@
 
 #include "grad_reducer.h"
 #include "trainer_parts.h"
+#include "wait_state.h"
 
 #include <csignal>
 #include <cstdlib>
@@ -63,6 +64,23 @@ Schedule build_schedule(const Plan& plan, const TrainConfig& cfg) {
 }
 
 }  // namespace
+
+namespace {
+// The wait that describes this rank now: the current one when it has lasted a second, else one
+// of a second or more that ended within the last second (see wait_state.h), else the current one.
+std::pair<int, int64_t> blocking_wait() {
+  const int64_t now = detail::monotonic_ms();
+  const int peer = detail::g_waiting_for.load();
+  const int64_t lasted = peer == detail::kNotWaiting ? 0 : now - detail::g_waiting_since_ms.load();
+  if (lasted >= detail::kLongWaitMs) return {peer, lasted};
+  if (now - detail::g_long_wait_end_ms.load() < detail::kLongWaitMs && detail::g_long_wait_peer.load() != detail::kNotWaiting)
+    return {detail::g_long_wait_peer.load(), detail::g_long_wait_ms.load()};
+  return {peer, lasted};
+}
+}  // namespace
+
+int rank_waiting_for() { return blocking_wait().first; }
+int64_t rank_waited_ms() { return blocking_wait().second; }
 
 at::Device pick_device(const std::string& name) {
   if (name == "cpu") return at::kCPU;

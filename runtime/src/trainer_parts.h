@@ -28,7 +28,7 @@ namespace geopipe::runtime::detail {
 class FaultHooks {
  public:
   FaultHooks(const TrainConfig& config, int rank, int world, bool has_comm);
-  void install(ExecutorOptions& options) const;  // kill: SIGKILL after the step's first F/B
+  void install(ExecutorOptions& options) const;  // kill / stop: SIGKILL / SIGSTOP after the step's first F/B
   void before_step(int64_t step, comm::Communicator* comm) const;  // corrupt: the step's first send
   void after_step(int64_t step, const std::vector<StageChunk>& chunks) const;  // perturb: a parameter
   // kill-in-checkpoint: what to run half-way through writing `file` after step `step` (or nothing).

@@ -136,6 +136,13 @@ TEST_F(BadInput, LaunchRefusesEveryBadFlagValue) {
           {"launch" + ok, "PROGRAM"},
           {"launch" + ok + " --slurm -- /bin/true", "--slurm"},
           {"launch" + ok + " --mpirun " + missing() + " -- /bin/true", "--mpirun"},
+          {"launch" + ok + " --max-restarts -1 -- /bin/true", "--max-restarts"},
+          {"launch" + ok + " --max-restarts many -- /bin/true", "--max-restarts"},
+          {"launch" + ok + " --replan -- /bin/true", "--replan: replan: needs --max-restarts N (N >= 1)"},
+          {"launch" + ok + " --max-restarts 1 --restart-backoff -1 -- /bin/true", "--restart-backoff"},
+          {"launch" + ok + " --max-restarts 1 --dry-run -- /bin/true", "restarts a running job: not with --dry-run"},
+          {"launch --topology " + local4() + " --plan " + plan4() + " --max-restarts 1 --replan -- /bin/true",
+           "needs --plan and the program's own --plan argument (which it replaces)"},
       },
       geopipe);
 }

@@ -23,6 +23,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -359,6 +360,139 @@ TEST_F(FaultJob, MalformedTestFaultStopsEveryRankWithExitCode2) {
 }
 
 // ---- Slow and stalled links (comm's GEOPIPE_LINK_EVENTS on the software shaper) ----------
+// `geopipe launch --max-restarts` (launch/supervise.h) over four emulated regions of local4 (one
+// rank each, software shaper): a job whose stage count the planner may choose in [2, 4].
+class SupervisorJob : public FaultJob {
+ protected:
+  static std::string local4() { return std::string(GEOPIPE_SOURCE_DIR) + "/examples/topologies/local4.json"; }
+
+  void write_planned(int stages) {
+    std::ofstream(path("job.json")) << R"({"name": "gpt-sup", "model": {"layers": 4, "d_model": 32, "heads": 2,
+      "seq_len": 16, "vocab": 256, "dtype": "fp32"}, "micro_batch": 2, "micro_batches": 4, "iterations": 30,
+      "stages": [2, 4]})";
+    JobResult r = run({GEOPIPE_CLI, "plan", "--topology", local4(), "--job", path("job.json"), "--stages",
+                       std::to_string(stages), "--schedule", "1f1b", "-o", path("plan.json")},
+                      "plan");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+  }
+
+  // geopipe launch [supervisor flags] -- geopipe-train --plan plan.json ... (common flags)
+  std::vector<std::string> launch(const std::vector<std::string>& supervisor, int iters,
+                                  const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> a = {GEOPIPE_CLI, "launch", "--topology", local4(), "--plan", path("plan.json")};
+    a.insert(a.end(), supervisor.begin(), supervisor.end());
+    for (const std::string& s : {std::string("--"), std::string(GEOPIPE_TRAIN), std::string("--plan"), path("plan.json")})
+      a.push_back(s);
+    std::vector<std::string> t = train(1, extra, {}, iters);  // its common flags, after the plan
+    a.insert(a.end(), t.begin() + 7, t.end());
+    return a;
+  }
+
+  static nlohmann::json restart_line(const std::string& log) {
+    std::ifstream in(log);
+    std::string line;
+    while (std::getline(in, line))
+      if (line.find("\"restart\"") != std::string::npos) return nlohmann::json::parse(line);
+    return nullptr;
+  }
+};
+
+// All ranks of one region killed at step 15 of 30 (one rank per region): the supervisor finds the
+// region lost (its rank left no failure record), plans the job on the other three, and resumes the
+// step-10 checkpoint on the new plan to the end; the losses after the restart equal a reference
+// that resumes the same checkpoint on that plan, and the steps redone stay within the interval.
+TEST_F(SupervisorJob, LostRegionIsReplannedAndTheJobFinishesOnWhatIsLeft) {
+  write_planned(4);
+  const Plan plan = load_plan(path("plan.json"));
+  const std::string lost = plan.stages[3].region;
+  const std::vector<std::string> flags = {"--checkpoint-dir", path("ckpt"), "--checkpoint-every", "5", "--json-log",
+                                          path("run.jsonl")};
+  JobResult r = run(launch({"--max-restarts", "1", "--replan"}, 30, flags), "supervised",
+                    {{"GEOPIPE_TEST_FAULT", "kill:rank=3:step=15"}});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("attempt 1 failed (exit 137): rank 3 (" + lost + ") left no failure record"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("re-planned without [\"" + lost + "\"]"), std::string::npos) << r.output;
+  const std::string new_plan = path("plan.restart-1.json");
+  const Plan replanned = load_plan(new_plan);
+  for (const StagePlan& sp : replanned.stages) EXPECT_NE(sp.region, lost);
+  const nlohmann::json restart = restart_line(path("run.jsonl"));
+  ASSERT_TRUE(restart.is_object()) << read_file(path("run.jsonl"));
+  EXPECT_EQ(restart.at("lost_regions"), nlohmann::json::array({lost}));
+  EXPECT_EQ(restart.at("resume_step"), 10);
+  EXPECT_EQ(restart.at("steps_redone"), 4);  // 11..14 logged, then killed in 15: within the interval of 5
+  EXPECT_EQ(manifest_step(path("ckpt")), 30);
+  const auto got = logged_losses(path("run.jsonl"));
+  ASSERT_EQ(got.size(), 30u);
+
+  // The reference: the same step-10 checkpoint (an uninterrupted 4-stage run killed in step 12),
+  // resumed by hand on the supervisor's plan.
+  JobResult killed = run(train(4, {"--checkpoint-dir", path("ref"), "--checkpoint-every", "5"}, {}, 30), "ref-killed",
+                         {{"GEOPIPE_TEST_FAULT", "kill:rank=0:step=12"}});
+  ASSERT_EQ(manifest_step(path("ref")), 10) << killed.output;
+  std::vector<std::string> resume = train(replanned.world_size(), {"--checkpoint-dir", path("ref"), "--resume",
+                                                                   "--json-log", path("ref.jsonl")},
+                                          {}, 30);
+  resume[6] = new_plan;  // after mpiexec -n N --oversubscribe geopipe-train --plan
+  JobResult ref = run(resume, "ref-resumed");
+  ASSERT_EQ(ref.exit_code, 0) << ref.output;
+  expect_close_losses(std::vector<std::pair<int64_t, double>>(got.begin() + 10, got.end()),
+                      logged_losses(path("ref.jsonl")), "after the restart");
+}
+
+// A rank killed once, no --replan: the same plan again from the last checkpoint; resumed on the
+// same plan, the losses equal an uninterrupted run's bit for bit.
+TEST_F(SupervisorJob, TransientFailureRestartsOnTheSamePlanWithTheSameLosses) {
+  write_planned(4);
+  JobResult ref = run(launch({}, 10, {"--json-log", path("reference.jsonl")}), "reference");
+  ASSERT_EQ(ref.exit_code, 0) << ref.output;
+  JobResult r = run(launch({"--max-restarts", "2", "--restart-backoff", "0.5"}, 10,
+                           {"--checkpoint-dir", path("ckpt"), "--checkpoint-every", "2", "--json-log", path("run.jsonl")}),
+                    "supervised", {{"GEOPIPE_TEST_FAULT", "kill:rank=1:step=6"}});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("restart 1 of 2 from the checkpoint of step 4 (1 step(s) redone)"), std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("re-planned"), std::string::npos) << r.output;
+  const nlohmann::json restart = restart_line(path("run.jsonl"));
+  ASSERT_TRUE(restart.is_object());
+  EXPECT_EQ(restart.at("plan"), path("plan.json"));
+  EXPECT_GE(restart.at("seconds_lost").get<double>(), 0.5);  // the backoff at least
+  expect_same_losses(logged_losses(path("run.jsonl")), logged_losses(path("reference.jsonl")));
+}
+
+// A SIGSTOPped rank: the first neighbour to time out says whom it waited for, every rank the
+// launcher terminates says whom it was blocked on, the supervisor follows those waits to the
+// stopped rank and names it, and when the job is over no rank of it is left (stopped or running).
+TEST_F(SupervisorJob, HungRankIsNamedByItsNeighboursAndNothingIsLeftRunning) {
+  write_planned(4);
+  comm_timeout_ = "5";
+  JobResult r = run(launch({"--max-restarts", "1"}, 8, {"--json-log", path("run.jsonl")}), "supervised",
+                    {{"GEOPIPE_TEST_FAULT", "stop:rank=1:step=3"}});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("SIGSTOP at step 3"), std::string::npos) << r.output;
+  // Whoever timed out first, the chain of waits its record starts ends at the stopped rank.
+  EXPECT_NE(r.output.find("rank 1 (which was not waiting: hung)"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("restart 1 of 1 from the start"), std::string::npos) << r.output;
+  EXPECT_EQ(logged_losses(path("run.jsonl")).size(), 8u);
+  // (The bracket keeps the pattern from matching the shell that runs pgrep.)
+  JobResult left = run({"/bin/sh", "-c", "pgrep -f -- 'geopipe-trai[n] --plan " + path("plan.json") + "' || true"}, "pgrep");
+  EXPECT_EQ(left.output.find_first_of("0123456789"), std::string::npos) << "left running:\n" << left.output;
+}
+
+// A job that fails every time: after --max-restarts relaunches the supervisor stops, non-zero,
+// with the last cause.
+TEST_F(SupervisorJob, FailureBeyondMaxRestartsStopsWithTheLastCause) {
+  write_planned(4);
+  JobResult r = run({GEOPIPE_CLI, "launch", "--topology", local4(), "--plan", path("plan.json"), "--max-restarts", "1",
+                     "--", "/bin/sh", "-c", "exit 1"},
+                    "always-failing");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("attempt 2 failed"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("giving up: the job failed 2 time(s), --max-restarts 1; last cause: rank 0 ("), std::string::npos)
+      << r.output;
+}
+
 // local4's us-east <-> eu-central link (300 Mbit/s, 20 ms) carries stage 1 -> 2 of the plan.
 class LinkEventJob : public FaultJob {
  protected:

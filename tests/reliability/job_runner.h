@@ -105,7 +105,8 @@ inline std::string read_file(const std::string& path) {
   return ss.str();
 }
 
-// (step, loss) of every line of a --json-log file, in file order.
+// (step, loss) of every step line of a --json-log file, in file order (the supervisor's restart
+// lines are not steps).
 inline std::vector<std::pair<int64_t, double>> logged_losses(const std::string& path) {
   std::vector<std::pair<int64_t, double>> out;
   std::ifstream in(path);
@@ -113,6 +114,7 @@ inline std::vector<std::pair<int64_t, double>> logged_losses(const std::string& 
   while (std::getline(in, line)) {
     if (line.empty()) continue;
     auto j = nlohmann::json::parse(line);
+    if (j.contains("restart")) continue;
     out.emplace_back(j.at("step").get<int64_t>(), j.at("loss").get<double>());
   }
   return out;

@@ -20,6 +20,10 @@ inline constexpr const char* kEmulate = "GEOPIPE_EMULATE";
 // Path of the plan file, when the launch was given one.
 inline constexpr const char* kPlan = "GEOPIPE_PLAN";
 
+// Folder where a failing rank leaves its failure record (core/failure.h); set by `geopipe
+// launch --max-restarts`, whose supervisor reads the records to decide how to restart.
+inline constexpr const char* kFailureDir = "GEOPIPE_FAILURE_DIR";
+
 // Comm settings that launch forwards to every rank when the caller set them.
 // File holding the per-job message authentication key (comm/auth.h).
 inline constexpr const char* kAuthKeyFile = "GEOPIPE_AUTH_KEY_FILE";

@@ -54,7 +54,12 @@ class InfeasibleError : public Error {
 // A blocking wait that ran out of time; the message says which rank waited for what.
 class TimeoutError : public Error {
  public:
-  explicit TimeoutError(const std::string& what) : Error(what, kExitFailure) {}
+  // `peer`: the rank waited for, when one is known (-1: none, e.g. a collective).
+  explicit TimeoutError(const std::string& what, int peer = -1) : Error(what, kExitFailure), peer_(peer) {}
+  int peer() const { return peer_; }
+
+ private:
+  int peer_;
 };
 
 }  // namespace geopipe

@@ -56,6 +56,8 @@ struct TrainConfig {
 // promises (docs/RELIABILITY.md). STEP is the 1-based step of the progress line and JSON log.
 //   kill:rank=R:step=S                SIGKILL on rank R after its first F/B of step S
 //                                     (mid-iteration, with messages in flight)
+//   stop:rank=R:step=S                SIGSTOP on rank R at the same point (a hung rank: its
+//                                     neighbours time out waiting for it)
 //   kill-in-checkpoint:rank=R:step=S  SIGKILL on rank R half-way through writing its stage
 //                                     file of the checkpoint after step S (temp file partly written)
 //   corrupt:rank=R:step=S             rank R's first send of step S flips a payload byte after
@@ -66,11 +68,19 @@ struct TrainConfig {
 // Before raising SIGKILL the rank prints one line to stderr:
 //   "geopipe-train: rank R: GEOPIPE_TEST_FAULT <kind>: SIGKILL at step S ... (unix_ms T)".
 struct TestFault {
-  enum class Kind { kNone, kKill, kKillInCheckpoint, kCorrupt, kPerturb };
+  enum class Kind { kNone, kKill, kStop, kKillInCheckpoint, kCorrupt, kPerturb };
   Kind kind = Kind::kNone;
   int rank = -1;
   int64_t step = 0;
 };
+// The rank this rank's training is blocked on (a pipeline peer; -2: a collective; -1: none): the
+// current wait once it has lasted a second, or a wait of a second or more that ended less than a
+// second ago (a hung peer continued by the launcher just before terminating the job may have
+// released it). Async-signal-safe: for the failure record a rank terminated by its launcher
+// leaves (geopipe launch --max-restarts follows the waits to the hung rank).
+int rank_waiting_for();
+int64_t rank_waited_ms();  // how long that wait lasted
+
 // "" -> kNone. A malformed value is an InputError naming GEOPIPE_TEST_FAULT.
 TestFault parse_test_fault(const std::string& text);
 
