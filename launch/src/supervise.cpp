@@ -196,6 +196,7 @@ int supervise(LaunchRequest request, const SuperviseOptions& o, std::ostream& ou
   const std::string checkpoint_dir = ckpt ? *ckpt : "";
   const std::string* log = arg_value(args, "--json-log");
   const std::string json_log = log ? *log : "";
+  std::vector<std::string> restarts;  // one line each, for the closing summary
   for (int attempt = 0;; ++attempt) {
     const std::string failures = root + "/attempt-" + std::to_string(attempt);
     fs::remove_all(failures);
@@ -204,6 +205,10 @@ int supervise(LaunchRequest request, const SuperviseOptions& o, std::ostream& ou
     const std::vector<FailureRecord> records = read_failure_records(failures);
     if (status == kExitOk && records.empty()) {
       if (request.run_dir.empty()) fs::remove_all(root);
+      if (!restarts.empty()) {
+        out << "geopipe launch: the job finished after " << restarts.size() << " restart(s):\n";
+        for (const std::string& r : restarts) out << "  " << r << "\n";
+      }
       return kExitOk;
     }
     const Diagnosis d = request.plan_file.empty() ? Diagnosis{{}, {}, "the job exited " + std::to_string(status)}
@@ -235,6 +240,10 @@ int supervise(LaunchRequest request, const SuperviseOptions& o, std::ostream& ou
                            // the steps to train again, and the time from the last logged step to this relaunch
                            {"seconds_lost", tail.redone_s + tail.since_last_s}};
     if (!json_log.empty()) std::ofstream(json_log, std::ios::app) << line.dump() << "\n";
+    char lost[32];
+    std::snprintf(lost, sizeof lost, "%.1f", line["seconds_lost"].get<double>());
+    restarts.push_back("restart " + std::to_string(attempt + 1) + ": " + d.cause + "; plan " + request.plan_file + ", " +
+                       std::to_string(line["steps_redone"].get<int64_t>()) + " step(s) redone, " + lost + " s lost");
     out << "geopipe launch: restart " << attempt + 1 << " of " << o.max_restarts << " from "
         << (resumed >= 0 ? "the checkpoint of step " + std::to_string(resumed) : std::string("the start")) << " ("
         << line["steps_redone"].get<int64_t>() << " step(s) redone)\n";

@@ -454,6 +454,9 @@ TEST_F(SupervisorJob, TransientFailureRestartsOnTheSamePlanWithTheSameLosses) {
   EXPECT_NE(r.output.find("restart 1 of 2 from the checkpoint of step 4 (1 step(s) redone)"), std::string::npos)
       << r.output;
   EXPECT_EQ(r.output.find("re-planned"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("geopipe launch: the job finished after 1 restart(s):\n  restart 1: rank 1 ("),
+            std::string::npos)
+      << r.output;
   const nlohmann::json restart = restart_line(path("run.jsonl"));
   ASSERT_TRUE(restart.is_object());
   EXPECT_EQ(restart.at("plan"), path("plan.json"));
