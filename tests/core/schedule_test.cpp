@@ -353,8 +353,12 @@ TEST(Schedule, LoweringSkipsNeighboursOnTheSameRank) {
   Schedule s = lower(zbv_schedule(3, 6));
   for (const auto& list : s.ranks)
     for (const Action& a : list) {
-      if (a.kind == ActionKind::kSendF) EXPECT_NE(a.stage, 2) << to_string(a);
-      if (a.kind == ActionKind::kSendB) EXPECT_NE(a.stage, 3) << to_string(a);
+      if (a.kind == ActionKind::kSendF) {
+        EXPECT_NE(a.stage, 2) << to_string(a);
+      }
+      if (a.kind == ActionKind::kSendB) {
+        EXPECT_NE(a.stage, 3) << to_string(a);
+      }
     }
   const std::string tip = format_actions(s.ranks[2]);
   EXPECT_EQ(tip.find("3RECV_F"), std::string::npos) << tip;

@@ -101,8 +101,12 @@ TEST(Data, TargetsAreInputsShiftedByOneWithinTheSplit) {
     for (int r = 0; r < 8; ++r) {
       for (int t = 0; t + 1 < 10; ++t) EXPECT_EQ(b.targets[r * 10 + t], b.inputs[r * 10 + t + 1]);
       EXPECT_EQ(b.targets[r * 10 + 9], b.inputs[r * 10 + 9] + 1);
-      if (split == Split::kVal) EXPECT_GE(b.inputs[r * 10], 1500);  // the validation half
-      if (split == Split::kTrain) EXPECT_LT(b.targets[r * 10 + 9], 1500);
+      if (split == Split::kVal) {
+        EXPECT_GE(b.inputs[r * 10], 1500);  // the validation half
+      }
+      if (split == Split::kTrain) {
+        EXPECT_LT(b.targets[r * 10 + 9], 1500);
+      }
     }
   }
 }
