@@ -132,7 +132,9 @@ PipelineExecutor::PipelineExecutor(const Plan& plan, std::vector<StageChunk> chu
     k.optimizer = c.optimizer;
     k.io = std::make_unique<StageIO>(plan, c.stage, replica_, c.model->device(), comm, options_,
                                      options_.record_trace ? &trace_ : nullptr);
-    k.compute = std::make_unique<StageCompute>(*c.model, options_.recompute);
+    // A plan that recomputes (the planner's way of fitting the GPU's memory) is run so, whatever
+    // --recompute says: its memory prediction assumes it.
+    k.compute = std::make_unique<StageCompute>(*c.model, plan.schedule.recompute ? Recompute::kFull : options_.recompute);
     if (options_.replica_group) {
       k.reducer = std::make_unique<GradReducer>(*c.model, c.stage, *options_.replica_group, plan.job.micro_batches,
                                                 options_.shard_optimizer);

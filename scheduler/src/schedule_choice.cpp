@@ -172,7 +172,9 @@ std::vector<int> lowered_warmup(const ScheduleOption& o) {
     const double over = o.memory[r].total() - o.memory_limit_bytes[r];
     const int held = o.timing.peak_activations[r];
     if (o.memory_limit_bytes[r] <= 0 || over <= 0 || held <= 0 || w[r] <= plain[r]) continue;
-    const double per_micro_batch = o.memory[r].activations / held;  // an upper bound with recomputation
+    // With recomputation this spreads the rebuilt block's bytes over the micro-batches held: the
+    // drop can fall short, and fitted_option lowers again.
+    const double per_micro_batch = o.memory[r].activations / held;
     const int drop = static_cast<int>(std::ceil(over / per_micro_batch));
     w[r] = std::max(plain[r], w[r] - drop);
     changed = true;
@@ -183,9 +185,13 @@ std::vector<int> lowered_warmup(const ScheduleOption& o) {
 ScheduleOption fitted_option(const Topology& topo, const JobSpec& job, const Placement& p, const PlannerOptions& opt,
                              const std::string& kind, bool recompute) {
   ScheduleOption o = evaluate_option(topo, job, p, opt, kind, recompute, {});
-  if (kind != "1f1b-lh" || o.fits() || !o.unavailable.empty()) return o;
-  const std::vector<int> w = lowered_warmup(o);
-  return w.empty() ? o : evaluate_option(topo, job, p, opt, kind, recompute, w);
+  // Each pass lowers every warm-up strictly, so this ends (at the latest at plain 1F1B's depths).
+  while (kind == "1f1b-lh" && o.unavailable.empty() && !o.fits()) {
+    const std::vector<int> w = lowered_warmup(o);
+    if (w.empty()) break;
+    o = evaluate_option(topo, job, p, opt, kind, recompute, w);
+  }
+  return o;
 }
 
 std::string gb(double bytes) {
