@@ -190,7 +190,8 @@ void register_plan(CLI::App& app, int& exit_code) {
                   "block's input; train with --recompute full)")
       ->check(CLI::IsMember({"auto", "none", "full"}));
   cmd->add_flag("--shard-optimizer", o->shard_optimizer,
-                "Plan memory for ZeRO-1 (train with --shard-optimizer): AdamW's moments divided among a stage's replicas");
+                "Plan memory for ZeRO-1 (train with --shard-optimizer): AdamW's moments divided among a stage's "
+                "replicas");
   cmd->add_option("--slack", o->slack, "Allocator: iteration time within (1 + slack) of the fastest feasible path")
       ->check(CLI::Range(0.0, 10.0));
   cmd->add_option("--efficiency", o->efficiency, "Achieved fraction of peak GPU FLOP/s (default 0.4)")

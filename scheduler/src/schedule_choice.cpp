@@ -73,21 +73,25 @@ std::string fill_boundaries(const Topology& topo, const JobSpec& job, const Plac
   return {};
 }
 
-// Message buffers: each boundary between ranks, both directions, at its bytes on the wire.
+// Buffers one end of a boundary between ranks holds on its device: its sends (`out`) one way,
+// its receives (`in`) the other, each at its codec's bytes on the wire.
+double end_buffer_bytes(bool cpu_rank, bool nccl, int micro_batches, double out_bytes, const std::string& out_codec,
+                        double in_bytes, const std::string& in_codec) {
+  return messages_held(cpu_rank, nccl, out_codec != "none", false, micro_batches) * out_bytes +
+         messages_held(cpu_rank, nccl, in_codec != "none", true, micro_batches) * in_bytes;
+}
+
+// Message buffers: each boundary between ranks, both directions.
 void add_buffers(const Topology& topo, const JobSpec& job, const Placement& p, ScheduleOption& o) {
-  const int M = job.micro_batches;
   for (size_t c = 0; c + 1 < o.chunk_rank.size(); ++c) {
     const int ra = o.chunk_rank[c], rb = o.chunk_rank[c + 1];
     if (ra == rb) continue;
     const bool nccl = std::string(link_transport(topo, p.region[ra], p.region[rb])) == "nccl";
-    auto hold = [&](int rank, bool receiving, double bytes, const std::string& codec) {
-      const bool cpu = topo.regions[p.region[rank]].gpu_type == "cpu";
-      o.memory[rank].buffers += messages_held(cpu, nccl, codec != "none", receiving, M) * bytes;
-    };
-    hold(ra, false, o.fwd_bytes[c], o.codec_fwd[c]);  // activations out
-    hold(rb, true, o.fwd_bytes[c], o.codec_fwd[c]);
-    hold(rb, false, o.bwd_bytes[c], o.codec_bwd[c]);  // their gradients back
-    hold(ra, true, o.bwd_bytes[c], o.codec_bwd[c]);
+    auto cpu = [&](int rank) { return topo.regions[p.region[rank]].gpu_type == "cpu"; };
+    o.memory[ra].buffers += end_buffer_bytes(cpu(ra), nccl, job.micro_batches, o.fwd_bytes[c], o.codec_fwd[c],
+                                             o.bwd_bytes[c], o.codec_bwd[c]);
+    o.memory[rb].buffers += end_buffer_bytes(cpu(rb), nccl, job.micro_batches, o.bwd_bytes[c], o.codec_bwd[c],
+                                             o.fwd_bytes[c], o.codec_fwd[c]);
   }
 }
 
@@ -212,7 +216,8 @@ std::string stages_of(const ScheduleOption& o, int rank) {
   for (size_t c = 0; c < o.chunk_rank.size(); ++c)
     if (o.chunk_rank[c] == rank) mine.push_back(static_cast<int>(c));
   std::string s = mine.size() == 1 ? "stage " : "stages ";
-  for (size_t i = 0; i < mine.size(); ++i) s += (i ? (i + 1 == mine.size() ? " and " : ", ") : "") + std::to_string(mine[i]);
+  for (size_t i = 0; i < mine.size(); ++i)
+    s += (i ? (i + 1 == mine.size() ? " and " : ", ") : "") + std::to_string(mine[i]);
   return s;
 }
 
@@ -228,10 +233,11 @@ std::string over_memory(const ScheduleOption& o) {
     const MemoryEstimate& m = o.memory[r];
     if (o.memory_limit_bytes[r] <= 0 || m.total() <= o.memory_limit_bytes[r]) continue;
     const std::string who = stages_of(o, static_cast<int>(r));
-    return who + (who.rfind("stages ", 0) == 0 ? " need " : " needs ") + bytes(m.total()) + " (" + gb(m.total()) + ": weights, gradients and optimizer state " +
-           gb(m.weights + m.gradients + m.optimizer) + ", activations " + gb(m.activations) + " for " +
-           std::to_string(o.timing.peak_activations[r]) +
-           (o.timing.peak_activations[r] == 1 ? " micro-batch in flight" : " micro-batches in flight") +
+    const int held = o.timing.peak_activations[r];
+    return who + (who.rfind("stages ", 0) == 0 ? " need " : " needs ") + bytes(m.total()) + " (" + gb(m.total()) +
+           ": weights, gradients and optimizer state " + gb(m.weights + m.gradients + m.optimizer) + ", activations " +
+           gb(m.activations) + " for " + std::to_string(held) +
+           (held == 1 ? " micro-batch in flight" : " micro-batches in flight") +
            (o.recompute ? " with recomputation" : "") + ", message buffers " + gb(m.buffers) + ", framework " +
            gb(m.framework) + "), its GPU offers " + bytes(o.memory_limit_bytes[r]) + " (" +
            gb(o.memory_limit_bytes[r]) + ", gpu_mem_gb x " + fmt_factor() + ")";
@@ -246,6 +252,24 @@ int max_peak(const ScheduleOption& o) {
 }
 
 }  // namespace
+
+double plan_buffer_bytes(const Plan& plan, const Topology& topology, int rank) {
+  const int replica = plan.replica_of(rank);
+  double total = 0;
+  for (const LinkPlan& l : plan.links) {
+    const int from = plan.rank_of(l.from_stage, replica), to = plan.rank_of(l.to_stage, replica);
+    if (from == to || (rank != from && rank != to)) continue;
+    const int here = rank == from ? l.from_stage : l.to_stage;
+    const int region = topology.region_index(plan.stages.at(static_cast<size_t>(here)).region);
+    const bool cpu = region >= 0 && topology.regions[static_cast<size_t>(region)].gpu_type == "cpu";
+    const double fwd = boundary_bytes(plan.job, l.codec_forward), bwd = boundary_bytes(plan.job, l.codec_backward);
+    total += rank == from ? end_buffer_bytes(cpu, l.transport == "nccl", plan.job.micro_batches, fwd, l.codec_forward,
+                                             bwd, l.codec_backward)
+                          : end_buffer_bytes(cpu, l.transport == "nccl", plan.job.micro_batches, bwd, l.codec_backward,
+                                             fwd, l.codec_forward);
+  }
+  return total;
+}
 
 bool ScheduleOption::fits() const { return unavailable.empty() && over_memory(*this).empty(); }
 

@@ -220,6 +220,9 @@ TEST(ScheduleOptions, MemoryOfEachRankAddsUpItsParts) {
   EXPECT_DOUBLE_EQ(one.memory[1].total(), 1044165120.0);
   EXPECT_EQ(one.memory_limit_bytes, (std::vector<double>{72e9, 72e9}));
   EXPECT_EQ(p.predicted.memory_bytes, (std::vector<double>{1056745984.0, 1044165120.0}));
+  // The same buffers from the plan alone (what a run's tensor accounting leaves out).
+  EXPECT_DOUBLE_EQ(gs::plan_buffer_bytes(p, t, 0), 4 * 131072.0);
+  EXPECT_DOUBLE_EQ(gs::plan_buffer_bytes(p, t, 1), 4 * 131072.0);
   EXPECT_FALSE(p.schedule.recompute);
 }
 

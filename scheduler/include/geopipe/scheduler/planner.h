@@ -130,6 +130,11 @@ std::pair<std::string, std::string> hop_codecs(const std::string& codec_option, 
 // (between regions, and on CPU ranks).
 const char* link_transport(const Topology& topology, int region_a, int region_b);
 
+// The message buffers a plan's `rank` holds on its device (MemoryEstimate::buffers, from the
+// plan's links: their transport, codecs and the job's message bytes); the part of
+// predicted.memory_bytes a run's tensor accounting does not see.
+double plan_buffer_bytes(const Plan& plan, const Topology& topology, int rank);
+
 // One schedule kind on a placement's ranks: its stage chunks (S ranks x V chunks, layers balanced
 // by each rank's device), the links between chunks on different ranks, the replayed iteration
 // and the memory each rank needs. Ranks here are pipeline positions (a plan's replicas of one
