@@ -29,6 +29,8 @@ struct PlanOptions {
   int stages = 0;
   int virtual_stages = 0;
   int replicas = 0;  // 0: the job's (its "replicas" field, else 1)
+  std::string recompute = "auto";
+  bool shard_optimizer = false;
   double slack = 0.10;
   double efficiency = 0.4;
   int shared_compute_slots = 0;
@@ -44,9 +46,9 @@ void print_schedules(const std::vector<scheduler::ScheduleOption>& options, cons
       continue;
     }
     const int peak = *std::max_element(o.timing.peak_activations.begin(), o.timing.peak_activations.end());
-    const double mem = *std::max_element(o.memory_bytes.begin(), o.memory_bytes.end());
-    std::snprintf(line, sizeof line, "    %-12s V=%d  iteration %.4f s  peak activations %d  memory %.2f GB%s%s\n",
-                  o.kind.c_str(), o.virtual_stages, o.timing.iteration_s, peak, mem / 1e9,
+    std::snprintf(line, sizeof line, "    %-12s V=%d%s  iteration %.4f s  peak activations %d  memory %.2f GB%s%s\n",
+                  o.kind.c_str(), o.virtual_stages, o.recompute ? "  recompute" : "", o.timing.iteration_s, peak,
+                  o.peak_memory_bytes() / 1e9,
                   o.fits() ? "" : "  (does not fit)", o.kind == plan.schedule.kind ? "  <- chosen" : "");
     std::cout << line;
   }
@@ -71,6 +73,7 @@ void print_summary(const Plan& plan, const std::vector<scheduler::ScheduleOption
   if (plan.replicas() > 1) std::cout << " x " << plan.replicas() << " replicas";
   std::cout << ", schedule " << plan.schedule.kind;
   if (plan.schedule.virtual_stages > 1) std::cout << " (" << plan.schedule.virtual_stages << " stages per rank)";
+  if (plan.schedule.recompute) std::cout << ", recomputation (only block inputs kept)";
   std::cout << "\n";
   for (size_t k = 0; k < plan.stages.size(); ++k) {
     const auto& s = plan.stages[k];
@@ -119,6 +122,8 @@ int run_plan(const PlanOptions& o) {
   po.codec = o.codec;
   po.schedule = o.schedule;
   po.virtual_stages = o.virtual_stages;
+  po.recompute = o.recompute;
+  po.shard_optimizer = o.shard_optimizer;
   if (o.virtual_stages > 0 && o.schedule != "interleaved" && o.schedule != "auto")
     throw InputError("--virtual-stages", "", "only --schedule interleaved (or auto) takes a chunk count; " +
                                                  o.schedule + " runs " + (o.schedule == "zbv" ? "2" : "1") +
@@ -180,6 +185,13 @@ void register_plan(CLI::App& app, int& exit_code) {
                   "Data-parallel replicas of every stage, all in the stage's region (default: the job's "
                   "\"replicas\", else 1); a stage then needs this many GPUs of its region")
       ->check(CLI::Range(1, kMaxReplicas));
+  cmd->add_option("--recompute", o->recompute,
+                  "auto (recompute only when the activations would not fit), none, or full (keep only each "
+                  "block's input; train with --recompute full)")
+      ->check(CLI::IsMember({"auto", "none", "full"}));
+  cmd->add_flag("--shard-optimizer", o->shard_optimizer,
+                "Plan memory for ZeRO-1 (train with --shard-optimizer): AdamW's moments divided among a stage's "
+                "replicas");
   cmd->add_option("--slack", o->slack, "Allocator: iteration time within (1 + slack) of the fastest feasible path")
       ->check(CLI::Range(0.0, 10.0));
   cmd->add_option("--efficiency", o->efficiency, "Achieved fraction of peak GPU FLOP/s (default 0.4)")

@@ -1,4 +1,4 @@
-// geopipe-pipeline-bench: measured vs predicted iteration time and peak activations of pipeline plans.
+// geopipe-pipeline-bench: measured vs predicted iteration time, peak activations and memory of pipeline plans.
 //
 //   mpirun -n 2 -x GEOPIPE_EMULATE=software geopipe-pipeline-bench --topology bench/runtime/wan40.json
 //       --data examples/gpt/data/kjv-pentateuch.txt --plans 1f1b.json,zb-h1.json,zbv.json
@@ -9,13 +9,21 @@
 // own schedule and codecs. The table gives the prediction, the measured step time (rank 0's wall
 // time per step, median and mean over the measured steps; every step ends in an all-reduce, so
 // all ranks agree), the gap of the median, the peak activations predicted and measured (the
-// largest over ranks: micro-batches held at once, and their bytes), tokens/s and bytes per step
-// on the wire. All plans must put each rank in the same region (the communicator's regions are
-// fixed); they may differ in stages per rank.
+// largest over ranks: micro-batches held at once, and their bytes), the memory of the rank whose
+// tensors hold the most (predicted: the plan's memory_bytes less its message buffers and the
+// framework allowance; measured: the executor's peak_held_bytes, parameters, gradients,
+// optimizer state and activations) and the gap, the process's peak resident set (getrusage: the
+// whole run so far, framework included), tokens/s and bytes per step on the wire. All plans must
+// put each rank in the same region (the communicator's regions are fixed); they may differ in
+// stages per rank.
 #include <geopipe/comm/communicator.h>
 #include <geopipe/core/error.h>
 #include <geopipe/core/log.h>
 #include <geopipe/runtime/trainer.h>
+#include <geopipe/scheduler/cost_model.h>
+#include <geopipe/scheduler/planner.h>
+
+#include <sys/resource.h>
 
 #include <CLI/CLI.hpp>
 #include <mpi.h>
@@ -61,8 +69,17 @@ double max_over_ranks(comm::Communicator* comm, double mine, int rank, int world
   return *std::max_element(v.begin(), v.end());
 }
 
-nlohmann::json measure(const Plan& plan, const std::string& file, const Options& o, comm::Communicator* comm,
-                       int rank, int world) {
+// What the plan predicts this rank's tensors hold at their peak: memory_bytes without the message
+// buffers and the framework allowance, which a run's tensor accounting does not see.
+double predicted_tensor_bytes(const Plan& plan, const Topology& topo, int rank) {
+  const auto& m = plan.predicted.memory_bytes;
+  if (static_cast<size_t>(rank) >= m.size()) return 0;
+  return m[static_cast<size_t>(rank)] - scheduler::kFrameworkAllowanceBytes -
+         scheduler::plan_buffer_bytes(plan, topo, rank);
+}
+
+nlohmann::json measure(const Plan& plan, const Topology& topo, const std::string& file, const Options& o,
+                       comm::Communicator* comm, int rank, int world) {
   runtime::TrainConfig cfg;
   cfg.plan_file = file;
   cfg.iters = o.warmup + o.iters;
@@ -71,14 +88,26 @@ nlohmann::json measure(const Plan& plan, const std::string& file, const Options&
   cfg.comm_timeout_s = 600;
   runtime::TrainResult r = runtime::run_training(plan, cfg, comm);
   std::vector<double> times;
-  double wire = 0, peak = 0, peak_bytes = 0;
+  double wire = 0, peak = 0, peak_bytes = 0, held = 0;
   for (int k = o.warmup; k < o.warmup + o.iters; ++k) {
     const runtime::StepStats& st = r.steps[static_cast<size_t>(k)];
     times.push_back(st.step_s);
     wire += static_cast<double>(st.fwd_wire + st.bwd_wire);
     peak = std::max(peak, static_cast<double>(st.peak_activations));
     peak_bytes = std::max(peak_bytes, static_cast<double>(st.peak_activation_bytes));
+    held = std::max(held, static_cast<double>(st.peak_held_bytes));
   }
+  // The rank that holds the most, measured, and its prediction; the largest resident set.
+  std::vector<double> mine(static_cast<size_t>(2 * world), 0.0);
+  mine[static_cast<size_t>(2 * rank)] = held;
+  mine[static_cast<size_t>(2 * rank + 1)] = predicted_tensor_bytes(plan, topo, rank);
+  runtime::allreduce_sum(comm, mine, 600);
+  size_t most = 0;
+  for (size_t r = 1; r < static_cast<size_t>(world); ++r)
+    if (mine[2 * r] > mine[2 * most]) most = r;
+  struct rusage usage {};
+  getrusage(RUSAGE_SELF, &usage);
+  const double rss = max_over_ranks(comm, static_cast<double>(usage.ru_maxrss) * 1024.0, rank, world);
   std::vector<double> w = {wire};  // every rank's bytes on the wire
   runtime::allreduce_sum(comm, w, 600);
   peak = max_over_ranks(comm, peak, rank, world);
@@ -101,19 +130,27 @@ nlohmann::json measure(const Plan& plan, const std::string& file, const Options&
           {"predicted_peak_activations", pk.empty() ? 0 : *std::max_element(pk.begin(), pk.end())},
           {"measured_peak_activations", static_cast<int>(peak)},
           {"measured_peak_activation_mb", peak_bytes / 1e6},
+          {"memory_rank", static_cast<int>(most)},
+          {"predicted_memory_mb", mine[2 * most + 1] / 1e6},
+          {"measured_memory_mb", mine[2 * most] / 1e6},
+          {"memory_gap_pct",
+           mine[2 * most + 1] > 0 ? 100.0 * (mine[2 * most] - mine[2 * most + 1]) / mine[2 * most + 1] : 0.0},
+          {"peak_rss_mb", rss / 1e6},
           {"tokens_per_s", tokens / median},
           {"wire_bytes_per_step", w[0] / o.iters}};
 }
 
 void print_row(const nlohmann::json& row) {
   const std::string file = row["plan"];
-  std::printf("%-22s %-12s %12.3f %10.3f %9.3f %7.1f %6d %6d %9.1f %9.0f %9.2f\n",
+  std::printf("%-22s %-12s %12.3f %10.3f %9.3f %7.1f %6d %6d %9.1f %9.1f %9.1f %7.1f %8.0f %9.0f %9.2f\n",
               file.substr(file.rfind('/') + 1).c_str(),
               (row["schedule"].get<std::string>() + "/" + std::to_string(row["virtual_stages"].get<int>())).c_str(),
               row["predicted_s"].get<double>(), row["measured_median_s"].get<double>(),
               row["measured_mean_s"].get<double>(), row["gap_pct"].get<double>(),
               row["predicted_peak_activations"].get<int>(), row["measured_peak_activations"].get<int>(),
-              row["measured_peak_activation_mb"].get<double>(), row["tokens_per_s"].get<double>(),
+              row["measured_peak_activation_mb"].get<double>(), row["predicted_memory_mb"].get<double>(),
+              row["measured_memory_mb"].get<double>(), row["memory_gap_pct"].get<double>(),
+              row["peak_rss_mb"].get<double>(), row["tokens_per_s"].get<double>(),
               row["wire_bytes_per_step"].get<double>() / 1e6);
 }
 
@@ -136,12 +173,13 @@ int run(const Options& o, int rank, int world) {
   if (rank == 0) {
     std::printf("# geopipe-pipeline-bench: %d ranks, compute per rank: %s, %d warm-up + %d measured steps, emulation %s\n",
                 world, compute.c_str(), o.warmup, o.iters, comm && comm->emulating() ? "on" : "off");
-    std::printf("%-22s %-12s %12s %10s %9s %7s %6s %6s %9s %9s %9s\n", "plan", "schedule/V", "predicted(s)",
-                "median(s)", "mean(s)", "gap(%)", "pk.pr", "pk.ms", "pk.MB", "tokens/s", "wire MB");
+    std::printf("%-22s %-12s %12s %10s %9s %7s %6s %6s %9s %9s %9s %7s %8s %9s %9s\n", "plan", "schedule/V",
+                "predicted(s)", "median(s)", "mean(s)", "gap(%)", "pk.pr", "pk.ms", "pk.MB", "mem.prMB", "mem.msMB",
+                "mgap(%)", "rss MB", "tokens/s", "wire MB");
   }
   nlohmann::json rows = nlohmann::json::array();
   for (size_t i = 0; i < plans.size(); ++i) {
-    nlohmann::json row = measure(plans[i], files[i], o, comm.get(), rank, world);
+    nlohmann::json row = measure(plans[i], *topo, files[i], o, comm.get(), rank, world);
     if (rank == 0) print_row(row), std::fflush(stdout);
     rows.push_back(row);
   }
@@ -153,7 +191,7 @@ int run(const Options& o, int rank, int world) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"geopipe-pipeline-bench: measured vs predicted pipeline iteration time and peak activations"};
+  CLI::App app{"geopipe-pipeline-bench: measured vs predicted pipeline iteration time, peak activations and memory"};
   Options o;
   app.add_option("--plans", o.plans, "comma-separated plan files")->required();
   app.add_option("--topology", o.topology, "topology the plans were made for (emulated links)")->required();

@@ -413,7 +413,7 @@ void read_warmup(JsonReader& r, const json& sch, Plan& plan) {
 
 void read_schedule(JsonReader& r, const json& doc, Plan& plan) {
   const json* sch = r.field(doc, "", "schedule");
-  if (!sch || !r.expect_object(*sch, "schedule", {"kind", "warmup", "virtual_stages"})) return;
+  if (!sch || !r.expect_object(*sch, "schedule", {"kind", "warmup", "virtual_stages", "recompute"})) return;
   if (auto k = r.string(*sch, "schedule", "kind")) {
     const auto& kinds = known_schedule_kinds();
     if (std::find(kinds.begin(), kinds.end(), *k) == kinds.end())
@@ -423,6 +423,10 @@ void read_schedule(JsonReader& r, const json& doc, Plan& plan) {
   }
   if (r.field(*sch, "schedule", "virtual_stages", false))
     if (auto v = r.integer(*sch, "schedule", "virtual_stages", 1, 64)) plan.schedule.virtual_stages = static_cast<int>(*v);
+  if (const json* rc = r.field(*sch, "schedule", "recompute", false)) {
+    if (!rc->is_boolean()) r.error("schedule.recompute", "expected true or false");
+    else plan.schedule.recompute = rc->get<bool>();
+  }
   read_warmup(r, *sch, plan);
 }
 
@@ -511,6 +515,7 @@ json to_json(const Plan& plan) {
     if (plan.links[i].adaptive) j["links"][i]["codec"]["adaptive"] = true;
   j["schedule"] = {{"kind", plan.schedule.kind}, {"warmup", plan.schedule.warmup}};
   if (plan.schedule.virtual_stages != 1) j["schedule"]["virtual_stages"] = plan.schedule.virtual_stages;
+  if (plan.schedule.recompute) j["schedule"]["recompute"] = true;
   j["predicted"] = {{"iteration_s", plan.predicted.iteration_s},
                     {"jct_s", plan.predicted.jct_s},
                     {"energy_kwh", plan.predicted.energy_kwh},

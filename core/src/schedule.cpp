@@ -122,17 +122,25 @@ bool has_split_backward(const Schedule& schedule) {
   return false;
 }
 
-std::vector<int> peak_in_flight(const Schedule& schedule) {
-  std::vector<int> peaks;
+std::vector<double> peak_held_bytes(const Schedule& schedule, const std::vector<double>& bytes_per_stage) {
+  std::vector<double> peaks;
   for (const auto& list : schedule.ranks) {
-    int live = 0, peak = 0;
+    double live = 0, peak = 0;
     for (const auto& a : list) {
+      const double bytes = bytes_per_stage.at(static_cast<size_t>(a.stage));
       // An activation lives from F until the pass that last reads it: B, or W when split.
-      if (a.kind == ActionKind::kForward) peak = std::max(peak, ++live);
-      if (a.kind == ActionKind::kBackward || a.kind == ActionKind::kWeightGrad) --live;
+      if (a.kind == ActionKind::kForward) peak = std::max(peak, live += bytes);
+      if (a.kind == ActionKind::kBackward || a.kind == ActionKind::kWeightGrad) live -= bytes;
     }
     peaks.push_back(peak);
   }
+  return peaks;
+}
+
+std::vector<int> peak_in_flight(const Schedule& schedule) {
+  std::vector<int> peaks;
+  for (double p : peak_held_bytes(schedule, std::vector<double>(static_cast<size_t>(schedule.num_stages), 1.0)))
+    peaks.push_back(static_cast<int>(p));
   return peaks;
 }
 

@@ -133,7 +133,10 @@ PipelineExecutor::PipelineExecutor(const Plan& plan, std::vector<StageChunk> chu
     k.optimizer = c.optimizer;
     k.io = std::make_unique<StageIO>(plan, c.stage, replica_, c.model->device(), comm, options_,
                                      options_.record_trace ? &trace_ : nullptr);
-    k.compute = std::make_unique<StageCompute>(*c.model, options_.recompute);
+    // A plan that recomputes (the planner's way of fitting the GPU's memory) is run so, whatever
+    // --recompute says: its memory prediction assumes it.
+    const Recompute recompute = plan.schedule.recompute ? Recompute::kFull : options_.recompute;
+    k.compute = std::make_unique<StageCompute>(*c.model, recompute);
     if (options_.replica_group) {
       k.reducer = std::make_unique<GradReducer>(*c.model, c.stage, *options_.replica_group, plan.job.micro_batches,
                                                 options_.shard_optimizer);
@@ -363,15 +366,29 @@ int PipelineExecutor::global_micro_batch(int mb, const StepState& s) const {
   return s.mode == Mode::kTrain ? replica_ * plan_.job.micro_batches + mb : mb * replicas_ + replica_;
 }
 
-void PipelineExecutor::note_activations(StepState& s) const {
+void PipelineExecutor::note_activations(StepState& s, int64_t rebuilding) const {
   int held = 0;
-  int64_t bytes = 0;
+  int64_t bytes = rebuilding;
   for (const Chunk& k : chunks_) {
     held += static_cast<int>(k.compute->micro_batches().size());
     bytes += k.compute->live_bytes();
   }
   s.stats.peak_activations = std::max(s.stats.peak_activations, held);
   s.stats.peak_activation_bytes = std::max(s.stats.peak_activation_bytes, bytes);
+}
+
+// The training state is steady after the first OPT (gradients are zeroed, not freed), so the
+// activation peak plus the state is the step's peak of what the tensors hold.
+void PipelineExecutor::note_held(StepState& s) const {
+  int64_t state = 0;
+  for (const Chunk& k : chunks_) {
+    for (const NamedTensor& p : k.model->named_parameters()) {
+      state += static_cast<int64_t>(p.tensor.nbytes());
+      if (p.tensor.grad().defined()) state += static_cast<int64_t>(p.tensor.grad().nbytes());
+    }
+    state += k.optimizer->state_bytes();
+  }
+  s.stats.peak_held_bytes = s.stats.peak_activation_bytes + state;
 }
 
 // B (every gradient) or I (the input gradient; the linear layers' weight gradients wait for W).
@@ -388,6 +405,7 @@ void PipelineExecutor::backward(const Action& a, StepState& s) {
     }
   }
   const double t0 = now_us();  // after the gradient arrived (its wait has its own span)
+  note_activations(s, k.compute->rebuild_bytes(mb));
   const auto c0 = Clock::now();
   at::Tensor grad_input = a.kind == ActionKind::kBackward ? k.compute->backward(mb, grad_output)
                                                           : k.compute->backward_input(mb, grad_output);
@@ -441,6 +459,7 @@ void PipelineExecutor::optimizer_step(StepState& s) {
       if (p.tensor.grad().defined()) p.tensor.mutable_grad().zero_();
   }
   s.compute_s += seconds_since(c1);
+  note_held(s);
   span("OPT", t0);
 }
 

@@ -5,6 +5,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/version.h>
 
+#include <algorithm>
 #include <set>
 
 namespace geopipe::runtime {
@@ -330,11 +331,32 @@ int64_t StageCompute::live_bytes() const {
 // input, c_fc output and GELU output (16 N C), two LayerNorms' mean and rstd (4 N), the softmax
 // (B nh T^2). The last stage adds ln_f's input and stats, lm_head's input and the log-softmax
 // (2 N C + 2 N + N V); other stages hold their output (N C).
+namespace {
+int64_t block_floats(const GptConfig& c, int64_t batch, int64_t seq) {
+  const int64_t N = batch * seq;
+  return 16 * N * c.n_embd + 4 * N + batch * c.n_head * seq * seq;
+}
+int64_t head_floats(const GptConfig& c, int64_t batch, int64_t seq) {
+  const int64_t N = batch * seq;
+  return 2 * N * c.n_embd + 2 * N + N * c.vocab_size;
+}
+}  // namespace
+
 int64_t StageCompute::graph_bytes_estimate(int64_t batch, int64_t seq) const {
   const GptConfig& c = model_.config();
-  const int64_t N = batch * seq, C = c.n_embd, L = model_.layer_end() - model_.layer_begin();
-  int64_t floats = L * (16 * N * C + 4 * N + batch * c.n_head * seq * seq);
-  floats += model_.is_last() ? 2 * N * C + 2 * N + N * c.vocab_size : N * C;
+  const int64_t L = model_.layer_end() - model_.layer_begin();
+  int64_t floats = L * block_floats(c, batch, seq);
+  floats += model_.is_last() ? head_floats(c, batch, seq) : batch * seq * c.n_embd;
+  return floats * static_cast<int64_t>(sizeof(float));
+}
+
+int64_t StageCompute::rebuild_bytes(int mb) const {
+  auto it = live_.find(mb);
+  if (recompute_ != Recompute::kFull || it == live_.end() || it->second.kept.empty()) return 0;
+  const at::Tensor& x = it->second.kept.front();  // [B, T, C]: every kept input has the batch's shape
+  const GptConfig& c = model_.config();
+  int64_t floats = block_floats(c, x.size(0), x.size(1));
+  if (model_.is_last()) floats = std::max(floats, head_floats(c, x.size(0), x.size(1)));
   return floats * static_cast<int64_t>(sizeof(float));
 }
 

@@ -224,6 +224,8 @@ PipelineTiming pipeline_timing(const std::vector<double>& t, const std::vector<d
   return p;
 }
 
+double usable_memory_bytes(const Region& region) { return region.gpu_mem_gb * 1e9 * kMemorySafetyFactor; }
+
 double chunk_parameters(const ModelSpec& m, int blocks, bool first, bool last) {
   const double h = m.d_model, V = m.vocab, T = m.seq_len;
   double n = blocks * (12 * h * h + 13 * h);
@@ -232,11 +234,27 @@ double chunk_parameters(const ModelSpec& m, int blocks, bool first, bool last) {
   return n;
 }
 
-double chunk_activation_bytes(const ModelSpec& m, int micro_batch, int blocks, bool last, bool recompute) {
+StateBytes state_bytes_per_parameter(DType dtype, int replicas, bool shard_optimizer) {
+  const double elem = dtype_bytes(dtype);
+  const double master = dtype == DType::kFloat32 ? 0.0 : 4.0;
+  const double moments = 8.0 / (shard_optimizer ? std::max(1, replicas) : 1);
+  return {elem, elem, master + moments};
+}
+
+ActivationBytes chunk_activations(const ModelSpec& m, int micro_batch, int blocks, bool last, bool recompute) {
   const double b = micro_batch, T = m.seq_len, h = m.d_model, N = b * T;
-  const double per_block = recompute ? N * h : 16 * N * h + 4 * N + b * m.heads * T * T;
-  const double tail = last ? 2 * N * h + 2 * N + N * m.vocab : N * h;
-  return 4.0 * (blocks * per_block + tail);
+  const double block = 16 * N * h + 4 * N + b * m.heads * T * T;
+  const double head = 2 * N * h + 2 * N + N * m.vocab;
+  constexpr double kFloat = 4;
+  if (!recompute) return {kFloat * (blocks * block + (last ? head : N * h)), 0.0};
+  // Block inputs (and the head's); the chunk's output is sent, not kept.
+  return {kFloat * (blocks + (last ? 1 : 0)) * N * h, kFloat * std::max(block, last ? head : 0.0)};
+}
+
+int messages_held(bool cpu_rank, bool nccl, bool compressed, bool receiving, int micro_batches) {
+  if (cpu_rank) return micro_batches;
+  if (receiving) return nccl ? 1 : 0;
+  return nccl || !compressed ? micro_batches : 0;
 }
 
 EnergyCost iteration_energy(const std::vector<const Region*>& regions, const std::vector<double>& t,

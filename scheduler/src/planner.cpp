@@ -69,6 +69,10 @@ int Placement::inter_region_hops() const {
   return n;
 }
 
+const char* link_transport(const Topology& topology, int region_a, int region_b) {
+  return region_a == region_b && topology.regions[region_a].gpu_type != "cpu" ? "nccl" : "mpi";
+}
+
 std::pair<std::string, std::string> hop_codecs(const std::string& codec_option, double plain_xfer_s,
                                                double compute_period_s) {
   if (codec_option == "auto" || codec_option == "adaptive") {  // adaptive: where the runtime starts
@@ -684,7 +688,7 @@ void add_links(Plan& plan, const Topology& topology, const Placement& p, const S
     l.codec_backward = o.codec_bwd[c];
     const int region = p.region[o.chunk_rank[c]];
     const bool same = region == p.region[o.chunk_rank[c + 1]];
-    l.transport = same && topology.regions[region].gpu_type != "cpu" ? "nccl" : "mpi";
+    l.transport = link_transport(topology, region, p.region[o.chunk_rank[c + 1]]);
     l.adaptive = o.adaptive[c];
     plan.links.push_back(l);
     // Share of the boundary's bandwidth the job uses over the iteration. Every replica's
@@ -735,7 +739,9 @@ void add_predictions(Plan& plan, const Topology& topology, const Placement& p, c
   plan.predicted.cost_usd = plan.predicted.electricity_usd + plan.predicted.egress_usd;
   plan.predicted.stage_compute_s = o.chunk_s;
   plan.predicted.peak_activations = per_rank(o.timing.peak_activations, replicas);
-  plan.predicted.memory_bytes = per_rank(o.memory_bytes, replicas);
+  std::vector<double> memory;
+  for (const MemoryEstimate& m : o.memory) memory.push_back(m.total());
+  plan.predicted.memory_bytes = per_rank(memory, replicas);
 }
 
 Plan make_plan(const Topology& topology, const JobSpec& job, const Placement& p, const ScheduleOption& o,
@@ -747,6 +753,7 @@ Plan make_plan(const Topology& topology, const JobSpec& job, const Placement& p,
   plan.schedule.kind = o.kind;
   plan.schedule.virtual_stages = o.virtual_stages;
   plan.schedule.warmup = o.warmup;  // the 1F1B kinds' depths; empty for the others
+  plan.schedule.recompute = o.recompute;
   add_predictions(plan, topology, p, o, cost, job.replicas);
   plan.provenance.policy = policy;
   plan.provenance.topology_name = topology.name;
@@ -780,6 +787,28 @@ ClusterState replica_slots(const Topology& topology, const JobSpec& job, const P
                         " GPUs); " + regions);
 }
 
+// The plan of the placement's fastest fitting schedule, without recomputation and then with it
+// (as options.recompute allows); nullopt with `why` the last refusal when nothing fits.
+std::optional<Plan> fit_on(Policy policy, const Topology& topology, const JobSpec& job, const Placement& placement,
+                           const PlannerOptions& options, std::vector<ScheduleOption>* considered, std::string& why) {
+  std::vector<bool> modes = {options.recompute == "full"};
+  if (options.recompute == "auto") modes.push_back(true);
+  for (bool recompute : modes) {
+    PlannerOptions o = options;
+    o.recompute = recompute ? "full" : "none";
+    std::vector<ScheduleOption> all = schedule_options(topology, job, placement, o);
+    try {
+      const ScheduleOption& chosen = pick_schedule(all, options.schedule);
+      Plan plan = make_plan(topology, job, placement, chosen, policy_name(policy), options.cost);
+      if (considered) *considered = std::move(all);
+      return plan;
+    } catch (const InfeasibleError& e) {
+      why = e.what();
+    }
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 Plan plan_job(Policy policy, const Topology& topology, const JobSpec& job, const PlannerOptions& options,
@@ -793,11 +822,21 @@ Plan plan_job(Policy policy, const Topology& topology, const JobSpec& job, const
   ClusterState state = replica_slots(topology, job, options, refusal);
   PlanResult r = place_job(policy, topology, job, state, options);
   if (!r.placement) throw InfeasibleError(refusal + r.why);
-  std::vector<ScheduleOption> options_here = schedule_options(topology, job, *r.placement, options);
-  const ScheduleOption& chosen = pick_schedule(options_here, options.schedule);
-  Plan plan = make_plan(topology, job, *r.placement, chosen, policy_name(policy), options.cost);
-  if (considered) *considered = std::move(options_here);
-  return plan;
+  std::string why;
+  if (auto plan = fit_on(policy, topology, job, *r.placement, options, considered, why)) return *plan;
+  // The search does not model memory: more stages spread the parameters and the activations.
+  const int first = r.placement->stages();
+  const int most = options.fixed_stages > 0 ? first : std::min(job.max_stages, job.model.layers);
+  for (int S = first + 1; S <= most; ++S) {
+    PlannerOptions more = options;
+    more.fixed_stages = S;
+    PlanResult wider = place_job(policy, topology, job, state, more);
+    if (!wider.placement) continue;
+    std::string why_here;
+    if (auto plan = fit_on(policy, topology, job, *wider.placement, options, considered, why_here)) return *plan;
+    why = why_here + " (with " + std::to_string(S) + " stages)";
+  }
+  throw InfeasibleError(refusal + why);
 }
 
 }  // namespace geopipe::scheduler

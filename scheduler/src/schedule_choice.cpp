@@ -5,6 +5,7 @@
 #include <geopipe/scheduler/planner.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <limits>
 
@@ -12,8 +13,9 @@ namespace geopipe::scheduler {
 
 namespace {
 
-// Seconds of one micro-batch through `blocks` blocks (+ the embedding / head at the ends).
-ChunkCost chunk_cost(const DeviceTimes& d, int blocks, bool first, bool last) {
+// Seconds of one micro-batch through `blocks` blocks (+ the embedding / head at the ends). With
+// recomputation the backward (B, or I when split: the runtime recomputes there) runs the forward again.
+ChunkCost chunk_cost(const DeviceTimes& d, int blocks, bool first, bool last, bool recompute) {
   ChunkCost c;
   auto add = [&c](const WorkTimes& w, double n) {
     c.forward_s += n * w.forward_s;
@@ -24,6 +26,10 @@ ChunkCost chunk_cost(const DeviceTimes& d, int blocks, bool first, bool last) {
   add(d.layer, blocks);
   if (first) add(d.embedding, 1);
   if (last) add(d.head, 1);
+  if (recompute) {
+    c.backward_s += c.forward_s;
+    c.input_grad_s += c.forward_s;
+  }
   return c;
 }
 
@@ -67,26 +73,60 @@ std::string fill_boundaries(const Topology& topo, const JobSpec& job, const Plac
   return {};
 }
 
-// Per rank: 16 bytes per parameter of its chunks + its peak activations x its largest chunk's.
-void fill_memory(const Topology& topo, const JobSpec& job, const Placement& p, ScheduleOption& o) {
-  const int R = p.stages(), N = static_cast<int>(o.chunk_rank.size());
-  o.memory_bytes.assign(R, 0.0);
-  std::vector<double> act(R, 0.0);
-  for (int c = 0; c < N; ++c) {
-    const int r = o.chunk_rank[c];
-    o.memory_bytes[r] += kBytesPerParameter * chunk_parameters(job.model, o.chunk_layers[c], c == 0, c + 1 == N);
-    act[r] = std::max(act[r], chunk_activation_bytes(job.model, job.micro_batch, o.chunk_layers[c], c + 1 == N, false));
-  }
-  for (int r = 0; r < R; ++r) {
-    o.memory_bytes[r] += o.timing.peak_activations.at(r) * act[r];
-    o.memory_limit_bytes.push_back(topo.regions[p.region[r]].gpu_mem_gb * 1e9);
+// Buffers one end of a boundary between ranks holds on its device: its sends (`out`) one way,
+// its receives (`in`) the other, each at its codec's bytes on the wire.
+double end_buffer_bytes(bool cpu_rank, bool nccl, int micro_batches, double out_bytes, const std::string& out_codec,
+                        double in_bytes, const std::string& in_codec) {
+  return messages_held(cpu_rank, nccl, out_codec != "none", false, micro_batches) * out_bytes +
+         messages_held(cpu_rank, nccl, in_codec != "none", true, micro_batches) * in_bytes;
+}
+
+// Message buffers: each boundary between ranks, both directions.
+void add_buffers(const Topology& topo, const JobSpec& job, const Placement& p, ScheduleOption& o) {
+  for (size_t c = 0; c + 1 < o.chunk_rank.size(); ++c) {
+    const int ra = o.chunk_rank[c], rb = o.chunk_rank[c + 1];
+    if (ra == rb) continue;
+    const bool nccl = std::string(link_transport(topo, p.region[ra], p.region[rb])) == "nccl";
+    auto cpu = [&](int rank) { return topo.regions[p.region[rank]].gpu_type == "cpu"; };
+    o.memory[ra].buffers += end_buffer_bytes(cpu(ra), nccl, job.micro_batches, o.fwd_bytes[c], o.codec_fwd[c],
+                                             o.bwd_bytes[c], o.codec_bwd[c]);
+    o.memory[rb].buffers += end_buffer_bytes(cpu(rb), nccl, job.micro_batches, o.bwd_bytes[c], o.codec_bwd[c],
+                                             o.fwd_bytes[c], o.codec_fwd[c]);
   }
 }
 
+// Per rank: the training state of its chunks' parameters, the peak of the activations its
+// schedule holds (each chunk's own size, peak_held_bytes) plus recomputation's transient, the
+// message buffers and the framework's allowance (cost_model.h, MemoryEstimate).
+void fill_memory(const Topology& topo, const JobSpec& job, const Placement& p, const PlannerOptions& opt,
+                 const Schedule& lowered, ScheduleOption& o) {
+  const int R = p.stages(), N = static_cast<int>(o.chunk_rank.size());
+  const StateBytes per = state_bytes_per_parameter(job.model.dtype, job.replicas, opt.shard_optimizer);
+  o.memory.assign(R, MemoryEstimate{});
+  std::vector<double> act(N), transient(R, 0.0);
+  for (int c = 0; c < N; ++c) {
+    MemoryEstimate& m = o.memory[o.chunk_rank[c]];
+    const double n = chunk_parameters(job.model, o.chunk_layers[c], c == 0, c + 1 == N);
+    m.weights += n * per.weights;
+    m.gradients += n * per.gradients;
+    m.optimizer += n * per.optimizer;
+    const ActivationBytes a = chunk_activations(job.model, job.micro_batch, o.chunk_layers[c], c + 1 == N, o.recompute);
+    act[c] = a.per_micro_batch;
+    transient[o.chunk_rank[c]] = std::max(transient[o.chunk_rank[c]], a.transient);
+  }
+  const std::vector<double> peak = peak_held_bytes(lowered, act);
+  for (int r = 0; r < R; ++r) {
+    o.memory[r].activations = peak[r] + transient[r];
+    o.memory_limit_bytes.push_back(usable_memory_bytes(topo.regions[p.region[r]]));
+  }
+  add_buffers(topo, job, p, o);
+}
+
 ScheduleOption evaluate_option(const Topology& topo, const JobSpec& job, const Placement& p, const PlannerOptions& opt,
-                               const std::string& kind) {
+                               const std::string& kind, bool recompute, const std::vector<int>& warmup) {
   ScheduleOption o;
   o.kind = kind;
+  o.recompute = recompute;
   o.virtual_stages = chunks_per_rank(kind, opt);
   const int R = p.stages(), M = job.micro_batches, N = R * o.virtual_stages;
   if (job.model.layers < N) {
@@ -95,8 +135,9 @@ ScheduleOption evaluate_option(const Topology& topo, const JobSpec& job, const P
                     std::to_string(job.model.layers);
     return o;
   }
+  o.warmup = warmup;
   if (kind == "1f1b") o.warmup = one_f_one_b_warmup(R);
-  if (kind == "1f1b-lh")
+  if (kind == "1f1b-lh" && o.warmup.empty())
     o.warmup = pipeline_timing(p.stage_s, p.hop_xfer_s, p.hop_latency_s, M, ScheduleKind::kOneFOneBLatencyHiding).warmup;
   Schedule lowered;
   try {
@@ -113,7 +154,7 @@ ScheduleOption evaluate_option(const Topology& topo, const JobSpec& job, const P
   std::vector<ChunkCost> costs;
   double period = 0;
   for (int c = 0; c < N; ++c) {
-    costs.push_back(chunk_cost(dev[c], o.chunk_layers[c], c == 0, c + 1 == N));
+    costs.push_back(chunk_cost(dev[c], o.chunk_layers[c], c == 0, c + 1 == N, recompute));
     o.chunk_s.push_back(costs.back().forward_s + costs.back().backward_s);
     period = std::max(period, o.chunk_s.back());
   }
@@ -121,7 +162,39 @@ ScheduleOption evaluate_option(const Topology& topo, const JobSpec& job, const P
   o.unavailable = fill_boundaries(topo, job, p, opt, period, o, links);
   if (!o.unavailable.empty()) return o;
   o.timing = time_schedule(lowered, costs, links, opt.cost.shared_compute_slots);
-  fill_memory(topo, job, p, o);
+  fill_memory(topo, job, p, opt, lowered, o);
+  return o;
+}
+
+// 1F1B-LH's deeper warm-up costs memory: a rank over its limit gets a shallower one, never below
+// plain 1F1B's S - 1 - r (rank r holds w + 1 micro-batches at its peak). Empty when nothing changes.
+std::vector<int> lowered_warmup(const ScheduleOption& o) {
+  const std::vector<int> plain = one_f_one_b_warmup(static_cast<int>(o.warmup.size()));
+  std::vector<int> w = o.warmup;
+  bool changed = false;
+  for (size_t r = 0; r < w.size(); ++r) {
+    const double over = o.memory[r].total() - o.memory_limit_bytes[r];
+    const int held = o.timing.peak_activations[r];
+    if (o.memory_limit_bytes[r] <= 0 || over <= 0 || held <= 0 || w[r] <= plain[r]) continue;
+    // With recomputation this spreads the rebuilt block's bytes over the micro-batches held: the
+    // drop can fall short, and fitted_option lowers again.
+    const double per_micro_batch = o.memory[r].activations / held;
+    const int drop = static_cast<int>(std::ceil(over / per_micro_batch));
+    w[r] = std::max(plain[r], w[r] - drop);
+    changed = true;
+  }
+  return changed ? w : std::vector<int>{};
+}
+
+ScheduleOption fitted_option(const Topology& topo, const JobSpec& job, const Placement& p, const PlannerOptions& opt,
+                             const std::string& kind, bool recompute) {
+  ScheduleOption o = evaluate_option(topo, job, p, opt, kind, recompute, {});
+  // Each pass lowers every warm-up strictly, so this ends (at the latest at plain 1F1B's depths).
+  while (kind == "1f1b-lh" && o.unavailable.empty() && !o.fits()) {
+    const std::vector<int> w = lowered_warmup(o);
+    if (w.empty()) break;
+    o = evaluate_option(topo, job, p, opt, kind, recompute, w);
+  }
   return o;
 }
 
@@ -131,13 +204,44 @@ std::string gb(double bytes) {
   return b;
 }
 
-// Why a runnable option does not fit: the first rank over its limit.
+std::string fmt_factor() {
+  char b[16];
+  std::snprintf(b, sizeof b, "%g", kMemorySafetyFactor);
+  return b;
+}
+
+// "stage 2" or, for a rank with several chunks, "stages 1 and 6".
+std::string stages_of(const ScheduleOption& o, int rank) {
+  std::vector<int> mine;
+  for (size_t c = 0; c < o.chunk_rank.size(); ++c)
+    if (o.chunk_rank[c] == rank) mine.push_back(static_cast<int>(c));
+  std::string s = mine.size() == 1 ? "stage " : "stages ";
+  for (size_t i = 0; i < mine.size(); ++i)
+    s += (i ? (i + 1 == mine.size() ? " and " : ", ") : "") + std::to_string(mine[i]);
+  return s;
+}
+
+std::string bytes(double b) {
+  char t[64];
+  std::snprintf(t, sizeof t, "%.0f bytes", b);
+  return t;
+}
+
+// Why a runnable option does not fit: the first rank over its limit, with the parts of its need.
 std::string over_memory(const ScheduleOption& o) {
-  for (size_t r = 0; r < o.memory_bytes.size(); ++r)
-    if (o.memory_limit_bytes[r] > 0 && o.memory_bytes[r] > o.memory_limit_bytes[r])
-      return "rank " + std::to_string(r) + " needs " + gb(o.memory_bytes[r]) + " (" +
-             std::to_string(o.timing.peak_activations[r]) + " micro-batches of activations in flight), its GPU has " +
-             gb(o.memory_limit_bytes[r]);
+  for (size_t r = 0; r < o.memory.size(); ++r) {
+    const MemoryEstimate& m = o.memory[r];
+    if (o.memory_limit_bytes[r] <= 0 || m.total() <= o.memory_limit_bytes[r]) continue;
+    const std::string who = stages_of(o, static_cast<int>(r));
+    const int held = o.timing.peak_activations[r];
+    return who + (who.rfind("stages ", 0) == 0 ? " need " : " needs ") + bytes(m.total()) + " (" + gb(m.total()) +
+           ": weights, gradients and optimizer state " + gb(m.weights + m.gradients + m.optimizer) + ", activations " +
+           gb(m.activations) + " for " + std::to_string(held) +
+           (held == 1 ? " micro-batch in flight" : " micro-batches in flight") +
+           (o.recompute ? " with recomputation" : "") + ", message buffers " + gb(m.buffers) + ", framework " +
+           gb(m.framework) + "), its GPU offers " + bytes(o.memory_limit_bytes[r]) + " (" +
+           gb(o.memory_limit_bytes[r]) + ", gpu_mem_gb x " + fmt_factor() + ")";
+  }
   return {};
 }
 
@@ -149,14 +253,38 @@ int max_peak(const ScheduleOption& o) {
 
 }  // namespace
 
+double plan_buffer_bytes(const Plan& plan, const Topology& topology, int rank) {
+  const int replica = plan.replica_of(rank);
+  double total = 0;
+  for (const LinkPlan& l : plan.links) {
+    const int from = plan.rank_of(l.from_stage, replica), to = plan.rank_of(l.to_stage, replica);
+    if (from == to || (rank != from && rank != to)) continue;
+    const int here = rank == from ? l.from_stage : l.to_stage;
+    const int region = topology.region_index(plan.stages.at(static_cast<size_t>(here)).region);
+    const bool cpu = region >= 0 && topology.regions[static_cast<size_t>(region)].gpu_type == "cpu";
+    const double fwd = boundary_bytes(plan.job, l.codec_forward), bwd = boundary_bytes(plan.job, l.codec_backward);
+    total += rank == from ? end_buffer_bytes(cpu, l.transport == "nccl", plan.job.micro_batches, fwd, l.codec_forward,
+                                             bwd, l.codec_backward)
+                          : end_buffer_bytes(cpu, l.transport == "nccl", plan.job.micro_batches, bwd, l.codec_backward,
+                                             fwd, l.codec_forward);
+  }
+  return total;
+}
+
 bool ScheduleOption::fits() const { return unavailable.empty() && over_memory(*this).empty(); }
+
+double ScheduleOption::peak_memory_bytes() const {
+  double most = 0;
+  for (const auto& m : memory) most = std::max(most, m.total());
+  return most;
+}
 
 std::vector<ScheduleOption> schedule_options(const Topology& topology, const JobSpec& job, const Placement& placement,
                                              const PlannerOptions& options) {
   std::vector<ScheduleOption> out;
   for (const auto& kind : known_schedule_kinds())
     if (options.schedule == "auto" || options.schedule == kind)
-      out.push_back(evaluate_option(topology, job, placement, options, kind));
+      out.push_back(fitted_option(topology, job, placement, options, kind, options.recompute == "full"));
   if (out.empty())
     throw InputError("--schedule", "", "unknown schedule \"" + options.schedule + "\"");
   return out;

@@ -250,3 +250,23 @@ TEST(Plan, VirtualStagesOutOfPlaceInTwoRegionsOrWithAnotherKindAreRefusedNamingT
   far["stages"][3]["index"] = 40;
   refused_at(far, "stages[3].index");
 }
+
+TEST(Plan, RecomputeRoundTripsAndIsWrittenOnlyWhenSet) {
+  const Plan p = load_plan(src(kGoodPlan));
+  EXPECT_FALSE(p.schedule.recompute);
+  EXPECT_EQ(to_json(p)["schedule"].count("recompute"), 0u);  // older plans keep their JSON and hash
+  auto doc = read_json_file(src(kGoodPlan));
+  doc["schedule"]["recompute"] = true;
+  Plan q = parse_plan(doc, "r.json");
+  EXPECT_TRUE(q.schedule.recompute);
+  EXPECT_TRUE(parse_plan(to_json(q), "r.json").schedule.recompute);
+  EXPECT_NE(q.hash(), p.hash());
+  doc["schedule"]["recompute"] = "full";
+  try {
+    parse_plan(doc, "r.json");
+    FAIL() << "accepted";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("r.json: schedule.recompute: expected true or false"), std::string::npos)
+        << e.what();
+  }
+}

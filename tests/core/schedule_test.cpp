@@ -386,6 +386,19 @@ TEST(Schedule, ZeroBubbleH1KeepsOneFOneBMemoryAndFillsTheCoolDownWithW) {
   EXPECT_EQ(r0.substr(r0.size() - 8), "0W7 0OPT") << r0;
 }
 
+TEST(Schedule, PeakHeldBytesWeighsEachChunkByItsOwnSize) {
+  // ZB-V on 2 ranks, 2 micro-batches: rank 0 holds chunks 0 and 3, rank 1 chunks 1 and 2.
+  Schedule s = zbv_schedule(2, 2);
+  EXPECT_EQ(format_actions(s.ranks[0]), "0F0 0F1 3F0 3I0 3W0 3F1 3I1 3W1 0I0 0W0 0I1 0W1 0OPT");
+  EXPECT_EQ(format_actions(s.ranks[1]), "1F0 2F0 1F1 2F1 2I0 2W0 1I0 1W0 2I1 2W1 1I1 1W1 1OPT");
+  EXPECT_EQ(peak_in_flight(s), (std::vector<int>{3, 4}));
+  // Rank 0 peaks at 0F0 0F1 3F0 (1000 + 1000 + 1), not 3 x its larger chunk; rank 1 after
+  // 1F0 2F0 1F1 2F1 (2 x 100 + 2 x 10). A micro-batch holds its chunk's bytes until its W.
+  EXPECT_EQ(peak_held_bytes(s, {1000, 100, 10, 1}), (std::vector<double>{2001, 220}));
+  EXPECT_EQ(peak_held_bytes(gpipe_schedule(2, 3), {7, 5}), (std::vector<double>{21, 15}));
+  EXPECT_EQ(peak_held_bytes(one_f_one_b_schedule(2, 3, one_f_one_b_warmup(2)), {7, 5}), (std::vector<double>{14, 5}));
+}
+
 TEST(Schedule, ZeroBubbleVHoldsNoMoreThanOneFOneB) {
   // A ZB-V chunk holds half the layers of a 1F1B stage: in stage-sized activations, no rank holds
   // more than 1F1B's busiest rank (the paper's promise: the same peak memory as 1F1B).

@@ -111,6 +111,22 @@ INSTANTIATE_TEST_SUITE_P(TwoStagesPerRank, Schedules,
                                             ::testing::Values(4, 8), ::testing::Values("none", "full")),
                          case_name);
 
+// A plan made to fit by recomputation says so; the runtime recomputes whatever --recompute says,
+// holding what --recompute full holds and computing the same losses.
+TEST(Schedules, APlanThatRecomputesIsRunRecomputing) {
+  Plan plan = schedule_plan("1f1b", 1, 4);
+  const TrainResult kept = run_training(plan, config("none"), testing_support::world().get());
+  const TrainResult full = run_training(plan, config("full"), testing_support::world().get());
+  plan.schedule.recompute = true;
+  const TrainResult planned = run_training(plan, config("none"), testing_support::world().get());
+  ASSERT_EQ(planned.steps.size(), full.steps.size());
+  for (size_t i = 0; i < full.steps.size(); ++i) {
+    EXPECT_EQ(planned.steps[i].loss, full.steps[i].loss) << "step " << i;
+    EXPECT_EQ(planned.steps[i].peak_activation_bytes, full.steps[i].peak_activation_bytes) << "step " << i;
+  }
+  EXPECT_LT(planned.steps[0].peak_activation_bytes, kept.steps[0].peak_activation_bytes);
+}
+
 TEST(Schedules, CheckpointOfTwoStagesPerRankResumesTheSameTrajectory) {
   const Plan plan = schedule_plan("interleaved", 2, 4);
   TrainConfig part = config("none");

@@ -226,6 +226,11 @@ TEST(StageCompute, HeldBytesFollowTheDocumentedFormulas) {
     EXPECT_EQ(full.live_bytes(), 2 * kept) << c.name;
     EXPECT_LT(full.live_bytes(0), none.live_bytes(0)) << c.name;
     EXPECT_GE(none.live_bytes(0), none.graph_bytes_estimate(kB, kT)) << c.name;
+    // The backward rebuilds one block at a time: 16 N C + 4 N + B nh T^2 = 17,536 floats (N = 32;
+    // the head's 2 N C + 2 N + N V = 10,304 is smaller). Nothing is rebuilt without recomputation.
+    EXPECT_EQ(full.rebuild_bytes(0), 4 * 17536) << c.name;
+    EXPECT_EQ(none.rebuild_bytes(0), 0) << c.name;
+    EXPECT_EQ(full.rebuild_bytes(7), 0) << c.name;  // no such micro-batch
     const int64_t stash = blocks * 16 * NC + (last ? NC + kB * kT * kV * 4 : 0);
     run(none, s, "I0");
     run(full, s, "I0");

@@ -65,10 +65,18 @@ TEST(CliPlan, ScheduleAndVirtualStagesShapeThePlan) {
                  out("cli_plan_int3.json"));
   ASSERT_EQ(i.exit_code, 0) << i.output;
   EXPECT_EQ(geopipe::load_plan(out("cli_plan_int3.json")).num_stages(), 12);
-  // The 1.3B model's activations, 13 micro-batches in flight on rank 1, exceed an 80 GB GPU.
-  Result big = run(base + " --schedule interleaved --virtual-stages 3");
-  EXPECT_EQ(big.exit_code, 3) << big.output;
-  EXPECT_NE(big.output.find("interleaved: rank 1 needs"), std::string::npos) << big.output;
+  // The 1.3B model's activations, 15 micro-batches in flight on rank 0, exceed an 80 GB GPU:
+  // the planner recomputes, unless told not to.
+  Result big = run(base + " --schedule interleaved --virtual-stages 3 -o " + out("cli_plan_int3_big.json"));
+  ASSERT_EQ(big.exit_code, 0) << big.output;
+  EXPECT_NE(big.output.find("schedule interleaved (3 stages per rank), recomputation (only block inputs kept)"),
+            std::string::npos) << big.output;
+  EXPECT_TRUE(geopipe::load_plan(out("cli_plan_int3_big.json")).schedule.recompute);
+  Result plain = run(base + " --schedule interleaved --virtual-stages 3 --recompute none");
+  EXPECT_EQ(plain.exit_code, 3) << plain.output;
+  EXPECT_NE(plain.output.find("interleaved: stages 0, 4 and 8 need 78521420288 bytes (78.52 GB: weights, gradients "
+                              "and optimizer state 6.55 GB, activations 65.44 GB for 15 micro-batches in flight"),
+            std::string::npos) << plain.output;
   Result a = run(base + " -o " + out("cli_plan_auto.json"));  // auto lists every option it weighed
   ASSERT_EQ(a.exit_code, 0) << a.output;
   for (const char* kind : {"gpipe ", "1f1b ", "1f1b-lh ", "interleaved ", "zb-h1 ", "zbv "})
@@ -77,6 +85,26 @@ TEST(CliPlan, ScheduleAndVirtualStagesShapeThePlan) {
   Result bad = run(base + " --schedule zb-h1 --virtual-stages 2");
   EXPECT_EQ(bad.exit_code, 2) << bad.output;
   EXPECT_NE(bad.output.find("--virtual-stages"), std::string::npos) << bad.output;
+}
+
+TEST(CliPlan, AModelTooBigForItsGpusExitsThreeNamingTheStageAndTheBytes) {
+  // Llama-7B on one 80 GB GPU: 6,723,084,288 parameters x 16 bytes = 107.57 GB before any activation.
+  Result r = run("plan --topology " + src("examples/topologies/aws6.json") + " --job " +
+                 src("examples/jobs/llama-7b.json") + " --stages 1 -o " + out("never.json"));
+  EXPECT_EQ(r.exit_code, 3) << r.output;
+  // With recomputation, the last attempt: state + 33 kept inputs and one block's graph (5.44 GB) + 1 GB.
+  EXPECT_NE(r.output.find("1f1b: stage 0 needs 114005232128 bytes (114.01 GB: weights, gradients and optimizer state "
+                          "107.57 GB, activations 5.44 GB for 1 micro-batch in flight with recomputation, message "
+                          "buffers 0.00 GB, framework 1.00 GB), its GPU offers 72000000000 bytes (72.00 GB, "
+                          "gpu_mem_gb x 0.9)"),
+            std::string::npos) << r.output;
+  // Two stages fit once the blocks' activations are recomputed.
+  Result two = run("plan --topology " + src("examples/topologies/aws6.json") + " --job " +
+                   src("examples/jobs/llama-7b.json") + " --stages 2 -o " + out("cli_plan_llama2.json"));
+  ASSERT_EQ(two.exit_code, 0) << two.output;
+  const geopipe::Plan p = geopipe::load_plan(out("cli_plan_llama2.json"));
+  EXPECT_TRUE(p.schedule.recompute);
+  for (double m : p.predicted.memory_bytes) EXPECT_LE(m, 72e9);
 }
 
 TEST(CliPlan, InfeasibleJobExitsThreeSayingWhy) {

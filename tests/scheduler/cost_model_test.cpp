@@ -234,9 +234,63 @@ TEST(CostModel, ChunkMemoryCountsParametersAndSavedActivations) {
   EXPECT_DOUBLE_EQ(gs::chunk_parameters(m, 2, true, false), 2 * (12.0 * 128 * 128 + 13 * 128) + (256 + 64) * 128.0);
   EXPECT_DOUBLE_EQ(gs::chunk_parameters(m, 1, false, true), 12.0 * 128 * 128 + 13 * 128 + 2 * 128 + 256 * 128.0);
   // micro-batch 8: N = 512 tokens; a block keeps 16 N h + 4 N + b a s^2 floats, a middle stage its output N h.
-  const double block = 16.0 * 512 * 128 + 4 * 512 + 8 * 4 * 64 * 64;
-  EXPECT_DOUBLE_EQ(gs::chunk_activation_bytes(m, 8, 2, false, false), 4 * (2 * block + 512 * 128));
-  EXPECT_DOUBLE_EQ(gs::chunk_activation_bytes(m, 8, 2, false, true), 4 * (2 * 512.0 * 128 + 512 * 128));
-  EXPECT_DOUBLE_EQ(gs::chunk_activation_bytes(m, 8, 1, true, false),
-                   4 * (block + 2.0 * 512 * 128 + 2 * 512 + 512 * 256));
+  const double block = 16.0 * 512 * 128 + 4 * 512 + 8 * 4 * 64 * 64;  // 1,181,696 floats
+  const double head = 2.0 * 512 * 128 + 2 * 512 + 512 * 256;           //   263,168 floats
+  gs::ActivationBytes a = gs::chunk_activations(m, 8, 2, false, false);
+  EXPECT_DOUBLE_EQ(a.per_micro_batch, 4 * (2 * block + 512 * 128));
+  EXPECT_DOUBLE_EQ(a.transient, 0);
+  EXPECT_DOUBLE_EQ(gs::chunk_activations(m, 8, 1, true, false).per_micro_batch, 4 * (block + head));
+  // Recomputation keeps each block's input (a middle chunk sends its output and keeps nothing
+  // of it) and rebuilds one block's graph at a time in the backward.
+  a = gs::chunk_activations(m, 8, 2, false, true);
+  EXPECT_DOUBLE_EQ(a.per_micro_batch, 4 * 2 * 512.0 * 128);  // 524,288 bytes
+  EXPECT_DOUBLE_EQ(a.transient, 4 * block);                 // 4,726,784 bytes
+  // The last chunk also keeps the head's input; its transient is the larger of a block and the head.
+  a = gs::chunk_activations(m, 8, 1, true, true);
+  EXPECT_DOUBLE_EQ(a.per_micro_batch, 4 * 2 * 512.0 * 128);
+  EXPECT_DOUBLE_EQ(a.transient, 4 * block);
+  ModelSpec big_vocab = m;
+  big_vocab.vocab = 8192;  // the head's N V = 4,194,304 floats outgrow a block
+  EXPECT_DOUBLE_EQ(gs::chunk_activations(big_vocab, 8, 1, true, true).transient,
+                   4 * (2.0 * 512 * 128 + 2 * 512 + 512 * 8192.0));
+}
+
+TEST(CostModel, TrainingStateIsSixteenBytesAParameterAndZeroOneShardsTheMoments) {
+  using geopipe::DType;
+  gs::StateBytes fp32 = gs::state_bytes_per_parameter(DType::kFloat32, 1, false);
+  EXPECT_EQ(fp32.weights, 4);
+  EXPECT_EQ(fp32.gradients, 4);
+  EXPECT_EQ(fp32.optimizer, 8);  // two fp32 moments, no master copy
+  gs::StateBytes bf16 = gs::state_bytes_per_parameter(DType::kBFloat16, 1, false);
+  EXPECT_EQ(bf16.weights, 2);
+  EXPECT_EQ(bf16.gradients, 2);
+  EXPECT_EQ(bf16.optimizer, 12);  // fp32 master 4 + moments 8
+  EXPECT_EQ(bf16.total(), 16);
+  // ZeRO-1 over 4 replicas: each holds a quarter of the moments; without it, replicas change nothing.
+  EXPECT_EQ(gs::state_bytes_per_parameter(DType::kBFloat16, 4, true).optimizer, 4 + 2);
+  EXPECT_EQ(gs::state_bytes_per_parameter(DType::kFloat32, 4, true).total(), 4 + 4 + 2);
+  EXPECT_EQ(gs::state_bytes_per_parameter(DType::kFloat32, 4, false).total(), 16);
+}
+
+TEST(CostModel, MessagesHeldOnTheDeviceFollowTheRuntimesBuffers) {
+  const int M = 8;
+  // A CPU rank's host memory is its device memory: a step's receives and its sends, M each.
+  EXPECT_EQ(gs::messages_held(true, false, false, true, M), 8);
+  EXPECT_EQ(gs::messages_held(true, false, true, false, M), 8);
+  // A GPU rank on NCCL: one receive posted at a time, every send kept to the step's end.
+  EXPECT_EQ(gs::messages_held(false, true, false, true, M), 1);
+  EXPECT_EQ(gs::messages_held(false, true, false, false, M), 8);
+  // A GPU rank on MPI receives into host memory; a plain send keeps its device tensor, a
+  // compressed one only host bytes.
+  EXPECT_EQ(gs::messages_held(false, false, false, true, M), 0);
+  EXPECT_EQ(gs::messages_held(false, false, false, false, M), 8);
+  EXPECT_EQ(gs::messages_held(false, false, true, false, M), 0);
+}
+
+TEST(CostModel, UsableMemoryIsTheGpusTimesTheSafetyFactor) {
+  geopipe::Region r;
+  r.gpu_mem_gb = 80;
+  EXPECT_DOUBLE_EQ(gs::usable_memory_bytes(r), 72e9);
+  r.gpu_mem_gb = 0;
+  EXPECT_EQ(gs::usable_memory_bytes(r), 0);  // not given: not checked
 }

@@ -440,3 +440,88 @@ TEST(Allocator, EgressKeepsAPipelineInOneRegionWhenCrossingCostsMoreThanTheElect
   EXPECT_GT(paid.predicted.electricity_usd, unpriced.predicted.electricity_usd);
   EXPECT_LT(paid.predicted.cost_usd, unpriced.predicted.electricity_usd + kMessages * 2 * kMessage * 10 / 1e9);
 }
+
+// ---- Memory: plans that fit ----------------------------------------------------------------
+
+namespace {
+
+geopipe::Topology with_memory(geopipe::Topology t, double gpu_mem_gb) {
+  for (auto& r : t.regions) r.gpu_mem_gb = gpu_mem_gb;
+  return t;
+}
+
+}  // namespace
+
+TEST(PlanMemory, MoreStagesSpreadAModelTooBigForOneGpu) {
+  // 8 blocks of h = 1024: 12,596,224 parameters, 201.5 MB at 16 bytes each. One micro-batch a
+  // step, so the search alone takes one stage (a pipeline would only add hops).
+  auto job = make_job("big", 8, 1024, 64, 1, 1, 10, 1, 8);
+  auto one_region = make_topology({{"a", 8, 1.0, 0.1}}, {});
+  EXPECT_EQ(gs::plan_job(gs::Policy::kBace, one_region, job, {}).num_stages(), 1);
+  // 1.75 GB GPUs offer 1.575 GB, 0.575 GB beyond the framework's 1 GB: two blocks fit, three
+  // (604.6 MB) do not, with or without recomputation. 3 stages split 3, 3, 2; 4 stages 2 each.
+  geopipe::Plan p = gs::plan_job(gs::Policy::kBace, with_memory(one_region, 1.75), job, {});
+  ASSERT_EQ(p.num_stages(), 4);
+  EXPECT_FALSE(p.schedule.recompute);
+  // Stage 0: two blocks and the embedding 420,904,960 bytes of state, one micro-batch of
+  // activations (2 x 1,081,600 + 65,536 floats), one NCCL message each way (131,072 bytes).
+  EXPECT_DOUBLE_EQ(p.predicted.memory_bytes[0], 420904960.0 + 4 * 2228736.0 + 2 * 131072.0 + 1e9);
+  for (double m : p.predicted.memory_bytes) EXPECT_LE(m, 1.575e9);
+  // At most 3 stages: nothing fits, and the refusal names the last attempt's stage and bytes.
+  auto three = make_job("big", 8, 1024, 64, 1, 1, 10, 1, 3);
+  const std::string w = infeasible_message(gs::Policy::kBace, with_memory(one_region, 1.75), three, {});
+  EXPECT_NE(w.find("cannot place job \"big\""), std::string::npos) << w;
+  EXPECT_NE(w.find("stage 0 needs "), std::string::npos) << w;
+  EXPECT_NE(w.find("its GPU offers 1575000000 bytes (1.57 GB, gpu_mem_gb x 0.9)"), std::string::npos) << w;
+  EXPECT_NE(w.find("with recomputation"), std::string::npos) << w;
+  EXPECT_NE(w.find("(with 3 stages)"), std::string::npos) << w;
+}
+
+TEST(PlanMemory, RecomputationMakesLongSequencesFit) {
+  // s = 1024, 4 sequences a micro-batch: a block keeps 50.3 M floats (the attention
+  // probabilities b a s^2 two thirds of them); recomputation keeps its 1 M-float input.
+  auto job = make_job("long", 2, 256, 1024, 4, 8, 10, 2, 2);
+  auto t = with_memory(two_regions(100), 80);
+  gs::PlannerOptions none;
+  none.recompute = "none";
+  std::vector<gs::ScheduleOption> plain, recomputed;
+  gs::plan_job(gs::Policy::kBace, t, job, none, &plain);
+  gs::PlannerOptions full;
+  full.recompute = "full";
+  gs::plan_job(gs::Policy::kBace, t, job, full, &recomputed);
+  double least_plain = 1e300, least_recomputed = 1e300;
+  for (const auto& o : plain)
+    if (o.unavailable.empty()) least_plain = std::min(least_plain, o.peak_memory_bytes());
+  for (const auto& o : recomputed)
+    if (o.unavailable.empty()) least_recomputed = std::min(least_recomputed, o.peak_memory_bytes());
+  ASSERT_LT(least_recomputed, least_plain);
+  // GPUs between the two: only recomputation fits, and auto turns it on.
+  const double usable = (least_plain + least_recomputed) / 2;
+  auto tight = with_memory(two_regions(100), usable / gs::kMemorySafetyFactor / 1e9);
+  geopipe::Plan p = gs::plan_job(gs::Policy::kBace, tight, job, {});
+  EXPECT_TRUE(p.schedule.recompute);
+  for (double m : p.predicted.memory_bytes) EXPECT_LE(m, usable * (1 + 1e-12));
+  EXPECT_TRUE(geopipe::parse_plan(geopipe::to_json(p), "long.json").schedule.recompute);
+  const std::string w = infeasible_message(gs::Policy::kBace, tight, job, none);
+  EXPECT_NE(w.find("micro-batches in flight, message buffers"), std::string::npos) << w;
+}
+
+TEST(PlanMemory, LatencyHidingLowersItsWarmupToFit) {
+  // 200 ms between the regions: 1F1B-LH deepens rank 0's warm-up to cover the round trip.
+  auto job = make_job("j", 4, 256, 256, 1, 16, 10, 2, 2);
+  gs::PlannerOptions o;
+  o.schedule = "1f1b-lh";
+  o.codec = "none";
+  geopipe::Plan deep = gs::plan_job(gs::Policy::kBace, with_memory(two_regions(100), 80), job, o);
+  ASSERT_GT(deep.schedule.warmup[0], 2);
+  // Rank 0 holds 30,515,200 bytes of state, 16 plain sends of 131,072 bytes and the framework's
+  // 1 GB, and 12,853,248 bytes a micro-batch in flight: room for 3 micro-batches, warm-up 2.
+  const double usable = 30515200.0 + 16 * 131072.0 + 1e9 + 3 * 12853248.0 + 1000;
+  geopipe::Plan p =
+      gs::plan_job(gs::Policy::kBace, with_memory(two_regions(100), usable / gs::kMemorySafetyFactor / 1e9), job, o);
+  EXPECT_EQ(p.schedule.kind, "1f1b-lh");
+  EXPECT_EQ(p.schedule.warmup[0], 2);
+  EXPECT_EQ(p.schedule.warmup[1], deep.schedule.warmup[1]);
+  EXPECT_EQ(p.predicted.peak_activations[0], 3);
+  EXPECT_FALSE(p.schedule.recompute);
+}

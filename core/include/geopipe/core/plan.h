@@ -58,6 +58,10 @@ struct SchedulePlan {
   // stage); plain 1F1B uses S - 1 - stage, the latency-hiding variant adds what hides latency.
   std::vector<int> warmup;
   int virtual_stages = 1;  // stages (chunks) per rank: V > 1 for interleaved, 2 for zbv
+  // Keep only each block's input from F to the backward, which recomputes the block (the runtime's
+  // --recompute full): the planner turns it on when the activations would not fit otherwise.
+  // JSON "recompute": true, written only when set, so plans without it read and hash as before.
+  bool recompute = false;
 };
 
 struct Prediction {
@@ -70,7 +74,9 @@ struct Prediction {
   std::vector<double> stage_compute_s;   // forward + backward of one micro-batch, per stage
   std::vector<double> link_utilisation;  // per LinkPlan, fraction of the link's bandwidth
   std::vector<int> peak_activations;     // per rank: most micro-batch activations alive at once
-  std::vector<double> memory_bytes;      // per rank: parameters, gradients, AdamW state, activations
+  // Per rank: predicted peak bytes on its device (parameters, gradients, optimizer state, peak
+  // activations, message buffers, the framework's allowance; docs/SCHEDULER.md "Memory").
+  std::vector<double> memory_bytes;
 };
 
 struct Provenance {

@@ -91,6 +91,9 @@ Schedule schedule_for(const std::string& kind, int num_ranks, int num_micro_batc
 // Largest number of micro-batch activations alive at once on each rank: an F done whose B (or W,
 // for split backward) is not, counted per stage chunk. The memory a schedule needs.
 std::vector<int> peak_in_flight(const Schedule& schedule);
+// The same walk weighted: each stage chunk's micro-batch holds bytes_per_stage[stage] from its F
+// to its B (or W); per rank, the most held at once. Exact where a rank's chunks differ in size.
+std::vector<double> peak_held_bytes(const Schedule& schedule, const std::vector<double>& bytes_per_stage);
 
 // ---- Lowering, validation, dry run ----------------------------------------------------------------
 

@@ -100,9 +100,14 @@ struct StepStats {
   uint64_t fwd_raw = 0, fwd_wire = 0, bwd_raw = 0, bwd_wire = 0;
   // Activations this rank held, at their largest after any F of the step: micro-batches whose F ran
   // and whose B (or W) did not, summed over its stages (the schedule's peak_in_flight), and the
-  // bytes they held (StageCompute::live_bytes).
+  // bytes they held (StageCompute::live_bytes; with recomputation also the one segment's graph a
+  // backward rebuilds, StageCompute::rebuild_bytes).
   int peak_activations = 0;
   int64_t peak_activation_bytes = 0;
+  // What this rank's tensors held at their peak, the planner's memory_bytes without its message
+  // buffers and framework allowance (docs/SCHEDULER.md "Memory"): the activation peak above plus
+  // its stages' parameters, gradients and optimizer state, measured after OPT.
+  int64_t peak_held_bytes = 0;
   // Replicas: this rank's gradient collectives, from the first bucket's start to the last one's
   // end, and the part OPT waited for (not hidden behind the backward). 0 with one replica.
   double allreduce_s = 0, allreduce_exposed_s = 0;
@@ -180,7 +185,9 @@ class PipelineExecutor {
   void issue_nccl_group(size_t index, StepState& s);
   void forward(const Action& a, StepState& s);
   void backward(const Action& a, StepState& s);  // B or I
-  void note_activations(StepState& s) const;     // after an F: the step's peaks (StepStats)
+  // After an F, and before a B or I with the graph its recomputation rebuilds: the step's peaks.
+  void note_activations(StepState& s, int64_t rebuilding = 0) const;
+  void note_held(StepState& s) const;            // after OPT: peak_held_bytes
   void start_adaptive_codecs();
   void adapt_codecs(StepState& s, const StepReduction& r);  // --codec adaptive, after the all-reduce
   void optimizer_step(StepState& s);

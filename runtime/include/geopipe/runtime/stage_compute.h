@@ -86,6 +86,9 @@ class StageCompute {
   int64_t live_bytes() const;
   // The estimate used for one micro-batch's autograd graph with recompute none (fp32 activations).
   int64_t graph_bytes_estimate(int64_t batch, int64_t seq) const;
+  // Recompute full: the largest graph micro-batch mb's backward rebuilds at once (one block's, or
+  // the head's on the last stage), by the same estimate; 0 without recomputation or micro-batch.
+  int64_t rebuild_bytes(int mb) const;
   std::vector<int> micro_batches() const;  // those F'd and not yet freed, ascending
 
  private:

@@ -108,16 +108,62 @@ PipelineTiming pipeline_timing(const std::vector<double>& t, const std::vector<d
                                const std::vector<double>& lat, int micro_batches, ScheduleKind kind,
                                int shared_compute_slots = 0);
 
-// Memory of a stage chunk, as the runtime holds it (docs/SCHEDULER.md, "Memory"). Parameters of
-// one block 12h^2 + 13h; of the embedding (V + s) h; of the head 2h + V h (untied LM head). Each
-// parameter costs 16 bytes: fp32 weight, gradient and AdamW's two moments. Activations one
-// micro-batch keeps from its forward to its backward, per block: (16 N h + 4 N + b a s^2) fp32
-// values (N = b s tokens, a heads: the block's saved tensors, attention probabilities included),
-// the head 2 N h + 2 N + N V, a stage that is not the last one its output N h; with recomputation
-// a block keeps only its input, N h. The same formula as the runtime's live-bytes accounting.
+// ---- Memory of a rank (docs/SCHEDULER.md, "Memory") ----------------------------------------
+
+// Share of a region's gpu_mem_gb a plan may fill: the caching allocator rounds blocks up and
+// fragments, and the backward's temporary gradients (not modelled) need room.
+inline constexpr double kMemorySafetyFactor = 0.9;
+// What a rank's process holds besides the model and its messages: the CUDA context with
+// LibTorch's kernels (~0.5 GB), cuBLAS workspaces, NCCL's channel buffers, or on a CPU rank the
+// libraries and the allocator's arenas.
+inline constexpr double kFrameworkAllowanceBytes = 1e9;
+
+// The bytes a region's GPU offers a plan: gpu_mem_gb * 1e9 * kMemorySafetyFactor; 0 when the
+// topology gives no gpu_mem_gb (nothing is checked then).
+double usable_memory_bytes(const Region& region);
+
+// Parameters of stage chunk: one block 12h^2 + 13h; the embedding (V + s) h; the head 2h + V h
+// (untied LM head).
 double chunk_parameters(const ModelSpec& model, int blocks, bool first, bool last);
-double chunk_activation_bytes(const ModelSpec& model, int micro_batch, int blocks, bool last, bool recompute);
-inline constexpr double kBytesPerParameter = 16;
+
+// Bytes per parameter of the training state. Weights and gradients in the model's dtype; a
+// 16-bit model adds its fp32 master copy; AdamW's two fp32 moments, divided among the stage's
+// replicas with ZeRO-1 (`shard_optimizer`). fp32: 4 + 4 + 8; bf16: 2 + 2 + 4 + 8. The runtime
+// holds a bf16 model as fp32 weights and gradients under autocast: the same 16 bytes.
+struct StateBytes {
+  double weights = 0, gradients = 0, optimizer = 0;  // optimizer: master copy + moments
+  double total() const { return weights + gradients + optimizer; }
+};
+StateBytes state_bytes_per_parameter(DType dtype, int replicas, bool shard_optimizer);
+
+// Activations of one stage chunk, fp32 values as the runtime saves them
+// (StageCompute::graph_bytes_estimate), N = b s tokens, a heads. Without recomputation a
+// micro-batch keeps from its F to its backward, per block, 16 N h + 4 N + b a s^2 values (the
+// block's saved tensors, the attention probabilities included); the last chunk adds the head's
+// 2 N h + 2 N + N V, another chunk its output N h. With recomputation it keeps each block's input
+// N h (and the head's input on the last chunk), and the backward rebuilds one segment's graph at
+// a time: `transient`, one block's (or the head's) full activations, held once per rank.
+struct ActivationBytes {
+  double per_micro_batch = 0;
+  double transient = 0;
+};
+ActivationBytes chunk_activations(const ModelSpec& model, int micro_batch, int blocks, bool last, bool recompute);
+
+// Messages of one direction of one boundary between ranks that sit in a rank's device memory
+// during a step, as the runtime keeps them. Every send is held until the step's end (M), on the
+// device unless a GPU rank sends it compressed over MPI (the packed bytes are copied to host
+// memory). MPI receives are all posted at the step's start (M) into host memory, which is the
+// device's only on a CPU rank; an NCCL receive is posted with its group (1).
+int messages_held(bool cpu_rank, bool nccl, bool compressed, bool receiving, int micro_batches);
+
+// Predicted peak bytes of one rank, by part.
+struct MemoryEstimate {
+  double weights = 0, gradients = 0, optimizer = 0;
+  double activations = 0;  // peak of the micro-batches in flight (+ recomputation's transient)
+  double buffers = 0;      // message buffers on the device (messages_held x bytes on the wire)
+  double framework = kFrameworkAllowanceBytes;
+  double total() const { return weights + gradients + optimizer + activations + buffers + framework; }
+};
 
 // Energy (joules) of one iteration on the stages' GPUs (one GPU per stage): busy time at board
 // power, the rest of the iteration at idle power, times PUE. Cost in USD at each region's

@@ -57,6 +57,10 @@ struct PlannerOptions {
   // that fits in memory. Any known_schedule_kinds() name or "auto".
   std::string schedule = "auto";
   int virtual_stages = 0;           // chunks per rank for "interleaved" (0: 2); zbv always has 2
+  // Recomputation: "auto" (only when the activations would not fit otherwise), "none" or "full".
+  std::string recompute = "auto";
+  // ZeRO-1 (the runtime's --shard-optimizer): AdamW's moments divided among a stage's replicas.
+  bool shard_optimizer = false;
   int fixed_stages = 0;             // 0: choose within the job's [min_stages, max_stages]
   bool bandwidth_check = true;      // every inter-region hop carries a micro-batch within the compute period
   bool price_term = true;           // false: the allocator takes the fastest feasible path
@@ -122,14 +126,26 @@ PlanResult exact_placement(const Topology& topology, const JobSpec& job, const C
 std::pair<std::string, std::string> hop_codecs(const std::string& codec_option, double plain_xfer_s,
                                                double compute_period_s);
 
+// The transport between ranks in regions a and b: "nccl" inside one GPU region, "mpi" otherwise
+// (between regions, and on CPU ranks).
+const char* link_transport(const Topology& topology, int region_a, int region_b);
+
+// The message buffers a plan's `rank` holds on its device (MemoryEstimate::buffers, from the
+// plan's links: their transport, codecs and the job's message bytes); the part of
+// predicted.memory_bytes a run's tensor accounting does not see.
+double plan_buffer_bytes(const Plan& plan, const Topology& topology, int rank);
+
 // One schedule kind on a placement's ranks: its stage chunks (S ranks x V chunks, layers balanced
 // by each rank's device), the links between chunks on different ranks, the replayed iteration
-// and the memory each rank needs.
+// and the memory each rank needs. Ranks here are pipeline positions (a plan's replicas of one
+// position hold the same).
 struct ScheduleOption {
   std::string kind;
   int virtual_stages = 1;
+  bool recompute = false;                      // keep only block inputs; the backward recomputes
   std::string unavailable;                     // why this kind cannot run here; empty when it can
   std::vector<int> warmup;                     // 1f1b and 1f1b-lh: forwards before the first backward, per rank
+                                               // (1f1b-lh: lowered where the deeper one does not fit)
   std::vector<int> chunk_layers, chunk_rank;   // per chunk, model order
   std::vector<std::string> codec_fwd, codec_bwd;  // per chunk boundary ("none" on one rank)
   std::vector<bool> adaptive;                  // per chunk boundary: --codec adaptive, between regions
@@ -137,9 +153,10 @@ struct ScheduleOption {
   std::vector<double> boundary_bps;            // per chunk boundary, the slower direction (0 on one rank)
   std::vector<double> chunk_s;                 // forward + backward of one micro-batch, per chunk
   ScheduleTiming timing;                       // iteration_s, per-rank compute and peak activations
-  std::vector<double> memory_bytes;            // per rank: parameters and state + peak activations
-  std::vector<double> memory_limit_bytes;      // per rank: its region's gpu_mem_gb (0: not given)
+  std::vector<MemoryEstimate> memory;          // per rank: predicted peak bytes by part
+  std::vector<double> memory_limit_bytes;      // per rank: usable_memory_bytes of its region (0: not given)
   bool fits() const;                           // runnable and every rank within its limit
+  double peak_memory_bytes() const;            // the largest rank's total
 };
 
 // Every schedule kind `options.schedule` allows on the placement ("auto": all of them, interleaved
@@ -147,10 +164,15 @@ struct ScheduleOption {
 std::vector<ScheduleOption> schedule_options(const Topology& topology, const JobSpec& job, const Placement& placement,
                                              const PlannerOptions& options);
 // The option a plan takes: the requested kind (InfeasibleError when it cannot run or does not fit,
-// saying why), or for "auto" the fastest that fits (ties: fewer peak activations, then list order).
+// saying why: for memory the stage, its region, the bytes it needs by part and the bytes its GPU
+// offers), or for "auto" the fastest that fits (ties: fewer peak activations, then list order).
 const ScheduleOption& pick_schedule(const std::vector<ScheduleOption>& options, const std::string& requested);
 
 // Plans one job on an empty cluster; InfeasibleError (exit 3) saying which constraint failed.
+// The plan fits in memory: when no schedule fits on the placement the search chose, plan_job
+// turns on recomputation (options.recompute "auto"), then tries more stages (unless fixed), each
+// without and then with recomputation, up to the job's most; with none that fits, the refusal
+// names the stage and the bytes of the last (most stages) attempt.
 // Pipeline position p runs its chunks in the placement's region p. With job.replicas R > 1 every
 // stage takes R GPUs of its region (the search sees gpus / R stage slots per region) and lists R
 // ranks, rank p * R + r being replica r of position p; a region too small for that is named in
