@@ -1,5 +1,7 @@
 #include <geopipe/launch/supervise.h>
 
+#include <geopipe/launch/process.h>
+
 #include <geopipe/core/env.h>
 #include <geopipe/core/error.h>
 #include <geopipe/scheduler/planner.h>
@@ -37,10 +39,14 @@ Diagnosis diagnose(const Plan& plan, const std::vector<FailureRecord>& records) 
   Diagnosis d;
   std::map<int, const FailureRecord*> by_rank;
   std::map<int, int> waits;  // rank -> the rank it was blocked on (timed out, or when terminated)
+  std::set<int> undecided;   // ranks blocked in a collective
   for (const FailureRecord& r : records) {
     by_rank[r.rank] = &r;
     // A wait of under a second when the launcher terminated the rank is not part of the hang: a
     // stopped rank that was just continued (to be terminated) may have started one.
+    // A rank blocked in a collective (peer -2) waits on a group, not on one rank: the chain stops
+    // there undecided rather than blaming it.
+    if (r.peer == -2) undecided.insert(r.rank);
     if (r.peer >= 0 && r.peer < plan.world_size() &&
         (r.kind == "timeout" || (r.kind == "terminated" && r.waited_s >= kStaleWaitS)))
       waits[r.rank] = r.peer;
@@ -60,6 +66,10 @@ Diagnosis diagnose(const Plan& plan, const std::vector<FailureRecord>& records) 
       while (waits.count(at) && seen.insert(at).second) {
         at = waits[at];
         chain += ", which waited for rank " + std::to_string(at);
+      }
+      if (undecided.count(at)) {
+        causes.push_back(chain + " (which waited in a collective: the failed rank is not known)");
+        continue;
       }
       d.suspects.insert(at);
       causes.push_back(chain + (by_rank.count(at) ? " (which was not waiting: hung)" : ""));
@@ -202,6 +212,11 @@ int supervise(LaunchRequest request, const SuperviseOptions& o, std::ostream& ou
     fs::remove_all(failures);
     setenv(env::kFailureDir, failures.c_str(), 1);
     const int status = launch(request, out);
+    if (const int sig = last_forwarded_signal(); sig != 0) {  // the user stopped the job: not a failure
+      out << "geopipe launch: stopped by signal " << sig << "; not restarting\n";
+      if (request.run_dir.empty()) fs::remove_all(root);
+      return status;
+    }
     const std::vector<FailureRecord> records = read_failure_records(failures);
     if (status == kExitOk && records.empty()) {
       if (request.run_dir.empty()) fs::remove_all(root);

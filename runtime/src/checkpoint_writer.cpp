@@ -94,6 +94,8 @@ void CheckpointWriter::write_files(bool writes, const std::function<void()>& mid
     }
   } catch (const std::exception& e) {
     job_.error = e.what();
+  } catch (...) {
+    job_.error = "unknown error";
   }
   job_.write_s = seconds_since(t0);
 }
@@ -116,7 +118,7 @@ CheckpointTimes CheckpointWriter::finish() {
                                                   " rank(s) could not write their files (see their messages)"
                                             : "rank " + std::to_string(rank_) + " could not write its files: " +
                                                   job_.error) +
-                "; " + manifest_path(cfg_.checkpoint_dir) + " still names the previous checkpoint");
+                "; no manifest names it (" + manifest_path(cfg_.checkpoint_dir) + " is unchanged)");
   check_replicas_agree(std::vector<double>(v.begin() + static_cast<std::ptrdiff_t>(job_.files.size()), v.end() - 1));
   if (rank_ == 0) write_manifest(cfg_.checkpoint_dir, manifest_of(v));
   return {seconds_since(t0), job_.write_s};
@@ -136,8 +138,8 @@ void CheckpointWriter::check_replicas_agree(const std::vector<double>& digests) 
              ") " + hex32(static_cast<uint32_t>(d[r]));
     throw Error("replica check at step " + std::to_string(step_) + ": stage " + std::to_string(s) +
                 "'s replicas hold different parameters (CRC32C " + who +
-                "): a replica diverged; checkpoint not written, " + manifest_path(cfg_.checkpoint_dir) +
-                " still names the previous one");
+                "): a replica diverged; checkpoint not named, " + manifest_path(cfg_.checkpoint_dir) +
+                " is unchanged");
   }
 }
 

@@ -80,7 +80,10 @@ StepLogger::StepLogger(const Plan& plan, const TrainConfig& cfg, bool rank0, int
                        plan.replicas()),
       start_(Clock::now()) {
   if (!rank0 || cfg.json_log.empty()) return;
-  json_.open(cfg.json_log, cfg.resume ? std::ios::app : std::ios::trunc);
+  // A fresh run starts the log afresh, but keeps the supervisor's restart lines (geopipe launch
+  // --max-restarts relaunching from the start).
+  if (!cfg.resume) trim_json_log(cfg.json_log, 0);
+  json_.open(cfg.json_log, std::ios::app);
   if (!json_) throw InputError("--json-log", "json-log", "cannot write " + cfg.json_log);
 }
 

@@ -21,8 +21,6 @@ namespace geopipe::runtime::detail {
 
 namespace fs = std::filesystem;
 
-namespace {
-
 // On resume, rank 0 keeps the JSON log's lines up to the resumed step (a killed run may have
 // logged steps after its last checkpoint, or a torn last line), so the log stays one trajectory,
 // and the supervisor's restart lines (geopipe launch --max-restarts).
@@ -39,6 +37,8 @@ void trim_json_log(const std::string& path, int64_t last_step) {
   in.close();
   write_file_atomic(path, kept);
 }
+
+namespace {
 
 // Loads one file of this rank's stage (size, CRC32C, meta and seed checked); nullopt with
 // `*check` set when it is refused, so that every rank can learn of it before anyone throws.

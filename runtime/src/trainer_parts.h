@@ -93,6 +93,9 @@ class CheckpointWriter {
   int64_t step_ = 0;
 };
 
+// Keeps the JSON log's step lines up to `last_step` and the supervisor's restart lines (rank 0).
+void trim_json_log(const std::string& path, int64_t last_step);
+
 // --resume: every rank verifies its own stage files, all refuse together naming the file when
 // any is damaged, else load parameters and optimizer state. Returns the step to continue from.
 // Collective.

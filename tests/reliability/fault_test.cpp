@@ -478,6 +478,7 @@ TEST_F(SupervisorJob, HungRankIsNamedByItsNeighboursAndNothingIsLeftRunning) {
   EXPECT_NE(r.output.find("rank 1 (which was not waiting: hung)"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("restart 1 of 1 from the start"), std::string::npos) << r.output;
   EXPECT_EQ(logged_losses(path("run.jsonl")).size(), 8u);
+  EXPECT_TRUE(restart_line(path("run.jsonl")).is_object()) << "relaunched from the start, the restart line was lost";
   // (The bracket keeps the pattern from matching the shell that runs pgrep.)
   JobResult left = run({"/bin/sh", "-c", "pgrep -f -- 'geopipe-trai[n] --plan " + path("plan.json") + "' || true"}, "pgrep");
   EXPECT_EQ(left.output.find_first_of("0123456789"), std::string::npos) << "left running:\n" << left.output;

@@ -245,7 +245,7 @@ TEST(Replicas, AReplicaWhoseParametersDivergedIsCaughtAtTheNextCheckpoint) {
               std::string::npos)
         << what;
     EXPECT_NE(what.find(", replica 1 (rank 1) "), std::string::npos) << what;
-    EXPECT_NE(what.find("checkpoint not written"), std::string::npos) << what;
+    EXPECT_NE(what.find("checkpoint not named"), std::string::npos) << what;
   }
   const auto m = read_manifest(cfg.checkpoint_dir);
   ASSERT_TRUE(m.has_value());

@@ -17,7 +17,7 @@ struct FailureRecord {
   std::string region;
   int stage = -1;
   std::string kind;  // "timeout" (waited for `peer`), "error", "bad-input", "terminated" (by the launcher)
-  int peer = -1;     // the rank it waited for (timed out, or when terminated); -1 when none
+  int peer = -1;     // the rank it waited for (timed out, or when terminated); -1 none, -2 a collective
   double waited_s = 0;  // how long that wait had lasted
   std::string message;
 };
