@@ -203,6 +203,51 @@ void add_flags(CLI::App& app, TrainFlags& f) {
       ->needs(f.sample_opt);
 }
 
+// --export: rank 0 gathers the checkpoint into one nanoGPT file.
+int run_export(const Plan& plan, const runtime::TrainConfig& cfg, const std::string& export_file, int rank) {
+  if (rank == 0) {
+    int64_t step = runtime::export_checkpoint(cfg.checkpoint_dir, plan.job.model, export_file);
+    std::printf("exported step %lld of %s to %s\n", static_cast<long long>(step), cfg.checkpoint_dir.c_str(),
+                export_file.c_str());
+  }
+  comm::finalize_mpi();
+  return 0;
+}
+
+// --profile: under mpirun -n K every rank measures at once (stages sharing this host); rank 0 writes.
+int run_profile(const Plan& plan, const runtime::TrainConfig& cfg, const std::string& profile_file, int rank, int size) {
+  std::unique_ptr<comm::Communicator> pcomm;
+  if (size > 1) {
+    comm::CommOptions co;
+    co.region = "profile";
+    co.default_timeout_s = cfg.comm_timeout_s;
+    pcomm = std::make_unique<comm::Communicator>(co);
+  }
+  runtime::write_profile(plan, cfg.device, profile_file, 5, pcomm.get(), cfg.comm_timeout_s);
+  if (rank == 0) std::printf("wrote profile %s (%d rank%s at once)\n", profile_file.c_str(), size, size > 1 ? "s" : "");
+  pcomm.reset();
+  comm::finalize_mpi();
+  return 0;
+}
+
+// --topology (or GEOPIPE_TOPOLOGY): the plan checked against it (and the rank count), kept for
+// the shaper and the electricity figures; without one, the rank count is still checked.
+std::shared_ptr<Topology> checked_topology(const Plan& plan, runtime::TrainConfig& cfg, std::string& topology_file,
+                                           int size) {
+  if (topology_file.empty())
+    if (const char* v = std::getenv(env::kTopology)) topology_file = v;
+  if (topology_file.empty()) {
+    if (size != plan.world_size())
+      throw InputError(cfg.plan_file, "stages", "plan needs " + std::to_string(plan.world_size()) +
+                                                    " ranks, started with " + std::to_string(size));
+    return nullptr;
+  }
+  auto topo = std::make_shared<Topology>(load_topology(topology_file));
+  check_plan_against(plan, *topo, cfg.plan_file, size);
+  cfg.topology = *topo;
+  return topo;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -244,43 +289,11 @@ int main(int argc, char** argv) {
         spdlog::warn("the BLAS is not an optimized one: CPU training runs about 13x slower (docs/PERFORMANCE.md)");
     }
 
-    if (!export_file.empty()) {
-      if (rank == 0) {
-        int64_t step = runtime::export_checkpoint(cfg.checkpoint_dir, plan.job.model, export_file);
-        std::printf("exported step %lld of %s to %s\n", static_cast<long long>(step), cfg.checkpoint_dir.c_str(),
-                    export_file.c_str());
-      }
-      comm::finalize_mpi();
-      return 0;
-    }
+    if (!export_file.empty()) return run_export(plan, cfg, export_file, rank);
     if (*sample_opt) return run_sample(plan, cfg, sample, rank, size);
-    if (!profile_file.empty()) {
-      // Under mpirun -n K every rank measures at once (stages sharing this host); rank 0 writes.
-      std::unique_ptr<comm::Communicator> pcomm;
-      if (size > 1) {
-        comm::CommOptions co;
-        co.region = "profile";
-        co.default_timeout_s = cfg.comm_timeout_s;
-        pcomm = std::make_unique<comm::Communicator>(co);
-      }
-      runtime::write_profile(plan, cfg.device, profile_file, 5, pcomm.get(), cfg.comm_timeout_s);
-      if (rank == 0) std::printf("wrote profile %s (%d rank%s at once)\n", profile_file.c_str(), size, size > 1 ? "s" : "");
-      pcomm.reset();
-      comm::finalize_mpi();
-      return 0;
-    }
+    if (!profile_file.empty()) return run_profile(plan, cfg, profile_file, rank, size);
 
-    if (topology_file.empty())
-      if (const char* v = std::getenv(env::kTopology)) topology_file = v;
-    std::shared_ptr<Topology> topo;
-    if (!topology_file.empty()) {
-      topo = std::make_shared<Topology>(load_topology(topology_file));
-      check_plan_against(plan, *topo, cfg.plan_file, size);
-      cfg.topology = *topo;
-    } else if (size != plan.world_size()) {
-      throw InputError(cfg.plan_file, "stages", "plan needs " + std::to_string(plan.world_size()) +
-                                                    " ranks, started with " + std::to_string(size));
-    }
+    const std::shared_ptr<Topology> topo = checked_topology(plan, cfg, topology_file, size);
 
     if (!run_dir.dir.empty()) prepare_run_dir(run_dir, cfg, plan, topology_file, rank, size);
 

@@ -243,7 +243,7 @@ int supervise(LaunchRequest request, const SuperviseOptions& o, std::ostream& ou
     if (o.replan && !d.lost_regions.empty()) replan(request, args, d, attempt + 1, out);
     const int64_t resumed = checkpoint_dir.empty() ? -1 : manifest_step(checkpoint_dir);
     if (resumed >= 0 && std::find(args.begin(), args.end(), "--resume") == args.end()) args.push_back("--resume");
-    unsetenv("GEOPIPE_TEST_FAULT");  // a test's fault strikes the first attempt only
+    unsetenv(env::kTestFault);  // a test's fault strikes the first attempt only
     const LogTail tail = json_log.empty() ? LogTail{} : read_log_tail(json_log, std::max<int64_t>(resumed, 0));
     std::this_thread::sleep_for(std::chrono::duration<double>(o.backoff_s));
     nlohmann::json line = {{"restart", attempt + 1},

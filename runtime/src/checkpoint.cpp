@@ -335,6 +335,7 @@ std::optional<Manifest> read_manifest(const std::string& dir) {
   } catch (const std::exception& e) {
     throw InputError(path, "crc32c", std::string("malformed checkpoint manifest: ") + e.what());
   }
+  if (m.step < 0) throw InputError(path, "step", "must not be negative, got " + std::to_string(m.step));
   if (m.replicas < 1 || m.replicas > 4096)
     throw InputError(path, "replicas", "expected 1..4096, got " + std::to_string(m.replicas));
   if (m.optimizer_shards != 1 && m.optimizer_shards != m.replicas)

@@ -84,7 +84,8 @@ void CheckpointWriter::write_files(bool writes, const std::function<void()>& mid
   try {
     for (size_t i = 0; i < snapshot_.size(); ++i) {
       StageCheckpoint& ck = snapshot_[i];
-      job_.digests[static_cast<size_t>(ck.stage * plan_.replicas() + replica_)] = parameter_digest(ck.model);
+      if (plan_.replicas() > 1)  // only replicas compare them
+        job_.digests[static_cast<size_t>(ck.stage * plan_.replicas() + replica_)] = parameter_digest(ck.model);
       if (!writes) continue;
       if (ck.shard != 0) ck.model.clear();  // the model goes in shard 0's file only
       const FileDigest d = save_stage_checkpoint(cfg_.checkpoint_dir, ck, i == 0 ? midway : std::function<void()>());
@@ -147,7 +148,7 @@ Manifest CheckpointWriter::manifest_of(const std::vector<double>& files) const {
   const int S = plan_.num_stages();
   Manifest m{step_, S, plan_.job.name, {}, plan_.replicas(), shards_, {}, gpt_config(plan_.job.model),
              plan_.replicas() * plan_.job.micro_batches};
-  for (const StagePlan& sp : plan_.stages) m.layers.emplace_back(sp.layer_begin, sp.layer_end);
+  m.layers = layer_split(plan_);
   for (int s = 0; s < S; ++s)
     for (int r = 0; r < shards_; ++r) {
       const size_t slot = 2 * static_cast<size_t>(s * shards_ + r);

@@ -2,6 +2,7 @@
 
 #include <geopipe/core/error.h>
 
+#include <algorithm>
 #include <cstdlib>
 
 namespace geopipe::runtime::detail {
@@ -63,7 +64,7 @@ at::Tensor whole_moment(const std::map<std::string, at::Tensor>& entries, const 
                         const at::Tensor& param, const std::string& source) {
   if (auto it = entries.find(key); it != entries.end()) return it->second;
   at::Tensor flat = at::empty({param.numel()}, at::TensorOptions().dtype(at::kFloat));
-  int64_t covered = 0;
+  std::vector<std::pair<int64_t, int64_t>> ranges;
   const std::string prefix = key + "[";
   for (auto it = entries.lower_bound(prefix); it != entries.end() && it->first.compare(0, prefix.size(), prefix) == 0;
        ++it) {
@@ -73,12 +74,20 @@ at::Tensor whole_moment(const std::map<std::string, at::Tensor>& entries, const 
       throw InputError(source, it->first, "is not a slice of " + key + " (" + std::to_string(param.numel()) +
                                               " elements)");
     flat.narrow(0, begin, end - begin).copy_(it->second.reshape(-1));
-    covered += end - begin;
+    ranges.emplace_back(begin, end);
   }
-  if (covered == 0) throw InputError(source, key, "the checkpoint has no optimizer state for this parameter");
-  if (covered != param.numel())  // slices never overlap (ZeRO-1 splits each parameter once)
-    throw InputError(source, key, "its slices cover " + std::to_string(covered) + " of " +
-                                      std::to_string(param.numel()) + " elements (a shard file is missing?)");
+  if (ranges.empty()) throw InputError(source, key, "the checkpoint has no optimizer state for this parameter");
+  // The slices must tile the parameter: no gap (a missing shard file), no overlap (foreign slices).
+  std::sort(ranges.begin(), ranges.end());
+  int64_t covered = 0;
+  for (const auto& [begin, end] : ranges) {
+    if (begin != covered) break;
+    covered = end;
+  }
+  if (covered != param.numel())
+    throw InputError(source, key, "its slices tile " + std::to_string(covered) + " of " +
+                                      std::to_string(param.numel()) +
+                                      " elements from the start (a shard file missing, or slices that overlap)");
   return flat.view(param.sizes());
 }
 

@@ -2,6 +2,7 @@
 #include "trainer_parts.h"
 
 #include <geopipe/comm/communicator.h>
+#include <geopipe/core/env.h>
 #include <geopipe/core/error.h>
 
 #include <spdlog/spdlog.h>
@@ -46,7 +47,7 @@ TestFault parse_test_fault(const std::string& text) {
   TestFault f;
   if (text.empty()) return f;
   auto bad = [&](const std::string& why) {
-    return InputError("GEOPIPE_TEST_FAULT", "", "\"" + text + "\": " + why +
+    return InputError(env::kTestFault, "", "\"" + text + "\": " + why +
                                                    " (expected kill|stop|kill-in-checkpoint|corrupt|perturb:rank=R:step=S)");
   };
   std::vector<std::string> parts;
@@ -84,13 +85,13 @@ namespace detail {
 FaultHooks::FaultHooks(const TrainConfig& cfg, int rank, int world, bool has_comm) {
   std::string text;
   if (cfg.test_fault) text = *cfg.test_fault;
-  else if (const char* env = std::getenv("GEOPIPE_TEST_FAULT")) text = env;
+  else if (const char* env = std::getenv(env::kTestFault)) text = env;
   fault_ = parse_test_fault(text);
   if (fault_.kind != TestFault::Kind::kNone && fault_.rank >= world)
-    throw InputError("GEOPIPE_TEST_FAULT", "", "\"" + text + "\": rank " + std::to_string(fault_.rank) +
+    throw InputError(env::kTestFault, "", "\"" + text + "\": rank " + std::to_string(fault_.rank) +
                                                   " does not exist (the job has " + std::to_string(world) + " ranks)");
   if (fault_.kind == TestFault::Kind::kCorrupt && !has_comm)
-    throw InputError("GEOPIPE_TEST_FAULT", "", "\"" + text + "\": a one-stage run sends no messages to corrupt");
+    throw InputError(env::kTestFault, "", "\"" + text + "\": a one-stage run sends no messages to corrupt");
   mine_ = fault_.kind != TestFault::Kind::kNone && fault_.rank == rank;
 }
 

@@ -70,7 +70,7 @@ Manifest checked_layout(const Plan& plan, const TrainConfig& cfg, Manifest m) {
       throw InputError(mpath, "layers", "the checkpoint records no layer split (written before resharding) and has " +
                                             std::to_string(m.num_stages) + " stages, the plan " +
                                             std::to_string(plan.num_stages()) + ": resume it with its own plan");
-    for (const StagePlan& sp : plan.stages) m.layers.emplace_back(sp.layer_begin, sp.layer_end);
+    m.layers = layer_split(plan);
   }
   return m;
 }
@@ -150,8 +150,7 @@ int64_t resume(const Plan& plan, const TrainConfig& cfg, const std::vector<Stage
   if (!comm || comm->rank() == 0) {
     spdlog::info("resumed from {} at step {} (every stage file verified: size and CRC32C)",
                  manifest_path(cfg.checkpoint_dir), manifest.step);
-    std::vector<std::pair<int, int>> mine;
-    for (const StagePlan& sp : plan.stages) mine.emplace_back(sp.layer_begin, sp.layer_end);
+    const std::vector<std::pair<int, int>> mine = layer_split(plan);
     if (manifest.layers != mine || manifest.optimizer_shards != optimizer_shards(plan, cfg))
       spdlog::info("resharded the checkpoint (stages {}, optimizer state in {} shard(s) per stage) into this plan "
                    "(stages {}, {} shard(s) per stage)",

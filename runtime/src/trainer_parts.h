@@ -39,6 +39,13 @@ class FaultHooks {
   bool mine_ = false;
 };
 
+// Each stage's layers [begin, end): what a checkpoint's manifest records (checkpoint.h).
+inline std::vector<std::pair<int, int>> layer_split(const Plan& plan) {
+  std::vector<std::pair<int, int>> layers;
+  for (const StagePlan& sp : plan.stages) layers.emplace_back(sp.layer_begin, sp.layer_end);
+  return layers;
+}
+
 // Optimizer-state files per stage: the replica count with a sharded optimizer (each replica
 // writes its shard), else 1.
 inline int optimizer_shards(const Plan& plan, const TrainConfig& cfg) {
@@ -69,7 +76,6 @@ class CheckpointWriter {
   // Throws Error when a rank could not write its files or the replicas disagree (no manifest then).
   CheckpointTimes finish();
   bool pending() const { return pending_; }
-  int64_t pending_step() const { return step_; }
 
  private:
   struct Job {  // what the writer thread leaves for finish()

@@ -284,7 +284,7 @@ TEST(Training, CheckpointsAreWrittenInTheBackgroundAndNamedAStepLater) {
   for (int step : {2, 4, 5}) EXPECT_TRUE(fs::exists(stage_checkpoint_path(cfg.checkpoint_dir, step, 0))) << step;
   EXPECT_NE(r.summary.find("checkpoints: 3, the loop blocked "), std::string::npos) << r.summary;
   EXPECT_NE(r.summary.find("files written in the background in "), std::string::npos) << r.summary;
-  // What was written is the state after the step, not what the next step made of it.
+  // The last checkpoint (named at once) resumes at its step.
   TrainConfig resume = cfg;
   resume.resume = true;
   resume.iters = 5;

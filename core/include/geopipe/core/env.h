@@ -24,6 +24,10 @@ inline constexpr const char* kPlan = "GEOPIPE_PLAN";
 // launch --max-restarts`, whose supervisor reads the records to decide how to restart.
 inline constexpr const char* kFailureDir = "GEOPIPE_FAILURE_DIR";
 
+// FOR TESTS ONLY: makes one rank fail on purpose (runtime/trainer.h: TestFault). The supervisor
+// clears it for relaunches: a test's fault strikes the first attempt only.
+inline constexpr const char* kTestFault = "GEOPIPE_TEST_FAULT";
+
 // Comm settings that launch forwards to every rank when the caller set them.
 // File holding the per-job message authentication key (comm/auth.h).
 inline constexpr const char* kAuthKeyFile = "GEOPIPE_AUTH_KEY_FILE";
