@@ -22,7 +22,7 @@ namespace geopipe::cli {
 namespace {
 
 struct PlanOptions {
-  std::string topology, job, out, profile;
+  std::string topology, job, out, profile, codec_profile;
   std::string policy = "bace";
   std::string codec = "auto";
   std::string schedule = "auto";
@@ -137,6 +137,11 @@ int run_plan(const PlanOptions& o) {
     profile = std::make_unique<scheduler::Profile>(scheduler::load_profile(o.profile));
     po.profile = profile.get();
   }
+  std::unique_ptr<scheduler::CodecProfile> codec_profile;
+  if (!o.codec_profile.empty()) {
+    codec_profile = std::make_unique<scheduler::CodecProfile>(scheduler::load_codec_profile(o.codec_profile));
+    po.codec_profile = codec_profile.get();
+  }
   std::vector<scheduler::ScheduleOption> considered;
   Plan plan = scheduler::plan_job(*policy, topology, job, po, &considered);
   if (o.out.empty() || o.out == "-") {
@@ -169,7 +174,8 @@ void register_plan(CLI::App& app, int& exit_code) {
   std::vector<std::string> codecs = {"auto", "adaptive"};
   for (const auto& c : known_codec_names()) codecs.push_back(c);
   cmd->add_option("--codec", o->codec,
-                  "Inter-region codec: auto (int8-block where a hop needs it), none, one codec for every hop, or "
+                  "Inter-region codec: auto (int8-block where it makes a hop faster, or saves more egress than its "
+                  "compute costs), none, one codec for every hop, or "
                   "adaptive (start as auto does; the runtime steps each hop's codec with the link it measures)")
       ->check(CLI::IsMember(codecs));
   std::vector<std::string> schedules = {"auto"};
@@ -197,6 +203,10 @@ void register_plan(CLI::App& app, int& exit_code) {
   cmd->add_option("--efficiency", o->efficiency, "Achieved fraction of peak GPU FLOP/s (default 0.4)")
       ->check(CLI::Range(0.001, 1.0));
   cmd->add_option("--profile", o->profile, "Measured compute profile (replaces the FLOPs model for its device)")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--codec-profile", o->codec_profile,
+                  "Codec speeds measured by geopipe-codec-bench --json (for the regions whose gpu_type its device "
+                  "names); default: the CPU twins' measured speeds, an assumed 1 TB/s on GPUs")
       ->check(CLI::ExistingFile);
   cmd->add_option("--shared-compute-slots", o->shared_compute_slots,
                   "Every stage runs on this one host, which computes N stages at once (emulated regions: its cores, "

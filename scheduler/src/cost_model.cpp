@@ -1,3 +1,4 @@
+#include <geopipe/core/error.h>
 #include <geopipe/scheduler/cost_model.h>
 #include <geopipe/scheduler/profile.h>
 
@@ -72,6 +73,27 @@ double codec_ratio(const std::string& codec, DType dtype) {
 double boundary_bytes(const JobSpec& job, const std::string& codec) {
   const double elems = static_cast<double>(job.micro_batch) * job.model.seq_len * job.model.d_model;
   return elems * dtype_bytes(job.model.dtype) / codec_ratio(codec, job.model.dtype);
+}
+
+CodecRates codec_rates(const Region& region, const std::string& codec, const CodecProfile* profile) {
+  if (codec == "none" || codec.empty()) return {};
+  if (profile && codec_profile_applies(*profile, region)) {
+    auto it = profile->codecs.find(codec);
+    if (it != profile->codecs.end()) return it->second;
+  }
+  if (region.gpu_type != "cpu") return {kAssumedGpuCodecBps, kAssumedGpuCodecBps};
+  // geopipe-codec-bench --device cpu, AVX2 loop, 32768x4096 bf16, GB/s read + written.
+  if (codec == "int8-block") return {19.20e9, 21.03e9};
+  if (codec == "int4-block") return {11.14e9, 13.59e9};
+  if (codec == "fp8-e4m3-block") return {6.04e9, 9.35e9};
+  if (codec == "fp8-e5m2-block") return {7.22e9, 8.44e9};
+  throw Error("no measured speed for codec \"" + codec + "\" (cost_model.cpp, codec_rates)");
+}
+
+CodecWork codec_work(const JobSpec& job, const std::string& codec, const CodecRates& rates) {
+  if (codec == "none" || codec.empty()) return {};
+  const double moved = boundary_bytes(job, "none") + boundary_bytes(job, codec);
+  return {moved / rates.encode_bps, moved / rates.decode_bps};
 }
 
 double link_time_s(double bytes, const LinkSpec& link) {

@@ -73,14 +73,50 @@ const char* link_transport(const Topology& topology, int region_a, int region_b)
   return region_a == region_b && topology.regions[region_a].gpu_type != "cpu" ? "nccl" : "mpi";
 }
 
-std::pair<std::string, std::string> hop_codecs(const std::string& codec_option, double plain_xfer_s,
-                                               double compute_period_s) {
-  if (codec_option == "auto" || codec_option == "adaptive") {  // adaptive: where the runtime starts
-    if (plain_xfer_s <= compute_period_s * (1 + kRelEps)) return {"none", "none"};
-    return {"int8-block", "int8-block"};
+std::pair<std::string, std::string> hop_codecs(const std::string& codec_option, const HopCodecInputs& hop) {
+  if (codec_option == "auto" || codec_option == "adaptive") {
+    const double plain_s = std::max(hop.plain_xfer_s, hop.compute_period_s);
+    const double compressed_s = std::max(hop.compressed_xfer_s, hop.compute_period_s + hop.codec_s);
+    const bool faster = compressed_s < plain_s * (1 - kRelEps);
+    const bool cheaper = codec_option == "auto" && hop.egress_saved_usd > hop.codec_usd &&
+                         compressed_s <= plain_s * (1 + hop.max_slowdown);
+    if (faster || cheaper) return {"int8-block", "int8-block"};
+    return {"none", "none"};
   }
   if (codec_option == "int4-block") return {"int4-block", "int8-block"};  // int4 is for activations only
   return {codec_option, codec_option};
+}
+
+BoundaryCodecWork boundary_codec_work(const JobSpec& job, const Region& from, const Region& to,
+                                      const std::string& codec_fwd, const std::string& codec_bwd,
+                                      const CodecProfile* profile) {
+  const CodecWork fwd_at_from = codec_work(job, codec_fwd, codec_rates(from, codec_fwd, profile));
+  const CodecWork fwd_at_to = codec_work(job, codec_fwd, codec_rates(to, codec_fwd, profile));
+  const CodecWork bwd_at_from = codec_work(job, codec_bwd, codec_rates(from, codec_bwd, profile));
+  const CodecWork bwd_at_to = codec_work(job, codec_bwd, codec_rates(to, codec_bwd, profile));
+  return {fwd_at_from.encode_s, bwd_at_from.decode_s, fwd_at_to.decode_s, bwd_at_to.encode_s};
+}
+
+HopCodecInputs hop_codec_inputs(const Topology& topology, const JobSpec& job, const PlannerOptions& options, int a,
+                                int b, double bps_ab, double bps_ba, double compute_period_s) {
+  const std::string codec = "int8-block";
+  const Region &ra = topology.regions[a], &rb = topology.regions[b];
+  const double plain = boundary_bytes(job, "none"), packed = boundary_bytes(job, codec);
+  const double bps = std::min(bps_ab, bps_ba);
+  const BoundaryCodecWork w = boundary_codec_work(job, ra, rb, codec, codec, options.codec_profile);
+  const double at_a = w.from_forward_s + w.from_backward_s, at_b = w.to_forward_s + w.to_backward_s;
+  auto usd_per_s = [](const Region& r) { return r.gpu_power_w * r.pue * r.price_usd_per_kwh / 3.6e6; };
+  HopCodecInputs hop;
+  hop.plain_xfer_s = plain / bps;
+  hop.compressed_xfer_s = packed / bps;
+  hop.compute_period_s = compute_period_s;
+  hop.codec_s = std::max(at_a, at_b);
+  const auto ab = topology.link(a, b), ba = topology.link(b, a);
+  if (ab && ba)
+    hop.egress_saved_usd = boundary_egress_usd(plain, plain, *ab, *ba, 1) - boundary_egress_usd(packed, packed, *ab, *ba, 1);
+  hop.codec_usd = at_a * usd_per_s(ra) + at_b * usd_per_s(rb);
+  hop.max_slowdown = options.slack;
+  return hop;
 }
 
 // ---- Evaluation -----------------------------------------------------------------------------
@@ -111,8 +147,10 @@ struct Context {
     return v[static_cast<size_t>(a) * R + b];
   }
   bool linked(int a, int b) const { return a == b || state.capacity_bps[static_cast<size_t>(a) * R + b] > 0; }
-  // The codec pair a hop uses when plain transfer would take `x_none` against compute period `pc`.
-  std::pair<std::string, std::string> codecs(double x_none, double pc) const { return hop_codecs(opt.codec, x_none, pc); }
+  // The codec pair of a hop a -> b at these bandwidths against compute period `pc`.
+  std::pair<std::string, std::string> codecs(int a, int b, double bw_f, double bw_b, double pc) const {
+    return hop_codecs(opt.codec, hop_codec_inputs(topo, job, opt, a, b, bw_f, bw_b, pc));
+  }
   // Smallest bytes any allowed codec can send (for lower bounds).
   double min_bytes() const {
     if (opt.codec == "none") return bytes_none;
@@ -152,7 +190,7 @@ Eval evaluate(const Context& c, const std::vector<int>& path, const std::vector<
   std::vector<int> split = balance_layers(c.job.model.layers, dev);
   std::vector<double> t = stage_times(split, dev);
   const double pc = *std::max_element(t.begin(), t.end());
-  std::vector<double> x(S ? S - 1 : 0), lat(S ? S - 1 : 0);
+  std::vector<double> x(S ? S - 1 : 0), lat(S ? S - 1 : 0), codec_s(S, 0.0);
   double worst = 0, egress = 0;  // egress: USD of one iteration of this pipeline
   const LinkSpec& intra = c.topo.intra_region;
   for (size_t j = 0; j + 1 < S; ++j) {
@@ -169,7 +207,13 @@ Eval evaluate(const Context& c, const std::vector<int>& path, const std::vector<
       bw_b = c.bw(b, a);
     }
     if (bw_f <= 0 || bw_b <= 0) return e;
-    if (a != b) codec = c.codecs(c.bytes_none / std::min(bw_f, bw_b), pc);
+    if (a != b) {
+      codec = c.codecs(a, b, bw_f, bw_b, pc);
+      const BoundaryCodecWork w = boundary_codec_work(c.job, c.topo.regions[a], c.topo.regions[b], codec.first,
+                                                      codec.second, c.opt.codec_profile);
+      codec_s[j] += w.from_forward_s + w.from_backward_s;
+      codec_s[j + 1] += w.to_forward_s + w.to_backward_s;
+    }
     const double bytes_f = a == b ? c.bytes_none : boundary_bytes(c.job, codec.first);
     const double bytes_b = a == b ? c.bytes_none : boundary_bytes(c.job, codec.second);
     x[j] = std::max(bytes_f / bw_f, bytes_b / bw_b);
@@ -187,6 +231,9 @@ Eval evaluate(const Context& c, const std::vector<int>& path, const std::vector<
       out->hop_bps.push_back(std::min(bw_f, bw_b));
     }
   }
+  // The codecs run on the stages' devices: their work lengthens those stages (the hops were
+  // chosen against the compute period without it).
+  for (size_t k = 0; k < S; ++k) t[k] += codec_s[k];
   ScheduleKind kind;
   const PipelineTiming timing = time_path(c, t, x, lat, kind);
   std::vector<const Region*> regs(S);

@@ -3,6 +3,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -167,5 +169,69 @@ void check_profile_matches(const Profile& p, const JobSpec& job) {
 }
 
 bool profile_applies(const Profile& profile, const Region& region) { return profile.device == region.gpu_type; }
+
+namespace {
+
+// One measured row of the codec bench that the codec profile keeps.
+struct CodecRow {
+  double numel = 0, gbps = 0;
+};
+
+// The row to keep for one codec and op: the largest tensor, then the fastest path.
+void keep_row(CodecRow& kept, double numel, double gbps) {
+  if (numel > kept.numel || (numel == kept.numel && gbps > kept.gbps)) kept = {numel, gbps};
+}
+
+std::string lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char ch) { return std::tolower(ch); });
+  return s;
+}
+
+}  // namespace
+
+CodecProfile parse_codec_profile(const json& doc, const std::string& file) {
+  Reader r{file, {}};
+  CodecProfile p;
+  p.source = file;
+  if (!doc.is_object()) throw InputError({{file, "", "expected the JSON object geopipe-codec-bench --json writes"}});
+  if (const json* v = r.field(doc, "", "device"); v && (!v->is_string() || v->get<std::string>().empty()))
+    r.error("device", "expected the device the codecs were measured on, a non-empty string");
+  else if (v)
+    p.device = v->get<std::string>();
+  std::map<std::string, CodecRow> encode, decode;
+  if (const json* rows = r.field(doc, "", "rows"); rows && !rows->is_array()) {
+    r.error("rows", "expected an array of measured rows");
+  } else if (rows) {
+    for (size_t i = 0; i < rows->size(); ++i) {
+      const json& row = (*rows)[i];
+      const std::string at = "rows[" + std::to_string(i) + "]";
+      auto str = [&](const char* k) { return row.contains(k) && row[k].is_string() ? row[k].get<std::string>() : ""; };
+      auto num = [&](const char* k) { return row.contains(k) && row[k].is_number() ? row[k].get<double>() : -1.0; };
+      const std::string codec = str("codec"), op = str("op");
+      const double numel = num("numel"), gbps = num("gbps");
+      if (codec.empty() || (op != "quantize" && op != "dequantize") || !(numel > 0) || !(gbps > 0) ||
+          !std::isfinite(gbps)) {
+        r.error(at, "expected a row with codec, op (quantize or dequantize), numel > 0 and gbps > 0");
+        continue;
+      }
+      keep_row((op == "quantize" ? encode : decode)[codec], numel, gbps);
+    }
+  }
+  for (const auto& [codec, row] : encode) {
+    if (!decode.count(codec)) r.error("rows", "codec " + codec + " has quantize rows but no dequantize row");
+    else p.codecs[codec] = {row.gbps * 1e9, decode[codec].gbps * 1e9};
+  }
+  for (const auto& [codec, row] : decode)
+    if (!encode.count(codec)) r.error("rows", "codec " + codec + " has dequantize rows but no quantize row");
+  if (p.codecs.empty()) r.error("rows", "no codec was measured");
+  if (!r.diags.empty()) throw InputError(r.diags);
+  return p;
+}
+
+CodecProfile load_codec_profile(const std::string& path) { return parse_codec_profile(read_json_file(path), path); }
+
+bool codec_profile_applies(const CodecProfile& profile, const Region& region) {
+  return !region.gpu_type.empty() && lower(profile.device).find(lower(region.gpu_type)) != std::string::npos;
+}
 
 }  // namespace geopipe::scheduler

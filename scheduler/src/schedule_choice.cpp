@@ -44,7 +44,6 @@ int chunks_per_rank(const std::string& kind, const PlannerOptions& opt) {
 std::string fill_boundaries(const Topology& topo, const JobSpec& job, const Placement& p, const PlannerOptions& opt,
                             double compute_period_s, ScheduleOption& o, std::vector<BoundaryCost>& costs) {
   const size_t N = o.chunk_rank.size();
-  const double plain = boundary_bytes(job, "none");
   costs.assign(N > 0 ? N - 1 : 0, {});
   for (size_t c = 0; c + 1 < N; ++c) {
     const int ra = o.chunk_rank[c], rb = o.chunk_rank[c + 1];
@@ -57,7 +56,7 @@ std::string fill_boundaries(const Topology& topo, const JobSpec& job, const Plac
         return "stage chunks " + std::to_string(c) + " and " + std::to_string(c + 1) + " would cross " +
                topo.regions[a].name + " -> " + topo.regions[b].name + ", which has no link";
       const double bw_f = ab->bytes_per_s(), bw_b = ba->bytes_per_s();
-      if (a != b) codec = hop_codecs(opt.codec, plain / std::min(bw_f, bw_b), compute_period_s);
+      if (a != b) codec = hop_codecs(opt.codec, hop_codec_inputs(topo, job, opt, a, b, bw_f, bw_b, compute_period_s));
       fwd = boundary_bytes(job, codec.first);
       bwd = boundary_bytes(job, codec.second);
       bps = std::min(bw_f, bw_b);
@@ -71,6 +70,28 @@ std::string fill_boundaries(const Topology& topo, const JobSpec& job, const Plac
     o.boundary_bps.push_back(bps);
   }
   return {};
+}
+
+// The codecs run on the chunks' devices (planner.h, boundary_codec_work): the sender's encode of
+// the activations is part of its forward, the receiver's decode of them part of its forward; the
+// gradient's encode is part of the receiver's backward (its input gradient, I when split), its
+// decode part of the sender's.
+void add_codec_work(const Topology& topo, const JobSpec& job, const Placement& p, const PlannerOptions& opt,
+                    ScheduleOption& o, std::vector<ChunkCost>& costs) {
+  for (size_t c = 0; c + 1 < o.chunk_rank.size(); ++c) {
+    if (o.codec_fwd[c] == "none" && o.codec_bwd[c] == "none") continue;
+    const Region& from = topo.regions[p.region[o.chunk_rank[c]]];
+    const Region& to = topo.regions[p.region[o.chunk_rank[c + 1]]];
+    const BoundaryCodecWork w = boundary_codec_work(job, from, to, o.codec_fwd[c], o.codec_bwd[c], opt.codec_profile);
+    auto add = [](ChunkCost& cost, double forward_s, double backward_s) {
+      cost.forward_s += forward_s;
+      cost.backward_s += backward_s;
+      cost.input_grad_s += backward_s;
+    };
+    add(costs[c], w.from_forward_s, w.from_backward_s);
+    add(costs[c + 1], w.to_forward_s, w.to_backward_s);
+  }
+  for (size_t c = 0; c < costs.size(); ++c) o.chunk_s[c] = costs[c].forward_s + costs[c].backward_s;
 }
 
 // Buffers one end of a boundary between ranks holds on its device: its sends (`out`) one way,
@@ -161,6 +182,7 @@ ScheduleOption evaluate_option(const Topology& topo, const JobSpec& job, const P
   std::vector<BoundaryCost> links;
   o.unavailable = fill_boundaries(topo, job, p, opt, period, o, links);
   if (!o.unavailable.empty()) return o;
+  add_codec_work(topo, job, p, opt, o, costs);
   o.timing = time_schedule(lowered, costs, links, opt.cost.shared_compute_slots);
   fill_memory(topo, job, p, opt, lowered, o);
   return o;

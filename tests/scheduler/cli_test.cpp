@@ -167,11 +167,32 @@ TEST(CliPlan, ReplicasThatNoRegionHasRoomForExitThreeNamingTheRegions) {
 
 TEST(CliPlan, ProfileReplacesTheFlopsModel) {
   Result a = run("plan --topology " + src("examples/topologies/local4.json") + " --job " +
-                 src("examples/jobs/gpt-tiny.json") + " --profile " + src("tests/scheduler/data/profile-cpu-gpt-tiny.json"));
+                 src("examples/jobs/gpt-tiny.json") + " --profile " + src("tests/scheduler/data/profile-cpu-gpt-tiny.json") +
+                 " --codec none");
   ASSERT_EQ(a.exit_code, 0) << a.output;
   auto doc = nlohmann::json::parse(a.output);
-  // Stage 1 runs one block: 0.004 + 0.008 s per micro-batch from the profile.
+  // Stage 1 runs one block: 0.004 + 0.008 s per micro-batch from the profile (no codec work).
   EXPECT_NEAR(doc["predicted"]["stage_compute_s"][1].get<double>(), 0.012, 1e-12);
+}
+
+TEST(CliPlan, AutoCodecsWeighTheCodecsMeasuredSpeedAgainstTheEgressItSaves) {
+  // local4's links are priced: at the CPU twins' measured speed int8-block pays for itself; a
+  // codec profile 2,000 times slower makes each stage too slow for the saving (beyond the 10 %).
+  const std::string base = "plan --topology " + src("examples/topologies/local4.json") + " --job " +
+                           src("examples/jobs/gpt-tiny.json");
+  Result fast = run(base);
+  Result slow = run(base + " --codec-profile " + src("tests/scheduler/data/codec-cpu-slow.json"));
+  ASSERT_EQ(fast.exit_code, 0) << fast.output;
+  ASSERT_EQ(slow.exit_code, 0) << slow.output;
+  auto a = nlohmann::json::parse(fast.output), b = nlohmann::json::parse(slow.output);
+  for (const auto& l : a["links"]) EXPECT_EQ(l["codec"]["forward"], "int8-block") << l;
+  for (const auto& l : b["links"]) EXPECT_EQ(l["codec"]["forward"], "none") << l;
+  EXPECT_LT(a["predicted"]["egress_usd"].get<double>(), b["predicted"]["egress_usd"].get<double>() / 1.99);
+  Result bad = run(base + " --codec-profile " + src("tests/scheduler/data/codec-bad.json"));
+  EXPECT_EQ(bad.exit_code, 2) << bad.output;
+  EXPECT_NE(bad.output.find("codec-bad.json"), std::string::npos) << bad.output;
+  EXPECT_NE(bad.output.find("codec int8-block has quantize rows but no dequantize row"), std::string::npos)
+      << bad.output;
 }
 
 TEST(CliPlan, SharedComputeSlotsLengthenTheIterationOfCoLocatedStages) {

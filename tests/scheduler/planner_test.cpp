@@ -356,11 +356,18 @@ geopipe::Topology priced(const geopipe::Topology& t, double forward, double back
 // micro-batches, 10 iterations.
 constexpr double kMessage = 2097152, kMessages = 8 * 10;
 
+// Uncompressed hops (--codec none): auto would compress a priced hop (hop_codecs).
+gs::PlannerOptions uncompressed() {
+  gs::PlannerOptions o;
+  o.codec = "none";
+  return o;
+}
+
 }  // namespace
 
 TEST(PlanEgress, TwoRegionJobPaysBothDirectionsOfEveryMicroBatchAndIteration) {
   auto t = priced(two_regions(10), 0.02, 0.02);  // a 10 Gbit/s link needs no codec
-  geopipe::Plan p = gs::plan_job(gs::Policy::kBace, t, two_stage_job(), {});
+  geopipe::Plan p = gs::plan_job(gs::Policy::kBace, t, two_stage_job(), uncompressed());
   ASSERT_EQ(p.links.size(), 1u);
   ASSERT_EQ(p.links[0].codec_forward, "none");
   // 80 messages x 2 directions x 2,097,152 bytes x 0.02 USD / 1e9 bytes.
@@ -368,7 +375,7 @@ TEST(PlanEgress, TwoRegionJobPaysBothDirectionsOfEveryMicroBatchAndIteration) {
   EXPECT_DOUBLE_EQ(p.predicted.cost_usd, p.predicted.electricity_usd + p.predicted.egress_usd);
   EXPECT_GT(p.predicted.electricity_usd, 0);
   // The placement the allocator weighed carries the same two parts.
-  auto placed = gs::place_job(gs::Policy::kBace, t, two_stage_job(), gs::ClusterState::empty(t), {});
+  auto placed = gs::place_job(gs::Policy::kBace, t, two_stage_job(), gs::ClusterState::empty(t), uncompressed());
   ASSERT_TRUE(placed.placement);
   EXPECT_NEAR(placed.placement->egress_usd, 0.0067108864, 1e-15);
   EXPECT_DOUBLE_EQ(placed.placement->cost_usd, placed.placement->electricity_usd + placed.placement->egress_usd);
@@ -380,13 +387,19 @@ TEST(PlanEgress, TwoRegionJobPaysBothDirectionsOfEveryMicroBatchAndIteration) {
   EXPECT_NEAR(c.predicted.egress_usd, 0.0033554432, 1e-15);
   EXPECT_LE(c.predicted.electricity_usd, p.predicted.electricity_usd);  // shorter messages: no longer an iteration
   EXPECT_DOUBLE_EQ(c.predicted.cost_usd, c.predicted.electricity_usd + c.predicted.egress_usd);
-  // Without prices the job pays electricity only, as before.
-  EXPECT_EQ(gs::plan_job(gs::Policy::kBace, two_regions(10), two_stage_job(), {}).predicted.egress_usd, 0.0);
+  // --codec auto compresses the priced hop for the egress it saves: the same bill.
+  geopipe::Plan a = gs::plan_job(gs::Policy::kBace, t, two_stage_job(), {});
+  EXPECT_EQ(a.links[0].codec_forward, "int8-block");
+  EXPECT_NEAR(a.predicted.egress_usd, 0.0033554432, 1e-15);
+  // Without prices the job pays electricity only, as before, and auto sends it uncompressed.
+  geopipe::Plan free = gs::plan_job(gs::Policy::kBace, two_regions(10), two_stage_job(), {});
+  EXPECT_EQ(free.predicted.egress_usd, 0.0);
+  EXPECT_EQ(free.links[0].codec_forward, "none");
 }
 
 TEST(PlanEgress, AsymmetricPricesChargeEachDirectionAtItsOwnRate) {
   auto t = priced(two_regions(10), 0.02, 0.09);
-  geopipe::Plan p = gs::plan_job(gs::Policy::kBace, t, two_stage_job(), {});
+  geopipe::Plan p = gs::plan_job(gs::Policy::kBace, t, two_stage_job(), uncompressed());
   // Both directions carry the same bytes: 80 x 2,097,152 x (0.02 + 0.09) / 1e9, whichever way round.
   EXPECT_NEAR(p.predicted.egress_usd, kMessages * kMessage * 0.11 / 1e9, 1e-15);
   EXPECT_NEAR(p.predicted.egress_usd, 0.0184549376, 1e-15);
@@ -413,8 +426,9 @@ TEST(PlanEgress, InsideARegionTheDefaultIsFreeAndIntraRegionSetsThePrice) {
 
 TEST(PlanEgress, EveryReplicasPipelinePaysItsOwnTraffic) {
   auto t = priced(two_regions_of(2), 0.02, 0.02);
-  geopipe::Plan one = gs::plan_job(gs::Policy::kBace, priced(two_regions_of(1), 0.02, 0.02), two_stage_job(), {});
-  geopipe::Plan two = gs::plan_job(gs::Policy::kBace, t, replicated(two_stage_job(), 2), {});
+  geopipe::Plan one =
+      gs::plan_job(gs::Policy::kBace, priced(two_regions_of(1), 0.02, 0.02), two_stage_job(), uncompressed());
+  geopipe::Plan two = gs::plan_job(gs::Policy::kBace, t, replicated(two_stage_job(), 2), uncompressed());
   ASSERT_NE(two.stages[0].region, two.stages[1].region);
   EXPECT_NEAR(one.predicted.egress_usd, 0.0067108864, 1e-15);
   EXPECT_NEAR(two.predicted.egress_usd, 2 * 0.0067108864, 1e-15);

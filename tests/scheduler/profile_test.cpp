@@ -118,3 +118,85 @@ TEST(Profile, HalfASplitIsRejectedNamingTheMissingField) {
     EXPECT_NE(std::string(e.what()).find("layer.weight_grad_s"), std::string::npos) << e.what();
   }
 }
+
+namespace {
+// Rows as geopipe-codec-bench --json writes them (fields the profile ignores left out).
+nlohmann::json bench_row(const std::string& codec, const std::string& op, double numel, double gbps,
+                         const std::string& path = "cuda") {
+  return {{"shape", "s"}, {"numel", numel}, {"codec", codec}, {"op", op}, {"path", path}, {"gbps", gbps}};
+}
+nlohmann::json codec_bench() {
+  return {{"benchmark", "geopipe-codec-bench"},
+          {"device", "NVIDIA H100 80GB HBM3"},
+          {"rows",
+           {bench_row("int8-block", "quantize", 1e6, 900), bench_row("int8-block", "quantize", 1e8, 2700),
+            bench_row("int8-block", "dequantize", 1e8, 2500), bench_row("int8-block", "dequantize", 1e6, 3000),
+            bench_row("int4-block", "quantize", 1e8, 1500, "portable"), bench_row("int4-block", "quantize", 1e8, 1800),
+            bench_row("int4-block", "dequantize", 1e8, 2000)}}};
+}
+}  // namespace
+
+TEST(CodecProfile, KeepsEachCodecsLargestTensorAndItsFastestPath) {
+  gs::CodecProfile p = gs::parse_codec_profile(codec_bench(), "codec-gpu.json");
+  EXPECT_EQ(p.device, "NVIDIA H100 80GB HBM3");
+  ASSERT_EQ(p.codecs.size(), 2u);
+  EXPECT_DOUBLE_EQ(p.codecs["int8-block"].encode_bps, 2700e9);  // the 1e8 row, not the 1e6 one
+  EXPECT_DOUBLE_EQ(p.codecs["int8-block"].decode_bps, 2500e9);
+  EXPECT_DOUBLE_EQ(p.codecs["int4-block"].encode_bps, 1800e9);  // the faster of two paths on one shape
+}
+
+TEST(CodecProfile, AppliesToRegionsWhoseGpuTypeItsDeviceNamesAndOtherwiseDefaultsApply) {
+  gs::CodecProfile p = gs::parse_codec_profile(codec_bench(), "codec-gpu.json");
+  geopipe::Region h100, a100, cpu;
+  h100.gpu_type = "h100";  // case does not matter
+  a100.gpu_type = "A100";
+  cpu.gpu_type = "cpu";
+  EXPECT_TRUE(gs::codec_profile_applies(p, h100));
+  EXPECT_FALSE(gs::codec_profile_applies(p, a100));
+  EXPECT_DOUBLE_EQ(gs::codec_rates(h100, "int8-block", &p).encode_bps, 2700e9);
+  // Not measured there: the GPU assumption, and on CPU regions the CPU twins' measured speed.
+  EXPECT_DOUBLE_EQ(gs::codec_rates(h100, "fp8-e4m3-block", &p).encode_bps, gs::kAssumedGpuCodecBps);
+  EXPECT_DOUBLE_EQ(gs::codec_rates(a100, "int8-block", &p).decode_bps, gs::kAssumedGpuCodecBps);
+  EXPECT_DOUBLE_EQ(gs::codec_rates(cpu, "int8-block", &p).encode_bps, 19.20e9);
+  EXPECT_DOUBLE_EQ(gs::codec_rates(cpu, "int8-block").decode_bps, 21.03e9);
+  EXPECT_DOUBLE_EQ(gs::codec_rates(cpu, "none").encode_bps, 0.0);
+}
+
+TEST(CodecProfile, CodecWorkIsTheBytesReadAndWrittenOverTheRate) {
+  // 2 x 1024 tokens x 512 wide, bf16: 2,097,152 bytes plain; int4-block packs them into 524,288.
+  auto job = gs::testing::make_job("j", 4, 512, 1024, 2, 4, 1, 2, 2);
+  const gs::CodecWork w = gs::codec_work(job, "int4-block", {1e9, 2e9});
+  EXPECT_DOUBLE_EQ(w.encode_s, (2097152 + 524288) / 1e9);
+  EXPECT_DOUBLE_EQ(w.decode_s, (2097152 + 524288) / 2e9);
+  const gs::CodecWork none = gs::codec_work(job, "none", {});
+  EXPECT_EQ(none.encode_s, 0.0);
+  EXPECT_EQ(none.decode_s, 0.0);
+}
+
+TEST(CodecProfile, BadRowsAndACodecWithoutBothOpsAreReportedByPath) {
+  auto doc = codec_bench();
+  doc["rows"].push_back(bench_row("fp8-e4m3-block", "quantize", 1e8, 700));  // no dequantize row
+  doc["rows"].push_back(bench_row("int8-block", "encode", 1e8, 700));      // op unknown
+  doc["rows"][0]["gbps"] = -3;
+  try {
+    gs::parse_codec_profile(doc, "codec.json");
+    FAIL() << "expected InputError";
+  } catch (const geopipe::InputError& e) {
+    std::string all;
+    for (const auto& d : e.diagnostics()) all += d.str() + "\n";
+    EXPECT_NE(all.find("codec.json"), std::string::npos) << all;
+    EXPECT_NE(all.find("rows[0]"), std::string::npos) << all;
+    EXPECT_NE(all.find("rows[8]"), std::string::npos) << all;
+    EXPECT_NE(all.find("codec fp8-e4m3-block has quantize rows but no dequantize row"), std::string::npos) << all;
+    EXPECT_EQ(e.exit_code(), geopipe::kExitBadInput);
+  }
+  try {
+    gs::parse_codec_profile({{"rows", nlohmann::json::array()}}, "empty.json");
+    FAIL() << "expected InputError";
+  } catch (const geopipe::InputError& e) {
+    std::string all;
+    for (const auto& d : e.diagnostics()) all += d.str() + "\n";
+    EXPECT_NE(all.find("device"), std::string::npos) << all;
+    EXPECT_NE(all.find("no codec was measured"), std::string::npos) << all;
+  }
+}

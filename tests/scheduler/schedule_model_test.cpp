@@ -248,12 +248,92 @@ TEST(ScheduleOptions, ZeroOneAndRecomputationShrinkTheirTerms) {
   EXPECT_DOUBLE_EQ(all[0].memory[0].optimizer, (4.0 + 4.0) * 1907200);
 }
 
-TEST(ScheduleOptions, HopCodecsCompressOnlyWhereTheLinkIsSlowerThanTheCompute) {
+// A hop's per-micro-batch figures for hop_codecs: transfer times, compute period, codec work.
+gs::HopCodecInputs hop(double plain_s, double compressed_s, double period_s, double codec_s = 0) {
+  gs::HopCodecInputs h;
+  h.plain_xfer_s = plain_s;
+  h.compressed_xfer_s = compressed_s;
+  h.compute_period_s = period_s;
+  h.codec_s = codec_s;
+  return h;
+}
+
+TEST(ScheduleOptions, HopCodecsCompressWhereThatMakesTheHopFaster) {
   using Pair = std::pair<std::string, std::string>;
-  EXPECT_EQ(gs::hop_codecs("auto", 0.5, 1.0), (Pair{"none", "none"}));
-  EXPECT_EQ(gs::hop_codecs("auto", 2.0, 1.0), (Pair{"int8-block", "int8-block"}));
-  EXPECT_EQ(gs::hop_codecs("int4-block", 0.1, 1.0), (Pair{"int4-block", "int8-block"}));  // int4: activations only
-  EXPECT_EQ(gs::hop_codecs("fp8-e4m3-block", 0.1, 1.0), (Pair{"fp8-e4m3-block", "fp8-e4m3-block"}));
+  EXPECT_EQ(gs::hop_codecs("auto", hop(0.5, 0.25, 1.0)), (Pair{"none", "none"}));
+  EXPECT_EQ(gs::hop_codecs("auto", hop(2.0, 1.0, 1.0)), (Pair{"int8-block", "int8-block"}));
+  // The link is slower than the compute, but the codec's work costs more than it saves:
+  // max(0.6, 1.0 + 0.5) = 1.5 s against max(1.2, 1.0) = 1.2 s.
+  EXPECT_EQ(gs::hop_codecs("auto", hop(1.2, 0.6, 1.0, 0.5)), (Pair{"none", "none"}));
+  EXPECT_EQ(gs::hop_codecs("auto", hop(1.2, 0.6, 1.0, 0.1)), (Pair{"int8-block", "int8-block"}));  // 1.1 < 1.2
+  EXPECT_EQ(gs::hop_codecs("adaptive", hop(2.0, 1.0, 1.0)), (Pair{"int8-block", "int8-block"}));
+  EXPECT_EQ(gs::hop_codecs("int4-block", hop(0.1, 0.05, 1.0)), (Pair{"int4-block", "int8-block"}));  // int4: activations only
+  EXPECT_EQ(gs::hop_codecs("fp8-e4m3-block", hop(0.1, 0.05, 1.0)), (Pair{"fp8-e4m3-block", "fp8-e4m3-block"}));
+  EXPECT_EQ(gs::hop_codecs("none", hop(2.0, 1.0, 1.0)), (Pair{"none", "none"}));
+}
+
+TEST(ScheduleOptions, AutoCompressesAFastHopWhenTheEgressSavedPaysForTheCodec) {
+  using Pair = std::pair<std::string, std::string>;
+  gs::HopCodecInputs h = hop(0.5, 0.25, 1.0, 0.05);  // fits uncompressed; the codec makes the stage 5 % slower
+  h.egress_saved_usd = 1e-3;
+  h.codec_usd = 1e-6;
+  h.max_slowdown = 0.10;
+  EXPECT_EQ(gs::hop_codecs("auto", h), (Pair{"int8-block", "int8-block"}));
+  EXPECT_EQ(gs::hop_codecs("adaptive", h), (Pair{"none", "none"}));  // the runtime adapts to time, not money
+  h.max_slowdown = 0.04;  // 1.05 s > 1.0 s x 1.04
+  EXPECT_EQ(gs::hop_codecs("auto", h), (Pair{"none", "none"}));
+  h.max_slowdown = 0.10;
+  h.codec_usd = 2e-3;  // the codec's electricity costs more than the egress it saves
+  EXPECT_EQ(gs::hop_codecs("auto", h), (Pair{"none", "none"}));
+}
+
+TEST(ScheduleOptions, CodecInputsOfAHopComeFromItsLinksRegionsAndTheCodecsSpeed) {
+  // bf16, 1 x 256 x 256: a message is 131,072 B plain, 65,536 B as int8-block; CPU regions use the
+  // CPU twins' measured int8-block speed (19.20 / 21.03 GB/s read + written).
+  auto t = make_topology({{"a", 2, 1.0, 0.1, "cpu"}, {"b", 2, 1.0, 0.2, "cpu"}},
+                         {{"a", "b", 8, 10, 0.02}, {"b", "a", 8, 10, 0.09}});
+  auto job = make_job("j", 4, 256, 256, 1, 8, 10, 2, 2);
+  gs::PlannerOptions o;
+  o.slack = 0.25;
+  const gs::HopCodecInputs h = gs::hop_codec_inputs(t, job, o, 0, 1, 1e9, 0.5e9, 0.01);
+  EXPECT_DOUBLE_EQ(h.plain_xfer_s, 131072 / 0.5e9);
+  EXPECT_DOUBLE_EQ(h.compressed_xfer_s, 65536 / 0.5e9);
+  EXPECT_DOUBLE_EQ(h.compute_period_s, 0.01);
+  const double encode = 196608 / 19.20e9, decode = 196608 / 21.03e9;
+  EXPECT_DOUBLE_EQ(h.codec_s, encode + decode);  // each end encodes one direction and decodes the other
+  EXPECT_NEAR(h.egress_saved_usd, 65536 * (0.02 + 0.09) / 1e9, 1e-18);
+  const double usd_per_s_a = 700 * 1.2 * 0.1 / 3.6e6, usd_per_s_b = 700 * 1.2 * 0.2 / 3.6e6;
+  EXPECT_NEAR(h.codec_usd, (encode + decode) * (usd_per_s_a + usd_per_s_b), 1e-18);
+  EXPECT_DOUBLE_EQ(h.max_slowdown, 0.25);
+}
+
+TEST(ScheduleOptions, AutoCompressesAPricedHopAndItsStagesCarryTheCodecWork) {
+  // Two one-GPU regions: the job must cross; the link is fast enough without a codec.
+  auto t = make_topology({{"a", 1, 100.0, 0.1}, {"b", 1, 100.0, 0.1}}, {{"a", "b", 100, 10}});
+  const auto priced_topology = make_topology({{"a", 1, 100.0, 0.1}, {"b", 1, 100.0, 0.1}}, {{"a", "b", 100, 10, 0.02}});
+  auto job = make_job("j", 4, 1024, 1024, 1, 8, 10, 2, 2);
+  gs::PlannerOptions o;
+  o.schedule = "1f1b";
+  const auto free_plan = gs::evaluate_path(t, job, {0, 1}, gs::ClusterState::empty(t), o);
+  ASSERT_TRUE(free_plan);
+  EXPECT_EQ(free_plan->codec_fwd[0], "none");  // egress costs nothing: no reason to compress
+  const auto priced = gs::evaluate_path(priced_topology, job, {0, 1}, gs::ClusterState::empty(priced_topology), o);
+  ASSERT_TRUE(priced);
+  EXPECT_EQ(priced->codec_fwd[0], "int8-block");
+  EXPECT_EQ(priced->codec_bwd[0], "int8-block");
+  // Each stage encodes one direction and decodes the other on its GPU (assumed 1 TB/s):
+  // 1024 x 1024 bf16 = 2 MiB plain + 1 MiB packed moved per message.
+  const double codec_s = 2 * (3 * 1048576 / gs::kAssumedGpuCodecBps);
+  EXPECT_NEAR(priced->stage_s[0] - free_plan->stage_s[0], codec_s, 1e-15);
+  EXPECT_NEAR(priced->stage_s[1] - free_plan->stage_s[1], codec_s, 1e-15);
+  // Both directions of 8 micro-batches x 10 iterations at 1 MiB (not 2) x 0.02 USD/GB.
+  EXPECT_NEAR(priced->egress_usd, 2 * 80 * 1048576 * 0.02 / 1e9, 1e-15);
+  // The replayed schedule (what the plan records) carries the same work.
+  geopipe::Plan p = gs::plan_job(gs::Policy::kBace, priced_topology, job, o);
+  EXPECT_EQ(p.links[0].codec_forward, "int8-block");
+  EXPECT_EQ(gs::plan_job(gs::Policy::kBace, t, job, o).links[0].codec_forward, "none");
+  o.codec = "none";
+  EXPECT_EQ(gs::plan_job(gs::Policy::kBace, priced_topology, job, o).links[0].codec_forward, "none");
 }
 
 TEST(ScheduleOptions, AdaptiveCodecsMarkOnlyTheLinksBetweenRegions) {

@@ -102,13 +102,15 @@ TEST(Simulator, EgressOfAJobAloneIsItsWireBytesAtEachDirectionsPrice) {
   doc["links"].push_back(reverse);
   auto t = geopipe::parse_topology(doc, "priced.json");
   auto job = link_job("x");
-  auto placed = gs::place_job(gs::Policy::kDelayFirst, t, job, gs::ClusterState::empty(t), {});
+  gs::SimOptions uncompressed;  // --codec auto would compress the priced hop (hop_codecs)
+  uncompressed.planner.codec = "none";
+  auto placed = gs::place_job(gs::Policy::kDelayFirst, t, job, gs::ClusterState::empty(t), uncompressed.planner);
   ASSERT_TRUE(placed.placement);
   ASSERT_EQ(placed.placement->inter_region_hops(), 1);
   // 8 micro-batches x 20 iterations x 2,097,152 bytes (bf16, no codec) x (0.02 + 0.05) / 1e9.
   const double egress = 8 * 20 * 2097152 * 0.07 / 1e9;
   EXPECT_NEAR(placed.placement->egress_usd, egress, 1e-12 * egress);
-  auto r = gs::simulate(t, workload({job}), gs::Policy::kDelayFirst, {});
+  auto r = gs::simulate(t, workload({job}), gs::Policy::kDelayFirst, uncompressed);
   EXPECT_NEAR(r.jobs[0].egress_usd, 0.0234881024, 1e-9 * egress);
   EXPECT_NEAR(r.egress_usd, 0.0234881024, 1e-9 * egress);
   EXPECT_NEAR(r.electricity_usd, placed.placement->electricity_usd, 1e-9 * r.electricity_usd);

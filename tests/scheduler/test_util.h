@@ -20,6 +20,7 @@ struct R {
 struct L {
   std::string a, b;
   double gbps, latency_ms;
+  double egress_usd_per_gb = -1;  // < 0: not given (free); a second L b -> a makes it asymmetric
 };
 
 inline Topology make_topology(const std::vector<R>& regions, const std::vector<L>& links, double intra_gbps = 100,
@@ -36,7 +37,10 @@ inline Topology make_topology(const std::vector<R>& regions, const std::vector<L
                               {"pue", 1.2},
                               {"price_usd_per_kwh", r.price}});
   doc["links"] = nlohmann::json::array();
-  for (const auto& l : links) doc["links"].push_back({{"a", l.a}, {"b", l.b}, {"gbps", l.gbps}, {"latency_ms", l.latency_ms}});
+  for (const auto& l : links) {
+    doc["links"].push_back({{"a", l.a}, {"b", l.b}, {"gbps", l.gbps}, {"latency_ms", l.latency_ms}});
+    if (l.egress_usd_per_gb >= 0) doc["links"].back()["egress_usd_per_gb"] = l.egress_usd_per_gb;
+  }
   return parse_topology(doc, "test-topology.json");
 }
 

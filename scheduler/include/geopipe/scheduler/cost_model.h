@@ -62,6 +62,25 @@ double boundary_bytes(const JobSpec& job, const std::string& codec);
 // Compression ratio of a codec on `dtype` elements: dtype bytes / codec payload bytes per element
 // (int8/fp8: 1 byte, int4: 0.5 byte; per-block scales, under 4 %, are not counted).
 double codec_ratio(const std::string& codec, DType dtype);
+// ---- Codec compute (docs/SCHEDULER.md, "Codec compute") ------------------------------------
+
+// A GPU's codec speed where no codec profile measured it: an assumption (about a third of an
+// H100's HBM bandwidth; the kernels' goal is 80 %) until scripts/gpu-check.sh's codec bench run is
+// given to the planner with --codec-profile.
+inline constexpr double kAssumedGpuCodecBps = 1e12;
+// The speed of `codec` on a region's device: the codec profile's when it applies to the region
+// (profile.h) and measured the codec; otherwise on a CPU region (gpu_type "cpu") the CPU twins'
+// one-core figures measured by geopipe-codec-bench (docs/PERFORMANCE.md, "Kernels", the largest
+// tensor), on a GPU region kAssumedGpuCodecBps. "none" has no rates (zero).
+CodecRates codec_rates(const Region& region, const std::string& codec, const CodecProfile* profile = nullptr);
+// Seconds to encode one micro-batch's boundary message (the sender) and to decode it (the
+// receiver): the plain tensor and the wire bytes, read + written, over the rate. 0 for "none".
+struct CodecWork {
+  double encode_s = 0;
+  double decode_s = 0;
+};
+CodecWork codec_work(const JobSpec& job, const std::string& codec, const CodecRates& rates);
+
 // Link time of one message: bytes / bandwidth + one-way latency.
 double link_time_s(double bytes, const LinkSpec& link);
 

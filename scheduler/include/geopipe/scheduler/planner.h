@@ -67,6 +67,7 @@ struct PlannerOptions {
   bool use_residual = true;         // read residual bandwidth (BACE) or link capacity (baselines)
   long node_budget = 5000;          // pathfinder node expansions per stage count and pass
   const Profile* profile = nullptr; // measured compute times (profile.h); null: FLOPs model
+  const CodecProfile* codec_profile = nullptr;  // measured codec speeds (profile.h); null: codec_rates' defaults
 };
 
 // A job placed on a sequence of regions, fully evaluated by the cost model.
@@ -119,12 +120,35 @@ PlanResult place_job(Policy policy, const Topology& topology, const JobSpec& job
 PlanResult exact_placement(const Topology& topology, const JobSpec& job, const ClusterState& state,
                            const PlannerOptions& options);
 
-// The codecs (forward, backward) of an inter-region hop whose plain transfer takes `plain_xfer_s`
-// per message against a compute period `compute_period_s`, under the --codec option: "auto" (and
-// "adaptive", where it starts) compresses (int8-block) only a hop slower than the compute;
-// "int4-block" is for activations only (gradients int8-block); any other name is used both ways.
-std::pair<std::string, std::string> hop_codecs(const std::string& codec_option, double plain_xfer_s,
-                                               double compute_period_s);
+// What --codec auto weighs on one inter-region hop, per micro-batch.
+struct HopCodecInputs {
+  double plain_xfer_s = 0;       // an uncompressed message over the slower direction
+  double compressed_xfer_s = 0;  // an int8-block message over the slower direction
+  double compute_period_s = 0;   // the slowest stage's forward + backward
+  double codec_s = 0;            // int8-block's encode + decode work on the busier end of the hop
+  double egress_saved_usd = 0;   // both directions' egress, uncompressed minus int8-block
+  double codec_usd = 0;          // the electricity of the codec work on both ends
+  double max_slowdown = 0;       // how much slower a hop may get for a saving (the allocator's slack)
+};
+// The codecs (forward, backward) of an inter-region hop under the --codec option. "auto"
+// compresses (int8-block) when that makes the hop faster, max(compressed, period + codec) below
+// max(plain, period), or when the egress it saves exceeds the codec's electricity and the hop
+// gets at most max_slowdown slower; "adaptive" starts where the time rule alone puts it (the
+// runtime then adapts to the link's time); "int4-block" is for activations only (gradients
+// int8-block); any other name is used both ways.
+std::pair<std::string, std::string> hop_codecs(const std::string& codec_option, const HopCodecInputs& hop);
+// The inputs of hop_codecs for a hop from region a to b at bandwidths (bytes/s) each way.
+HopCodecInputs hop_codec_inputs(const Topology& topology, const JobSpec& job, const PlannerOptions& options, int a,
+                                int b, double bps_ab, double bps_ba, double compute_period_s);
+// The codec work one micro-batch adds to the stages at each end of a boundary (sender of the
+// activations `from`, receiver `to`): the sender encodes activations and decodes gradients, the
+// receiver the reverse; forward work in `forward_s`, backward work in `backward_s`.
+struct BoundaryCodecWork {
+  double from_forward_s = 0, from_backward_s = 0, to_forward_s = 0, to_backward_s = 0;
+};
+BoundaryCodecWork boundary_codec_work(const JobSpec& job, const Region& from, const Region& to,
+                                      const std::string& codec_fwd, const std::string& codec_bwd,
+                                      const CodecProfile* profile);
 
 // The transport between ranks in regions a and b: "nccl" inside one GPU region, "mpi" otherwise
 // (between regions, and on CPU ranks).

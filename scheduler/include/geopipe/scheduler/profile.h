@@ -22,6 +22,7 @@
 
 #include <nlohmann/json_fwd.hpp>
 
+#include <map>
 #include <string>
 
 namespace geopipe::scheduler {
@@ -53,5 +54,29 @@ void save_profile(const Profile& profile, const std::string& path);  // atomic: 
 void check_profile_matches(const Profile& profile, const JobSpec& job);
 // True when the profile applies to this region (its gpu_type equals the profile's device).
 bool profile_applies(const Profile& profile, const Region& region);
+
+// ---- Codec profile ---------------------------------------------------------------------------
+// A codec's measured speed on one device, in bytes read + written per second (the input tensor and
+// the wire buffer), as geopipe-codec-bench counts them.
+struct CodecRates {
+  double encode_bps = 0;  // quantize
+  double decode_bps = 0;  // dequantize
+};
+
+// geopipe-codec-bench's --json output read as a profile: per codec, the rates of its largest
+// tensor (the pipeline's messages are megabytes; small tensors measure launch overhead), the
+// fastest path where a shape was timed with several. `device` is the bench's device line
+// ("cpu (1 thread)", or the CUDA device's name).
+struct CodecProfile {
+  std::string device;
+  std::map<std::string, CodecRates> codecs;
+  std::string source;  // file it came from (for messages)
+};
+CodecProfile parse_codec_profile(const nlohmann::json& doc, const std::string& file);
+CodecProfile load_codec_profile(const std::string& path);
+// True when the profile was measured on this region's kind of device: the region's gpu_type
+// appears in the profile's device line, case-insensitively ("H100" in "NVIDIA H100 80GB HBM3",
+// "cpu" in "cpu (1 thread)").
+bool codec_profile_applies(const CodecProfile& profile, const Region& region);
 
 }  // namespace geopipe::scheduler
