@@ -77,6 +77,11 @@ struct Prediction {
   // Per rank: predicted peak bytes on its device (parameters, gradients, optimizer state, peak
   // activations, message buffers, the framework's allowance; docs/SCHEDULER.md "Memory").
   std::vector<double> memory_bytes;
+  // Per rank, with replicas (empty without): its stage's gradient all-reduce among the replicas,
+  // and the part the backward does not hide (the largest is in iteration_s; docs/SCHEDULER.md,
+  // "Replicas").
+  std::vector<double> allreduce_s;
+  std::vector<double> allreduce_exposed_s;
 };
 
 struct Provenance {
