@@ -165,6 +165,24 @@ struct MemoryEstimate {
   double total() const { return weights + gradients + optimizer + activations + buffers + framework; }
 };
 
+// ---- Gradient all-reduce of a stage's replicas (docs/SCHEDULER.md, "Replicas") ------------
+
+// The runtime's reducer (runtime/src/grad_reducer.h, kBucketBytes = PyTorch DDP's 25 MB
+// bucket_cap_mb) sends a stage's gradients in buckets of this many bytes, as fp32.
+inline constexpr double kGradBucketBytes = 25 << 20;
+inline constexpr double kGradBytesPerParameter = 4;
+
+// Ring all-reduce of `grad_bytes` among `replicas` ranks over `intra` (the replicas of a stage
+// share its region), in kGradBucketBytes buckets, the last one the remainder. One bucket of n
+// bytes: 2(R - 1)/R * n / bandwidth + 2(R - 1) * latency (2(R - 1) ring steps). The buckets but
+// the last are ready while the stage's last backward runs (`backward_s`) and hide behind it; the
+// last is ready only at its end. Exposed = max(last bucket, total - backward_s). R = 1: zeros.
+struct AllReduceTime {
+  double total_s = 0;    // every bucket, back to back
+  double exposed_s = 0;  // what the backward does not hide: added to the iteration
+};
+AllReduceTime allreduce_time(double grad_bytes, double backward_s, int replicas, const LinkSpec& intra);
+
 // Energy (joules) of one iteration on the stages' GPUs (one GPU per stage): busy time at board
 // power, the rest of the iteration at idle power, times PUE. Cost in USD at each region's
 // electricity price (a job's cost adds the egress, boundary_egress_usd).
