@@ -83,6 +83,7 @@ nlohmann::json to_json(const SimResult& r, bool with_jobs) {
                                   {"start_s", x.start_s},
                                   {"end_s", x.end_s},
                                   {"stages", x.stages},
+                                  {"replicas", x.replicas},
                                   {"inter_region_hops", x.inter_region_hops},
                                   {"regions", x.regions},
                                   {"planned_s", x.planned_s},
@@ -104,12 +105,12 @@ void write_jobs_csv(const std::vector<SimResult>& results, const std::string& pa
     for (char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
     return q + "\"";
   };
-  out << "policy,bandwidth_scale,job,arrival_s,start_s,end_s,jct_s,stages,inter_region_hops,regions,planned_s,"
+  out << "policy,bandwidth_scale,job,arrival_s,start_s,end_s,jct_s,stages,replicas,inter_region_hops,regions,planned_s,"
          "energy_kwh,electricity_usd,egress_usd,cost_usd,relaxed,waiting_reason\n";
   for (const auto& r : results)
     for (const auto& j : r.jobs)
       out << r.policy << "," << r.bandwidth_scale << "," << quote(j.name) << "," << j.arrival_s << "," << j.start_s
-          << "," << j.end_s << "," << j.jct_s() << "," << j.stages << "," << j.inter_region_hops << ","
+          << "," << j.end_s << "," << j.jct_s() << "," << j.stages << "," << j.replicas << "," << j.inter_region_hops << ","
           << quote(j.regions) << "," << j.planned_s << "," << j.energy_kwh << "," << j.electricity_usd << ","
           << j.egress_usd << "," << j.cost_usd << ","
           << (j.relaxed ? 1 : 0) << "," << quote(j.waiting_reason) << "\n";

@@ -68,17 +68,52 @@ TEST(Simulator, BaceDoesNotOversubscribeALinkItHasSeenFillUp) {
   EXPECT_LE(r.max_link_oversubscription, 1.0 + 1e-9);
 }
 
-TEST(Simulator, RefusesAJobWithReplicasInsteadOfDroppingThem) {
-  auto job = link_job("dp");
-  job.replicas = 2;
-  try {
-    gs::simulate(shared_link(10), workload({link_job("x"), job}), gs::Policy::kBace, {});
-    FAIL() << "simulated a job with replicas";
-  } catch (const geopipe::InputError& e) {
-    EXPECT_EQ(std::string(e.what()),
-              "workload \"test\": job \"dp\".replicas: the multi-tenant simulator runs one rank per stage; replicas "
-              "(2) are planned by geopipe plan only");
+TEST(Simulator, AJobWithReplicasHoldsStagesTimesReplicasGpus) {
+  // One region of 4 GPUs: a 2-stage job with 2 replicas holds all four, so the next one waits
+  // for it, and a third without replicas (2 GPUs) too, behind it in FIFO order.
+  auto t = make_topology({{"a", 4, 1.0, 0.1}}, {});
+  auto first = link_job("first"), second = link_job("second");
+  first.replicas = second.replicas = 2;
+  second.arrival_s = 1;
+  for (gs::Policy policy : {gs::Policy::kBace, gs::Policy::kFifo, gs::Policy::kDelayFirst, gs::Policy::kCostFirst}) {
+    SCOPED_TRACE(gs::policy_name(policy));
+    auto r = gs::simulate(t, workload({first, second}), policy, {});
+    ASSERT_EQ(r.finished, 2);
+    EXPECT_EQ(r.jobs[0].stages, 2);
+    EXPECT_EQ(r.jobs[0].replicas, 2);
+    EXPECT_EQ(r.jobs[0].start_s, 0.0);
+    EXPECT_DOUBLE_EQ(r.jobs[1].start_s, r.jobs[0].end_s);
   }
+  // The same job on the empty cluster: the simulator runs it as the planner evaluated it,
+  // the all-reduce and all four GPUs' energy included.
+  auto placed = gs::place_job(gs::Policy::kBace, t, first, gs::ClusterState::empty(t), {});
+  ASSERT_TRUE(placed.placement);
+  ASSERT_EQ(placed.placement->replicas, 2);
+  EXPECT_GT(placed.placement->iteration_s, placed.placement->timing.iteration_s);
+  auto alone = gs::simulate(t, workload({first}), gs::Policy::kBace, {});
+  EXPECT_NEAR(alone.jobs[0].jct_s(), placed.placement->job_s, 1e-9 * placed.placement->job_s);
+  EXPECT_NEAR(alone.energy_kwh, placed.placement->energy_kwh, 1e-9 * alone.energy_kwh);
+}
+
+TEST(Simulator, AJobWithGpuBoundsTakesTheReplicasTheFreeGpusAllow) {
+  // 8 GPUs; "gpus": [2, 8] and 8 micro-batches: alone, the job runs 4 replicas of 2 micro-batches
+  // (8 GPUs); arriving while a 2-GPU job runs, BACE gives it what is left: 3 replicas do not
+  // divide 8, so 2 (4 GPUs).
+  auto t = make_topology({{"a", 8, 1.0, 0.1}}, {});
+  nlohmann::json doc = geopipe::to_json(link_job("elastic"));
+  doc["gpus"] = {2, 8};
+  doc["arrival_s"] = 1;
+  const geopipe::JobSpec elastic = geopipe::parse_job(doc, "elastic.json");
+  auto alone = gs::simulate(t, workload({elastic}), gs::Policy::kBace, {});
+  ASSERT_EQ(alone.finished, 1);
+  EXPECT_EQ(alone.jobs[0].replicas, 4);
+  auto r = gs::simulate(t, workload({link_job("plain"), elastic}), gs::Policy::kBace, {});
+  ASSERT_EQ(r.finished, 2);
+  EXPECT_EQ(r.jobs[0].replicas, 1);
+  EXPECT_EQ(r.jobs[1].replicas, 2);
+  EXPECT_DOUBLE_EQ(r.jobs[1].start_s, 1.0);
+  // Its step trains the same tokens either way: fewer replicas, a longer run.
+  EXPECT_GT(r.jobs[1].jct_s(), alone.jobs[0].jct_s());
 }
 
 TEST(Simulator, EnergyAndCostOfAJobAloneMatchItsPlan) {

@@ -51,6 +51,7 @@ struct JobRecord {
   double start_s = -1;          // -1: never started
   double end_s = -1;            // -1: never finished
   int stages = 0;
+  int replicas = 1;             // copies of the pipeline: the job held stages x replicas GPUs
   int inter_region_hops = 0;
   std::string regions;          // e.g. "us-east-2-ohio x8"
   double planned_s = 0;         // run time the placement predicted when it started (links as seen then)
