@@ -214,6 +214,10 @@ void read_job(JsonReader& r, const json& doc, const std::string& file, Plan& pla
   if (const json* job = r.field(doc, "", "job")) {
     try {
       plan.job = parse_job(*job, file, "job");
+      // A plan is what runs: its replicas, each with its micro_batches. Bounds are the planner's input.
+      if (plan.job.chooses_replicas())
+        r.error("job.gpus", "a plan's job gives the replicas it runs, not \"gpus\" bounds (those are for the "
+                            "job file that geopipe plan reads)");
     } catch (const InputError& e) {
       for (const auto& d : e.diagnostics()) r.error(d.path, d.message);
     }
