@@ -189,16 +189,23 @@ std::vector<AllReduceTime> stage_allreduce(const Context& c, const std::vector<i
   return out;
 }
 
-Eval evaluate(const Context& c, const std::vector<int>& path, const std::vector<double>& hop_override, Placement* out) {
-  Eval e;
+// The boundaries of one pipeline on `path` against compute period `pc`: each hop's transfer time
+// (larger direction) and latency, its codecs (recorded in `out`), the egress of one iteration,
+// and the bandwidth check. ok is false when two consecutive regions have no usable link.
+struct Hops {
+  bool ok = false;
+  bool bandwidth_ok = true;
+  std::vector<double> x, lat;
+  double egress = 0;  // USD of one iteration of this pipeline
+  double worst = 0;   // max over inter-region hops of transfer / compute period
+};
+
+Hops time_hops(const Context& c, const std::vector<int>& path, double pc, const std::vector<double>& hop_override,
+               Placement* out) {
+  Hops h;
   const size_t S = path.size();
-  std::vector<DeviceTimes> dev(S);
-  for (size_t k = 0; k < S; ++k) dev[k] = c.dev[path[k]];
-  std::vector<int> split = balance_layers(c.job.model.layers, dev);
-  std::vector<double> t = stage_times(split, dev);
-  const double pc = *std::max_element(t.begin(), t.end());
-  std::vector<double> x(S ? S - 1 : 0), lat(S ? S - 1 : 0);
-  double worst = 0, egress = 0;  // egress: USD of one iteration of this pipeline
+  h.x.assign(S ? S - 1 : 0, 0.0);
+  h.lat.assign(S ? S - 1 : 0, 0.0);
   const LinkSpec& intra = c.topo.intra_region;
   for (size_t j = 0; j + 1 < S; ++j) {
     const int a = path[j], b = path[j + 1];
@@ -209,20 +216,20 @@ Eval evaluate(const Context& c, const std::vector<int>& path, const std::vector<
     } else if (a == b) {
       bw_f = bw_b = intra.bytes_per_s();
     } else {
-      if (!c.linked(a, b)) return e;
+      if (!c.linked(a, b)) return h;
       bw_f = c.bw(a, b);
       bw_b = c.bw(b, a);
     }
-    if (bw_f <= 0 || bw_b <= 0) return e;
+    if (bw_f <= 0 || bw_b <= 0) return h;
     if (a != b) codec = c.codecs(c.bytes_none / std::min(bw_f, bw_b), pc);
     const double bytes_f = a == b ? c.bytes_none : boundary_bytes(c.job, codec.first);
     const double bytes_b = a == b ? c.bytes_none : boundary_bytes(c.job, codec.second);
-    x[j] = std::max(bytes_f / bw_f, bytes_b / bw_b);
-    lat[j] = (a == b ? intra.latency_ms : c.topo.link(a, b)->latency_ms) * 1e-3;
-    egress += boundary_egress_usd(bytes_f, bytes_b, *c.topo.link(a, b), *c.topo.link(b, a), c.job.micro_batches);
+    h.x[j] = std::max(bytes_f / bw_f, bytes_b / bw_b);
+    h.lat[j] = (a == b ? intra.latency_ms : c.topo.link(a, b)->latency_ms) * 1e-3;
+    h.egress += boundary_egress_usd(bytes_f, bytes_b, *c.topo.link(a, b), *c.topo.link(b, a), c.job.micro_batches);
     if (a != b) {
-      worst = std::max(worst, x[j] / pc);
-      if (x[j] > pc * (1 + kRelEps)) e.bandwidth_ok = false;
+      h.worst = std::max(h.worst, h.x[j] / pc);
+      if (h.x[j] > pc * (1 + kRelEps)) h.bandwidth_ok = false;
     }
     if (out) {
       out->codec_fwd.push_back(codec.first);
@@ -232,6 +239,23 @@ Eval evaluate(const Context& c, const std::vector<int>& path, const std::vector<
       out->hop_bps.push_back(std::min(bw_f, bw_b));
     }
   }
+  h.ok = true;
+  return h;
+}
+
+Eval evaluate(const Context& c, const std::vector<int>& path, const std::vector<double>& hop_override, Placement* out) {
+  Eval e;
+  const size_t S = path.size();
+  std::vector<DeviceTimes> dev(S);
+  for (size_t k = 0; k < S; ++k) dev[k] = c.dev[path[k]];
+  std::vector<int> split = balance_layers(c.job.model.layers, dev);
+  std::vector<double> t = stage_times(split, dev);
+  const double pc = *std::max_element(t.begin(), t.end());
+  Hops hops = time_hops(c, path, pc, hop_override, out);
+  if (!hops.ok) return e;
+  e.bandwidth_ok = hops.bandwidth_ok;
+  const std::vector<double>& x = hops.x;
+  const std::vector<double>& lat = hops.lat;
   ScheduleKind kind;
   const PipelineTiming timing = time_path(c, t, x, lat, kind);
   std::vector<AllReduceTime> reduce = stage_allreduce(c, split, dev);
@@ -244,7 +268,7 @@ Eval evaluate(const Context& c, const std::vector<int>& path, const std::vector<
   EnergyCost ec = iteration_energy(regs, t, iteration, c.job.micro_batches, c.opt.cost);
   ec.energy_j *= c.replicas;
   ec.cost_usd *= c.replicas;
-  egress *= c.replicas;
+  const double egress = hops.egress * c.replicas;
   e.ok = true;
   e.iteration_s = iteration;
   e.cost_usd = (ec.cost_usd + egress) * c.job.iterations;
@@ -268,7 +292,7 @@ Eval evaluate(const Context& c, const std::vector<int>& path, const std::vector<
     out->egress_usd = egress * c.job.iterations;
     out->cost_usd = e.cost_usd;
     out->bandwidth_ok = e.bandwidth_ok;
-    out->worst_hop_ratio = worst;
+    out->worst_hop_ratio = hops.worst;
   }
   return e;
 }
