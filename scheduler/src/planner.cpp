@@ -88,6 +88,35 @@ std::vector<int> replica_counts(const JobSpec& job, const PlannerOptions& option
   return out;
 }
 
+std::vector<double> placement_memory_bytes(const JobSpec& job, const Placement& p, bool shard_optimizer,
+                                           bool recompute) {
+  const int S = p.stages(), M = job.micro_batches;
+  const double state = state_bytes_per_parameter(job.model.dtype, job.replicas, shard_optimizer).total();
+  std::vector<double> bytes;
+  for (int k = 0; k < S; ++k) {
+    const bool last = k + 1 == S;
+    const int warmup = k < static_cast<int>(p.timing.warmup.size()) ? p.timing.warmup[k] : S - 1 - k;
+    const int in_flight = p.kind == ScheduleKind::kGPipe ? M : std::min(M, warmup + 1);
+    const double params = chunk_parameters(job.model, p.layers[k], k == 0, last);
+    const ActivationBytes act = chunk_activations(job.model, job.micro_batch, p.layers[k], last, recompute);
+    bytes.push_back(params * state + in_flight * act.per_micro_batch + act.transient + kFrameworkAllowanceBytes);
+  }
+  return bytes;
+}
+
+MemoryFit placement_fit(const Topology& topology, const JobSpec& job, const Placement& p, bool shard_optimizer) {
+  for (bool recompute : {false, true}) {
+    const std::vector<double> bytes = placement_memory_bytes(job, p, shard_optimizer, recompute);
+    bool fits = true;
+    for (int k = 0; k < p.stages(); ++k) {
+      const double usable = usable_memory_bytes(topology.regions[p.region[k]]);
+      fits = fits && (usable <= 0 || bytes[k] <= usable);
+    }
+    if (fits) return recompute ? MemoryFit::kWithRecompute : MemoryFit::kFits;
+  }
+  return MemoryFit::kOver;
+}
+
 int Placement::inter_region_hops() const {
   int n = 0;
   for (size_t k = 0; k + 1 < region.size(); ++k) n += region[k] != region[k + 1];

@@ -74,7 +74,9 @@ nlohmann::json to_json(const SimResult& r, bool with_jobs) {
                       {"cost_usd", r.cost_usd},
                       {"events", r.events},
                       {"placements_tried", r.placements_tried},
-                      {"max_link_oversubscription", r.max_link_oversubscription}};
+                      {"max_link_oversubscription", r.max_link_oversubscription},
+                      {"over_memory", r.over_memory},
+                      {"needs_recompute", r.needs_recompute}};
   if (with_jobs) {
     j["job_records"] = nlohmann::json::array();
     for (const auto& x : r.jobs)
@@ -84,6 +86,8 @@ nlohmann::json to_json(const SimResult& r, bool with_jobs) {
                                   {"end_s", x.end_s},
                                   {"stages", x.stages},
                                   {"replicas", x.replicas},
+                                  {"memory_fits", x.memory_fits},
+                                  {"needs_recompute", x.needs_recompute},
                                   {"inter_region_hops", x.inter_region_hops},
                                   {"regions", x.regions},
                                   {"planned_s", x.planned_s},

@@ -244,6 +244,11 @@ class Simulation {
     rec.start_s = now;
     rec.stages = p.stages();
     rec.replicas = p.replicas;
+    const MemoryFit fit = placement_fit(topo_, replica_job(work_.jobs[w.job], p.replicas), p, opt_.planner.shard_optimizer);
+    rec.memory_fits = fit != MemoryFit::kOver;
+    rec.needs_recompute = fit == MemoryFit::kWithRecompute;
+    res_.over_memory += fit == MemoryFit::kOver;
+    res_.needs_recompute += fit == MemoryFit::kWithRecompute;
     rec.inter_region_hops = p.inter_region_hops();
     rec.regions = describe_regions(topo_, p.region);
     rec.planned_s = p.job_s;

@@ -116,6 +116,41 @@ TEST(Simulator, AJobWithGpuBoundsTakesTheReplicasTheFreeGpusAllow) {
   EXPECT_GT(r.jobs[1].jct_s(), alone.jobs[0].jct_s());
 }
 
+TEST(Simulator, ReportsAJobStartedWhereThePlannersMemoryModelSaysItDoesNotFit) {
+  // The two-stage job in one region runs plain 1F1B: stage 0 holds 2 micro-batches, stage 1 one.
+  auto t = make_topology({{"a", 2, 1.0, 0.1}}, {});
+  auto job = link_job("small");
+  auto placed = gs::place_job(gs::Policy::kBace, t, job, gs::ClusterState::empty(t), {});
+  ASSERT_TRUE(placed.placement);
+  ASSERT_EQ(placed.placement->timing.warmup, (std::vector<int>{1, 0}));
+  // Stage 0: 14,693,376 parameters x 16 bytes + 2 x 4 x (16 N h + 4 N + b a s^2 + N h) with
+  // N = 1,024 tokens, h = 1,024, 8 heads, + 1 GB; stage 1: 13,646,848 x 16 + 4 x (the block +
+  // 2 N h + 2 N + N V) + 1 GB.
+  EXPECT_EQ(gs::placement_memory_bytes(job, *placed.placement, false),
+            (std::vector<double>{235094016 + 2 * 104873984 + 1e9, 218349568 + 113270784 + 1e9}));
+  auto small = gs::simulate(t, workload({job}), gs::Policy::kBace, {});
+  EXPECT_TRUE(small.jobs[0].memory_fits);
+  EXPECT_FALSE(small.jobs[0].needs_recompute);
+  EXPECT_EQ(small.over_memory, 0);
+  // 12 blocks of width 8,192 on two stages: 6 x 805,412,864 parameters x 16 bytes = 77 GB on a
+  // stage, over the 72 GB an 80 GB GPU offers even with recomputation. The simulator runs it
+  // and says so.
+  auto big = gs::simulate(t, workload({make_job("big", 12, 8192, 1024, 1, 8, 10, 2, 2)}), gs::Policy::kBace, {});
+  ASSERT_EQ(big.finished, 1);
+  EXPECT_FALSE(big.jobs[0].memory_fits);
+  EXPECT_EQ(big.over_memory, 1);
+  // 8 such blocks with 4,096-token sequences and 64 heads: 4 x 805M x 16 = 51.5 GB of state, and
+  // 2 micro-batches of 4 blocks' attention probabilities (4 x 64 x 4,096^2 x 4 bytes = 17.2 GB
+  // each) on stage 0 do not fit; keeping only block inputs does.
+  geopipe::JobSpec tall = make_job("tall", 8, 8192, 4096, 1, 8, 10, 2, 2);
+  tall.model.heads = 64;
+  auto recomputed = gs::simulate(t, workload({tall}), gs::Policy::kBace, {});
+  ASSERT_EQ(recomputed.finished, 1);
+  EXPECT_TRUE(recomputed.jobs[0].memory_fits);
+  EXPECT_TRUE(recomputed.jobs[0].needs_recompute);
+  EXPECT_EQ(recomputed.needs_recompute, 1);
+}
+
 TEST(Simulator, EnergyAndCostOfAJobAloneMatchItsPlan) {
   auto t = shared_link(10);
   auto job = link_job("x");

@@ -108,6 +108,20 @@ JobSpec replica_job(const JobSpec& job, int replicas);
 // does not divide micro_batches).
 std::vector<int> replica_counts(const JobSpec& job, const PlannerOptions& options);
 
+// The peak bytes each stage of a placement needs on its GPU by the planner's memory model
+// (MemoryEstimate: training state, activations, the framework's allowance) without replaying a
+// schedule: its closed-form schedule's micro-batches in flight (GPipe M, the 1F1B kinds their
+// warm-up + 1), with or without recomputation, no message buffers (they need the lowered lists).
+// `job` as its replicas run it (replica_job). For the simulator, which places jobs with the
+// search alone.
+std::vector<double> placement_memory_bytes(const JobSpec& job, const Placement& placement, bool shard_optimizer,
+                                           bool recompute = false);
+// Whether every stage fits in its region's usable memory (usable_memory_bytes; a region without
+// gpu_mem_gb always fits): as it is, only with recomputation (as plan_job's --recompute auto
+// would turn on), or not at all.
+enum class MemoryFit { kFits, kWithRecompute, kOver };
+MemoryFit placement_fit(const Topology& topology, const JobSpec& job, const Placement& placement, bool shard_optimizer);
+
 // Evaluates one region sequence for job.replicas copies of the pipeline: layer balance, codecs
 // (per options.codec; an inter-region link's bandwidth shared by the replicas' pipelines),
 // timing with each stage's gradient all-reduce, energy and cost of every replica.
