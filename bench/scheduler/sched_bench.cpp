@@ -54,8 +54,17 @@ double mean(const std::vector<double>& v) {
 
 // ---- quality --------------------------------------------------------------------------------
 
+// --gpu-bounds: every job may hold from its fewest stages up to 4 x its most stages in GPUs, the
+// policy choosing its replicas (docs/SCHEDULER.md, "Replicas").
+void bound_gpus(geopipe::Workload& w) {
+  for (geopipe::JobSpec& job : w.jobs) {
+    job.min_gpus = job.min_stages;
+    job.max_gpus = 4 * job.max_stages;
+  }
+}
+
 json quality(const geopipe::Topology& topo, const std::vector<uint64_t>& seeds, const std::vector<double>& scales,
-             int jobs, double load, bool ablations) {
+             int jobs, double load, bool ablations, bool gpu_bounds) {
   std::vector<gs::Policy> policies = {gs::Policy::kBace, gs::Policy::kDelayFirst, gs::Policy::kCostFirst,
                                       gs::Policy::kFifo};
   if (ablations)
@@ -65,12 +74,13 @@ json quality(const geopipe::Topology& topo, const std::vector<uint64_t>& seeds, 
   json out = json::array();
   std::printf("# quality: topology %s, %d jobs per workload, load %.2f, seeds", topo.name.c_str(), jobs, load);
   for (auto s : seeds) std::printf(" %llu", static_cast<unsigned long long>(s));
-  std::printf("\n");
+  std::printf("%s\n", gpu_bounds ? "; replicas chosen (\"gpus\": [fewest stages, 4 x most stages])" : "");
   for (double scale : scales) {
     // results[policy][seed]
     std::vector<std::vector<gs::SimResult>> res(policies.size());
     for (uint64_t seed : seeds) {
       geopipe::Workload w = gs::generate_workload(topo, {jobs, load, seed});
+      if (gpu_bounds) bound_gpus(w);
       for (size_t p = 0; p < policies.size(); ++p) {
         gs::SimOptions o;
         o.bandwidth_scale = scale;
@@ -322,7 +332,8 @@ int main(int argc, char** argv) {
   app.add_option("--instances", instances, "Random instances for the optimality gap");
   app.add_flag("--egress", egress, "Optimality: price every link direction (0.01-0.09 USD/GB)");
   app.add_flag("--gpu-bounds", gpu_bounds,
-               "Optimality: every job may hold up to the cluster's GPUs (\"gpus\"), the planner choosing its replicas");
+               "Replicas chosen: optimality jobs may hold up to the cluster's GPUs, quality jobs up to 4 x their most "
+               "stages (\"gpus\")");
   app.add_option("--reps", reps, "Random 16x64 planning instances");
   app.add_flag("!--no-ablations", ablations, "Skip the BACE ablations in quality mode");
   app.add_option("--json", json_out, "Write all numbers as JSON");
@@ -330,7 +341,7 @@ int main(int argc, char** argv) {
   try {
     auto topo = geopipe::load_topology(topology);
     json doc = {{"topology", topo.name}};
-    if (mode == "quality" || mode == "all") doc["quality"] = quality(topo, seeds, scales, jobs, load, ablations);
+    if (mode == "quality" || mode == "all") doc["quality"] = quality(topo, seeds, scales, jobs, load, ablations, gpu_bounds);
     if (mode == "optimality" || mode == "all") doc["optimality"] = optimality(instances, 7, egress, gpu_bounds);
     if (mode == "speed" || mode == "all") doc["speed"] = speed(topo, reps);
     if (!json_out.empty()) std::ofstream(json_out) << doc.dump(2) << "\n";
