@@ -9,6 +9,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <string>
 
 namespace {
@@ -257,6 +258,33 @@ TEST(CliSimulate, GeneratesAWorkloadAndPrintsTheComparison) {
   EXPECT_NEAR(first["cost_usd"].get<double>(),
               first["electricity_usd"].get<double>() + first["egress_usd"].get<double>(),
               1e-9 * first["cost_usd"].get<double>());
+}
+
+TEST(CliSimulate, JobsWithReplicasHoldTheirGpusAndTheOutputsSayHowMany) {
+  // "fixed" (2 stages x 2 replicas) holds all four GPUs; "bounded" ([2, 4] GPUs) arrives while it
+  // runs and starts when it ends: BACE and delay-first with 2 replicas of 4 micro-batches (the
+  // fastest), cost-first and fifo with one pipeline of 8.
+  const std::string json = out("cli_sim_replicas.json"), csv = out("cli_sim_replicas.csv");
+  Result r = run("simulate --topology " + src("tests/scheduler/data/two-regions-2gpus.json") + " --workload " +
+                 src("tests/scheduler/data/workload-replicas.json") + " --json " + json + " --csv " + csv);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  auto doc = geopipe::read_json_file(json);
+  const std::map<std::string, int> bounded_replicas = {{"bace", 2}, {"delay-first", 2}, {"cost-first", 1}, {"fifo", 1}};
+  for (const auto& result : doc["scenarios"][0]["results"]) {
+    SCOPED_TRACE(result["policy"].get<std::string>());
+    const auto& jobs = result["job_records"];
+    ASSERT_EQ(jobs.size(), 2u);
+    EXPECT_EQ(jobs[0]["replicas"], 2);
+    EXPECT_EQ(jobs[0]["stages"], 2);
+    EXPECT_EQ(jobs[1]["replicas"], bounded_replicas.at(result["policy"]));
+    EXPECT_DOUBLE_EQ(jobs[1]["start_s"].get<double>(), jobs[0]["end_s"].get<double>());
+    EXPECT_EQ(jobs[1]["memory_fits"], true);
+    EXPECT_EQ(result["over_memory"], 0);
+  }
+  std::ifstream in(csv);
+  std::string header;
+  std::getline(in, header);
+  EXPECT_NE(header.find(",jct_s,stages,replicas,inter_region_hops,"), std::string::npos) << header;
 }
 
 TEST(CliSimulate, RunsAWorkloadFileAndRejectsBadPolicies) {
