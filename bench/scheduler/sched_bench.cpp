@@ -230,8 +230,14 @@ json optimality(int instances, uint64_t seed, bool egress, bool gpu_bounds) {
     auto e = gs::exact_placement(topo, job, state, o);
     exact_ms.push_back(1e3 * seconds_since(t0));
     json row = {{"regions", R}, {"stages", {job.min_stages, job.max_stages}}};
-    if (gpu_bounds && b.placement) row["bace_replicas"] = b.placement->replicas, bace_replicated += b.placement->replicas > 1;
-    if (gpu_bounds && e.placement) row["exact_replicas"] = e.placement->replicas, exact_replicated += e.placement->replicas > 1;
+    if (gpu_bounds && b.placement) {
+      row["bace_replicas"] = b.placement->replicas;
+      bace_replicated += b.placement->replicas > 1;
+    }
+    if (gpu_bounds && e.placement) {
+      row["exact_replicas"] = e.placement->replicas;
+      exact_replicated += e.placement->replicas > 1;
+    }
     if (!e.placement) {
       ++none;
     } else if (!b.placement) {
@@ -250,7 +256,8 @@ json optimality(int instances, uint64_t seed, bool egress, bool gpu_bounds) {
     }
     rows.push_back(row);
   }
-  std::printf("# optimality: %d random instances (3-6 regions, 1-4 GPUs each, 2-8 stages, half with a stage range)%s%s\n",
+  std::printf("# optimality: %d random instances (3-6 regions, 1-4 GPUs each, 2-8 stages, half with a stage "
+              "range)%s%s\n",
               instances, egress ? ", egress 0.01-0.09 USD/GB per direction" : "",
               gpu_bounds ? ", replicas chosen (\"gpus\": [fewest stages, the cluster's GPUs])" : "");
   std::printf("%-10s %8s %8s %8s %8s %8s %12s %12s %14s\n", "instances", "compared", "median%", "p90%", "max%",
@@ -341,7 +348,8 @@ int main(int argc, char** argv) {
   try {
     auto topo = geopipe::load_topology(topology);
     json doc = {{"topology", topo.name}};
-    if (mode == "quality" || mode == "all") doc["quality"] = quality(topo, seeds, scales, jobs, load, ablations, gpu_bounds);
+    if (mode == "quality" || mode == "all")
+      doc["quality"] = quality(topo, seeds, scales, jobs, load, ablations, gpu_bounds);
     if (mode == "optimality" || mode == "all") doc["optimality"] = optimality(instances, 7, egress, gpu_bounds);
     if (mode == "speed" || mode == "all") doc["speed"] = speed(topo, reps);
     if (!json_out.empty()) std::ofstream(json_out) << doc.dump(2) << "\n";

@@ -293,7 +293,8 @@ void read_gpus(JsonReader& r, const json& doc, const std::string& path, JobSpec&
   job.max_gpus = static_cast<int>(hi);
   for (int R = 1; R <= job.micro_batches && R <= job.max_gpus; ++R) {
     if (job.micro_batches % R != 0) continue;
-    const int s_lo = std::max(job.min_stages, (job.min_gpus + R - 1) / R), s_hi = std::min(job.max_stages, job.max_gpus / R);
+    const int s_lo = std::max(job.min_stages, (job.min_gpus + R - 1) / R);
+    const int s_hi = std::min(job.max_stages, job.max_gpus / R);
     if (s_lo <= s_hi) return;
   }
   r.error(gp, "no stage count in [" + std::to_string(job.min_stages) + ", " + std::to_string(job.max_stages) +

@@ -261,7 +261,9 @@ AllReduceTime allreduce_time(double grad_bytes, double backward_s, int replicas,
   AllReduceTime a;
   if (replicas <= 1 || grad_bytes <= 0) return a;
   const double R = replicas;
-  auto ring = [&](double bytes) { return 2 * (R - 1) / R * bytes / intra.bytes_per_s() + 2 * (R - 1) * intra.latency_ms * 1e-3; };
+  auto ring = [&](double bytes) {
+    return 2 * (R - 1) / R * bytes / intra.bytes_per_s() + 2 * (R - 1) * intra.latency_ms * 1e-3;
+  };
   const double buckets = std::ceil(grad_bytes / kGradBucketBytes);
   const double last = grad_bytes - (buckets - 1) * kGradBucketBytes;
   a.total_s = (buckets - 1) * ring(kGradBucketBytes) + ring(last);

@@ -661,7 +661,8 @@ PlanResult bace_like(const std::vector<Context>& cs, const std::vector<Variant>&
     for (size_t i = 0; i < vs[v].counts.size(); ++i) {
       if (vs[v].counts[i] > vs[v].slots.total_free()) continue;
       // The fastest path of this stage count, when within the cap, is the incumbent to beat.
-      SearchOut o = Pathfinder(cs[v], vs[v].counts[i], Goal::kMinCost, cap).run(cs[v].opt.node_budget, fastest_of[v][i]);
+      SearchOut o =
+          Pathfinder(cs[v], vs[v].counts[i], Goal::kMinCost, cap).run(cs[v].opt.node_budget, fastest_of[v][i]);
       res.nodes += o.nodes;
       if (!o.best.empty() && better(Goal::kMinCost, o.best_t, o.best_c, best.t, best.c))
         best = {v, o.best, o.best_t, o.best_c};
@@ -754,15 +755,15 @@ PlanResult place_job(Policy policy, const Topology& topology, const JobSpec& job
   const std::vector<Variant> vs = variants(job, state, o);
   const std::vector<Context> cs = contexts(topology, vs, o);
   PlanResult res;
-  if (vs.empty()) {
-  } else if (policy == Policy::kFifo) {
-    res = first_fit(cs, vs);
-  } else if (policy == Policy::kDelayFirst) {
-    res = bace_like(cs, vs, /*price_term=*/false);
-  } else if (policy == Policy::kCostFirst) {
-    res = cheapest(cs, vs);
-  } else {
-    res = bace_like(cs, vs, o.price_term);
+  if (!vs.empty()) {
+    if (policy == Policy::kFifo)
+      res = first_fit(cs, vs);
+    else if (policy == Policy::kDelayFirst)
+      res = bace_like(cs, vs, /*price_term=*/false);
+    else if (policy == Policy::kCostFirst)
+      res = cheapest(cs, vs);
+    else
+      res = bace_like(cs, vs, o.price_term);
   }
   if (!res.placement) res.why = explain_all(cs, vs, job, o, &res.nodes);
   return res;
@@ -811,7 +812,8 @@ PlanResult exact_placement(const Topology& topology, const JobSpec& job, const C
     ++res.nodes;
     if (static_cast<int>(path.size()) == S) {
       Eval e = evaluate(c, path, {}, nullptr);
-      if (e.ok && (!options.bandwidth_check || e.bandwidth_ok)) leaves.push_back({v, encode(path), S, e.iteration_s, e.cost_usd});
+      if (e.ok && (!options.bandwidth_check || e.bandwidth_ok))
+        leaves.push_back({v, encode(path), S, e.iteration_s, e.cost_usd});
       return;
     }
     for (int r = 0; r < R; ++r) {

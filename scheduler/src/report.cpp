@@ -114,7 +114,8 @@ void write_jobs_csv(const std::vector<SimResult>& results, const std::string& pa
   for (const auto& r : results)
     for (const auto& j : r.jobs)
       out << r.policy << "," << r.bandwidth_scale << "," << quote(j.name) << "," << j.arrival_s << "," << j.start_s
-          << "," << j.end_s << "," << j.jct_s() << "," << j.stages << "," << j.replicas << "," << j.inter_region_hops << ","
+          << "," << j.end_s << "," << j.jct_s() << "," << j.stages << "," << j.replicas << ","
+          << j.inter_region_hops << ","
           << quote(j.regions) << "," << j.planned_s << "," << j.energy_kwh << "," << j.electricity_usd << ","
           << j.egress_usd << "," << j.cost_usd << ","
           << (j.relaxed ? 1 : 0) << "," << quote(j.waiting_reason) << "\n";

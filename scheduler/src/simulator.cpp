@@ -244,7 +244,8 @@ class Simulation {
     rec.start_s = now;
     rec.stages = p.stages();
     rec.replicas = p.replicas;
-    const MemoryFit fit = placement_fit(topo_, replica_job(work_.jobs[w.job], p.replicas), p, opt_.planner.shard_optimizer);
+    const JobSpec& spec = work_.jobs[w.job];
+    const MemoryFit fit = placement_fit(topo_, replica_job(spec, p.replicas), p, opt_.planner.shard_optimizer);
     rec.memory_fits = fit != MemoryFit::kOver;
     rec.needs_recompute = fit == MemoryFit::kWithRecompute;
     res_.over_memory += fit == MemoryFit::kOver;
