@@ -264,9 +264,10 @@ AllReduceTime allreduce_time(double grad_bytes, double backward_s, int replicas,
   auto ring = [&](double bytes) {
     return 2 * (R - 1) / R * bytes / intra.bytes_per_s() + 2 * (R - 1) * intra.latency_ms * 1e-3;
   };
-  const double buckets = std::ceil(grad_bytes / kGradBucketBytes);
-  const double last = grad_bytes - (buckets - 1) * kGradBucketBytes;
-  a.total_s = (buckets - 1) * ring(kGradBucketBytes) + ring(last);
+  const double bucket = static_cast<double>(kGradBucketBytes);
+  const double buckets = std::ceil(grad_bytes / bucket);
+  const double last = grad_bytes - (buckets - 1) * bucket;
+  a.total_s = (buckets - 1) * ring(bucket) + ring(last);
   a.exposed_s = std::max(ring(last), a.total_s - backward_s);
   return a;
 }

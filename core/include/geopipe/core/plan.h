@@ -13,6 +13,10 @@ namespace geopipe {
 
 inline constexpr int kPlanVersion = 1;
 
+// Bytes of one gradient bucket a stage's replicas all-reduce (PyTorch DDP's default
+// bucket_cap_mb): the runtime's reducer sends them, the scheduler times them.
+inline constexpr long long kGradBucketBytes = 25 << 20;
+
 // Codec names understood across the project (kernels implements them; core only checks names).
 // "none", "int8-block", "fp8-e4m3-block", "fp8-e5m2-block", "int4-block".
 const std::vector<std::string>& known_codec_names();

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <geopipe/core/config.h>
+#include <geopipe/core/plan.h>
 #include <geopipe/scheduler/profile.h>
 
 #include <string>
@@ -167,9 +168,8 @@ struct MemoryEstimate {
 
 // ---- Gradient all-reduce of a stage's replicas (docs/SCHEDULER.md, "Replicas") ------------
 
-// The runtime's reducer (runtime/src/grad_reducer.h, kBucketBytes = PyTorch DDP's 25 MB
-// bucket_cap_mb) sends a stage's gradients in buckets of this many bytes, as fp32.
-inline constexpr double kGradBucketBytes = 25 << 20;
+// The runtime's reducer sends a stage's gradients in buckets of kGradBucketBytes (core/plan.h),
+// as fp32.
 inline constexpr double kGradBytesPerParameter = 4;
 
 // Ring all-reduce of `grad_bytes` among `replicas` ranks over `intra` (the replicas of a stage
