@@ -28,7 +28,8 @@ struct PlanOptions {
   std::string schedule = "auto";
   int stages = 0;
   int virtual_stages = 0;
-  int replicas = 0;  // 0: the job's (its "replicas" field, else 1)
+  int replicas = 0;  // 0: the job's (its "replicas" field, else 1; with "gpus" bounds, chosen)
+  std::vector<int> gpus;  // --gpus MIN,MAX: the job's "gpus" bounds
   std::string recompute = "auto";
   bool shard_optimizer = false;
   double slack = 0.10;
@@ -98,9 +99,15 @@ void print_summary(const Plan& plan, const std::vector<scheduler::ScheduleOption
     std::vector<int> ranks(static_cast<size_t>(replicas));
     for (int k = 0; k < replicas; ++k) ranks[k] = r + k;
     const std::string who = replicas == 1 ? "rank  " + std::to_string(r) : rank_list(ranks);
-    std::snprintf(line, sizeof line, "  %-9s peak activations %d micro-batches, memory %.3f GB\n", who.c_str(),
+    std::snprintf(line, sizeof line, "  %-9s peak activations %d micro-batches, memory %.3f GB", who.c_str(),
                   plan.predicted.peak_activations[r], plan.predicted.memory_bytes[r] / 1e9);
     std::cout << line;
+    if (static_cast<size_t>(r) < plan.predicted.allreduce_s.size()) {
+      std::snprintf(line, sizeof line, ", gradient all-reduce %.4f s (exposed %.4f s)", plan.predicted.allreduce_s[r],
+                    plan.predicted.allreduce_exposed_s[r]);
+      std::cout << line;
+    }
+    std::cout << "\n";
   }
   std::snprintf(line, sizeof line,
                 "  predicted: iteration %.4f s, job %.1f s (%d iterations), energy %.3f kWh, cost %.4f USD "
@@ -112,10 +119,19 @@ void print_summary(const Plan& plan, const std::vector<scheduler::ScheduleOption
   if (!out.empty()) std::cout << "wrote " << out << "\n";
 }
 
+// The job with --gpus MIN,MAX as its "gpus" field, checked by the job parser's own rules.
+JobSpec with_gpus(const JobSpec& job, const std::vector<int>& gpus) {
+  nlohmann::json doc = to_json(job);
+  doc["gpus"] = gpus;
+  return parse_job(doc, "--gpus");
+}
+
 int run_plan(const PlanOptions& o) {
   Topology topology = load_topology(o.topology);
   JobSpec job = load_job(o.job);
-  if (o.replicas > 0) job.replicas = o.replicas;  // the plan records the count it was made with
+  if (!o.gpus.empty()) job = with_gpus(job, o.gpus);
+  // A plain job records the count it was made with; a job with "gpus" bounds has its choice fixed.
+  if (o.replicas > 0 && !job.chooses_replicas()) job.replicas = o.replicas;
   auto policy = scheduler::parse_policy(o.policy);
   if (!policy) throw InputError("--policy", "", "unknown policy \"" + o.policy + "\"");
   scheduler::PlannerOptions po;
@@ -129,6 +145,7 @@ int run_plan(const PlanOptions& o) {
                                                  o.schedule + " runs " + (o.schedule == "zbv" ? "2" : "1") +
                                                  " per rank");
   po.fixed_stages = o.stages;
+  if (job.chooses_replicas()) po.fixed_replicas = o.replicas;
   po.slack = o.slack;
   po.cost.efficiency = o.efficiency;
   po.cost.shared_compute_slots = o.shared_compute_slots;
@@ -191,6 +208,12 @@ void register_plan(CLI::App& app, int& exit_code) {
                   "Data-parallel replicas of every stage, all in the stage's region (default: the job's "
                   "\"replicas\", else 1); a stage then needs this many GPUs of its region")
       ->check(CLI::Range(1, kMaxReplicas));
+  cmd->add_option("--gpus", o->gpus,
+                  "MIN,MAX: GPUs the job may hold (its \"gpus\" field): the planner chooses the replicas R "
+                  "(dividing micro_batches, each replica running micro_batches / R) and the stages S with "
+                  "MIN <= S x R <= MAX; --replicas then fixes R")
+      ->expected(2)
+      ->delimiter(',');
   cmd->add_option("--recompute", o->recompute,
                   "auto (recompute only when the activations would not fit), none, or full (keep only each "
                   "block's input; train with --recompute full)")

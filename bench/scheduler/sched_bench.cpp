@@ -54,8 +54,17 @@ double mean(const std::vector<double>& v) {
 
 // ---- quality --------------------------------------------------------------------------------
 
+// --gpu-bounds: every job may hold from its fewest stages up to 4 x its most stages in GPUs, the
+// policy choosing its replicas (docs/SCHEDULER.md, "Replicas").
+void bound_gpus(geopipe::Workload& w) {
+  for (geopipe::JobSpec& job : w.jobs) {
+    job.min_gpus = job.min_stages;
+    job.max_gpus = 4 * job.max_stages;
+  }
+}
+
 json quality(const geopipe::Topology& topo, const std::vector<uint64_t>& seeds, const std::vector<double>& scales,
-             int jobs, double load, bool ablations) {
+             int jobs, double load, bool ablations, bool gpu_bounds) {
   std::vector<gs::Policy> policies = {gs::Policy::kBace, gs::Policy::kDelayFirst, gs::Policy::kCostFirst,
                                       gs::Policy::kFifo};
   if (ablations)
@@ -65,12 +74,13 @@ json quality(const geopipe::Topology& topo, const std::vector<uint64_t>& seeds, 
   json out = json::array();
   std::printf("# quality: topology %s, %d jobs per workload, load %.2f, seeds", topo.name.c_str(), jobs, load);
   for (auto s : seeds) std::printf(" %llu", static_cast<unsigned long long>(s));
-  std::printf("\n");
+  std::printf("%s\n", gpu_bounds ? "; replicas chosen (\"gpus\": [fewest stages, 4 x most stages])" : "");
   for (double scale : scales) {
     // results[policy][seed]
     std::vector<std::vector<gs::SimResult>> res(policies.size());
     for (uint64_t seed : seeds) {
       geopipe::Workload w = gs::generate_workload(topo, {jobs, load, seed});
+      if (gpu_bounds) bound_gpus(w);
       for (size_t p = 0; p < policies.size(); ++p) {
         gs::SimOptions o;
         o.bandwidth_scale = scale;
@@ -190,10 +200,17 @@ geopipe::JobSpec random_job(gs::Rng& rng, int layers, int min_stages, int max_st
   return geopipe::parse_job(doc, "job");
 }
 
-json optimality(int instances, uint64_t seed, bool egress) {
+// The job with "gpus": [its fewest stages, the cluster's GPUs]: the planner chooses the replicas.
+geopipe::JobSpec with_gpu_bounds(const geopipe::JobSpec& job, const geopipe::Topology& topo) {
+  json doc = geopipe::to_json(job);
+  doc["gpus"] = {job.min_stages, std::max(job.min_stages, topo.total_gpus())};
+  return geopipe::parse_job(doc, "job");
+}
+
+json optimality(int instances, uint64_t seed, bool egress, bool gpu_bounds) {
   gs::Rng rng(seed), price_rng(seed + 1);
   std::vector<double> gaps, bace_ms, exact_ms;
-  int both = 0, bace_missed = 0, none = 0, outside_window = 0;
+  int both = 0, bace_missed = 0, none = 0, outside_window = 0, bace_replicated = 0, exact_replicated = 0;
   json rows = json::array();
   for (int i = 0; i < instances; ++i) {
     const int R = 3 + static_cast<int>(rng.uniform() * 4);  // 3..6 regions
@@ -203,6 +220,7 @@ json optimality(int instances, uint64_t seed, bool egress) {
     const int S = 2 + static_cast<int>(rng.uniform() * (smax - 1));
     const bool range = rng.uniform() < 0.5;
     auto job = random_job(rng, 32, range ? std::max(2, S - 3) : S, S);
+    if (gpu_bounds) job = with_gpu_bounds(job, topo);
     auto state = gs::ClusterState::empty(topo);
     gs::PlannerOptions o;
     auto t0 = std::chrono::steady_clock::now();
@@ -212,6 +230,14 @@ json optimality(int instances, uint64_t seed, bool egress) {
     auto e = gs::exact_placement(topo, job, state, o);
     exact_ms.push_back(1e3 * seconds_since(t0));
     json row = {{"regions", R}, {"stages", {job.min_stages, job.max_stages}}};
+    if (gpu_bounds && b.placement) {
+      row["bace_replicas"] = b.placement->replicas;
+      bace_replicated += b.placement->replicas > 1;
+    }
+    if (gpu_bounds && e.placement) {
+      row["exact_replicas"] = e.placement->replicas;
+      exact_replicated += e.placement->replicas > 1;
+    }
     if (!e.placement) {
       ++none;
     } else if (!b.placement) {
@@ -230,13 +256,17 @@ json optimality(int instances, uint64_t seed, bool egress) {
     }
     rows.push_back(row);
   }
-  std::printf("# optimality: %d random instances (3-6 regions, 1-4 GPUs each, 2-8 stages, half with a stage range)%s\n",
-              instances, egress ? ", egress 0.01-0.09 USD/GB per direction" : "");
+  std::printf("# optimality: %d random instances (3-6 regions, 1-4 GPUs each, 2-8 stages, half with a stage "
+              "range)%s%s\n",
+              instances, egress ? ", egress 0.01-0.09 USD/GB per direction" : "",
+              gpu_bounds ? ", replicas chosen (\"gpus\": [fewest stages, the cluster's GPUs])" : "");
   std::printf("%-10s %8s %8s %8s %8s %8s %12s %12s %14s\n", "instances", "compared", "median%", "p90%", "max%",
               "min%", "bace_missed", "infeasible", "outside_window");
   std::printf("%-10d %8d %8.2f %8.2f %8.2f %8.2f %12d %12d %14d\n", instances, both, quantile(gaps, 0.5),
               quantile(gaps, 0.9), gaps.empty() ? NAN : *std::max_element(gaps.begin(), gaps.end()),
               gaps.empty() ? NAN : *std::min_element(gaps.begin(), gaps.end()), bace_missed, none, outside_window);
+  if (gpu_bounds)
+    std::printf("plans with replicas (R > 1): bace %d, exact %d\n", bace_replicated, exact_replicated);
   std::printf("planning time per instance: bace median %.3f ms max %.3f ms; exact median %.1f ms max %.1f ms\n",
               quantile(bace_ms, 0.5), *std::max_element(bace_ms.begin(), bace_ms.end()), quantile(exact_ms, 0.5),
               *std::max_element(exact_ms.begin(), exact_ms.end()));
@@ -298,7 +328,7 @@ int main(int argc, char** argv) {
   std::vector<double> scales = {0.25, 0.5, 1, 2};
   int jobs = 200, instances = 100, reps = 20;
   double load = 0.8;
-  bool ablations = true, egress = false;
+  bool ablations = true, egress = false, gpu_bounds = false;
   app.add_option("--mode", mode, "quality, optimality, speed or all")
       ->check(CLI::IsMember({"quality", "optimality", "speed", "all"}));
   app.add_option("--topology", topology, "Topology for quality and speed (default aws6)")->check(CLI::ExistingFile);
@@ -308,6 +338,9 @@ int main(int argc, char** argv) {
   app.add_option("--load", load, "Offered load of generated workloads");
   app.add_option("--instances", instances, "Random instances for the optimality gap");
   app.add_flag("--egress", egress, "Optimality: price every link direction (0.01-0.09 USD/GB)");
+  app.add_flag("--gpu-bounds", gpu_bounds,
+               "Replicas chosen: optimality jobs may hold up to the cluster's GPUs, quality jobs up to 4 x their most "
+               "stages (\"gpus\")");
   app.add_option("--reps", reps, "Random 16x64 planning instances");
   app.add_flag("!--no-ablations", ablations, "Skip the BACE ablations in quality mode");
   app.add_option("--json", json_out, "Write all numbers as JSON");
@@ -315,8 +348,9 @@ int main(int argc, char** argv) {
   try {
     auto topo = geopipe::load_topology(topology);
     json doc = {{"topology", topo.name}};
-    if (mode == "quality" || mode == "all") doc["quality"] = quality(topo, seeds, scales, jobs, load, ablations);
-    if (mode == "optimality" || mode == "all") doc["optimality"] = optimality(instances, 7, egress);
+    if (mode == "quality" || mode == "all")
+      doc["quality"] = quality(topo, seeds, scales, jobs, load, ablations, gpu_bounds);
+    if (mode == "optimality" || mode == "all") doc["optimality"] = optimality(instances, 7, egress, gpu_bounds);
     if (mode == "speed" || mode == "all") doc["speed"] = speed(topo, reps);
     if (!json_out.empty()) std::ofstream(json_out) << doc.dump(2) << "\n";
   } catch (const geopipe::Error& e) {

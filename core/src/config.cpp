@@ -263,9 +263,48 @@ json to_json(const Topology& t) {
 
 namespace {
 
+// "gpus": N or [min, max], after the stages and micro_batches: some stage count of the job's
+// range times some replica count dividing micro_batches must lie in the bounds.
+void read_gpus(JsonReader& r, const json& doc, const std::string& path, JobSpec& job) {
+  const json* g = r.field(doc, path, "gpus", false);
+  if (!g) return;
+  const std::string gp = child_path(path, "gpus");
+  constexpr long long kMost = 1LL << 20;
+  long long lo = 0, hi = 0;
+  if (g->is_number_integer()) {
+    lo = hi = g->get<long long>();
+  } else if (g->is_array() && g->size() == 2 && (*g)[0].is_number_integer() && (*g)[1].is_number_integer()) {
+    lo = (*g)[0].get<long long>();
+    hi = (*g)[1].get<long long>();
+  } else {
+    r.error(gp, "expected a GPU count or a range [min, max], got " + detail::json_type_name(*g));
+    return;
+  }
+  if (lo < 1 || hi < lo || hi > kMost) {
+    r.error(gp, "expected [min, max] with 1 <= min <= max <= " + std::to_string(kMost) + ", got " + g->dump());
+    return;
+  }
+  if (doc.contains("replicas")) {
+    r.error(gp, "cannot be given with \"replicas\" (which fixes the replicas, each running micro_batches); "
+                "give one of the two");
+    return;
+  }
+  job.min_gpus = static_cast<int>(lo);
+  job.max_gpus = static_cast<int>(hi);
+  for (int R = 1; R <= job.micro_batches && R <= job.max_gpus; ++R) {
+    if (job.micro_batches % R != 0) continue;
+    const int s_lo = std::max(job.min_stages, (job.min_gpus + R - 1) / R);
+    const int s_hi = std::min(job.max_stages, job.max_gpus / R);
+    if (s_lo <= s_hi) return;
+  }
+  r.error(gp, "no stage count in [" + std::to_string(job.min_stages) + ", " + std::to_string(job.max_stages) +
+                  "] times a replica count dividing micro_batches (" + std::to_string(job.micro_batches) +
+                  ") lies in " + g->dump());
+}
+
 void read_job(JsonReader& r, const json& doc, const std::string& path, JobSpec& job) {
   if (!r.expect_object(doc, path, {"name", "tenant", "note", "model", "micro_batch", "micro_batches", "iterations",
-                                   "stages", "replicas", "arrival_s"}))
+                                   "stages", "replicas", "gpus", "arrival_s"}))
     return;
   if (auto s = r.string(doc, path, "name")) job.name = *s;
   if (auto s = r.string(doc, path, "tenant", false)) job.tenant = *s;
@@ -319,6 +358,7 @@ void read_job(JsonReader& r, const json& doc, const std::string& path, JobSpec& 
                     std::to_string(job.model.layers) + ")");
   else if (job.model.layers > 0 && job.max_stages > job.model.layers)
     job.max_stages = job.model.layers;  // a range may reach past the layer count; clip it
+  read_gpus(r, doc, path, job);
 }
 
 }  // namespace
@@ -349,6 +389,12 @@ json to_json(const JobSpec& job) {
   else
     j["stages"] = {job.min_stages, job.max_stages};
   if (job.replicas != 1) j["replicas"] = job.replicas;  // absent at 1: JobSpec::hash of older jobs unchanged
+  if (job.chooses_replicas()) {
+    if (job.min_gpus == job.max_gpus)
+      j["gpus"] = job.min_gpus;
+    else
+      j["gpus"] = {job.min_gpus, job.max_gpus};
+  }
   j["arrival_s"] = job.arrival_s;
   return j;
 }

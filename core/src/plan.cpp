@@ -214,6 +214,10 @@ void read_job(JsonReader& r, const json& doc, const std::string& file, Plan& pla
   if (const json* job = r.field(doc, "", "job")) {
     try {
       plan.job = parse_job(*job, file, "job");
+      // A plan is what runs: its replicas, each with its micro_batches. Bounds are the planner's input.
+      if (plan.job.chooses_replicas())
+        r.error("job.gpus", "a plan's job gives the replicas it runs, not \"gpus\" bounds (those are for the "
+                            "job file that geopipe plan reads)");
     } catch (const InputError& e) {
       for (const auto& d : e.diagnostics()) r.error(d.path, d.message);
     }
@@ -434,7 +438,8 @@ void read_predicted(JsonReader& r, const json& doc, Plan& plan) {
   const json* pr = r.field(doc, "", "predicted", false);
   if (!pr || !r.expect_object(*pr, "predicted",
                               {"iteration_s", "jct_s", "energy_kwh", "cost_usd", "electricity_usd", "egress_usd",
-                               "stage_compute_s", "link_utilisation", "peak_activations", "memory_bytes"}))
+                               "stage_compute_s", "link_utilisation", "peak_activations", "memory_bytes",
+                               "allreduce_s", "allreduce_exposed_s"}))
     return;
   if (auto x = r.number(*pr, "predicted", "iteration_s", false, false)) plan.predicted.iteration_s = *x;
   if (auto x = r.number(*pr, "predicted", "jct_s", false, false)) plan.predicted.jct_s = *x;
@@ -449,6 +454,8 @@ void read_predicted(JsonReader& r, const json& doc, Plan& plan) {
   plan.predicted.stage_compute_s = read_doubles(r, *pr, "predicted", "stage_compute_s");
   plan.predicted.link_utilisation = read_doubles(r, *pr, "predicted", "link_utilisation");
   plan.predicted.memory_bytes = read_doubles(r, *pr, "predicted", "memory_bytes");
+  plan.predicted.allreduce_s = read_doubles(r, *pr, "predicted", "allreduce_s");
+  plan.predicted.allreduce_exposed_s = read_doubles(r, *pr, "predicted", "allreduce_exposed_s");
   const std::vector<double> peaks = read_doubles(r, *pr, "predicted", "peak_activations");
   for (size_t i = 0; i < peaks.size(); ++i) {
     if (!(peaks[i] >= 0 && peaks[i] <= 1e9) || std::floor(peaks[i]) != peaks[i])
@@ -526,6 +533,9 @@ json to_json(const Plan& plan) {
                     {"link_utilisation", plan.predicted.link_utilisation}};
   if (!plan.predicted.peak_activations.empty()) j["predicted"]["peak_activations"] = plan.predicted.peak_activations;
   if (!plan.predicted.memory_bytes.empty()) j["predicted"]["memory_bytes"] = plan.predicted.memory_bytes;
+  if (!plan.predicted.allreduce_s.empty()) j["predicted"]["allreduce_s"] = plan.predicted.allreduce_s;
+  if (!plan.predicted.allreduce_exposed_s.empty())
+    j["predicted"]["allreduce_exposed_s"] = plan.predicted.allreduce_exposed_s;
   // The optional provenance fields are written only when set: the reader refuses an empty string.
   j["provenance"] = {{"topology_hash", plan.provenance.topology_hash}};
   const std::pair<const char*, const std::string*> optional[] = {{"policy", &plan.provenance.policy},

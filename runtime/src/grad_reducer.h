@@ -16,6 +16,7 @@
 #pragma once
 
 #include <geopipe/comm/group.h>
+#include <geopipe/core/plan.h>
 #include <geopipe/runtime/gpt.h>
 #include <geopipe/runtime/optim.h>
 
@@ -34,7 +35,7 @@ struct Node;
 
 namespace geopipe::runtime {
 
-inline constexpr int64_t kBucketBytes = 25 << 20;  // PyTorch DDP's default bucket_cap_mb
+inline constexpr int64_t kBucketBytes = kGradBucketBytes;  // core/plan.h: the scheduler times the same buckets
 
 class GradReducer {
  public:

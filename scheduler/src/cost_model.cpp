@@ -279,6 +279,21 @@ int messages_held(bool cpu_rank, bool nccl, bool compressed, bool receiving, int
   return nccl || !compressed ? micro_batches : 0;
 }
 
+AllReduceTime allreduce_time(double grad_bytes, double backward_s, int replicas, const LinkSpec& intra) {
+  AllReduceTime a;
+  if (replicas <= 1 || grad_bytes <= 0) return a;
+  const double R = replicas;
+  auto ring = [&](double bytes) {
+    return 2 * (R - 1) / R * bytes / intra.bytes_per_s() + 2 * (R - 1) * intra.latency_ms * 1e-3;
+  };
+  const double bucket = static_cast<double>(kGradBucketBytes);
+  const double buckets = std::ceil(grad_bytes / bucket);
+  const double last = grad_bytes - (buckets - 1) * bucket;
+  a.total_s = (buckets - 1) * ring(bucket) + ring(last);
+  a.exposed_s = std::max(ring(last), a.total_s - backward_s);
+  return a;
+}
+
 EnergyCost iteration_energy(const std::vector<const Region*>& regions, const std::vector<double>& t,
                             double iteration_s, int micro_batches, const CostParams& params) {
   EnergyCost e;

@@ -63,6 +63,60 @@ ClusterState ClusterState::empty(const Topology& t, double scale) {
 
 int ClusterState::total_free() const { return std::accumulate(free_gpus.begin(), free_gpus.end(), 0); }
 
+JobSpec replica_job(const JobSpec& job, int replicas) {
+  JobSpec j = job;
+  if (job.chooses_replicas()) {
+    j.micro_batches = job.micro_batches / replicas;  // the step's micro-batches shared among the replicas
+    j.min_gpus = j.max_gpus = 0;
+  }
+  j.replicas = replicas;
+  return j;
+}
+
+std::vector<int> replica_counts(const JobSpec& job, const PlannerOptions& options) {
+  if (!job.chooses_replicas()) return {std::max(1, job.replicas)};
+  if (options.fixed_replicas > 0) {
+    if (job.micro_batches % options.fixed_replicas != 0)
+      throw InputError("--replicas", "", std::to_string(options.fixed_replicas) + " replicas do not divide job \"" +
+                                            job.name + "\"'s " + std::to_string(job.micro_batches) +
+                                            " micro-batches (with \"gpus\", each replica runs micro_batches / R)");
+    return {options.fixed_replicas};
+  }
+  std::vector<int> out;
+  for (int R = 1; R <= job.micro_batches && R <= job.max_gpus; ++R)
+    if (job.micro_batches % R == 0) out.push_back(R);
+  return out;
+}
+
+std::vector<double> placement_memory_bytes(const JobSpec& job, const Placement& p, bool shard_optimizer,
+                                           bool recompute) {
+  const int S = p.stages(), M = job.micro_batches;
+  const double state = state_bytes_per_parameter(job.model.dtype, job.replicas, shard_optimizer).total();
+  std::vector<double> bytes;
+  for (int k = 0; k < S; ++k) {
+    const bool last = k + 1 == S;
+    const int warmup = k < static_cast<int>(p.timing.warmup.size()) ? p.timing.warmup[k] : S - 1 - k;
+    const int in_flight = p.kind == ScheduleKind::kGPipe ? M : std::min(M, warmup + 1);
+    const double params = chunk_parameters(job.model, p.layers[k], k == 0, last);
+    const ActivationBytes act = chunk_activations(job.model, job.micro_batch, p.layers[k], last, recompute);
+    bytes.push_back(params * state + in_flight * act.per_micro_batch + act.transient + kFrameworkAllowanceBytes);
+  }
+  return bytes;
+}
+
+MemoryFit placement_fit(const Topology& topology, const JobSpec& job, const Placement& p, bool shard_optimizer) {
+  for (bool recompute : {false, true}) {
+    const std::vector<double> bytes = placement_memory_bytes(job, p, shard_optimizer, recompute);
+    bool fits = true;
+    for (int k = 0; k < p.stages(); ++k) {
+      const double usable = usable_memory_bytes(topology.regions[p.region[k]]);
+      fits = fits && (usable <= 0 || bytes[k] <= usable);
+    }
+    if (fits) return recompute ? MemoryFit::kWithRecompute : MemoryFit::kFits;
+  }
+  return MemoryFit::kOver;
+}
+
 int Placement::inter_region_hops() const {
   int n = 0;
   for (size_t k = 0; k + 1 < region.size(); ++k) n += region[k] != region[k + 1];
@@ -130,21 +184,24 @@ struct Context {
   const ClusterState& state;
   const PlannerOptions& opt;
   int R = 0;
+  int replicas = 1;              // job.replicas: copies of the pipeline, each stage's in its region
   std::vector<DeviceTimes> dev;  // per region
   std::vector<double> rate;      // USD per second of one GPU at board power (power * PUE * price)
   double bytes_none = 0;
 
   Context(const Topology& t, const JobSpec& j, const ClusterState& s, const PlannerOptions& o)
-      : topo(t), job(j), state(s), opt(o), R(t.num_regions()) {
+      : topo(t), job(j), state(s), opt(o), R(t.num_regions()), replicas(std::max(1, j.replicas)) {
     for (const auto& r : t.regions) {
       dev.push_back(device_times(r, j, o.cost, o.profile));
       rate.push_back(r.gpu_power_w * r.pue * r.price_usd_per_kwh / 3.6e6);
     }
     bytes_none = boundary_bytes(j, "none");
   }
+  // Bandwidth one pipeline sees from region a to region b: the replicas' R pipelines all cross
+  // the one link between their stages' regions and share it.
   double bw(int a, int b) const {
     const auto& v = opt.use_residual ? state.residual_bps : state.capacity_bps;
-    return v[static_cast<size_t>(a) * R + b];
+    return v[static_cast<size_t>(a) * R + b] / replicas;
   }
   bool linked(int a, int b) const { return a == b || state.capacity_bps[static_cast<size_t>(a) * R + b] > 0; }
   // The codec pair of a hop a -> b at these bandwidths against compute period `pc`.
@@ -182,16 +239,42 @@ PipelineTiming time_path(const Context& c, const std::vector<double>& t, const s
   return timing;
 }
 
-Eval evaluate(const Context& c, const std::vector<int>& path, const std::vector<double>& hop_override, Placement* out) {
-  Eval e;
+// Each stage's gradient all-reduce among its replicas (none without replicas), hidden behind the
+// stage's backward of one micro-batch except as allreduce_time says.
+std::vector<AllReduceTime> stage_allreduce(const Context& c, const std::vector<int>& split,
+                                           const std::vector<DeviceTimes>& dev) {
+  const size_t S = split.size();
+  if (c.replicas == 1) return std::vector<AllReduceTime>(S);
+  std::vector<AllReduceTime> out;
+  for (size_t k = 0; k < S; ++k) {
+    const bool first = k == 0, last = k + 1 == S;
+    const double params = chunk_parameters(c.job.model, split[k], first, last);
+    const double backward = split[k] * dev[k].layer.backward_s + (first ? dev[k].embedding.backward_s : 0) +
+                            (last ? dev[k].head.backward_s : 0);
+    out.push_back(allreduce_time(params * kGradBytesPerParameter, backward, c.replicas, c.topo.intra_region));
+  }
+  return out;
+}
+
+// The boundaries of one pipeline on `path` against compute period `pc`: each hop's transfer time
+// (larger direction) and latency, its codecs (recorded in `out`), the egress of one iteration,
+// and the bandwidth check. ok is false when two consecutive regions have no usable link.
+struct Hops {
+  bool ok = false;
+  bool bandwidth_ok = true;
+  std::vector<double> x, lat;
+  std::vector<double> codec_s;  // per stage: the codec work its hops add to one micro-batch
+  double egress = 0;  // USD of one iteration of this pipeline
+  double worst = 0;   // max over inter-region hops of transfer / compute period
+};
+
+Hops time_hops(const Context& c, const std::vector<int>& path, double pc, const std::vector<double>& hop_override,
+               Placement* out) {
+  Hops h;
   const size_t S = path.size();
-  std::vector<DeviceTimes> dev(S);
-  for (size_t k = 0; k < S; ++k) dev[k] = c.dev[path[k]];
-  std::vector<int> split = balance_layers(c.job.model.layers, dev);
-  std::vector<double> t = stage_times(split, dev);
-  const double pc = *std::max_element(t.begin(), t.end());
-  std::vector<double> x(S ? S - 1 : 0), lat(S ? S - 1 : 0), codec_s(S, 0.0);
-  double worst = 0, egress = 0;  // egress: USD of one iteration of this pipeline
+  h.x.assign(S ? S - 1 : 0, 0.0);
+  h.lat.assign(S ? S - 1 : 0, 0.0);
+  h.codec_s.assign(S, 0.0);
   const LinkSpec& intra = c.topo.intra_region;
   for (size_t j = 0; j + 1 < S; ++j) {
     const int a = path[j], b = path[j + 1];
@@ -202,26 +285,26 @@ Eval evaluate(const Context& c, const std::vector<int>& path, const std::vector<
     } else if (a == b) {
       bw_f = bw_b = intra.bytes_per_s();
     } else {
-      if (!c.linked(a, b)) return e;
+      if (!c.linked(a, b)) return h;
       bw_f = c.bw(a, b);
       bw_b = c.bw(b, a);
     }
-    if (bw_f <= 0 || bw_b <= 0) return e;
+    if (bw_f <= 0 || bw_b <= 0) return h;
     if (a != b) {
       codec = c.codecs(a, b, bw_f, bw_b, pc);
       const BoundaryCodecWork w = boundary_codec_work(c.job, c.topo.regions[a], c.topo.regions[b], codec.first,
                                                       codec.second, c.opt.codec_profile);
-      codec_s[j] += w.from_forward_s + w.from_backward_s;
-      codec_s[j + 1] += w.to_forward_s + w.to_backward_s;
+      h.codec_s[j] += w.from_forward_s + w.from_backward_s;
+      h.codec_s[j + 1] += w.to_forward_s + w.to_backward_s;
     }
     const double bytes_f = a == b ? c.bytes_none : boundary_bytes(c.job, codec.first);
     const double bytes_b = a == b ? c.bytes_none : boundary_bytes(c.job, codec.second);
-    x[j] = std::max(bytes_f / bw_f, bytes_b / bw_b);
-    lat[j] = (a == b ? intra.latency_ms : c.topo.link(a, b)->latency_ms) * 1e-3;
-    egress += boundary_egress_usd(bytes_f, bytes_b, *c.topo.link(a, b), *c.topo.link(b, a), c.job.micro_batches);
+    h.x[j] = std::max(bytes_f / bw_f, bytes_b / bw_b);
+    h.lat[j] = (a == b ? intra.latency_ms : c.topo.link(a, b)->latency_ms) * 1e-3;
+    h.egress += boundary_egress_usd(bytes_f, bytes_b, *c.topo.link(a, b), *c.topo.link(b, a), c.job.micro_batches);
     if (a != b) {
-      worst = std::max(worst, x[j] / pc);
-      if (x[j] > pc * (1 + kRelEps)) e.bandwidth_ok = false;
+      h.worst = std::max(h.worst, h.x[j] / pc);
+      if (h.x[j] > pc * (1 + kRelEps)) h.bandwidth_ok = false;
     }
     if (out) {
       out->codec_fwd.push_back(codec.first);
@@ -231,16 +314,41 @@ Eval evaluate(const Context& c, const std::vector<int>& path, const std::vector<
       out->hop_bps.push_back(std::min(bw_f, bw_b));
     }
   }
+  h.ok = true;
+  return h;
+}
+
+Eval evaluate(const Context& c, const std::vector<int>& path, const std::vector<double>& hop_override, Placement* out) {
+  Eval e;
+  const size_t S = path.size();
+  std::vector<DeviceTimes> dev(S);
+  for (size_t k = 0; k < S; ++k) dev[k] = c.dev[path[k]];
+  std::vector<int> split = balance_layers(c.job.model.layers, dev);
+  std::vector<double> t = stage_times(split, dev);
+  const double pc = *std::max_element(t.begin(), t.end());
+  Hops hops = time_hops(c, path, pc, hop_override, out);
+  if (!hops.ok) return e;
+  e.bandwidth_ok = hops.bandwidth_ok;
+  const std::vector<double>& x = hops.x;
+  const std::vector<double>& lat = hops.lat;
   // The codecs run on the stages' devices: their work lengthens those stages (the hops were
   // chosen against the compute period without it).
-  for (size_t k = 0; k < S; ++k) t[k] += codec_s[k];
+  for (size_t k = 0; k < S; ++k) t[k] += hops.codec_s[k];
   ScheduleKind kind;
   const PipelineTiming timing = time_path(c, t, x, lat, kind);
+  std::vector<AllReduceTime> reduce = stage_allreduce(c, split, dev);
+  double exposed = 0;
+  for (const AllReduceTime& a : reduce) exposed = std::max(exposed, a.exposed_s);
+  const double iteration = timing.iteration_s + exposed;
   std::vector<const Region*> regs(S);
   for (size_t k = 0; k < S; ++k) regs[k] = &c.topo.regions[path[k]];
-  EnergyCost ec = iteration_energy(regs, t, timing.iteration_s, c.job.micro_batches, c.opt.cost);
+  // Every replica computes the same: energy and egress are one pipeline's times the replicas.
+  EnergyCost ec = iteration_energy(regs, t, iteration, c.job.micro_batches, c.opt.cost);
+  ec.energy_j *= c.replicas;
+  ec.cost_usd *= c.replicas;
+  const double egress = hops.egress * c.replicas;
   e.ok = true;
-  e.iteration_s = timing.iteration_s;
+  e.iteration_s = iteration;
   e.cost_usd = (ec.cost_usd + egress) * c.job.iterations;
   if (out) {
     out->region = path;
@@ -250,14 +358,19 @@ Eval evaluate(const Context& c, const std::vector<int>& path, const std::vector<
     out->hop_latency_s = lat;
     out->kind = kind;
     out->timing = timing;
-    out->iteration_s = timing.iteration_s;
-    out->job_s = timing.iteration_s * c.job.iterations;
+    out->replicas = c.replicas;
+    for (const AllReduceTime& a : reduce) {
+      out->allreduce_s.push_back(a.total_s);
+      out->allreduce_exposed_s.push_back(a.exposed_s);
+    }
+    out->iteration_s = iteration;
+    out->job_s = iteration * c.job.iterations;
     out->energy_kwh = joules_to_kwh(ec.energy_j) * c.job.iterations;
     out->electricity_usd = ec.cost_usd * c.job.iterations;
     out->egress_usd = egress * c.job.iterations;
     out->cost_usd = e.cost_usd;
     out->bandwidth_ok = e.bandwidth_ok;
-    out->worst_hop_ratio = worst;
+    out->worst_hop_ratio = hops.worst;
   }
   return e;
 }
@@ -343,7 +456,8 @@ class Pathfinder {
   double cost_lb(double t_lb, double rate_sum, int remaining, double egress) const {
     const double idle = c_.opt.cost.idle_power_fraction;
     const int M = c_.job.micro_batches;
-    return c_.job.iterations *
+    // Every replica's GPUs and pipeline pay the same.
+    return c_.job.iterations * c_.replicas *
            (idle * t_lb * (rate_sum + remaining * min_rate_) + (1 - idle) * M * min_rate_ * f_lb_ + egress);
   }
   // The least egress (USD per iteration) a block of n stages in region r adds after `last`: the hop
@@ -458,19 +572,62 @@ class Pathfinder {
   SearchOut out_;
 };
 
-std::vector<int> stage_counts(const JobSpec& job, const PlannerOptions& opt) {
-  if (opt.fixed_stages > 0) return {opt.fixed_stages};
+// Stage counts to try with `replicas`: the job's range (or --stages), within its "gpus" bounds
+// (S x R in [min_gpus, max_gpus]); a wide range is sampled (min, max and the powers of two
+// between) unless `every`.
+std::vector<int> stage_counts(const JobSpec& job, const PlannerOptions& opt, int replicas, bool every = false) {
+  int lo = job.min_stages, hi = job.max_stages;
+  if (opt.fixed_stages > 0) lo = hi = opt.fixed_stages;
+  if (job.chooses_replicas()) {
+    lo = std::max(lo, (job.min_gpus + replicas - 1) / replicas);
+    hi = std::min(hi, job.max_gpus / replicas);
+  }
   std::vector<int> out;
-  if (job.max_stages - job.min_stages < 8) {
-    for (int s = job.min_stages; s <= job.max_stages; ++s) out.push_back(s);
+  if (every || hi - lo < 8) {
+    for (int s = lo; s <= hi; ++s) out.push_back(s);
     return out;
   }
-  out.push_back(job.min_stages);
-  for (int p = 1; p < job.max_stages; p *= 2)
-    if (p > job.min_stages) out.push_back(p);
-  out.push_back(job.max_stages);
+  out.push_back(lo);
+  for (int p = 1; p < hi; p *= 2)
+    if (p > lo) out.push_back(p);
+  out.push_back(hi);
   return out;
 }
+
+// One replica count the search tries: the job as its replicas run it, the regions' free GPUs as
+// stage slots (a stage takes `replicas` GPUs of one region), and the stage counts to try.
+struct Variant {
+  JobSpec job;
+  ClusterState slots;
+  std::vector<int> counts;
+};
+
+std::vector<Variant> variants(const JobSpec& job, const ClusterState& state, const PlannerOptions& opt,
+                              bool every_count = false) {
+  std::vector<Variant> out;
+  for (int R : replica_counts(job, opt)) {
+    Variant v{replica_job(job, R), state, stage_counts(job, opt, R, every_count)};
+    if (v.counts.empty()) continue;
+    for (int& free : v.slots.free_gpus) free /= R;
+    out.push_back(std::move(v));
+  }
+  return out;
+}
+
+// One search context per variant (each refers to its variant, which must outlive it).
+std::vector<Context> contexts(const Topology& topology, const std::vector<Variant>& vs, const PlannerOptions& opt) {
+  std::vector<Context> cs;
+  cs.reserve(vs.size());
+  for (const Variant& v : vs) cs.emplace_back(topology, v.job, v.slots, opt);
+  return cs;
+}
+
+// A path found for one variant.
+struct Pick {
+  size_t variant = 0;
+  std::vector<int> path;
+  double t = kInf, c = kInf;
+};
 
 std::string region_list(const Topology& t, const std::vector<int>& path) {
   std::ostringstream s;
@@ -493,9 +650,14 @@ std::string fmt(double v) {
 // Says why nothing was placed: GPUs, links, or bandwidth (with the best path without the check).
 std::string explain(const Context& c, const std::vector<int>& counts, const PlannerOptions& opt, long* nodes) {
   const int free = c.state.total_free();
-  if (free < counts.front())
+  if (free < counts.front() && c.replicas == 1)
     return "too few GPUs: job \"" + c.job.name + "\" needs at least " + std::to_string(counts.front()) +
            " (one per stage), " + std::to_string(free) + " free";
+  if (free < counts.front())
+    return "too few GPUs: job \"" + c.job.name + "\" needs at least " + std::to_string(counts.front()) + " stages of " +
+           std::to_string(c.replicas) + " replicas (" + std::to_string(counts.front() * c.replicas) +
+           " GPUs), each stage's replicas in one region; the free GPUs hold " + std::to_string(free) +
+           (free == 1 ? " such stage" : " such stages");
   PlannerOptions relaxed = opt;
   relaxed.bandwidth_check = false;
   Context rc(c.topo, c.job, c.state, relaxed);
@@ -518,59 +680,98 @@ std::string explain(const Context& c, const std::vector<int>& counts, const Plan
   return s;
 }
 
-PlanResult bace_like(const Context& c, const std::vector<int>& counts, bool price_term) {
+// BACE's allocator over every (replicas, stages) the job allows: pass 1 the fastest feasible
+// path, pass 2 the cheapest within the slack of it (ties by time). Without the price term the
+// fastest wins (delay-first, bace-no-price).
+PlanResult bace_like(const std::vector<Context>& cs, const std::vector<Variant>& vs, bool price_term) {
   PlanResult res;
-  // Pass 1: the fastest feasible path over every stage count.
-  double t_fast = kInf, c_fast = kInf;
-  std::vector<int> fastest;
-  std::vector<std::vector<int>> fastest_of(counts.size());
-  for (size_t i = 0; i < counts.size(); ++i) {
-    if (counts[i] > c.state.total_free()) continue;
-    SearchOut o = Pathfinder(c, counts[i], Goal::kMinTime, kInf).run(c.opt.node_budget);
-    res.nodes += o.nodes;
-    fastest_of[i] = o.best;
-    if (!o.best.empty() && (fastest.empty() || better(Goal::kMinTime, o.best_t, o.best_c, t_fast, c_fast, price_term)))
-      t_fast = o.best_t, c_fast = o.best_c, fastest = o.best;
-  }
-  if (fastest.empty()) return res;
-  if (!price_term) {
-    res.placement = full(c, fastest);
-    return res;
-  }
-  // Pass 2: the cheapest path within the slack of the fastest, ties by time.
-  const double cap = t_fast * (1 + c.opt.slack);
-  std::vector<int> best = fastest;
-  Eval be = evaluate(c, fastest, {}, nullptr);
-  for (size_t i = 0; i < counts.size(); ++i) {
-    if (counts[i] > c.state.total_free()) continue;
-    // The fastest path of this stage count, when within the cap, is the incumbent to beat.
-    SearchOut o = Pathfinder(c, counts[i], Goal::kMinCost, cap).run(c.opt.node_budget, fastest_of[i]);
-    res.nodes += o.nodes;
-    if (!o.best.empty() && better(Goal::kMinCost, o.best_t, o.best_c, be.iteration_s, be.cost_usd)) {
-      best = o.best;
-      be.iteration_s = o.best_t;
-      be.cost_usd = o.best_c;
+  Pick fastest;
+  std::vector<std::vector<std::vector<int>>> fastest_of(vs.size());
+  for (size_t v = 0; v < vs.size(); ++v) {
+    fastest_of[v].resize(vs[v].counts.size());
+    for (size_t i = 0; i < vs[v].counts.size(); ++i) {
+      if (vs[v].counts[i] > vs[v].slots.total_free()) continue;
+      SearchOut o = Pathfinder(cs[v], vs[v].counts[i], Goal::kMinTime, kInf).run(cs[v].opt.node_budget);
+      res.nodes += o.nodes;
+      fastest_of[v][i] = o.best;
+      if (!o.best.empty() &&
+          (fastest.path.empty() || better(Goal::kMinTime, o.best_t, o.best_c, fastest.t, fastest.c, price_term)))
+        fastest = {v, o.best, o.best_t, o.best_c};
     }
   }
-  res.placement = full(c, best);
+  if (fastest.path.empty()) return res;
+  if (!price_term) {
+    res.placement = full(cs[fastest.variant], fastest.path);
+    return res;
+  }
+  const double cap = fastest.t * (1 + cs.front().opt.slack);
+  Pick best = fastest;
+  for (size_t v = 0; v < vs.size(); ++v)
+    for (size_t i = 0; i < vs[v].counts.size(); ++i) {
+      if (vs[v].counts[i] > vs[v].slots.total_free()) continue;
+      // The fastest path of this stage count, when within the cap, is the incumbent to beat.
+      SearchOut o =
+          Pathfinder(cs[v], vs[v].counts[i], Goal::kMinCost, cap).run(cs[v].opt.node_budget, fastest_of[v][i]);
+      res.nodes += o.nodes;
+      if (!o.best.empty() && better(Goal::kMinCost, o.best_t, o.best_c, best.t, best.c))
+        best = {v, o.best, o.best_t, o.best_c};
+    }
+  res.placement = full(cs[best.variant], best.path);
   return res;
 }
 
-PlanResult first_fit(const Context& c, const std::vector<int>& counts) {
+// The cheapest path on the state over every (replicas, stages), ties by time.
+PlanResult cheapest(const std::vector<Context>& cs, const std::vector<Variant>& vs) {
   PlanResult res;
-  for (auto it = counts.rbegin(); it != counts.rend(); ++it) {
-    const int S = *it;
-    std::vector<int> path;
-    for (int r = 0; r < c.R && static_cast<int>(path.size()) < S; ++r)
-      for (int g = 0; g < c.state.free_gpus[r] && static_cast<int>(path.size()) < S; ++g) path.push_back(r);
-    if (static_cast<int>(path.size()) < S) continue;
-    Placement p;
-    if (evaluate(c, path, {}, &p).ok) {
-      res.placement = std::move(p);
-      return res;
+  Pick best;
+  for (size_t v = 0; v < vs.size(); ++v)
+    for (int S : vs[v].counts) {
+      if (S > vs[v].slots.total_free()) continue;
+      SearchOut so = Pathfinder(cs[v], S, Goal::kMinCost, kInf).run(cs[v].opt.node_budget);
+      res.nodes += so.nodes;
+      if (!so.best.empty() && (best.path.empty() || better(Goal::kMinCost, so.best_t, so.best_c, best.t, best.c)))
+        best = {v, so.best, so.best_t, so.best_c};
+    }
+  if (!best.path.empty()) res.placement = full(cs[best.variant], best.path);
+  return res;
+}
+
+// FIFO's first fit: the fewest replicas that fit (a plain pipeline where one fits), and with
+// them the most stages, regions in file order, free GPUs taken in turn.
+PlanResult first_fit(const std::vector<Context>& cs, const std::vector<Variant>& vs) {
+  PlanResult res;
+  for (size_t v = 0; v < vs.size(); ++v) {
+    const Context& c = cs[v];
+    for (auto it = vs[v].counts.rbegin(); it != vs[v].counts.rend(); ++it) {
+      const int S = *it;
+      std::vector<int> path;
+      for (int r = 0; r < c.R && static_cast<int>(path.size()) < S; ++r)
+        for (int g = 0; g < c.state.free_gpus[r] && static_cast<int>(path.size()) < S; ++g) path.push_back(r);
+      if (static_cast<int>(path.size()) < S) continue;
+      Placement p;
+      if (evaluate(c, path, {}, &p).ok) {
+        res.placement = std::move(p);
+        return res;
+      }
     }
   }
   return res;
+}
+
+// Why nothing was placed, worded for the variant that explains it best: one whose slots hold its
+// fewest stages (so links or bandwidth failed), else the first (too few GPUs).
+std::string explain_all(const std::vector<Context>& cs, const std::vector<Variant>& vs, const JobSpec& job,
+                        const PlannerOptions& opt, long* nodes) {
+  if (vs.empty())
+    return "no stage count of job \"" + job.name + "\" fits its \"gpus\" bounds [" + std::to_string(job.min_gpus) +
+           ", " + std::to_string(job.max_gpus) + "] with the replicas asked for";
+  size_t v = 0;
+  for (size_t k = 0; k < vs.size(); ++k)
+    if (vs[k].slots.total_free() >= vs[k].counts.front()) {
+      v = k;
+      break;
+    }
+  return explain(cs[v], vs[v].counts, opt, nodes);
 }
 
 }  // namespace
@@ -600,73 +801,72 @@ PlanResult place_job(Policy policy, const Topology& topology, const JobSpec& job
     case Policy::kFifo: o.bandwidth_check = false, o.use_residual = false; break;
     case Policy::kExact: break;
   }
-  Context c(topology, job, state, o);
-  const std::vector<int> counts = stage_counts(job, o);
+  const std::vector<Variant> vs = variants(job, state, o);
+  const std::vector<Context> cs = contexts(topology, vs, o);
   PlanResult res;
-  if (policy == Policy::kFifo) {
-    res = first_fit(c, counts);
-  } else if (policy == Policy::kDelayFirst) {
-    res = bace_like(c, counts, /*price_term=*/false);
-  } else if (policy == Policy::kCostFirst) {
-    std::vector<int> best;
-    double bt = kInf, bc = kInf;
-    for (int S : counts) {
-      if (S > state.total_free()) continue;
-      SearchOut so = Pathfinder(c, S, Goal::kMinCost, kInf).run(o.node_budget);
-      res.nodes += so.nodes;
-      if (!so.best.empty() && (best.empty() || better(Goal::kMinCost, so.best_t, so.best_c, bt, bc)))
-        best = so.best, bt = so.best_t, bc = so.best_c;
-    }
-    if (!best.empty()) res.placement = full(c, best);
-  } else {
-    res = bace_like(c, counts, o.price_term);
+  if (!vs.empty()) {
+    if (policy == Policy::kFifo)
+      res = first_fit(cs, vs);
+    else if (policy == Policy::kDelayFirst)
+      res = bace_like(cs, vs, /*price_term=*/false);
+    else if (policy == Policy::kCostFirst)
+      res = cheapest(cs, vs);
+    else
+      res = bace_like(cs, vs, o.price_term);
   }
-  if (!res.placement) res.why = explain(c, counts, o, &res.nodes);
+  if (!res.placement) res.why = explain_all(cs, vs, job, o, &res.nodes);
   return res;
 }
 
 PlanResult exact_placement(const Topology& topology, const JobSpec& job, const ClusterState& state,
                            const PlannerOptions& options) {
-  const std::vector<int> counts = options.fixed_stages > 0 ? std::vector<int>{options.fixed_stages} : [&] {
-    std::vector<int> v;
-    for (int s = job.min_stages; s <= job.max_stages; ++s) v.push_back(s);
-    return v;
-  }();
-  if (topology.num_regions() > kExactMaxRegions || counts.back() > kExactMaxStages)
+  const std::vector<Variant> vs = variants(job, state, options, /*every_count=*/true);
+  int most = 0;
+  for (const Variant& v : vs) most = std::max(most, v.counts.back());
+  if (topology.num_regions() > kExactMaxRegions || most > kExactMaxStages)
     throw InputError(topology.source, "", "the exact solver handles at most " + std::to_string(kExactMaxRegions) +
                                               " regions and " + std::to_string(kExactMaxStages) + " stages (got " +
                                               std::to_string(topology.num_regions()) + " regions, up to " +
-                                              std::to_string(counts.back()) + " stages)");
-  Context c(topology, job, state, options);
+                                              std::to_string(most) + " stages)");
+  const std::vector<Context> cs = contexts(topology, vs, options);
+  PlanResult res;
+  if (vs.empty()) {
+    res.why = explain_all(cs, vs, job, options, &res.nodes);
+    return res;
+  }
+  const int R = topology.num_regions();
   // Feasible assignments, the path packed as base-R digits (R <= 6, S <= 8: fits easily).
   struct Leaf {
+    size_t variant;
     uint64_t code;
     int stages;
     double t, cost;
   };
   auto encode = [&](const std::vector<int>& p) {
     uint64_t code = 0;
-    for (int r : p) code = code * static_cast<uint64_t>(c.R) + static_cast<uint64_t>(r);
+    for (int r : p) code = code * static_cast<uint64_t>(R) + static_cast<uint64_t>(r);
     return code;
   };
   auto decode = [&](const Leaf& l) {
     std::vector<int> p(l.stages);
     uint64_t code = l.code;
-    for (int k = l.stages - 1; k >= 0; --k) p[k] = static_cast<int>(code % c.R), code /= c.R;
+    for (int k = l.stages - 1; k >= 0; --k) p[k] = static_cast<int>(code % R), code /= R;
     return p;
   };
   std::vector<Leaf> leaves;
-  PlanResult res;
-  std::vector<int> path, used(c.R, 0);
+  std::vector<int> path, used(R, 0);
+  size_t v = 0;
   std::function<void(int)> rec = [&](int S) {
+    const Context& c = cs[v];
     ++res.nodes;
     if (static_cast<int>(path.size()) == S) {
       Eval e = evaluate(c, path, {}, nullptr);
-      if (e.ok && (!options.bandwidth_check || e.bandwidth_ok)) leaves.push_back({encode(path), S, e.iteration_s, e.cost_usd});
+      if (e.ok && (!options.bandwidth_check || e.bandwidth_ok))
+        leaves.push_back({v, encode(path), S, e.iteration_s, e.cost_usd});
       return;
     }
-    for (int r = 0; r < c.R; ++r) {
-      if (used[r] >= state.free_gpus[r]) continue;
+    for (int r = 0; r < R; ++r) {
+      if (used[r] >= c.state.free_gpus[r]) continue;
       if (!path.empty() && !c.linked(path.back(), r)) continue;
       ++used[r];
       path.push_back(r);
@@ -675,9 +875,10 @@ PlanResult exact_placement(const Topology& topology, const JobSpec& job, const C
       --used[r];
     }
   };
-  for (int S : counts) rec(S);
+  for (v = 0; v < vs.size(); ++v)
+    for (int S : vs[v].counts) rec(S);
   if (leaves.empty()) {
-    res.why = explain(c, counts, options, &res.nodes);
+    res.why = explain_all(cs, vs, job, options, &res.nodes);
     return res;
   }
   double t_fast = kInf;
@@ -691,7 +892,7 @@ PlanResult exact_placement(const Topology& topology, const JobSpec& job, const C
       best = &l;
     }
   }
-  res.placement = full(c, decode(*best));
+  res.placement = full(cs[best->variant], decode(*best));
   return res;
 }
 
@@ -764,9 +965,9 @@ double pipeline_egress_usd(const Topology& topology, const Placement& p, const S
 void add_predictions(Plan& plan, const Topology& topology, const Placement& p, const ScheduleOption& o,
                      const CostParams& cost, int replicas) {
   const int M = plan.job.micro_batches;
-  // The iteration time leaves out the replicas' gradient all-reduce and their sharing of the
-  // inter-region links (the planner issue adds both to the cost model); energy counts every GPU:
-  // each replica computes its own M micro-batches within the same iteration.
+  // The replayed iteration holds the replicas' sharing of the inter-region links and the largest
+  // exposed all-reduce (schedule_options); energy counts every GPU: each replica computes its own
+  // M micro-batches within the same iteration.
   const double iteration = o.timing.iteration_s;
   std::vector<const Region*> regs;
   std::vector<double> per_mb;
@@ -789,10 +990,13 @@ void add_predictions(Plan& plan, const Topology& topology, const Placement& p, c
   std::vector<double> memory;
   for (const MemoryEstimate& m : o.memory) memory.push_back(m.total());
   plan.predicted.memory_bytes = per_rank(memory, replicas);
+  plan.predicted.allreduce_s = per_rank(o.allreduce_s, replicas);
+  plan.predicted.allreduce_exposed_s = per_rank(o.allreduce_exposed_s, replicas);
 }
 
+// `job`: as its replicas run it (replica_job); `spec_hash`: the hash of the job file as given.
 Plan make_plan(const Topology& topology, const JobSpec& job, const Placement& p, const ScheduleOption& o,
-               const std::string& policy, const CostParams& cost) {
+               const std::string& policy, const CostParams& cost, const std::string& spec_hash) {
   Plan plan;
   plan.job = job;
   add_stages(plan, topology, p, o, job.replicas);
@@ -805,28 +1009,27 @@ Plan make_plan(const Topology& topology, const JobSpec& job, const Placement& p,
   plan.provenance.policy = policy;
   plan.provenance.topology_name = topology.name;
   plan.provenance.topology_hash = topology.hash();
-  plan.provenance.job_hash = job.hash();
+  plan.provenance.job_hash = spec_hash;
   plan.provenance.generator = std::string("geopipe ") + GEOPIPE_VERSION;
   return plan;
 }
 
-// With R replicas a stage takes R GPUs of one region: the placement search sees a region as
-// gpus / R stage slots. InfeasibleError when the slots cannot hold the job's fewest stages,
-// naming every region with its GPUs.
-ClusterState replica_slots(const Topology& topology, const JobSpec& job, const PlannerOptions& options,
-                           const std::string& refusal) {
-  ClusterState state = ClusterState::empty(topology);
+// A job with a fixed R > 1 replicas: InfeasibleError when no region set holds its fewest stages
+// with R GPUs of one region each, naming every region with its GPUs (and the stages it holds).
+void check_replica_room(const Topology& topology, const JobSpec& job, const PlannerOptions& options,
+                        const std::string& refusal) {
   const int R = job.replicas;
-  if (R == 1) return state;  // one GPU a stage: explain() words the shortage as before
-  for (int& free : state.free_gpus) free /= R;
+  if (R == 1 || job.chooses_replicas()) return;  // one GPU a stage, or bounds: explain() words the shortage
   const int fewest = options.fixed_stages > 0 ? options.fixed_stages : job.min_stages;
-  if (state.total_free() >= fewest) return state;
+  int slots = 0;
+  for (const Region& region : topology.regions) slots += region.gpus / R;
+  if (slots >= fewest) return;
   std::string regions;
   for (size_t i = 0; i < topology.regions.size(); ++i) {
     const Region& region = topology.regions[i];
+    const int held = region.gpus / R;
     regions += (i ? ", " : "") + region.name + " has " + std::to_string(region.gpus) + " GPU" +
-               (region.gpus == 1 ? "" : "s") + " (" + std::to_string(state.free_gpus[i]) + " stage" +
-               (state.free_gpus[i] == 1 ? "" : "s") + ")";
+               (region.gpus == 1 ? "" : "s") + " (" + std::to_string(held) + " stage" + (held == 1 ? "" : "s") + ")";
   }
   throw InfeasibleError(refusal + "too few GPUs for " + std::to_string(R) + " replicas: each stage needs " +
                         std::to_string(R) + " GPUs in one region and the job at least " + std::to_string(fewest) +
@@ -836,8 +1039,9 @@ ClusterState replica_slots(const Topology& topology, const JobSpec& job, const P
 
 // The plan of the placement's fastest fitting schedule, without recomputation and then with it
 // (as options.recompute allows); nullopt with `why` the last refusal when nothing fits.
-std::optional<Plan> fit_on(Policy policy, const Topology& topology, const JobSpec& job, const Placement& placement,
+std::optional<Plan> fit_on(Policy policy, const Topology& topology, const JobSpec& spec, const Placement& placement,
                            const PlannerOptions& options, std::vector<ScheduleOption>* considered, std::string& why) {
+  const JobSpec job = replica_job(spec, placement.replicas);
   std::vector<bool> modes = {options.recompute == "full"};
   if (options.recompute == "auto") modes.push_back(true);
   for (bool recompute : modes) {
@@ -846,7 +1050,7 @@ std::optional<Plan> fit_on(Policy policy, const Topology& topology, const JobSpe
     std::vector<ScheduleOption> all = schedule_options(topology, job, placement, o);
     try {
       const ScheduleOption& chosen = pick_schedule(all, options.schedule);
-      Plan plan = make_plan(topology, job, placement, chosen, policy_name(policy), options.cost);
+      Plan plan = make_plan(topology, job, placement, chosen, policy_name(policy), options.cost, spec.hash());
       if (considered) *considered = std::move(all);
       return plan;
     } catch (const InfeasibleError& e) {
@@ -866,7 +1070,8 @@ Plan plan_job(Policy policy, const Topology& topology, const JobSpec& job, const
   if (options.profile) check_profile_matches(*options.profile, job);
   const std::string refusal =
       "cannot place job \"" + job.name + "\" on " + topology.name + " (policy " + policy_name(policy) + "): ";
-  ClusterState state = replica_slots(topology, job, options, refusal);
+  check_replica_room(topology, job, options, refusal);
+  const ClusterState state = ClusterState::empty(topology);
   PlanResult r = place_job(policy, topology, job, state, options);
   if (!r.placement) throw InfeasibleError(refusal + r.why);
   std::string why;

@@ -74,7 +74,9 @@ nlohmann::json to_json(const SimResult& r, bool with_jobs) {
                       {"cost_usd", r.cost_usd},
                       {"events", r.events},
                       {"placements_tried", r.placements_tried},
-                      {"max_link_oversubscription", r.max_link_oversubscription}};
+                      {"max_link_oversubscription", r.max_link_oversubscription},
+                      {"over_memory", r.over_memory},
+                      {"needs_recompute", r.needs_recompute}};
   if (with_jobs) {
     j["job_records"] = nlohmann::json::array();
     for (const auto& x : r.jobs)
@@ -83,6 +85,9 @@ nlohmann::json to_json(const SimResult& r, bool with_jobs) {
                                   {"start_s", x.start_s},
                                   {"end_s", x.end_s},
                                   {"stages", x.stages},
+                                  {"replicas", x.replicas},
+                                  {"memory_fits", x.memory_fits},
+                                  {"needs_recompute", x.needs_recompute},
                                   {"inter_region_hops", x.inter_region_hops},
                                   {"regions", x.regions},
                                   {"planned_s", x.planned_s},
@@ -104,12 +109,13 @@ void write_jobs_csv(const std::vector<SimResult>& results, const std::string& pa
     for (char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
     return q + "\"";
   };
-  out << "policy,bandwidth_scale,job,arrival_s,start_s,end_s,jct_s,stages,inter_region_hops,regions,planned_s,"
+  out << "policy,bandwidth_scale,job,arrival_s,start_s,end_s,jct_s,stages,replicas,inter_region_hops,regions,planned_s,"
          "energy_kwh,electricity_usd,egress_usd,cost_usd,relaxed,waiting_reason\n";
   for (const auto& r : results)
     for (const auto& j : r.jobs)
       out << r.policy << "," << r.bandwidth_scale << "," << quote(j.name) << "," << j.arrival_s << "," << j.start_s
-          << "," << j.end_s << "," << j.jct_s() << "," << j.stages << "," << j.inter_region_hops << ","
+          << "," << j.end_s << "," << j.jct_s() << "," << j.stages << "," << j.replicas << ","
+          << j.inter_region_hops << ","
           << quote(j.regions) << "," << j.planned_s << "," << j.energy_kwh << "," << j.electricity_usd << ","
           << j.egress_usd << "," << j.cost_usd << ","
           << (j.relaxed ? 1 : 0) << "," << quote(j.waiting_reason) << "\n";

@@ -55,11 +55,14 @@ std::string fill_boundaries(const Topology& topo, const JobSpec& job, const Plac
       if (!ab || !ba)
         return "stage chunks " + std::to_string(c) + " and " + std::to_string(c + 1) + " would cross " +
                topo.regions[a].name + " -> " + topo.regions[b].name + ", which has no link";
-      const double bw_f = ab->bytes_per_s(), bw_b = ba->bytes_per_s();
+      // Between regions the replicas' pipelines share the link: each sees 1/R of it (as in the
+      // placement search); inside a region each pair of replicas has a path of its own.
+      const double share = a != b ? std::max(1, job.replicas) : 1;
+      const double bw_f = ab->bytes_per_s() / share, bw_b = ba->bytes_per_s() / share;
       if (a != b) codec = hop_codecs(opt.codec, hop_codec_inputs(topo, job, opt, a, b, bw_f, bw_b, compute_period_s));
       fwd = boundary_bytes(job, codec.first);
       bwd = boundary_bytes(job, codec.second);
-      bps = std::min(bw_f, bw_b);
+      bps = std::min(ab->bytes_per_s(), ba->bytes_per_s());
       costs[c] = {fwd / bw_f, bwd / bw_b, std::max(ab->latency_ms, ba->latency_ms) * 1e-3};
     }
     o.codec_fwd.push_back(codec.first);
@@ -143,6 +146,29 @@ void fill_memory(const Topology& topo, const JobSpec& job, const Placement& p, c
   add_buffers(topo, job, p, o);
 }
 
+// Each rank's gradient all-reduce among its replicas (allreduce_time over all its chunks'
+// parameters, hidden behind the backward of its first chunk, the last one the rank runs), and
+// the largest exposed part added to the iteration.
+void add_allreduce(const Topology& topo, const JobSpec& job, const std::vector<ChunkCost>& costs, ScheduleOption& o) {
+  if (job.replicas <= 1) return;
+  const int ranks = static_cast<int>(o.timing.rank_compute_s.size()), N = static_cast<int>(o.chunk_rank.size());
+  std::vector<double> params(ranks, 0.0), backward(ranks, -1.0);
+  for (int c = 0; c < N; ++c) {
+    const int r = o.chunk_rank[c];
+    params[r] += chunk_parameters(job.model, o.chunk_layers[c], c == 0, c + 1 == N);
+    if (backward[r] < 0) backward[r] = costs[c].backward_s;
+  }
+  double exposed = 0;
+  for (int r = 0; r < ranks; ++r) {
+    const AllReduceTime a =
+        allreduce_time(params[r] * kGradBytesPerParameter, std::max(0.0, backward[r]), job.replicas, topo.intra_region);
+    o.allreduce_s.push_back(a.total_s);
+    o.allreduce_exposed_s.push_back(a.exposed_s);
+    exposed = std::max(exposed, a.exposed_s);
+  }
+  o.timing.iteration_s += exposed;
+}
+
 ScheduleOption evaluate_option(const Topology& topo, const JobSpec& job, const Placement& p, const PlannerOptions& opt,
                                const std::string& kind, bool recompute, const std::vector<int>& warmup) {
   ScheduleOption o;
@@ -184,6 +210,7 @@ ScheduleOption evaluate_option(const Topology& topo, const JobSpec& job, const P
   if (!o.unavailable.empty()) return o;
   add_codec_work(topo, job, p, opt, o, costs);
   o.timing = time_schedule(lowered, costs, links, opt.cost.shared_compute_slots);
+  add_allreduce(topo, job, costs, o);
   fill_memory(topo, job, p, opt, lowered, o);
   return o;
 }

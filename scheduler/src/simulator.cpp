@@ -44,6 +44,7 @@ std::string describe_regions(const Topology& t, const std::vector<int>& path) {
 struct Running {
   int job = 0;
   Placement place;
+  int micro_batches = 0; // per replica and iteration (replica_job)
   double remaining = 0;  // iterations left
   double iter_s = 0;     // iteration time under the current link shares
   double watts = 0;      // energy rate, J/s
@@ -154,7 +155,8 @@ class Simulation {
       return;  // reported as never started; it cannot block the queue
     }
     w.nominal_s = on_empty.placement->job_s;
-    w.demand_bps = boundary_bytes(job, "none") / std::max(1e-12, on_empty.placement->timing.compute_period_s);
+    w.demand_bps = on_empty.placement->replicas * boundary_bytes(job, "none") /
+                   std::max(1e-12, on_empty.placement->timing.compute_period_s);
     waiting_.push_back(w);
   }
 
@@ -175,7 +177,7 @@ class Simulation {
     ++res_.placements_tried;
     if (policy_ == Policy::kCostFirst) {
       std::vector<int> need(R_, 0);
-      for (int r : w.rigid->region) ++need[r];
+      for (int r : w.rigid->region) need[r] += w.rigid->replicas;
       for (int r = 0; r < R_; ++r)
         if (need[r] > state_.free_gpus[r]) return std::nullopt;
       return w.rigid;
@@ -237,10 +239,17 @@ class Simulation {
   }
 
   void start(const Waiting& w, Placement p, double now) {
-    for (int r : p.region) --state_.free_gpus[r];
+    for (int r : p.region) state_.free_gpus[r] -= p.replicas;  // a stage holds its replicas' GPUs
     JobRecord& rec = res_.jobs[w.job];
     rec.start_s = now;
     rec.stages = p.stages();
+    rec.replicas = p.replicas;
+    const JobSpec& spec = work_.jobs[w.job];
+    const MemoryFit fit = placement_fit(topo_, replica_job(spec, p.replicas), p, opt_.planner.shard_optimizer);
+    rec.memory_fits = fit != MemoryFit::kOver;
+    rec.needs_recompute = fit == MemoryFit::kWithRecompute;
+    res_.over_memory += fit == MemoryFit::kOver;
+    res_.needs_recompute += fit == MemoryFit::kWithRecompute;
     rec.inter_region_hops = p.inter_region_hops();
     rec.regions = describe_regions(topo_, p.region);
     rec.planned_s = p.job_s;
@@ -248,6 +257,7 @@ class Simulation {
     Running r;
     r.job = w.job;
     r.remaining = work_.jobs[w.job].iterations;
+    r.micro_batches = replica_job(work_.jobs[w.job], p.replicas).micro_batches;
     r.iter_s = p.iteration_s;
     r.place = std::move(p);
     running_.push_back(std::move(r));
@@ -256,7 +266,7 @@ class Simulation {
 
   void finish(size_t i, double now) {
     Running& r = running_[i];
-    for (int reg : r.place.region) ++state_.free_gpus[reg];
+    for (int reg : r.place.region) state_.free_gpus[reg] += r.place.replicas;
     res_.jobs[r.job].end_s = now;
     running_.erase(running_.begin() + static_cast<long>(i));
     ++version_;
@@ -280,8 +290,10 @@ class Simulation {
         const int a = p.region[j], b = p.region[j + 1];
         if (a == b) continue;
         const size_t ab = static_cast<size_t>(a) * R_ + b, ba = static_cast<size_t>(b) * R_ + a;
-        users[ab].push_back({i, j, true, p.hop_fwd_bytes[j], std::min(p.hop_fwd_bytes[j] / pc, empty_.capacity_bps[ab])});
-        users[ba].push_back({i, j, false, p.hop_bwd_bytes[j], std::min(p.hop_bwd_bytes[j] / pc, empty_.capacity_bps[ba])});
+        // The job's R pipelines cross this link together: R messages per micro-batch slot.
+        const double fwd = p.replicas * p.hop_fwd_bytes[j], bwd = p.replicas * p.hop_bwd_bytes[j];
+        users[ab].push_back({i, j, true, fwd, std::min(fwd / pc, empty_.capacity_bps[ab])});
+        users[ba].push_back({i, j, false, bwd, std::min(bwd / pc, empty_.capacity_bps[ba])});
       }
     }
     std::vector<std::vector<double>> xfer(running_.size());
@@ -316,15 +328,17 @@ class Simulation {
       Running& r = running_[i];
       const Placement& p = r.place;
       const JobSpec& job = work_.jobs[r.job];
-      PipelineTiming tm = pipeline_timing(p.stage_s, xfer[i], p.hop_latency_s, job.micro_batches, p.kind);
+      PipelineTiming tm = pipeline_timing(p.stage_s, xfer[i], p.hop_latency_s, r.micro_batches, p.kind);
+      // The gradient all-reduce runs inside each region: the link shares do not change it.
+      const double iteration = p.iteration_s - p.timing.iteration_s + tm.iteration_s;
       std::vector<const Region*> regs;
       for (int reg : p.region) regs.push_back(&topo_.regions[reg]);
-      EnergyCost ec = iteration_energy(regs, p.stage_s, tm.iteration_s, job.micro_batches, opt_.planner.cost);
-      r.iter_s = tm.iteration_s;
-      r.watts = ec.energy_j / tm.iteration_s;
-      r.usd_per_s = ec.cost_usd / tm.iteration_s;
+      EnergyCost ec = iteration_energy(regs, p.stage_s, iteration, r.micro_batches, opt_.planner.cost);
+      r.iter_s = iteration;
+      r.watts = p.replicas * ec.energy_j / iteration;  // every replica's GPUs
+      r.usd_per_s = p.replicas * ec.cost_usd / iteration;
       // A job's bytes per iteration do not depend on its link shares: egress accrues per iteration done.
-      r.egress_usd_per_s = p.egress_usd / job.iterations / tm.iteration_s;
+      r.egress_usd_per_s = p.egress_usd / job.iterations / iteration;
     }
   }
 
@@ -372,13 +386,6 @@ SimResult simulate(const Topology& topology, const Workload& workload, Policy po
   if (policy == Policy::kExact)
     throw InputError("--policy", "", "\"exact\" solves one job on an empty cluster (geopipe plan --policy exact); "
                                      "it is not a queue policy for the simulator");
-  // Refused rather than run as one rank a stage: the simulator holds one GPU per stage and one
-  // pipeline's traffic per link, so a job's replicas would be silently dropped.
-  for (const JobSpec& job : workload.jobs)
-    if (job.replicas != 1)
-      throw InputError("workload \"" + workload.name + "\"", "job \"" + job.name + "\".replicas",
-                       "the multi-tenant simulator runs one rank per stage; replicas (" +
-                           std::to_string(job.replicas) + ") are planned by geopipe plan only");
   return Simulation(topology, workload, policy, options).run();
 }
 

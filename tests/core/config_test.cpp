@@ -245,6 +245,73 @@ TEST(Job, BadReplicaCountIsRefusedNamingTheFileAndField) {
   }
 }
 
+TEST(Job, GpuBoundsAreACountOrARangeAndRoundTrip) {
+  json doc = read_json_file(src("examples/jobs/gpt-tiny.json"));  // 4 stages, 8 micro-batches
+  doc["gpus"] = json::array({4, 16});
+  JobSpec j = parse_job(doc, "j.json");
+  EXPECT_TRUE(j.chooses_replicas());
+  EXPECT_EQ(j.min_gpus, 4);
+  EXPECT_EQ(j.max_gpus, 16);
+  EXPECT_EQ(to_json(j)["gpus"], json::array({4, 16}));
+  EXPECT_EQ(parse_job(to_json(j), "rt").hash(), j.hash());
+  EXPECT_NE(j.hash(), load_job(src("examples/jobs/gpt-tiny.json")).hash());
+  doc["gpus"] = 8;
+  JobSpec fixed = parse_job(doc, "j.json");
+  EXPECT_EQ(fixed.min_gpus, 8);
+  EXPECT_EQ(fixed.max_gpus, 8);
+  EXPECT_EQ(to_json(fixed)["gpus"], 8);
+  EXPECT_FALSE(load_job(src("examples/jobs/gpt-tiny.json")).chooses_replicas());
+}
+
+TEST(Job, BadGpuBoundsAreRefusedNamingTheFileAndField) {
+  struct Case {
+    json gpus;
+    std::string message;
+  };
+  const Case cases[] = {
+      {json::array({0, 8}), "j.json: gpus: expected [min, max] with 1 <= min <= max <= 1048576, got [0,8]"},
+      {json::array({8, 4}), "j.json: gpus: expected [min, max] with 1 <= min <= max <= 1048576, got [8,4]"},
+      {"8", "j.json: gpus: expected a GPU count or a range [min, max], got a string (\"8\")"},
+      {json::array({1, 2, 3}), "j.json: gpus: expected a GPU count or a range [min, max], got an array"},
+      // 4 stages times a divisor of 8 micro-batches: 4, 8, 16 or 32 GPUs, none in [5, 7].
+      {json::array({5, 7}),
+       "j.json: gpus: no stage count in [4, 4] times a replica count dividing micro_batches (8) lies in [5,7]"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.gpus.dump());
+    json doc = read_json_file(src("examples/jobs/gpt-tiny.json"));
+    doc["gpus"] = c.gpus;
+    try {
+      parse_job(doc, "j.json");
+      ADD_FAILURE() << "accepted";
+    } catch (const InputError& e) {
+      EXPECT_NE(std::string(e.what()).find(c.message), std::string::npos) << e.what();
+    }
+  }
+  // With "replicas", which fixes R and makes micro_batches per replica: one or the other.
+  json both = read_json_file(src("examples/jobs/gpt-tiny.json"));
+  both["gpus"] = json::array({4, 8});
+  both["replicas"] = 2;
+  try {
+    parse_job(both, "j.json");
+    ADD_FAILURE() << "accepted both";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("j.json: gpus: cannot be given with \"replicas\""), std::string::npos)
+        << e.what();
+  }
+  // In a workload the job's index names it.
+  json second = read_json_file(src("examples/jobs/gpt-tiny.json"));
+  second["name"] = "second";
+  second["gpus"] = json::array({0, 8});
+  const json w = {{"name", "w"}, {"jobs", json::array({read_json_file(src("examples/jobs/gpt-tiny.json")), second})}};
+  try {
+    parse_workload(w, "w.json");
+    ADD_FAILURE() << "accepted the workload";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("w.json: jobs[1].gpus: expected [min, max]"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Workload, JobsAreOrderedByArrival) {
   Workload w = load_workload(src("examples/workloads/mixed6.json"));
   ASSERT_EQ(w.jobs.size(), 6u);

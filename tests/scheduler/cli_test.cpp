@@ -9,6 +9,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <string>
 
 namespace {
@@ -154,6 +155,34 @@ TEST(CliPlan, TheJobsReplicasFieldPlansReplicasAndTheFlagOverridesIt) {
   EXPECT_NE(zero.output.find("--replicas: Value 0 not in range 1 to 4096"), std::string::npos) << zero.output;
 }
 
+TEST(CliPlan, GpuBoundsLetThePlannerChooseTheReplicasAndPrintTheAllReduce) {
+  const std::string topology = src("tests/scheduler/data/two-regions-2gpus.json");
+  const std::string plan = out("cli_plan_gpus.json");
+  std::remove(plan.c_str());
+  // gpt-tiny's 8 micro-batches on 4 GPUs as 2 stages: 2 replicas of 4 micro-batches each.
+  Result r = run("plan --topology " + topology + " --job " + src("examples/jobs/gpt-tiny.json") +
+                 " --stages 2 --gpus 4,4 --schedule 1f1b -o " + plan);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("4 ranks, 2 stages x 2 replicas, schedule 1f1b"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("  ranks 0-1 peak activations 2 micro-batches"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(", gradient all-reduce "), std::string::npos) << r.output;
+  geopipe::Plan p = geopipe::load_plan(plan);
+  EXPECT_EQ(p.job.replicas, 2);
+  EXPECT_EQ(p.job.micro_batches, 4);
+  ASSERT_EQ(p.predicted.allreduce_exposed_s.size(), 4u);
+  EXPECT_GT(p.predicted.allreduce_exposed_s[0], 0.0);
+  EXPECT_NO_THROW(geopipe::check_plan_against(p, geopipe::load_topology(topology), plan, 4));
+  // --replicas fixes the choice; bounds the job parser refuses are refused naming the flag.
+  Result one = run("plan --topology " + topology + " --job " + src("examples/jobs/gpt-tiny.json") +
+                   " --stages 2 --gpus 2,4 --replicas 1 --schedule 1f1b");
+  ASSERT_EQ(one.exit_code, 0) << one.output;
+  EXPECT_EQ(nlohmann::json::parse(one.output)["stages"][1]["ranks"], nlohmann::json::array({1}));
+  Result bad = run("plan --topology " + topology + " --job " + src("examples/jobs/gpt-tiny.json") + " --gpus 0,4");
+  EXPECT_EQ(bad.exit_code, 2) << bad.output;
+  EXPECT_NE(bad.output.find("--gpus: gpus: expected [min, max] with 1 <= min <= max"), std::string::npos)
+      << bad.output;
+}
+
 TEST(CliPlan, ReplicasThatNoRegionHasRoomForExitThreeNamingTheRegions) {
   Result r = run("plan --topology " + src("examples/topologies/local4.json") + " --job " +
                  src("examples/jobs/gpt-tiny.json") + " --replicas 2 -o " + out("never.json"));
@@ -250,6 +279,33 @@ TEST(CliSimulate, GeneratesAWorkloadAndPrintsTheComparison) {
   EXPECT_NEAR(first["cost_usd"].get<double>(),
               first["electricity_usd"].get<double>() + first["egress_usd"].get<double>(),
               1e-9 * first["cost_usd"].get<double>());
+}
+
+TEST(CliSimulate, JobsWithReplicasHoldTheirGpusAndTheOutputsSayHowMany) {
+  // "fixed" (2 stages x 2 replicas) holds all four GPUs; "bounded" ([2, 4] GPUs) arrives while it
+  // runs and starts when it ends: BACE and delay-first with 2 replicas of 4 micro-batches (the
+  // fastest), cost-first and fifo with one pipeline of 8.
+  const std::string json = out("cli_sim_replicas.json"), csv = out("cli_sim_replicas.csv");
+  Result r = run("simulate --topology " + src("tests/scheduler/data/two-regions-2gpus.json") + " --workload " +
+                 src("tests/scheduler/data/workload-replicas.json") + " --json " + json + " --csv " + csv);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  auto doc = geopipe::read_json_file(json);
+  const std::map<std::string, int> bounded_replicas = {{"bace", 2}, {"delay-first", 2}, {"cost-first", 1}, {"fifo", 1}};
+  for (const auto& result : doc["scenarios"][0]["results"]) {
+    SCOPED_TRACE(result["policy"].get<std::string>());
+    const auto& jobs = result["job_records"];
+    ASSERT_EQ(jobs.size(), 2u);
+    EXPECT_EQ(jobs[0]["replicas"], 2);
+    EXPECT_EQ(jobs[0]["stages"], 2);
+    EXPECT_EQ(jobs[1]["replicas"], bounded_replicas.at(result["policy"]));
+    EXPECT_DOUBLE_EQ(jobs[1]["start_s"].get<double>(), jobs[0]["end_s"].get<double>());
+    EXPECT_EQ(jobs[1]["memory_fits"], true);
+    EXPECT_EQ(result["over_memory"], 0);
+  }
+  std::ifstream in(csv);
+  std::string header;
+  std::getline(in, header);
+  EXPECT_NE(header.find(",jct_s,stages,replicas,inter_region_hops,"), std::string::npos) << header;
 }
 
 TEST(CliSimulate, RunsAWorkloadFileAndRejectsBadPolicies) {

@@ -294,3 +294,29 @@ TEST(CostModel, UsableMemoryIsTheGpusTimesTheSafetyFactor) {
   r.gpu_mem_gb = 0;
   EXPECT_EQ(gs::usable_memory_bytes(r), 0);  // not given: not checked
 }
+
+TEST(CostModel, AllReduceIsARingPerBucketWithTheLastBucketExposed) {
+  geopipe::LinkSpec intra;
+  intra.gbps = 100;  // 12.5e9 bytes/s
+  intra.latency_ms = 0.5;
+  // 58,773,504 bytes (a stage of 14,693,376 fp32 gradients): buckets of 26,214,400, 26,214,400
+  // and 6,344,704. Two replicas: a bucket of n bytes takes 2(1)/2 n / 12.5e9 + 2(1) 0.0005 s.
+  const double bytes = 58773504;
+  const double big = 26214400 / 12.5e9 + 0.001, last = 6344704 / 12.5e9 + 0.001;
+  gs::AllReduceTime a = gs::allreduce_time(bytes, 0.15, 2, intra);
+  EXPECT_NEAR(a.total_s, 0.00770188032, 1e-15);
+  EXPECT_NEAR(a.total_s, 2 * big + last, 1e-15);
+  // A 0.15 s backward hides the first two buckets: only the last is left.
+  EXPECT_NEAR(a.exposed_s, 0.00150757632, 1e-15);
+  // A backward of 1 ms hides 1 ms of the whole.
+  EXPECT_NEAR(gs::allreduce_time(bytes, 0.001, 2, intra).exposed_s, 0.00670188032, 1e-15);
+  // Four replicas: 2(3)/4 n / 12.5e9 + 6 x 0.0005 per bucket.
+  gs::AllReduceTime four = gs::allreduce_time(bytes, 0.0, 4, intra);
+  EXPECT_NEAR(four.total_s, 1.5 * bytes / 12.5e9 + 3 * 0.003, 1e-15);
+  EXPECT_NEAR(four.exposed_s, four.total_s, 1e-15);
+  // One bucket: nothing to hide behind.
+  EXPECT_NEAR(gs::allreduce_time(1e6, 10.0, 2, intra).exposed_s, 1e6 / 12.5e9 + 0.001, 1e-15);
+  // No replicas, nothing to reduce.
+  EXPECT_EQ(gs::allreduce_time(bytes, 0.15, 1, intra).total_s, 0.0);
+  EXPECT_EQ(gs::allreduce_time(bytes, 0.15, 1, intra).exposed_s, 0.0);
+}

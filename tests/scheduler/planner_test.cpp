@@ -278,20 +278,46 @@ TEST(PlanReplicas, EveryStageGetsItsReplicasInItsRegionRanksGroupedByStage) {
   EXPECT_EQ(back.stages[1].ranks, (std::vector<int>{2, 3}));
   EXPECT_EQ(back.job.replicas, 2);
   EXPECT_EQ(back.provenance.job_hash, back.job.hash());
+  // The all-reduce predictions come back as written (and a plan without replicas writes none).
+  ASSERT_EQ(p.predicted.allreduce_s.size(), 4u);
+  EXPECT_EQ(back.predicted.allreduce_s, p.predicted.allreduce_s);
+  EXPECT_EQ(back.predicted.allreduce_exposed_s, p.predicted.allreduce_exposed_s);
+  EXPECT_EQ(geopipe::to_json(back), geopipe::to_json(p));
+  const nlohmann::json plain = geopipe::to_json(gs::plan_job(gs::Policy::kBace, t, two_stage_job(), {}));
+  EXPECT_FALSE(plain["predicted"].contains("allreduce_s"));
+  EXPECT_FALSE(plain["predicted"].contains("allreduce_exposed_s"));
   EXPECT_NO_THROW(geopipe::check_plan_against(back, t, "replicas.json", 4));
 }
 
-TEST(PlanReplicas, EnergyCountsEveryReplicaAndIterationTimeIsUnchanged) {
-  // The same two regions, one GPU a stage either way: the same placement, twice the GPUs.
-  geopipe::Plan one = gs::plan_job(gs::Policy::kBace, two_regions_of(1), two_stage_job(), {});
+TEST(PlanReplicas, IterationAddsTheSlowestExposedAllReduceAndEnergyCountsEveryReplica) {
+  // One region: both stages in it, so the replicas share no link and add only the all-reduce.
+  auto one_region = [](int gpus) { return make_topology({{"a", gpus, 1.0, 0.1}}, {}); };
+  geopipe::Plan one = gs::plan_job(gs::Policy::kBace, one_region(2), two_stage_job(), {});
+  geopipe::Plan two = gs::plan_job(gs::Policy::kBace, one_region(4), replicated(two_stage_job(), 2), {});
+  ASSERT_EQ(two.schedule.kind, one.schedule.kind);
+  EXPECT_TRUE(one.predicted.allreduce_s.empty());
+  // Stage 0 (a block and the embedding: 14,693,376 parameters, 58,773,504 fp32 bytes) and stage 1
+  // (a block and the head: 13,646,848, 54,587,392 bytes) send three 25 MiB buckets each; their
+  // 0.15 s backward hides all but the last, 6,344,704 and 2,158,592 bytes: a ring of two over
+  // 100 Gbit/s takes n / 12.5e9 s + 2 x 0.5 ms latency.
+  ASSERT_EQ(two.predicted.allreduce_exposed_s.size(), 4u);
+  EXPECT_NEAR(two.predicted.allreduce_s[0], 0.00770188032, 1e-12);
+  EXPECT_NEAR(two.predicted.allreduce_exposed_s[0], 0.00150757632, 1e-12);
+  EXPECT_NEAR(two.predicted.allreduce_exposed_s[1], 0.00150757632, 1e-12);
+  EXPECT_NEAR(two.predicted.allreduce_exposed_s[2], 0.00117268736, 1e-12);
+  EXPECT_NEAR(two.predicted.iteration_s, one.predicted.iteration_s + 0.00150757632, 1e-12);
+  // Both replicas' GPUs: each pipeline's energy plus its 2 GPUs idling (0.2 x 700 W x PUE 1.2)
+  // through the exposed all-reduce, over 10 iterations.
+  const double idle_j = 2 * 0.2 * 700 * 1.2 * 0.00150757632 * 10;
+  EXPECT_NEAR(two.predicted.energy_kwh, 2 * (one.predicted.energy_kwh + idle_j / 3.6e6), 1e-12);
+}
+
+TEST(PlanReplicas, TheReplicasPipelinesShareTheLinkBetweenTheirRegions) {
   geopipe::Plan two = gs::plan_job(gs::Policy::kBace, two_regions_of(2), replicated(two_stage_job(), 2), {});
-  ASSERT_EQ(one.stages[0].region, two.stages[0].region);
-  EXPECT_DOUBLE_EQ(two.predicted.iteration_s, one.predicted.iteration_s);
-  EXPECT_NEAR(two.predicted.energy_kwh, 2 * one.predicted.energy_kwh, 1e-12 * one.predicted.energy_kwh);
-  EXPECT_NEAR(two.predicted.cost_usd, 2 * one.predicted.cost_usd, 1e-12 * one.predicted.cost_usd);
-  // Both replicas' activations cross the one link between a and b.
+  ASSERT_NE(two.stages[0].region, two.stages[1].region);
+  // 2 pipelines x 8 micro-batches x 2,097,152 bytes per iteration over 10 Gbit/s (1.25e9 B/s).
   ASSERT_EQ(two.links.size(), 1u);
-  EXPECT_NEAR(two.predicted.link_utilisation[0], 2 * one.predicted.link_utilisation[0], 1e-12);
+  EXPECT_NEAR(two.predicted.link_utilisation[0], 2 * 8 * 2097152 / two.predicted.iteration_s / 1.25e9, 1e-12);
 }
 
 TEST(PlanReplicas, ARegionWithRoomForTwoReplicatedStagesHostsBoth) {
@@ -329,6 +355,74 @@ TEST(PlanReplicas, RegionsTooSmallForTheReplicasAreNamedWithTheirGpus) {
   // Every policy goes through the same check.
   EXPECT_NE(infeasible_message(gs::Policy::kExact, t, replicated(two_stage_job(), 2), {}).find("b has 3 GPUs (1 stage)"),
             std::string::npos);
+}
+
+// ---- GPU bounds: the planner chooses the replicas -----------------------------------------
+
+namespace {
+
+// The job with "gpus": [lo, hi], as the job parser reads it.
+geopipe::JobSpec bounded(const geopipe::JobSpec& job, int lo, int hi) {
+  nlohmann::json doc = geopipe::to_json(job);
+  doc["gpus"] = {lo, hi};
+  return geopipe::parse_job(doc, "bounded.json");
+}
+geopipe::Topology one_region_of(int gpus) { return make_topology({{"a", gpus, 1.0, 0.1}}, {}); }
+
+}  // namespace
+
+TEST(PlanGpuBounds, BaceTakesReplicasWhenARegionHasSpareGpusAndTheyAreFaster) {
+  // 8 GPUs, a 2-stage job of 8 micro-batches allowed 2..8 GPUs: 4 replicas of 2 micro-batches
+  // each take (2 + 1) stage times a step instead of (8 + 1): the fastest, and alone within the slack.
+  const auto job = bounded(two_stage_job(), 2, 8);
+  geopipe::Plan p = gs::plan_job(gs::Policy::kBace, one_region_of(8), job, {});
+  EXPECT_EQ(p.replicas(), 4);
+  EXPECT_EQ(p.world_size(), 8);
+  // The plan's job is what the runtime runs: 4 replicas of 2 micro-batches, the step's 8 in all.
+  EXPECT_EQ(p.job.replicas, 4);
+  EXPECT_EQ(p.job.micro_batches, 2);
+  EXPECT_FALSE(p.job.chooses_replicas());
+  EXPECT_EQ(p.provenance.job_hash, job.hash());
+  geopipe::Plan plain = gs::plan_job(gs::Policy::kBace, one_region_of(8), two_stage_job(), {});
+  EXPECT_LT(p.predicted.iteration_s, 0.5 * plain.predicted.iteration_s);
+  // Delay-first and the exact solver take the fastest too; fifo the fewest replicas that fit.
+  EXPECT_EQ(gs::plan_job(gs::Policy::kDelayFirst, one_region_of(8), job, {}).replicas(), 4);
+  EXPECT_EQ(gs::plan_job(gs::Policy::kExact, one_region_of(8), job, {}).replicas(), 4);
+  EXPECT_EQ(gs::plan_job(gs::Policy::kFifo, one_region_of(8), job, {}).replicas(), 1);
+}
+
+TEST(PlanGpuBounds, StagesTimesReplicasStayWithinTheBoundsAndTheFreeGpus) {
+  struct Case {
+    int gpus, lo, hi, replicas;
+  };
+  // Stages fixed at 2; replicas divide the 8 micro-batches: 2 x {1, 2, 4, 8} GPUs.
+  for (const Case& c : {Case{8, 2, 4, 2}, Case{8, 2, 2, 1}, Case{6, 2, 16, 2}, Case{16, 3, 8, 4}, Case{16, 9, 16, 8}}) {
+    SCOPED_TRACE(std::to_string(c.gpus) + " GPUs, bounds [" + std::to_string(c.lo) + ", " + std::to_string(c.hi) + "]");
+    geopipe::Plan p = gs::plan_job(gs::Policy::kBace, one_region_of(c.gpus), bounded(two_stage_job(), c.lo, c.hi), {});
+    EXPECT_EQ(p.replicas(), c.replicas);
+    EXPECT_GE(p.world_size(), c.lo);
+    EXPECT_LE(p.world_size(), std::min(c.hi, c.gpus));
+    EXPECT_EQ(p.job.micro_batches * p.replicas(), 8);
+  }
+  // --replicas fixes the choice (it must divide the micro-batches).
+  gs::PlannerOptions o;
+  o.fixed_replicas = 2;
+  EXPECT_EQ(gs::plan_job(gs::Policy::kBace, one_region_of(8), bounded(two_stage_job(), 2, 8), o).replicas(), 2);
+  o.fixed_replicas = 3;
+  try {
+    gs::plan_job(gs::Policy::kBace, one_region_of(8), bounded(two_stage_job(), 2, 8), o);
+    ADD_FAILURE() << "3 replicas of 8 micro-batches";
+  } catch (const geopipe::InputError& e) {
+    EXPECT_EQ(std::string(e.what()), "--replicas: 3 replicas do not divide job \"j\"'s 8 micro-batches (with "
+                                     "\"gpus\", each replica runs micro_batches / R)");
+  }
+}
+
+TEST(PlanGpuBounds, BoundsBeyondTheFreeGpusAreRefusedSayingSo) {
+  // At least 8 GPUs (4 replicas of 2 stages) on a region of 6.
+  EXPECT_EQ(infeasible_message(gs::Policy::kBace, one_region_of(6), bounded(two_stage_job(), 8, 16), {}),
+            "cannot place job \"j\" on test (policy bace): too few GPUs: job \"j\" needs at least 2 stages of 4 "
+            "replicas (8 GPUs), each stage's replicas in one region; the free GPUs hold 1 such stage");
 }
 
 // ---- Egress ------------------------------------------------------------------------------------

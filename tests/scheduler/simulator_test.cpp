@@ -68,17 +68,87 @@ TEST(Simulator, BaceDoesNotOversubscribeALinkItHasSeenFillUp) {
   EXPECT_LE(r.max_link_oversubscription, 1.0 + 1e-9);
 }
 
-TEST(Simulator, RefusesAJobWithReplicasInsteadOfDroppingThem) {
-  auto job = link_job("dp");
-  job.replicas = 2;
-  try {
-    gs::simulate(shared_link(10), workload({link_job("x"), job}), gs::Policy::kBace, {});
-    FAIL() << "simulated a job with replicas";
-  } catch (const geopipe::InputError& e) {
-    EXPECT_EQ(std::string(e.what()),
-              "workload \"test\": job \"dp\".replicas: the multi-tenant simulator runs one rank per stage; replicas "
-              "(2) are planned by geopipe plan only");
+TEST(Simulator, AJobWithReplicasHoldsStagesTimesReplicasGpus) {
+  // One region of 4 GPUs: a 2-stage job with 2 replicas holds all four, so the next one waits
+  // for it, and a third without replicas (2 GPUs) too, behind it in FIFO order.
+  auto t = make_topology({{"a", 4, 1.0, 0.1}}, {});
+  auto first = link_job("first"), second = link_job("second");
+  first.replicas = second.replicas = 2;
+  second.arrival_s = 1;
+  for (gs::Policy policy : {gs::Policy::kBace, gs::Policy::kFifo, gs::Policy::kDelayFirst, gs::Policy::kCostFirst}) {
+    SCOPED_TRACE(gs::policy_name(policy));
+    auto r = gs::simulate(t, workload({first, second}), policy, {});
+    ASSERT_EQ(r.finished, 2);
+    EXPECT_EQ(r.jobs[0].stages, 2);
+    EXPECT_EQ(r.jobs[0].replicas, 2);
+    EXPECT_EQ(r.jobs[0].start_s, 0.0);
+    EXPECT_DOUBLE_EQ(r.jobs[1].start_s, r.jobs[0].end_s);
   }
+  // The same job on the empty cluster: the simulator runs it as the planner evaluated it,
+  // the all-reduce and all four GPUs' energy included.
+  auto placed = gs::place_job(gs::Policy::kBace, t, first, gs::ClusterState::empty(t), {});
+  ASSERT_TRUE(placed.placement);
+  ASSERT_EQ(placed.placement->replicas, 2);
+  EXPECT_GT(placed.placement->iteration_s, placed.placement->timing.iteration_s);
+  auto alone = gs::simulate(t, workload({first}), gs::Policy::kBace, {});
+  EXPECT_NEAR(alone.jobs[0].jct_s(), placed.placement->job_s, 1e-9 * placed.placement->job_s);
+  EXPECT_NEAR(alone.energy_kwh, placed.placement->energy_kwh, 1e-9 * alone.energy_kwh);
+}
+
+TEST(Simulator, AJobWithGpuBoundsTakesTheReplicasTheFreeGpusAllow) {
+  // 8 GPUs; "gpus": [2, 8] and 8 micro-batches: alone, the job runs 4 replicas of 2 micro-batches
+  // (8 GPUs); arriving while a 2-GPU job runs, BACE gives it what is left: 3 replicas do not
+  // divide 8, so 2 (4 GPUs).
+  auto t = make_topology({{"a", 8, 1.0, 0.1}}, {});
+  nlohmann::json doc = geopipe::to_json(link_job("elastic"));
+  doc["gpus"] = {2, 8};
+  doc["arrival_s"] = 1;
+  const geopipe::JobSpec elastic = geopipe::parse_job(doc, "elastic.json");
+  auto alone = gs::simulate(t, workload({elastic}), gs::Policy::kBace, {});
+  ASSERT_EQ(alone.finished, 1);
+  EXPECT_EQ(alone.jobs[0].replicas, 4);
+  auto r = gs::simulate(t, workload({link_job("plain"), elastic}), gs::Policy::kBace, {});
+  ASSERT_EQ(r.finished, 2);
+  EXPECT_EQ(r.jobs[0].replicas, 1);
+  EXPECT_EQ(r.jobs[1].replicas, 2);
+  EXPECT_DOUBLE_EQ(r.jobs[1].start_s, 1.0);
+  // Its step trains the same tokens either way: fewer replicas, a longer run.
+  EXPECT_GT(r.jobs[1].jct_s(), alone.jobs[0].jct_s());
+}
+
+TEST(Simulator, ReportsAJobStartedWhereThePlannersMemoryModelSaysItDoesNotFit) {
+  // The two-stage job in one region runs plain 1F1B: stage 0 holds 2 micro-batches, stage 1 one.
+  auto t = make_topology({{"a", 2, 1.0, 0.1}}, {});
+  auto job = link_job("small");
+  auto placed = gs::place_job(gs::Policy::kBace, t, job, gs::ClusterState::empty(t), {});
+  ASSERT_TRUE(placed.placement);
+  ASSERT_EQ(placed.placement->timing.warmup, (std::vector<int>{1, 0}));
+  // Stage 0: 14,693,376 parameters x 16 bytes + 2 x 4 x (16 N h + 4 N + b a s^2 + N h) with
+  // N = 1,024 tokens, h = 1,024, 8 heads, + 1 GB; stage 1: 13,646,848 x 16 + 4 x (the block +
+  // 2 N h + 2 N + N V) + 1 GB.
+  EXPECT_EQ(gs::placement_memory_bytes(job, *placed.placement, false),
+            (std::vector<double>{235094016 + 2 * 104873984 + 1e9, 218349568 + 113270784 + 1e9}));
+  auto small = gs::simulate(t, workload({job}), gs::Policy::kBace, {});
+  EXPECT_TRUE(small.jobs[0].memory_fits);
+  EXPECT_FALSE(small.jobs[0].needs_recompute);
+  EXPECT_EQ(small.over_memory, 0);
+  // 12 blocks of width 8,192 on two stages: 6 x 805,412,864 parameters x 16 bytes = 77 GB on a
+  // stage, over the 72 GB an 80 GB GPU offers even with recomputation. The simulator runs it
+  // and says so.
+  auto big = gs::simulate(t, workload({make_job("big", 12, 8192, 1024, 1, 8, 10, 2, 2)}), gs::Policy::kBace, {});
+  ASSERT_EQ(big.finished, 1);
+  EXPECT_FALSE(big.jobs[0].memory_fits);
+  EXPECT_EQ(big.over_memory, 1);
+  // 8 such blocks with 4,096-token sequences and 64 heads: 4 x 805M x 16 = 51.5 GB of state, and
+  // 2 micro-batches of 4 blocks' attention probabilities (4 x 64 x 4,096^2 x 4 bytes = 17.2 GB
+  // each) on stage 0 do not fit; keeping only block inputs does.
+  geopipe::JobSpec tall = make_job("tall", 8, 8192, 4096, 1, 8, 10, 2, 2);
+  tall.model.heads = 64;
+  auto recomputed = gs::simulate(t, workload({tall}), gs::Policy::kBace, {});
+  ASSERT_EQ(recomputed.finished, 1);
+  EXPECT_TRUE(recomputed.jobs[0].memory_fits);
+  EXPECT_TRUE(recomputed.jobs[0].needs_recompute);
+  EXPECT_EQ(recomputed.needs_recompute, 1);
 }
 
 TEST(Simulator, EnergyAndCostOfAJobAloneMatchItsPlan) {

@@ -101,6 +101,12 @@ struct JobSpec {
   // gets this many ranks, all in its region. Written to JSON only when not 1, so the hashes of
   // jobs without replicas stay what they were.
   int replicas = 1;
+  // "gpus": [min, max] (or N for both): the planner chooses the replicas R and the stages S with
+  // min <= S x R <= max. micro_batches is then the whole step's: R divides it and each replica
+  // runs micro_batches / R, so the tokens a step trains do not depend on R (docs/SCHEDULER.md,
+  // "Replicas"). 0: not given (R is `replicas`); a job gives "gpus" or "replicas", not both.
+  int min_gpus = 0, max_gpus = 0;
+  bool chooses_replicas() const { return max_gpus > 0; }
   double arrival_s = 0;     // arrival time in a workload
   std::string hash() const;
 };

@@ -13,6 +13,10 @@ namespace geopipe {
 
 inline constexpr int kPlanVersion = 1;
 
+// Bytes of one gradient bucket a stage's replicas all-reduce (PyTorch DDP's default
+// bucket_cap_mb): the runtime's reducer sends them, the scheduler times them.
+inline constexpr long long kGradBucketBytes = 25 << 20;
+
 // Codec names understood across the project (kernels implements them; core only checks names).
 // "none", "int8-block", "fp8-e4m3-block", "fp8-e5m2-block", "int4-block".
 const std::vector<std::string>& known_codec_names();
@@ -77,6 +81,11 @@ struct Prediction {
   // Per rank: predicted peak bytes on its device (parameters, gradients, optimizer state, peak
   // activations, message buffers, the framework's allowance; docs/SCHEDULER.md "Memory").
   std::vector<double> memory_bytes;
+  // Per rank, with replicas (empty without): its stage's gradient all-reduce among the replicas,
+  // and the part the backward does not hide (the largest is in iteration_s; docs/SCHEDULER.md,
+  // "Replicas").
+  std::vector<double> allreduce_s;
+  std::vector<double> allreduce_exposed_s;
 };
 
 struct Provenance {

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <geopipe/core/config.h>
+#include <geopipe/core/plan.h>
 #include <geopipe/scheduler/profile.h>
 
 #include <string>
@@ -183,6 +184,23 @@ struct MemoryEstimate {
   double framework = kFrameworkAllowanceBytes;
   double total() const { return weights + gradients + optimizer + activations + buffers + framework; }
 };
+
+// ---- Gradient all-reduce of a stage's replicas (docs/SCHEDULER.md, "Replicas") ------------
+
+// The runtime's reducer sends a stage's gradients in buckets of kGradBucketBytes (core/plan.h),
+// as fp32.
+inline constexpr double kGradBytesPerParameter = 4;
+
+// Ring all-reduce of `grad_bytes` among `replicas` ranks over `intra` (the replicas of a stage
+// share its region), in kGradBucketBytes buckets, the last one the remainder. One bucket of n
+// bytes: 2(R - 1)/R * n / bandwidth + 2(R - 1) * latency (2(R - 1) ring steps). The buckets but
+// the last are ready while the stage's last backward runs (`backward_s`) and hide behind it; the
+// last is ready only at its end. Exposed = max(last bucket, total - backward_s). R = 1: zeros.
+struct AllReduceTime {
+  double total_s = 0;    // every bucket, back to back
+  double exposed_s = 0;  // what the backward does not hide: added to the iteration
+};
+AllReduceTime allreduce_time(double grad_bytes, double backward_s, int replicas, const LinkSpec& intra);
 
 // Energy (joules) of one iteration on the stages' GPUs (one GPU per stage): busy time at board
 // power, the rest of the iteration at idle power, times PUE. Cost in USD at each region's

@@ -62,6 +62,9 @@ struct PlannerOptions {
   // ZeRO-1 (the runtime's --shard-optimizer): AdamW's moments divided among a stage's replicas.
   bool shard_optimizer = false;
   int fixed_stages = 0;             // 0: choose within the job's [min_stages, max_stages]
+  // A job with "gpus" bounds: 0 lets the search choose its replicas, R fixes them (R must divide
+  // its micro_batches). A job without them runs its `replicas`.
+  int fixed_replicas = 0;
   bool bandwidth_check = true;      // every inter-region hop carries a micro-batch within the compute period
   bool price_term = true;           // false: the allocator takes the fastest feasible path
   bool use_residual = true;         // read residual bandwidth (BACE) or link capacity (baselines)
@@ -81,8 +84,11 @@ struct Placement {
   std::vector<double> hop_fwd_bytes, hop_bwd_bytes;  // per boundary: bytes per micro-batch each way
   std::vector<double> hop_bps;                 // per boundary: bandwidth the evaluation assumed, bytes/s
   ScheduleKind kind = ScheduleKind::kOneFOneB;
-  PipelineTiming timing;
-  double iteration_s = 0;
+  PipelineTiming timing;                       // the pipeline alone (one replica's)
+  int replicas = 1;                            // copies of the pipeline; a stage holds this many GPUs of its region
+  std::vector<double> allreduce_s;             // per stage: its replicas' gradient all-reduce (allreduce_time)
+  std::vector<double> allreduce_exposed_s;     // per stage: the part its backward does not hide
+  double iteration_s = 0;                      // timing's + the largest exposed all-reduce
   double job_s = 0;                            // iterations * iteration_s
   double energy_kwh = 0;                       // whole job
   double electricity_usd = 0;                  // whole job: energy at each region's price
@@ -94,8 +100,32 @@ struct Placement {
   int inter_region_hops() const;
 };
 
-// Evaluates one region sequence: layer balance, codecs (per options.codec), timing, energy, cost
-// (electricity and egress of one pipeline: plan_job's predictions multiply by the replicas).
+// The job as `replicas` copies of its pipeline run it. A job with "gpus" bounds shares its
+// micro_batches among them (micro_batches / replicas each, the bounds dropped: the result is a
+// concrete job, as a plan records it); another job keeps micro_batches per replica.
+JobSpec replica_job(const JobSpec& job, int replicas);
+// The replica counts the search tries: a job's `replicas`; with "gpus" bounds every divisor of
+// micro_batches up to max_gpus, or options.fixed_replicas (InputError naming --replicas when it
+// does not divide micro_batches).
+std::vector<int> replica_counts(const JobSpec& job, const PlannerOptions& options);
+
+// The peak bytes each stage of a placement needs on its GPU by the planner's memory model
+// (MemoryEstimate: training state, activations, the framework's allowance) without replaying a
+// schedule: its closed-form schedule's micro-batches in flight (GPipe M, the 1F1B kinds their
+// warm-up + 1), with or without recomputation, no message buffers (they need the lowered lists).
+// `job` as its replicas run it (replica_job). For the simulator, which places jobs with the
+// search alone.
+std::vector<double> placement_memory_bytes(const JobSpec& job, const Placement& placement, bool shard_optimizer,
+                                           bool recompute = false);
+// Whether every stage fits in its region's usable memory (usable_memory_bytes; a region without
+// gpu_mem_gb always fits): as it is, only with recomputation (as plan_job's --recompute auto
+// would turn on), or not at all.
+enum class MemoryFit { kFits, kWithRecompute, kOver };
+MemoryFit placement_fit(const Topology& topology, const JobSpec& job, const Placement& placement, bool shard_optimizer);
+
+// Evaluates one region sequence for job.replicas copies of the pipeline: layer balance, codecs
+// (per options.codec; an inter-region link's bandwidth shared by the replicas' pipelines),
+// timing with each stage's gradient all-reduce, energy and cost of every replica.
 // `hop_bps` overrides the bandwidth of each boundary (the simulator's fair shares); empty: the
 // state's residual (use_residual) or capacity. nullopt when two consecutive regions have no link.
 std::optional<Placement> evaluate_path(const Topology& topology, const JobSpec& job, const std::vector<int>& regions,
@@ -108,9 +138,12 @@ struct PlanResult {
   long nodes = 0;    // search nodes expanded (pathfinder / exact)
 };
 
-// Places a job under a policy on the current state. The ablations and BACE share this entry;
-// the multi-tenant parts of a policy (order, rigid waiting) live in the simulator. A stage takes
-// one of `state.free_gpus`: plan_job turns job.replicas into such stage slots before calling it.
+// Places a job under a policy on the current state (free GPUs per region). The ablations and BACE
+// share this entry; the multi-tenant parts of a policy (order, rigid waiting) live in the
+// simulator. Every replica count replica_counts() allows is searched with its stage counts (S x R
+// within the job's "gpus" bounds), a stage taking R GPUs of one region; the policy's objective
+// picks among all of them (BACE: the cheapest within the slack of the fastest; delay-first and
+// bace-no-price the fastest; cost-first the cheapest; fifo the fewest replicas that fit).
 PlanResult place_job(Policy policy, const Topology& topology, const JobSpec& job, const ClusterState& state,
                      const PlannerOptions& options);
 
@@ -176,7 +209,10 @@ struct ScheduleOption {
   std::vector<double> fwd_bytes, bwd_bytes;    // per chunk boundary, bytes per micro-batch (0 on one rank)
   std::vector<double> boundary_bps;            // per chunk boundary, the slower direction (0 on one rank)
   std::vector<double> chunk_s;                 // forward + backward of one micro-batch, per chunk
-  ScheduleTiming timing;                       // iteration_s, per-rank compute and peak activations
+  ScheduleTiming timing;                       // iteration_s (with the largest exposed all-reduce), per-rank
+                                               // compute and peak activations
+  std::vector<double> allreduce_s;             // per rank, with replicas: its gradient all-reduce (allreduce_time)
+  std::vector<double> allreduce_exposed_s;     // per rank, with replicas: the part its backward does not hide
   std::vector<MemoryEstimate> memory;          // per rank: predicted peak bytes by part
   std::vector<double> memory_limit_bytes;      // per rank: usable_memory_bytes of its region (0: not given)
   bool fits() const;                           // runnable and every rank within its limit
@@ -197,11 +233,13 @@ const ScheduleOption& pick_schedule(const std::vector<ScheduleOption>& options, 
 // turns on recomputation (options.recompute "auto"), then tries more stages (unless fixed), each
 // without and then with recomputation, up to the job's most; with none that fits, the refusal
 // names the stage and the bytes of the last (most stages) attempt.
-// Pipeline position p runs its chunks in the placement's region p. With job.replicas R > 1 every
-// stage takes R GPUs of its region (the search sees gpus / R stage slots per region) and lists R
-// ranks, rank p * R + r being replica r of position p; a region too small for that is named in
-// the refusal. Energy and cost come from the chosen schedule's replayed iteration and each rank's
-// compute, over every replica. `considered` (optional) receives every schedule option evaluated.
+// Pipeline position p runs its chunks in the placement's region p. With R > 1 replicas (the
+// job's `replicas`, or chosen within its "gpus" bounds) every stage takes R GPUs of its region
+// and lists R ranks, rank p * R + r being replica r of position p; with a fixed R a region too
+// small for that is named in the refusal. The plan's job is replica_job(job, R); its iteration
+// holds the largest exposed all-reduce; energy and cost come from the chosen schedule's replayed
+// iteration and each rank's compute, over every replica. `considered` (optional) receives every
+// schedule option evaluated.
 Plan plan_job(Policy policy, const Topology& topology, const JobSpec& job, const PlannerOptions& options,
               std::vector<ScheduleOption>* considered = nullptr);
 

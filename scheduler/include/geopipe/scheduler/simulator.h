@@ -51,6 +51,12 @@ struct JobRecord {
   double start_s = -1;          // -1: never started
   double end_s = -1;            // -1: never finished
   int stages = 0;
+  int replicas = 1;             // copies of the pipeline: the job held stages x replicas GPUs
+  // The planner's memory model on the placement (placement_fit): every stage fits its GPU, and
+  // whether only with recomputation. The simulator places with the search alone and reports
+  // these; it neither refuses a placement that does not fit nor charges recomputation's time.
+  bool memory_fits = true;
+  bool needs_recompute = false;
   int inter_region_hops = 0;
   std::string regions;          // e.g. "us-east-2-ohio x8"
   double planned_s = 0;         // run time the placement predicted when it started (links as seen then)
@@ -74,6 +80,8 @@ struct SimResult {
   long events = 0;
   long placements_tried = 0;
   double max_link_oversubscription = 0;  // max over time and links of demand / capacity
+  int over_memory = 0;                   // jobs started on a placement that does not fit (memory_fits false)
+  int needs_recompute = 0;               // jobs started on a placement that fits only with recomputation
 };
 
 // Runs one policy over the workload. InputError for "exact" (a single-job solver, not a queue policy).
