@@ -490,8 +490,8 @@ PlanResult bace_like(const Context& c, const std::vector<int>& counts, bool pric
     res.placement = full(c, fastest);
     return res;
   }
-  // Pass 2: the cheapest path within the slack of the fastest, ties by time.
-  const double cap = t_fast * (1 + c.opt.slack);
+  // Pass 2: the cheapest path within max_slowdown of the fastest, ties by time.
+  const double cap = t_fast * (1 + c.opt.max_slowdown);
   std::vector<int> best = fastest;
   Eval be = evaluate(c, fastest, {}, nullptr);
   for (size_t i = 0; i < counts.size(); ++i) {
@@ -637,7 +637,7 @@ PlanResult exact_placement(const Topology& topology, const JobSpec& job, const C
   for (const auto& l : leaves) t_fast = std::min(t_fast, l.t);
   const Leaf* best = nullptr;
   for (const auto& l : leaves) {
-    if (l.t > t_fast * (1 + options.slack) * (1 + kRelEps)) continue;
+    if (l.t > t_fast * (1 + options.max_slowdown) * (1 + kRelEps)) continue;
     if (!options.price_term) {
       if (!best || better(Goal::kMinTime, l.t, l.cost, best->t, best->cost, false)) best = &l;
     } else if (!best || better(Goal::kMinCost, l.t, l.cost, best->t, best->cost)) {

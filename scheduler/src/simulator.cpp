@@ -58,6 +58,11 @@ struct Waiting {
   long failed_at = -1;       // cluster version at the last failed placement
   bool relaxed = false;
   std::optional<Placement> rigid;  // cost-first: the placement it waits for
+  // BACE: its placement on the empty cluster (the cheapest within max_slowdown of the fastest),
+  // which it may wait for when what is free now costs more (worth_waiting).
+  std::optional<Placement> target;
+  double hold_until = -1;    // waiting for `target` ends by then; -1: not waiting for it
+  bool released = false;     // hold_until passed: tried again then, never waits again
 };
 
 class Simulation {
@@ -83,7 +88,7 @@ class Simulation {
       double t_arr = next_arrival < work_.jobs.size() ? work_.jobs[next_arrival].arrival_s : kInf;
       double t_fin = kInf;
       for (const auto& r : running_) t_fin = std::min(t_fin, now + r.remaining * r.iter_s);
-      const double t = std::min(t_arr, t_fin);
+      const double t = std::min({t_arr, t_fin, next_hold_deadline(now)});
       if (t == kInf) break;
       advance(now, t);
       now = t;
@@ -100,6 +105,7 @@ class Simulation {
       }
       while (next_arrival < work_.jobs.size() && work_.jobs[next_arrival].arrival_s <= now)
         arrive(static_cast<int>(next_arrival++));
+      release_due_holds(now);
       if (schedule(now)) changed = true;
       if (changed) reshare();
     }
@@ -108,8 +114,62 @@ class Simulation {
   }
 
  private:
+  // The earliest deadline of a job waiting for a cheaper placement: an event, at which it starts on
+  // what is free (release_due_holds).
+  double next_hold_deadline(double now) const {
+    double t = kInf;
+    for (const auto& w : waiting_)
+      if (!w.released && w.hold_until > now) t = std::min(t, w.hold_until);
+    return t;
+  }
+  void release_due_holds(double now) {
+    for (auto& w : waiting_)
+      if (!w.released && w.hold_until >= 0 && w.hold_until <= now) w.released = true, w.failed_at = -1;
+  }
+
   bool fifo_family() const {
     return policy_ == Policy::kFifo || policy_ == Policy::kDelayFirst || policy_ == Policy::kCostFirst;
+  }
+
+  // The BACE policies that weigh price may wait for a cheaper placement (worth_waiting).
+  bool waits_for_cheaper() const {
+    return policy_ == Policy::kBace || policy_ == Policy::kBaceNoPriority || policy_ == Policy::kBaceNoBandwidth;
+  }
+
+  // When the GPUs `need` (per region) are expected free if running jobs keep their current rates
+  // and nobody else takes them; kInf when they never are.
+  double expected_free_at(const std::vector<int>& need, double now) const {
+    std::vector<int> free = state_.free_gpus;
+    auto enough = [&] {
+      for (int r = 0; r < R_; ++r)
+        if (need[r] > free[r]) return false;
+      return true;
+    };
+    if (enough()) return now;
+    std::vector<std::pair<double, const Running*>> ends;
+    for (const auto& r : running_) ends.push_back({now + r.remaining * r.iter_s, &r});
+    std::sort(ends.begin(), ends.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    for (const auto& [end, run] : ends) {
+      for (int reg : run->place.region) ++free[reg];
+      if (enough()) return end;
+    }
+    return kInf;
+  }
+
+  // The --max-slowdown trade-off across time: rather than start now on `now_p`, a job waits for its
+  // cheaper target placement when the target's GPUs are expected free early enough that waiting
+  // plus the target's run still ends within (1 + max_slowdown) of starting now. The first such
+  // decision fixes a deadline (the latest start that keeps the bound), so a job whose target is
+  // taken by others waits at most that long and then starts on what is free.
+  bool worth_waiting(Waiting& w, const Placement& now_p, double now) {
+    if (!w.target || now_p.cost_usd <= w.target->cost_usd * (1 + 1e-9)) return false;
+    if (w.hold_until >= 0 && now >= w.hold_until) return false;
+    std::vector<int> need(R_, 0);
+    for (int r : w.target->region) ++need[r];
+    const double latest_start = now + (1 + opt_.planner.max_slowdown) * now_p.job_s - w.target->job_s;
+    if (expected_free_at(need, now) > latest_start) return false;
+    if (w.hold_until < 0) w.hold_until = latest_start;
+    return true;
   }
 
   void advance(double from, double to) {
@@ -154,6 +214,7 @@ class Simulation {
       return;  // reported as never started; it cannot block the queue
     }
     w.nominal_s = on_empty.placement->job_s;
+    if (waits_for_cheaper()) w.target = on_empty.placement;
     w.demand_bps = boundary_bytes(job, "none") / std::max(1e-12, on_empty.placement->timing.compute_period_s);
     waiting_.push_back(w);
   }
@@ -221,6 +282,10 @@ class Simulation {
       if (!p) {
         w.failed_at = version_;
         if (ratio >= opt_.reserve_ratio) break;  // aged long enough: hold the GPUs that free up for it
+        continue;
+      }
+      if (worth_waiting(w, *p, now)) {
+        w.failed_at = version_;  // retried at the next completion, or at its deadline (run())
         continue;
       }
       start(w, std::move(*p), now);
