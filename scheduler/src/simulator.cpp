@@ -10,6 +10,8 @@ namespace geopipe::scheduler {
 
 namespace {
 constexpr double kInf = std::numeric_limits<double>::infinity();
+// Completions ahead that BACE plans a waiting job on when weighing a wait (worth_waiting).
+constexpr int kLookahead = 3;
 }
 
 std::vector<double> fair_shares(const std::vector<double>& demands, double capacity) {
@@ -156,19 +158,51 @@ class Simulation {
     return kInf;
   }
 
-  // The --max-slowdown trade-off across time: rather than start now on `now_p`, a job waits for its
-  // cheaper target placement when the target's GPUs are expected free early enough that waiting
-  // plus the target's run still ends within (1 + max_slowdown) of starting now. The first such
-  // decision fixes a deadline (the latest start that keeps the bound), so a job whose target is
-  // taken by others waits at most that long and then starts on what is free.
+  // Free GPUs after each of the next `count` distinct expected completions before `by` (running
+  // jobs keep their current rates), with the time of each.
+  std::vector<std::pair<double, std::vector<int>>> releases(double now, double by, int count) const {
+    std::vector<std::pair<double, const Running*>> ends;
+    for (const auto& r : running_) ends.push_back({now + r.remaining * r.iter_s, &r});
+    std::sort(ends.begin(), ends.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    std::vector<std::pair<double, std::vector<int>>> out;
+    std::vector<int> free = state_.free_gpus;
+    for (size_t i = 0; i < ends.size() && ends[i].first < by; ++i) {
+      for (int reg : ends[i].second->place.region) ++free[reg];
+      if (i + 1 < ends.size() && ends[i + 1].first <= ends[i].first) continue;  // same instant: one release
+      out.push_back({ends[i].first, free});
+      if (static_cast<int>(out.size()) == count) break;
+    }
+    return out;
+  }
+
+  // The --max-slowdown trade-off across time: rather than start now on `now_p`, a job waits when a
+  // cheaper placement is expected soon enough that waiting plus that placement's run still ends
+  // within (1 + max_slowdown) of starting now. Candidates: its target (the placement on the empty
+  // cluster) once its GPUs are expected free, and what the policy would place after each of the
+  // next kLookahead completions (on the links as they are now). The first such decision fixes a
+  // deadline (the latest start that keeps the bound), so a job whose cheaper placement is taken by
+  // others waits at most that long and then starts on what is free.
   bool worth_waiting(Waiting& w, const Placement& now_p, double now) {
-    if (!w.target || now_p.cost_usd <= w.target->cost_usd * (1 + 1e-9)) return false;
     if (w.hold_until >= 0 && now >= w.hold_until) return false;
-    std::vector<int> need(R_, 0);
-    for (int r : w.target->region) ++need[r];
-    const double latest_start = now + (1 + opt_.planner.max_slowdown) * now_p.job_s - w.target->job_s;
-    if (expected_free_at(need, now) > latest_start) return false;
-    if (w.hold_until < 0) w.hold_until = latest_start;
+    const double by = now + (1 + opt_.planner.max_slowdown) * now_p.job_s;
+    double best_cost = now_p.cost_usd * (1 - 1e-9), best_run = -1;
+    if (w.target && w.target->cost_usd < best_cost) {
+      std::vector<int> need(R_, 0);
+      for (int r : w.target->region) ++need[r];
+      if (expected_free_at(need, now) + w.target->job_s <= by) best_cost = w.target->cost_usd, best_run = w.target->job_s;
+    }
+    PlannerOptions po = opt_.planner;
+    if (w.relaxed) po.bandwidth_check = false;
+    for (const auto& [at, free] : releases(now, by, kLookahead)) {
+      ClusterState later = state_;
+      later.free_gpus = free;
+      ++res_.placements_tried;
+      const PlanResult pr = place_job(policy_, topo_, work_.jobs[w.job], later, po);
+      if (pr.placement && pr.placement->cost_usd < best_cost && at + pr.placement->job_s <= by)
+        best_cost = pr.placement->cost_usd, best_run = pr.placement->job_s;
+    }
+    if (best_run < 0) return false;
+    if (w.hold_until < 0) w.hold_until = by - best_run;
     return true;
   }
 
