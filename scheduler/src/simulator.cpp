@@ -63,7 +63,7 @@ struct Waiting {
   // BACE: its placement on the empty cluster (the cheapest within max_slowdown of the fastest),
   // which it may wait for when what is free now costs more (worth_waiting).
   std::optional<Placement> target;
-  double hold_until = -1;    // waiting for `target` ends by then; -1: not waiting for it
+  double hold_until = -1;    // waiting for a cheaper placement ends by then; -1: not waiting
   bool released = false;     // hold_until passed: tried again then, never waits again
 };
 
@@ -141,20 +141,14 @@ class Simulation {
   // When the GPUs `need` (per region) are expected free if running jobs keep their current rates
   // and nobody else takes them; kInf when they never are.
   double expected_free_at(const std::vector<int>& need, double now) const {
-    std::vector<int> free = state_.free_gpus;
-    auto enough = [&] {
+    auto fits = [&](const std::vector<int>& free) {
       for (int r = 0; r < R_; ++r)
         if (need[r] > free[r]) return false;
       return true;
     };
-    if (enough()) return now;
-    std::vector<std::pair<double, const Running*>> ends;
-    for (const auto& r : running_) ends.push_back({now + r.remaining * r.iter_s, &r});
-    std::sort(ends.begin(), ends.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
-    for (const auto& [end, run] : ends) {
-      for (int reg : run->place.region) ++free[reg];
-      if (enough()) return end;
-    }
+    if (fits(state_.free_gpus)) return now;
+    for (const auto& [at, free] : releases(now, kInf, static_cast<int>(running_.size())))
+      if (fits(free)) return at;
     return kInf;
   }
 
