@@ -21,7 +21,8 @@ inline CLI::Option* add_max_slowdown_option(CLI::App* cmd, double& value) {
       ->add_option("--max-slowdown", value,
                    "Accept a placement at most X slower than the fastest feasible one when it is cheaper "
                    "(iteration time within (1 + X) of the fastest; simulate: BACE may also wait for a cheaper "
-                   "placement while its completion stays within (1 + X) of starting now; default 0.1)")
+                   "placement while its completion stays within (1 + X) of starting now)")
+      ->capture_default_str()
       ->check(CLI::Validator(
           [](const std::string& v) {
             double x = 0;
