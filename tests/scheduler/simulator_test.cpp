@@ -285,3 +285,26 @@ TEST(Pareto, MarksThePointsNoOtherBeatsOnBothJctAndCost) {
   EXPECT_EQ(points[3].label(), "cost-first");
   EXPECT_EQ(gs::pareto_slowdowns(), (std::vector<double>{0, 0.05, 0.1, 0.25, 0.5, 1, 2}));
 }
+
+TEST(Simulator, AJobWhoseCheaperPlacementGoesToAnotherStartsOnWhatIsFreeWithinItsBound) {
+  // "first" holds the cheap region until E. "second" (E long) arrives at 0.9 E and "short"
+  // (0.6 E) at 0.92 E; at max_slowdown 0.5 both wait for the cheap region. When it frees, "short"
+  // has the higher response ratio and takes it; waiting for it again would end "second" at 2.6 E,
+  // past its bound of 2.5 E, so "second" starts at once in the dear region.
+  auto t = make_topology({{"dear", 2, 1.0, 0.30}, {"cheap", 2, 1.0, 0.05}}, {{"dear", "cheap", 0.01, 50}});
+  const double E = gs::simulate(t, workload({make_job("first", 8, 512, 512, 1, 8, 20, 2, 2, 0)}), gs::Policy::kBace, {})
+                       .jobs[0]
+                       .jct_s();
+  auto w = workload({make_job("first", 8, 512, 512, 1, 8, 20, 2, 2, 0),
+                     make_job("second", 8, 512, 512, 1, 8, 20, 2, 2, 0.9 * E),
+                     make_job("short", 8, 512, 512, 1, 8, 12, 2, 2, 0.92 * E)});
+  gs::SimOptions o;
+  o.planner.max_slowdown = 0.5;
+  const auto r = gs::simulate(t, w, gs::Policy::kBace, o);
+  ASSERT_EQ(r.finished, 3);
+  EXPECT_EQ(r.jobs[2].regions, "cheap x2");
+  EXPECT_NEAR(r.jobs[2].start_s, E, 1e-9 * E);
+  EXPECT_EQ(r.jobs[1].regions, "dear x2");
+  EXPECT_NEAR(r.jobs[1].start_s, E, 1e-9 * E);
+  EXPECT_LE(r.jobs[1].jct_s(), 1.5 * E);
+}
