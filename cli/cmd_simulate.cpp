@@ -47,7 +47,8 @@ nlohmann::json run_pareto(const Topology& topology, const Workload& workload, co
                           const std::vector<scheduler::Policy>& policies, double scale) {
   std::vector<scheduler::ParetoPoint> points;
   for (double x : scheduler::pareto_slowdowns())
-    points.push_back({x, scheduler::simulate(topology, workload, scheduler::Policy::kBace, sim_options(o, scale, x)), ""});
+    points.push_back(
+        {x, scheduler::simulate(topology, workload, scheduler::Policy::kBace, sim_options(o, scale, x)), ""});
   for (auto p : policies)
     if (p == scheduler::Policy::kDelayFirst || p == scheduler::Policy::kCostFirst || p == scheduler::Policy::kFifo)
       points.push_back({-1, scheduler::simulate(topology, workload, p, sim_options(o, scale, o.max_slowdown)), ""});

@@ -79,7 +79,8 @@ json policy_rows(const std::vector<gs::Policy>& policies, const std::vector<std:
               "energy(kWh)", "elec(USD)", "egress(USD)", "cost(USD)", "unfin.");
   json rows = json::array();
   for (size_t p = 0; p < policies.size(); ++p) {
-    const auto a = metric(res[p], &gs::SimResult::avg_jct_s, 3600), p95 = metric(res[p], &gs::SimResult::p95_jct_s, 3600),
+    const auto a = metric(res[p], &gs::SimResult::avg_jct_s, 3600),
+               p95 = metric(res[p], &gs::SimResult::p95_jct_s, 3600),
                mk = metric(res[p], &gs::SimResult::makespan_s, 3600), e = metric(res[p], &gs::SimResult::energy_kwh),
                el = metric(res[p], &gs::SimResult::electricity_usd), eg = metric(res[p], &gs::SimResult::egress_usd),
                c = metric(res[p], &gs::SimResult::cost_usd);
@@ -129,7 +130,8 @@ json check_goals(const std::vector<gs::Policy>& policies, const std::vector<std:
   const auto& bace = runs(gs::Policy::kBace);
   const auto& fifo = runs(gs::Policy::kFifo);
   const auto& df = runs(gs::Policy::kDelayFirst);
-  const double jct = mean(metric(bace, &gs::SimResult::avg_jct_s)), fifo_jct = mean(metric(fifo, &gs::SimResult::avg_jct_s));
+  const double jct = mean(metric(bace, &gs::SimResult::avg_jct_s));
+  const double fifo_jct = mean(metric(fifo, &gs::SimResult::avg_jct_s));
   const double cost_pct = gs::percent_change(mean(metric(bace, &gs::SimResult::cost_usd)),
                                              mean(metric(df, &gs::SimResult::cost_usd)));
   const double mk_pct = gs::percent_change(mean(metric(bace, &gs::SimResult::makespan_s)),
@@ -160,8 +162,8 @@ json quality(const geopipe::Topology& topo, const std::vector<uint64_t>& seeds, 
     for (auto p : {gs::Policy::kBaceNoPriority, gs::Policy::kBaceNoBandwidth, gs::Policy::kBaceNoPrice})
       policies.push_back(p);
   json out = json::array();
-  std::printf("# quality: topology %s, %d jobs per workload, load %.2f, max_slowdown %g, seeds", topo.name.c_str(), jobs,
-              load, max_slowdown);
+  std::printf("# quality: topology %s, %d jobs per workload, load %.2f, max_slowdown %g, seeds", topo.name.c_str(),
+              jobs, load, max_slowdown);
   for (auto s : seeds) std::printf(" %llu", static_cast<unsigned long long>(s));
   std::printf("\n");
   for (double scale : scales) {
@@ -383,7 +385,8 @@ int main(int argc, char** argv) {
       for (const auto& path : topologies) {
         auto topo = geopipe::load_topology(path);
         doc["topologies"].push_back(topo.name);
-        for (auto& point : quality(topo, seeds, scales, jobs, load, ablations, max_slowdown)) doc["quality"].push_back(point);
+        for (auto& point : quality(topo, seeds, scales, jobs, load, ablations, max_slowdown))
+          doc["quality"].push_back(point);
       }
       int met = 0;
       for (const auto& point : doc["quality"]) met += point["goals"]["all_met"].get<bool>();

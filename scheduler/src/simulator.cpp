@@ -183,7 +183,8 @@ class Simulation {
     if (w.target && w.target->cost_usd < best_cost) {
       std::vector<int> need(R_, 0);
       for (int r : w.target->region) ++need[r];
-      if (expected_free_at(need, now) + w.target->job_s <= by) best_cost = w.target->cost_usd, best_run = w.target->job_s;
+      if (expected_free_at(need, now) + w.target->job_s <= by)
+        best_cost = w.target->cost_usd, best_run = w.target->job_s;
     }
     PlannerOptions po = opt_.planner;
     if (w.relaxed) po.bandwidth_check = false;
