@@ -32,7 +32,7 @@ struct PlanOptions {
   std::vector<int> gpus;  // --gpus MIN,MAX: the job's "gpus" bounds
   std::string recompute = "auto";
   bool shard_optimizer = false;
-  double slack = 0.10;
+  double max_slowdown = scheduler::PlannerOptions{}.max_slowdown;
   double efficiency = 0.4;
   int shared_compute_slots = 0;
 };
@@ -146,7 +146,7 @@ int run_plan(const PlanOptions& o) {
                                                  " per rank");
   po.fixed_stages = o.stages;
   if (job.chooses_replicas()) po.fixed_replicas = o.replicas;
-  po.slack = o.slack;
+  po.max_slowdown = o.max_slowdown;
   po.cost.efficiency = o.efficiency;
   po.cost.shared_compute_slots = o.shared_compute_slots;
   std::unique_ptr<scheduler::Profile> profile;
@@ -221,8 +221,7 @@ void register_plan(CLI::App& app, int& exit_code) {
   cmd->add_flag("--shard-optimizer", o->shard_optimizer,
                 "Plan memory for ZeRO-1 (train with --shard-optimizer): AdamW's moments divided among a stage's "
                 "replicas");
-  cmd->add_option("--slack", o->slack, "Allocator: iteration time within (1 + slack) of the fastest feasible path")
-      ->check(CLI::Range(0.0, 10.0));
+  add_max_slowdown_option(cmd, o->max_slowdown);
   cmd->add_option("--efficiency", o->efficiency, "Achieved fraction of peak GPU FLOP/s (default 0.4)")
       ->check(CLI::Range(0.001, 1.0));
   cmd->add_option("--profile", o->profile, "Measured compute profile (replaces the FLOPs model for its device)")

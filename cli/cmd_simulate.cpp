@@ -28,9 +28,39 @@ struct SimulateOptions {
   uint64_t seed = 1;
   int jobs = 200;
   double load = 0.8;
-  double slack = 0.10;
+  double max_slowdown = scheduler::PlannerOptions{}.max_slowdown;
   double efficiency = 0.4;
+  bool pareto = false;
 };
+
+scheduler::SimOptions sim_options(const SimulateOptions& o, double scale, double max_slowdown) {
+  scheduler::SimOptions so;
+  so.bandwidth_scale = scale;
+  so.planner.max_slowdown = max_slowdown;
+  so.planner.cost.efficiency = o.efficiency;
+  return so;
+}
+
+// --pareto at one bandwidth scale: BACE at every pareto_slowdowns() value (ascending), then each
+// requested baseline, with the frontier marked; printed, and returned as JSON.
+nlohmann::json run_pareto(const Topology& topology, const Workload& workload, const SimulateOptions& o,
+                          const std::vector<scheduler::Policy>& policies, double scale) {
+  std::vector<scheduler::ParetoPoint> points;
+  for (double x : scheduler::pareto_slowdowns())
+    points.push_back(
+        {x, scheduler::simulate(topology, workload, scheduler::Policy::kBace, sim_options(o, scale, x)), ""});
+  for (auto p : policies)
+    if (p == scheduler::Policy::kDelayFirst || p == scheduler::Policy::kCostFirst || p == scheduler::Policy::kFifo)
+      points.push_back({-1, scheduler::simulate(topology, workload, p, sim_options(o, scale, o.max_slowdown)), ""});
+  scheduler::mark_frontier(points);
+  std::ostringstream title;
+  title << "JCT/cost frontier of bace across --max-slowdown x: topology " << topology.name << ", workload "
+        << workload.name << " (" << workload.jobs.size() << " jobs), inter-region bandwidth x" << scale;
+  std::cout << scheduler::format_pareto(title.str(), points) << "\n";
+  nlohmann::json out = {{"bandwidth_scale", scale}, {"points", nlohmann::json::array()}};
+  for (const auto& p : points) out["points"].push_back(scheduler::to_json(p));
+  return out;
+}
 
 // The simulator's results as the report library's page takes them.
 report::SimulationScenario to_scenario(const std::string& title,
@@ -50,6 +80,13 @@ report::SimulationScenario to_scenario(const std::string& title,
     sc.policies.push_back(std::move(p));
   }
   return sc;
+}
+
+void write_json(const std::string& path, const nlohmann::json& doc) {
+  if (path.empty()) return;
+  std::ofstream out(path, std::ios::trunc);
+  if (!out) throw Error("cannot write " + path);
+  out << doc.dump(2) << "\n";
 }
 
 int run_simulate(const SimulateOptions& o) {
@@ -78,16 +115,19 @@ int run_simulate(const SimulateOptions& o) {
                         {"jobs", workload.jobs.size()},
                         {"seed", o.seed},
                         {"scenarios", nlohmann::json::array()}};
+  if (o.pareto) {
+    doc["pareto"] = nlohmann::json::array();
+    for (double scale : o.scales) doc["pareto"].push_back(run_pareto(topology, workload, o, policies, scale));
+    write_json(o.json_out, doc);
+    return kExitOk;
+  }
   std::vector<scheduler::SimResult> all;
   std::vector<report::SimulationScenario> scenarios;
   for (double scale : o.scales) {
     std::vector<scheduler::SimResult> results;
     nlohmann::json sc = {{"bandwidth_scale", scale}, {"results", nlohmann::json::array()}};
     for (auto p : policies) {
-      scheduler::SimOptions so;
-      so.bandwidth_scale = scale;
-      so.planner.slack = o.slack;
-      so.planner.cost.efficiency = o.efficiency;
+      const scheduler::SimOptions so = sim_options(o, scale, o.max_slowdown);
       auto t0 = std::chrono::steady_clock::now();
       results.push_back(scheduler::simulate(topology, workload, p, so));
       double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -103,11 +143,7 @@ int run_simulate(const SimulateOptions& o) {
     doc["scenarios"].push_back(sc);
     all.insert(all.end(), results.begin(), results.end());
   }
-  if (!o.json_out.empty()) {
-    std::ofstream out(o.json_out, std::ios::trunc);
-    if (!out) throw Error("cannot write " + o.json_out);
-    out << doc.dump(2) << "\n";
-  }
+  write_json(o.json_out, doc);
   if (!o.csv_out.empty()) scheduler::write_jobs_csv(all, o.csv_out);
   if (!o.html_out.empty()) {
     report::write_html(o.html_out, report::render_simulation_html("geopipe simulate: " + topology.name + ", " +
@@ -133,7 +169,11 @@ void register_simulate(CLI::App& app, int& exit_code) {
   cmd->add_option("--jobs", o->jobs, "Jobs in the generated workload (default 200)")->check(CLI::Range(1, 1000000));
   cmd->add_option("--load", o->load, "Offered GPU load of the generated workload (default 0.8)")
       ->check(CLI::Range(0.01, 100.0));
-  cmd->add_option("--slack", o->slack, "BACE allocator slack (default 0.10)")->check(CLI::Range(0.0, 10.0));
+  add_max_slowdown_option(cmd, o->max_slowdown);
+  auto* pareto = cmd->add_flag("--pareto", o->pareto,
+                               "Print BACE's JCT/cost frontier: BACE at --max-slowdown 0, 0.05, 0.1, 0.25, 0.5, 1 "
+                               "and 2 next to the baselines among --policy, each point marked on the frontier or "
+                               "dominated (--json: every point)");
   cmd->add_option("--efficiency", o->efficiency, "Achieved fraction of peak GPU FLOP/s (default 0.4)")
       ->check(CLI::Range(0.001, 1.0));
   const auto folder_exists = [](const std::string& path) {  // refuse a path in a missing folder before simulating
@@ -142,9 +182,10 @@ void register_simulate(CLI::App& app, int& exit_code) {
                                                                    : "folder " + folder.string() + " does not exist";
   };
   cmd->add_option("--json", o->json_out, "Write every result (and per-job records) as JSON")->check(folder_exists);
-  cmd->add_option("--csv", o->csv_out, "Write one row per job and policy")->check(folder_exists);
+  cmd->add_option("--csv", o->csv_out, "Write one row per job and policy")->check(folder_exists)->excludes(pareto);
   cmd->add_option("--html", o->html_out, "Write a self-contained HTML page: JCT CDF per policy, cost, energy, makespan")
-      ->check(folder_exists);
+      ->check(folder_exists)
+      ->excludes(pareto);
   cmd->callback([o, &exit_code] { exit_code = run_simulate(*o); });
 }
 

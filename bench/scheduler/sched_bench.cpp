@@ -1,6 +1,7 @@
 // geopipe-sched-bench: the scheduler's measured claims (docs/SCHEDULER.md, docs/PERFORMANCE.md).
-//   --mode quality     BACE vs delay-first / cost-first / fifo (+ ablations) on aws6, generated
-//                      workloads over seeds and bandwidth scales: avg JCT and cost, % changes
+//   --mode quality     BACE vs delay-first / cost-first / fifo (+ ablations) on aws6, gcp5 and
+//                      aws-mixed5 (--topology), generated workloads over seeds and bandwidth scales:
+//                      avg JCT and cost, % changes, and issue 16's goals per point (met / MISSED)
 //   --mode optimality  BACE's allocator vs the exact solver on random small instances: cost gap
 //   --mode speed       planning one job on 16 regions x 64 stages; simulating 1,000 jobs on aws6
 // Prints tables; --json FILE writes every number.
@@ -63,78 +64,134 @@ void bound_gpus(geopipe::Workload& w) {
   }
 }
 
+const std::vector<gs::Policy> kBaselines = {gs::Policy::kDelayFirst, gs::Policy::kCostFirst, gs::Policy::kFifo};
+
+bool is_baseline(gs::Policy p) { return std::find(kBaselines.begin(), kBaselines.end(), p) != kBaselines.end(); }
+
+// Issue 16's goals for BACE at one point (topology, bandwidth scale), over the seeds' means.
+struct Goals {
+  bool jct_vs_fifo;            // mean avg JCT <= fifo's
+  bool cost_vs_delay_first;    // mean cost >= 20 % below delay-first's
+  bool never_worse_on_both;    // no seed where a baseline has both lower avg JCT and lower cost
+  bool makespan_vs_fifo;       // mean makespan <= 1.05 x fifo's
+};
+
+std::vector<double> metric(const std::vector<gs::SimResult>& runs, double gs::SimResult::*field, double scale = 1) {
+  std::vector<double> v;
+  for (const auto& r : runs) v.push_back(r.*field / scale);
+  return v;
+}
+
+// Per policy, its means over the seeds (a table row) and every seed (JSON).
+json policy_rows(const std::vector<gs::Policy>& policies, const std::vector<std::vector<gs::SimResult>>& res) {
+  std::printf("%-14s %11s %11s %11s %11s %10s %11s %10s %8s\n", "policy", "avgJCT(h)", "p95JCT(h)", "makespan(h)",
+              "energy(kWh)", "elec(USD)", "egress(USD)", "cost(USD)", "unfin.");
+  json rows = json::array();
+  for (size_t p = 0; p < policies.size(); ++p) {
+    const auto a = metric(res[p], &gs::SimResult::avg_jct_s, 3600),
+               p95 = metric(res[p], &gs::SimResult::p95_jct_s, 3600),
+               mk = metric(res[p], &gs::SimResult::makespan_s, 3600), e = metric(res[p], &gs::SimResult::energy_kwh),
+               el = metric(res[p], &gs::SimResult::electricity_usd), eg = metric(res[p], &gs::SimResult::egress_usd),
+               c = metric(res[p], &gs::SimResult::cost_usd);
+    int unfinished = 0;
+    for (const auto& r : res[p]) unfinished += r.never_started;
+    std::printf("%-14s %11.3f %11.3f %11.3f %11.1f %10.2f %11.2f %10.2f %8d\n", gs::policy_name(policies[p]), mean(a),
+                mean(p95), mean(mk), mean(e), mean(el), mean(eg), mean(c), unfinished);
+    rows.push_back({{"policy", gs::policy_name(policies[p])}, {"avg_jct_h", a}, {"p95_jct_h", p95}, {"makespan_h", mk},
+                    {"energy_kwh", e}, {"electricity_usd", el}, {"egress_usd", eg}, {"cost_usd", c},
+                    {"never_started", unfinished}});
+  }
+  return rows;
+}
+
+// Every non-baseline policy against every baseline, per seed.
+json change_rows(const std::vector<gs::Policy>& policies, const std::vector<std::vector<gs::SimResult>>& res) {
+  std::printf("%-14s %-12s %24s %24s %10s\n", "policy", "vs", "avg JCT % mean [min,max]", "cost % mean [min,max]",
+              "both worse");
+  json rows = json::array();
+  for (size_t p = 0; p < policies.size(); ++p) {
+    if (is_baseline(policies[p])) continue;
+    for (size_t b = 0; b < policies.size(); ++b) {
+      if (!is_baseline(policies[b])) continue;
+      std::vector<double> dj, dc;
+      int both_worse = 0;
+      for (size_t s = 0; s < res[p].size(); ++s) {
+        dj.push_back(gs::percent_change(res[p][s].avg_jct_s, res[b][s].avg_jct_s));
+        dc.push_back(gs::percent_change(res[p][s].cost_usd, res[b][s].cost_usd));
+        both_worse += dj.back() > 0 && dc.back() > 0;
+      }
+      std::printf("%-14s %-12s %7.1f [%6.1f,%6.1f]   %7.1f [%6.1f,%6.1f]   %7d/%zu\n", gs::policy_name(policies[p]),
+                  gs::policy_name(policies[b]), mean(dj), *std::min_element(dj.begin(), dj.end()),
+                  *std::max_element(dj.begin(), dj.end()), mean(dc), *std::min_element(dc.begin(), dc.end()),
+                  *std::max_element(dc.begin(), dc.end()), both_worse, res[p].size());
+      rows.push_back({{"policy", gs::policy_name(policies[p])}, {"baseline", gs::policy_name(policies[b])},
+                      {"avg_jct_pct", dj}, {"cost_pct", dc}, {"both_worse", both_worse}});
+    }
+  }
+  return rows;
+}
+
+// The goals for BACE (policies[0]) against the baselines (all present in `policies`).
+json check_goals(const std::vector<gs::Policy>& policies, const std::vector<std::vector<gs::SimResult>>& res) {
+  auto runs = [&](gs::Policy p) -> const std::vector<gs::SimResult>& {
+    return res[std::find(policies.begin(), policies.end(), p) - policies.begin()];
+  };
+  const auto& bace = runs(gs::Policy::kBace);
+  const auto& fifo = runs(gs::Policy::kFifo);
+  const auto& df = runs(gs::Policy::kDelayFirst);
+  const double jct = mean(metric(bace, &gs::SimResult::avg_jct_s));
+  const double fifo_jct = mean(metric(fifo, &gs::SimResult::avg_jct_s));
+  const double cost_pct = gs::percent_change(mean(metric(bace, &gs::SimResult::cost_usd)),
+                                             mean(metric(df, &gs::SimResult::cost_usd)));
+  const double mk_pct = gs::percent_change(mean(metric(bace, &gs::SimResult::makespan_s)),
+                                           mean(metric(fifo, &gs::SimResult::makespan_s)));
+  int both_worse = 0;
+  for (gs::Policy b : kBaselines)
+    for (size_t s = 0; s < bace.size(); ++s)
+      both_worse += runs(b)[s].avg_jct_s < bace[s].avg_jct_s && runs(b)[s].cost_usd < bace[s].cost_usd;
+  const Goals g{jct <= fifo_jct, cost_pct <= -20.0, both_worse == 0, mk_pct <= 5.0};
+  auto word = [](bool met) { return met ? "met" : "MISSED"; };
+  std::printf("goals: avg JCT %.3f h vs fifo %.3f h: %s; cost vs delay-first %+.1f %% (<= -20 %%): %s; "
+              "runs a baseline beats on both: %d: %s; makespan vs fifo %+.1f %% (<= +5 %%): %s\n",
+              jct / 3600, fifo_jct / 3600, word(g.jct_vs_fifo), cost_pct, word(g.cost_vs_delay_first), both_worse,
+              word(g.never_worse_on_both), mk_pct, word(g.makespan_vs_fifo));
+  return {{"avg_jct_h", jct / 3600},          {"fifo_avg_jct_h", fifo_jct / 3600},
+          {"jct_vs_fifo_met", g.jct_vs_fifo}, {"cost_vs_delay_first_pct", cost_pct},
+          {"cost_vs_delay_first_met", g.cost_vs_delay_first},
+          {"runs_worse_on_both", both_worse}, {"never_worse_on_both_met", g.never_worse_on_both},
+          {"makespan_vs_fifo_pct", mk_pct},   {"makespan_vs_fifo_met", g.makespan_vs_fifo},
+          {"all_met", g.jct_vs_fifo && g.cost_vs_delay_first && g.never_worse_on_both && g.makespan_vs_fifo}};
+}
+
 json quality(const geopipe::Topology& topo, const std::vector<uint64_t>& seeds, const std::vector<double>& scales,
-             int jobs, double load, bool ablations, bool gpu_bounds) {
+             int jobs, double load, bool ablations, double max_slowdown, bool gpu_bounds) {
   std::vector<gs::Policy> policies = {gs::Policy::kBace, gs::Policy::kDelayFirst, gs::Policy::kCostFirst,
                                       gs::Policy::kFifo};
   if (ablations)
     for (auto p : {gs::Policy::kBaceNoPriority, gs::Policy::kBaceNoBandwidth, gs::Policy::kBaceNoPrice})
       policies.push_back(p);
-  const std::vector<gs::Policy> baselines = {gs::Policy::kDelayFirst, gs::Policy::kCostFirst, gs::Policy::kFifo};
   json out = json::array();
-  std::printf("# quality: topology %s, %d jobs per workload, load %.2f, seeds", topo.name.c_str(), jobs, load);
+  std::printf("# quality: topology %s, %d jobs per workload, load %.2f, max_slowdown %g, seeds", topo.name.c_str(),
+              jobs, load, max_slowdown);
   for (auto s : seeds) std::printf(" %llu", static_cast<unsigned long long>(s));
   std::printf("%s\n", gpu_bounds ? "; replicas chosen (\"gpus\": [fewest stages, 4 x most stages])" : "");
   for (double scale : scales) {
-    // results[policy][seed]
-    std::vector<std::vector<gs::SimResult>> res(policies.size());
+    std::vector<std::vector<gs::SimResult>> res(policies.size());  // [policy][seed]
     for (uint64_t seed : seeds) {
       geopipe::Workload w = gs::generate_workload(topo, {jobs, load, seed});
       if (gpu_bounds) bound_gpus(w);
       for (size_t p = 0; p < policies.size(); ++p) {
         gs::SimOptions o;
         o.bandwidth_scale = scale;
+        o.planner.max_slowdown = max_slowdown;
         res[p].push_back(gs::simulate(topo, w, policies[p], o));
       }
     }
-    std::printf("\nbandwidth x%g (mean over %zu seeds)\n", scale, seeds.size());
-    std::printf("%-14s %11s %11s %11s %11s %10s %11s %10s %8s\n", "policy", "avgJCT(h)", "p95JCT(h)", "makespan(h)",
-                "energy(kWh)", "elec(USD)", "egress(USD)", "cost(USD)", "unfin.");
-    json sc = {{"bandwidth_scale", scale}, {"policies", json::array()}, {"changes", json::array()}};
-    for (size_t p = 0; p < policies.size(); ++p) {
-      std::vector<double> a, p95, mk, e, el, eg, c;
-      int unfinished = 0;
-      for (const auto& r : res[p]) {
-        a.push_back(r.avg_jct_s / 3600), p95.push_back(r.p95_jct_s / 3600), mk.push_back(r.makespan_s / 3600);
-        e.push_back(r.energy_kwh), el.push_back(r.electricity_usd), eg.push_back(r.egress_usd), c.push_back(r.cost_usd);
-        unfinished += r.never_started;
-      }
-      std::printf("%-14s %11.3f %11.3f %11.3f %11.1f %10.2f %11.2f %10.2f %8d\n", gs::policy_name(policies[p]), mean(a),
-                  mean(p95), mean(mk), mean(e), mean(el), mean(eg), mean(c), unfinished);
-      sc["policies"].push_back({{"policy", gs::policy_name(policies[p])},
-                                {"avg_jct_h", a},
-                                {"p95_jct_h", p95},
-                                {"makespan_h", mk},
-                                {"energy_kwh", e},
-                                {"electricity_usd", el},
-                                {"egress_usd", eg},
-                                {"cost_usd", c},
-                                {"never_started", unfinished}});
-    }
-    std::printf("%-14s %-12s %24s %24s %10s\n", "policy", "vs", "avg JCT % mean [min,max]", "cost % mean [min,max]",
-                "both worse");
-    for (size_t p = 0; p < policies.size(); ++p) {
-      if (std::find(baselines.begin(), baselines.end(), policies[p]) != baselines.end()) continue;
-      for (size_t b = 0; b < policies.size(); ++b) {
-        if (std::find(baselines.begin(), baselines.end(), policies[b]) == baselines.end()) continue;
-        std::vector<double> dj, dc;
-        int both_worse = 0;
-        for (size_t s = 0; s < seeds.size(); ++s) {
-          dj.push_back(gs::percent_change(res[p][s].avg_jct_s, res[b][s].avg_jct_s));
-          dc.push_back(gs::percent_change(res[p][s].cost_usd, res[b][s].cost_usd));
-          both_worse += dj.back() > 0 && dc.back() > 0;
-        }
-        std::printf("%-14s %-12s %7.1f [%6.1f,%6.1f]   %7.1f [%6.1f,%6.1f]   %7d/%zu\n", gs::policy_name(policies[p]),
-                    gs::policy_name(policies[b]), mean(dj), *std::min_element(dj.begin(), dj.end()),
-                    *std::max_element(dj.begin(), dj.end()), mean(dc), *std::min_element(dc.begin(), dc.end()),
-                    *std::max_element(dc.begin(), dc.end()), both_worse, seeds.size());
-        sc["changes"].push_back({{"policy", gs::policy_name(policies[p])},
-                                 {"baseline", gs::policy_name(policies[b])},
-                                 {"avg_jct_pct", dj},
-                                 {"cost_pct", dc},
-                                 {"both_worse", both_worse}});
-      }
-    }
+    std::printf("\n%s, bandwidth x%g (mean over %zu seeds)\n", topo.name.c_str(), scale, seeds.size());
+    json sc = {{"topology", topo.name}, {"bandwidth_scale", scale}};
+    sc["policies"] = policy_rows(policies, res);
+    sc["changes"] = change_rows(policies, res);
+    sc["goals"] = check_goals(policies, res);
     out.push_back(sc);
   }
   return out;
@@ -245,9 +302,9 @@ json optimality(int instances, uint64_t seed, bool egress, bool gpu_bounds) {
     } else {
       ++both;
       gs::PlannerOptions fastest = o;
-      fastest.slack = 0;
+      fastest.max_slowdown = 0;
       const double t_fast = gs::exact_placement(topo, job, state, fastest).placement->iteration_s;
-      const bool inside = b.placement->iteration_s <= t_fast * (1 + o.slack) * (1 + 1e-9);
+      const bool inside = b.placement->iteration_s <= t_fast * (1 + o.max_slowdown) * (1 + 1e-9);
       outside_window += !inside;
       const double gap = gs::percent_change(b.placement->cost_usd, e.placement->cost_usd);
       gaps.push_back(gap);
@@ -323,7 +380,10 @@ json speed(const geopipe::Topology& aws6, int reps) {
 
 int main(int argc, char** argv) {
   CLI::App app{"geopipe-sched-bench: scheduler quality, optimality gap and speed"};
-  std::string mode = "all", json_out, topology = std::string(GEOPIPE_SOURCE_DIR) + "/examples/topologies/aws6.json";
+  std::string mode = "all", json_out;
+  const std::string shipped = std::string(GEOPIPE_SOURCE_DIR) + "/examples/topologies/";
+  std::vector<std::string> topologies = {shipped + "aws6.json", shipped + "gcp5.json", shipped + "aws-mixed5.json"};
+  double max_slowdown = gs::PlannerOptions{}.max_slowdown;
   std::vector<uint64_t> seeds = {1, 2, 3, 4, 5};
   std::vector<double> scales = {0.25, 0.5, 1, 2};
   int jobs = 200, instances = 100, reps = 20;
@@ -331,7 +391,13 @@ int main(int argc, char** argv) {
   bool ablations = true, egress = false, gpu_bounds = false;
   app.add_option("--mode", mode, "quality, optimality, speed or all")
       ->check(CLI::IsMember({"quality", "optimality", "speed", "all"}));
-  app.add_option("--topology", topology, "Topology for quality and speed (default aws6)")->check(CLI::ExistingFile);
+  app.add_option("--topology", topologies,
+                 "Topologies for quality, comma separated (default: aws6, gcp5 and aws-mixed5); speed simulates on "
+                 "the first")
+      ->delimiter(',')
+      ->check(CLI::ExistingFile);
+  app.add_option("--max-slowdown", max_slowdown, "BACE's --max-slowdown in quality mode (default 0.1)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--seeds", seeds, "Workload seeds")->delimiter(',');
   app.add_option("--bandwidth-scale", scales, "Bandwidth factors")->delimiter(',');
   app.add_option("--jobs", jobs, "Jobs per generated workload");
@@ -346,12 +412,21 @@ int main(int argc, char** argv) {
   app.add_option("--json", json_out, "Write all numbers as JSON");
   CLI11_PARSE(app, argc, argv);
   try {
-    auto topo = geopipe::load_topology(topology);
-    json doc = {{"topology", topo.name}};
-    if (mode == "quality" || mode == "all")
-      doc["quality"] = quality(topo, seeds, scales, jobs, load, ablations, gpu_bounds);
+    json doc = {{"topologies", json::array()}, {"max_slowdown", max_slowdown}};
+    if (mode == "quality" || mode == "all") {
+      doc["quality"] = json::array();
+      for (const auto& path : topologies) {
+        auto topo = geopipe::load_topology(path);
+        doc["topologies"].push_back(topo.name);
+        for (auto& point : quality(topo, seeds, scales, jobs, load, ablations, max_slowdown, gpu_bounds))
+          doc["quality"].push_back(point);
+      }
+      int met = 0;
+      for (const auto& point : doc["quality"]) met += point["goals"]["all_met"].get<bool>();
+      std::printf("\nall goals met at %d of %zu points\n", met, doc["quality"].size());
+    }
     if (mode == "optimality" || mode == "all") doc["optimality"] = optimality(instances, 7, egress, gpu_bounds);
-    if (mode == "speed" || mode == "all") doc["speed"] = speed(topo, reps);
+    if (mode == "speed" || mode == "all") doc["speed"] = speed(geopipe::load_topology(topologies.front()), reps);
     if (!json_out.empty()) std::ofstream(json_out) << doc.dump(2) << "\n";
   } catch (const geopipe::Error& e) {
     std::cerr << "geopipe-sched-bench: " << e.what() << "\n";

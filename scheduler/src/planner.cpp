@@ -169,7 +169,7 @@ HopCodecInputs hop_codec_inputs(const Topology& topology, const JobSpec& job, co
   if (ab && ba)
     hop.egress_saved_usd = boundary_egress_usd(plain, plain, *ab, *ba, 1) - boundary_egress_usd(packed, packed, *ab, *ba, 1);
   hop.codec_usd = at_a * usd_per_s(ra) + at_b * usd_per_s(rb);
-  hop.max_slowdown = options.slack;
+  hop.max_slowdown = options.max_slowdown;
   return hop;
 }
 
@@ -704,7 +704,7 @@ PlanResult bace_like(const std::vector<Context>& cs, const std::vector<Variant>&
     res.placement = full(cs[fastest.variant], fastest.path);
     return res;
   }
-  const double cap = fastest.t * (1 + cs.front().opt.slack);
+  const double cap = fastest.t * (1 + cs.front().opt.max_slowdown);
   Pick best = fastest;
   for (size_t v = 0; v < vs.size(); ++v)
     for (size_t i = 0; i < vs[v].counts.size(); ++i) {
@@ -885,7 +885,7 @@ PlanResult exact_placement(const Topology& topology, const JobSpec& job, const C
   for (const auto& l : leaves) t_fast = std::min(t_fast, l.t);
   const Leaf* best = nullptr;
   for (const auto& l : leaves) {
-    if (l.t > t_fast * (1 + options.slack) * (1 + kRelEps)) continue;
+    if (l.t > t_fast * (1 + options.max_slowdown) * (1 + kRelEps)) continue;
     if (!options.price_term) {
       if (!best || better(Goal::kMinTime, l.t, l.cost, best->t, best->cost, false)) best = &l;
     } else if (!best || better(Goal::kMinCost, l.t, l.cost, best->t, best->cost)) {

@@ -122,4 +122,52 @@ void write_jobs_csv(const std::vector<SimResult>& results, const std::string& pa
   if (!out) throw Error("error while writing " + path);
 }
 
+// ---- Frontier -------------------------------------------------------------------------------
+
+std::string ParetoPoint::label() const {
+  return max_slowdown < 0 ? result.policy : result.policy + printf_str(" x=%g", max_slowdown);
+}
+
+const std::vector<double>& pareto_slowdowns() {
+  static const std::vector<double> x = {0, 0.05, 0.1, 0.25, 0.5, 1, 2};
+  return x;
+}
+
+void mark_frontier(std::vector<ParetoPoint>& points) {
+  for (auto& p : points) {
+    p.dominated_by.clear();
+    const double j = p.result.avg_jct_s, c = p.result.cost_usd;
+    for (const auto& q : points) {
+      const double qj = q.result.avg_jct_s, qc = q.result.cost_usd;
+      if (&q != &p && qj <= j && qc <= c && (qj < j || qc < c)) {
+        p.dominated_by = q.label();
+        break;
+      }
+    }
+  }
+}
+
+std::string format_pareto(const std::string& title, const std::vector<ParetoPoint>& points) {
+  std::ostringstream out;
+  out << title << "\n";
+  out << printf_str("%-16s %12s %12s %12s %12s %12s %12s  %s\n", "policy", "avg JCT (h)", "p95 JCT (h)",
+                    "makespan (h)", "elec. (USD)", "egress (USD)", "cost (USD)", "frontier");
+  for (const auto& p : points) {
+    const SimResult& r = p.result;
+    out << printf_str("%-16s %12.3f %12.3f %12.3f %12.2f %12.2f %12.2f  %s\n", p.label().c_str(), r.avg_jct_s / 3600,
+                      r.p95_jct_s / 3600, r.makespan_s / 3600, r.electricity_usd, r.egress_usd, r.cost_usd,
+                      p.dominated_by.empty() ? "yes" : ("no (dominated by " + p.dominated_by + ")").c_str());
+  }
+  return out.str();
+}
+
+nlohmann::json to_json(const ParetoPoint& p) {
+  nlohmann::json j = to_json(p.result, false);
+  j["label"] = p.label();
+  if (p.max_slowdown >= 0) j["max_slowdown"] = p.max_slowdown;
+  j["on_frontier"] = p.dominated_by.empty();
+  if (!p.dominated_by.empty()) j["dominated_by"] = p.dominated_by;
+  return j;
+}
+
 }  // namespace geopipe::scheduler

@@ -10,6 +10,8 @@ namespace geopipe::scheduler {
 
 namespace {
 constexpr double kInf = std::numeric_limits<double>::infinity();
+// Completions ahead that BACE plans a waiting job on when weighing a wait (worth_waiting).
+constexpr int kLookahead = 3;
 }
 
 std::vector<double> fair_shares(const std::vector<double>& demands, double capacity) {
@@ -59,6 +61,11 @@ struct Waiting {
   long failed_at = -1;       // cluster version at the last failed placement
   bool relaxed = false;
   std::optional<Placement> rigid;  // cost-first: the placement it waits for
+  // BACE: its placement on the empty cluster (the cheapest within max_slowdown of the fastest),
+  // which it may wait for when what is free now costs more (worth_waiting).
+  std::optional<Placement> target;
+  double hold_until = -1;    // waiting for a cheaper placement ends by then; -1: not waiting
+  bool released = false;     // hold_until passed: tried again then, never waits again
 };
 
 class Simulation {
@@ -84,7 +91,7 @@ class Simulation {
       double t_arr = next_arrival < work_.jobs.size() ? work_.jobs[next_arrival].arrival_s : kInf;
       double t_fin = kInf;
       for (const auto& r : running_) t_fin = std::min(t_fin, now + r.remaining * r.iter_s);
-      const double t = std::min(t_arr, t_fin);
+      const double t = std::min({t_arr, t_fin, next_hold_deadline(now)});
       if (t == kInf) break;
       advance(now, t);
       now = t;
@@ -99,18 +106,101 @@ class Simulation {
           ++i;
         }
       }
+      // The links a finished job used are free before anyone is placed on them.
+      if (changed) reshare();
       while (next_arrival < work_.jobs.size() && work_.jobs[next_arrival].arrival_s <= now)
         arrive(static_cast<int>(next_arrival++));
-      if (schedule(now)) changed = true;
-      if (changed) reshare();
+      release_due_holds(now);
+      if (schedule(now)) reshare();
     }
     summarize();
     return std::move(res_);
   }
 
  private:
+  // The earliest deadline of a job waiting for a cheaper placement: an event, at which it starts on
+  // what is free (release_due_holds).
+  double next_hold_deadline(double now) const {
+    double t = kInf;
+    for (const auto& w : waiting_)
+      if (!w.released && w.hold_until > now) t = std::min(t, w.hold_until);
+    return t;
+  }
+  void release_due_holds(double now) {
+    for (auto& w : waiting_)
+      if (!w.released && w.hold_until >= 0 && w.hold_until <= now) w.released = true, w.failed_at = -1;
+  }
+
   bool fifo_family() const {
     return policy_ == Policy::kFifo || policy_ == Policy::kDelayFirst || policy_ == Policy::kCostFirst;
+  }
+
+  // The BACE policies that weigh price may wait for a cheaper placement (worth_waiting).
+  bool waits_for_cheaper() const {
+    return policy_ == Policy::kBace || policy_ == Policy::kBaceNoPriority || policy_ == Policy::kBaceNoBandwidth;
+  }
+
+  // When the GPUs `need` (per region) are expected free if running jobs keep their current rates
+  // and nobody else takes them; kInf when they never are.
+  double expected_free_at(const std::vector<int>& need, double now) const {
+    auto fits = [&](const std::vector<int>& free) {
+      for (int r = 0; r < R_; ++r)
+        if (need[r] > free[r]) return false;
+      return true;
+    };
+    if (fits(state_.free_gpus)) return now;
+    for (const auto& [at, free] : releases(now, kInf, static_cast<int>(running_.size())))
+      if (fits(free)) return at;
+    return kInf;
+  }
+
+  // Free GPUs after each of the next `count` distinct expected completions before `by` (running
+  // jobs keep their current rates), with the time of each.
+  std::vector<std::pair<double, std::vector<int>>> releases(double now, double by, int count) const {
+    std::vector<std::pair<double, const Running*>> ends;
+    for (const auto& r : running_) ends.push_back({now + r.remaining * r.iter_s, &r});
+    std::sort(ends.begin(), ends.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    std::vector<std::pair<double, std::vector<int>>> out;
+    std::vector<int> free = state_.free_gpus;
+    for (size_t i = 0; i < ends.size() && ends[i].first < by; ++i) {
+      for (int reg : ends[i].second->place.region) free[reg] += ends[i].second->place.replicas;
+      if (i + 1 < ends.size() && ends[i + 1].first <= ends[i].first) continue;  // same instant: one release
+      out.push_back({ends[i].first, free});
+      if (static_cast<int>(out.size()) == count) break;
+    }
+    return out;
+  }
+
+  // The --max-slowdown trade-off across time: rather than start now on `now_p`, a job waits when a
+  // cheaper placement is expected soon enough that waiting plus that placement's run still ends
+  // within (1 + max_slowdown) of starting now. Candidates: its target (the placement on the empty
+  // cluster) once its GPUs are expected free, and what the policy would place after each of the
+  // next kLookahead completions (on the links as they are now). The first such decision fixes a
+  // deadline (the latest start that keeps the bound), so a job whose cheaper placement is taken by
+  // others waits at most that long and then starts on what is free.
+  bool worth_waiting(Waiting& w, const Placement& now_p, double now) {
+    if (w.hold_until >= 0 && now >= w.hold_until) return false;
+    const double by = now + (1 + opt_.planner.max_slowdown) * now_p.job_s;
+    double best_cost = now_p.cost_usd * (1 - 1e-9), best_run = -1;
+    if (w.target && w.target->cost_usd < best_cost) {
+      std::vector<int> need(R_, 0);
+      for (int r : w.target->region) need[r] += w.target->replicas;  // a stage holds its replicas' GPUs
+      if (expected_free_at(need, now) + w.target->job_s <= by)
+        best_cost = w.target->cost_usd, best_run = w.target->job_s;
+    }
+    PlannerOptions po = opt_.planner;
+    if (w.relaxed) po.bandwidth_check = false;
+    for (const auto& [at, free] : releases(now, by, kLookahead)) {
+      ClusterState later = state_;
+      later.free_gpus = free;
+      ++res_.placements_tried;
+      const PlanResult pr = place_job(policy_, topo_, work_.jobs[w.job], later, po);
+      if (pr.placement && pr.placement->cost_usd < best_cost && at + pr.placement->job_s <= by)
+        best_cost = pr.placement->cost_usd, best_run = pr.placement->job_s;
+    }
+    if (best_run < 0) return false;
+    if (w.hold_until < 0) w.hold_until = by - best_run;
+    return true;
   }
 
   void advance(double from, double to) {
@@ -155,6 +245,7 @@ class Simulation {
       return;  // reported as never started; it cannot block the queue
     }
     w.nominal_s = on_empty.placement->job_s;
+    if (waits_for_cheaper()) w.target = on_empty.placement;
     w.demand_bps = on_empty.placement->replicas * boundary_bytes(job, "none") /
                    std::max(1e-12, on_empty.placement->timing.compute_period_s);
     waiting_.push_back(w);
@@ -223,6 +314,10 @@ class Simulation {
       if (!p) {
         w.failed_at = version_;
         if (ratio >= opt_.reserve_ratio) break;  // aged long enough: hold the GPUs that free up for it
+        continue;
+      }
+      if (worth_waiting(w, *p, now)) {
+        w.failed_at = version_;  // retried at the next completion, or at its deadline (run())
         continue;
       }
       start(w, std::move(*p), now);

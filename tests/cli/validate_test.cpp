@@ -21,10 +21,13 @@ std::string src(const std::string& rel) { return std::string(GEOPIPE_SOURCE_DIR)
 
 TEST(CliValidate, ShippedFilesAreValid) {
   Result r = run("validate " + src("examples/topologies/aws6.json") + " " + src("examples/topologies/local4.json") + " " +
+                 src("examples/topologies/gcp5.json") + " " + src("examples/topologies/aws-mixed5.json") + " " +
                  src("examples/jobs/gpt-tiny.json") + " " + src("examples/jobs/gpt-1.3b.json") + " " +
                  src("examples/jobs/llama-7b.json") + " " + src("examples/workloads/mixed6.json"));
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("topology \"aws6\": 6 regions"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("topology \"gcp5\": 5 regions, 144 GPUs, 10 links"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("topology \"aws-mixed5\": 5 regions, 144 GPUs, 14 links"), std::string::npos) << r.output;
 }
 
 TEST(CliValidate, EachBadFixtureExitsTwoNamingTheField) {

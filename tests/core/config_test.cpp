@@ -21,6 +21,41 @@ TEST(Topology, ShippedTopologiesParse) {
   EXPECT_EQ(aws.total_gpus(), 168);
   Topology local = load_topology(src("examples/topologies/local4.json"));
   EXPECT_EQ(local.num_regions(), 4);
+  Topology gcp = load_topology(src("examples/topologies/gcp5.json"));
+  EXPECT_EQ(gcp.num_regions(), 5);
+  EXPECT_EQ(gcp.links.size(), 10u);  // every pair once: Google Cloud prices a pair the same both ways
+  EXPECT_EQ(gcp.total_gpus(), 144);
+  Topology mixed = load_topology(src("examples/topologies/aws-mixed5.json"));
+  EXPECT_EQ(mixed.num_regions(), 5);
+  EXPECT_EQ(mixed.links.size(), 14u);  // 10 pairs, 4 priced differently out of Tokyo
+  EXPECT_EQ(mixed.total_gpus(), 144);
+}
+
+TEST(Topology, NewTopologiesCarryTheirProvidersPricesAndDatasheetGpus) {
+  Topology gcp = load_topology(src("examples/topologies/gcp5.json"));
+  auto gcp_price = [&gcp](const char* from, const char* to) {
+    return gcp.link(gcp.region_index(from), gcp.region_index(to))->egress_usd_per_gb;
+  };
+  // Google Cloud lists per GiB: 0.02, 0.05 and 0.08 USD/GiB are 0.0186, 0.0466 and 0.0745 USD/GB.
+  EXPECT_DOUBLE_EQ(gcp_price("us-central1-iowa", "us-east1-south-carolina"), 0.0186);
+  EXPECT_DOUBLE_EQ(gcp_price("europe-west4-netherlands", "us-east1-south-carolina"), 0.0466);
+  EXPECT_DOUBLE_EQ(gcp_price("asia-southeast1-singapore", "asia-northeast1-tokyo"), 0.0745);
+  EXPECT_DOUBLE_EQ(gcp_price("us-central1-iowa", "asia-northeast1-tokyo"), 0.0745);
+  Topology mixed = load_topology(src("examples/topologies/aws-mixed5.json"));
+  const Region& oregon = mixed.regions[mixed.region_index("us-west-2-oregon")];
+  const Region& virginia = mixed.regions[mixed.region_index("us-east-1-virginia")];
+  const Region& tokyo = mixed.regions[mixed.region_index("ap-northeast-1-tokyo")];
+  EXPECT_EQ(oregon.gpu_type, "A100");
+  EXPECT_DOUBLE_EQ(oregon.gpu_tflops, 312);
+  EXPECT_DOUBLE_EQ(oregon.gpu_power_w, 400);
+  EXPECT_EQ(virginia.gpu_type, "L40S");
+  EXPECT_DOUBLE_EQ(virginia.gpu_tflops, 362);
+  EXPECT_DOUBLE_EQ(virginia.gpu_mem_gb, 48);
+  EXPECT_EQ(tokyo.gpu_type, "H100");
+  EXPECT_DOUBLE_EQ(tokyo.gpu_tflops, 989);
+  EXPECT_DOUBLE_EQ(mixed.link(mixed.region_index("ap-northeast-1-tokyo"), mixed.region_index("us-east-2-ohio"))
+                       ->egress_usd_per_gb,
+                   0.09);
 }
 
 TEST(Topology, ShippedTopologiesCarryTheSendingRegionsEgressPrice) {

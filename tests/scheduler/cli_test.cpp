@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <set>
 #include <string>
 
 namespace {
@@ -315,4 +316,75 @@ TEST(CliSimulate, RunsAWorkloadFileAndRejectsBadPolicies) {
   EXPECT_NE(r.output.find("6 jobs"), std::string::npos) << r.output;
   EXPECT_EQ(run("simulate --topology " + src("examples/topologies/aws6.json") + " --policy exact").exit_code, 2);
   EXPECT_EQ(run("simulate --topology " + src("examples/topologies/aws6.json") + " --bandwidth-scale 0").exit_code, 2);
+}
+
+TEST(CliSimulate, ParetoPrintsBaceAtEachMaxSlowdownThenTheBaselinesWithTheFrontier) {
+  const std::string json = out("cli_pareto.json");
+  Result r = run("simulate --topology " + src("examples/topologies/aws6.json") +
+                 " --seed 1 --jobs 30 --policy bace,fifo,cost-first --pareto --json " + json);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  // One row per point: BACE by ascending x, then the baselines in --policy order (bace itself is
+  // the sweep).
+  const std::vector<std::string> rows = {"\nbace x=0 ",   "\nbace x=0.05 ", "\nbace x=0.1 ", "\nbace x=0.25 ",
+                                         "\nbace x=0.5 ", "\nbace x=1 ",    "\nbace x=2 ",   "\nfifo ",
+                                         "\ncost-first "};
+  size_t at = r.output.find("JCT/cost frontier of bace across --max-slowdown x: topology aws6");
+  ASSERT_NE(at, std::string::npos) << r.output;
+  for (const auto& row : rows) {
+    const size_t next = r.output.find(row, at);
+    ASSERT_NE(next, std::string::npos) << "missing or out of order: " << row << "\n" << r.output;
+    at = next;
+  }
+  auto doc = geopipe::read_json_file(json);
+  ASSERT_EQ(doc["pareto"].size(), 1u);
+  const auto& points = doc["pareto"][0]["points"];
+  ASSERT_EQ(points.size(), rows.size());
+  EXPECT_EQ(points[0]["label"], "bace x=0");
+  EXPECT_EQ(points[6]["max_slowdown"], 2.0);
+  EXPECT_EQ(points[7]["label"], "fifo");
+  EXPECT_FALSE(points[7].contains("max_slowdown"));
+  int on_frontier = 0;
+  for (const auto& p : points) {
+    on_frontier += p["on_frontier"].get<bool>();
+    EXPECT_EQ(p["on_frontier"].get<bool>(), !p.contains("dominated_by")) << p["label"];
+    EXPECT_EQ(r.output.find(p["label"].get<std::string>() + " ") != std::string::npos, true) << p["label"];
+  }
+  EXPECT_GE(on_frontier, 1);
+  // Strict FIFO with first fit spreads pipelines over regions and pays their egress: some BACE
+  // point is both faster and cheaper.
+  EXPECT_FALSE(points[7]["on_frontier"].get<bool>());
+  EXPECT_EQ(points[7]["dominated_by"].get<std::string>().rfind("bace x=", 0), 0u) << points[7];
+  // A larger knob trades JCT for cost: the far end is no dearer than the fastest setting.
+  EXPECT_LE(points[6]["cost_usd"].get<double>(), points[0]["cost_usd"].get<double>());
+}
+
+TEST(CliSimulate, ANegativeMaxSlowdownExitsTwoNamingTheFlag) {
+  for (const std::string cmd : {"simulate --topology " + src("examples/topologies/aws6.json") + " --jobs 3",
+                                "plan --topology " + src("examples/topologies/aws6.json") + " --job " +
+                                    src("examples/jobs/gpt-1.3b.json")}) {
+    Result r = run(cmd + " --max-slowdown -0.5");
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find("--max-slowdown: expected X >= 0, a fraction (0.25: up to 25 % slower), got -0.5"),
+              std::string::npos)
+        << r.output;
+  }
+  EXPECT_EQ(run("simulate --topology " + src("examples/topologies/aws6.json") + " --pareto --csv " +
+                out("cli_pareto.csv")).exit_code, 2);
+}
+
+TEST(CliPlan, MaxSlowdownTakesTheCheaperSlowerRegionOnlyWhenLargeEnough) {
+  // aws-mixed5: H100s in Tokyo (0.15 USD/kWh) are fastest; Virginia's L40S (0.0892 USD/kWh, 362 of
+  // the H100's 989 TFLOP/s) spends less electricity per FLOP but takes ~3.5x as long.
+  const std::string base = "plan --topology " + src("examples/topologies/aws-mixed5.json") + " --job " +
+                           src("examples/jobs/gpt-1.3b.json") + " -o " + out("cli_knob.json");
+  auto regions_of = [&](const std::string& x) {
+    Result r = run(base + " --max-slowdown " + x);
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    std::set<std::string> regions;
+    for (const auto& s : geopipe::load_plan(out("cli_knob.json")).stages) regions.insert(s.region);
+    return regions;
+  };
+  EXPECT_EQ(regions_of("0"), std::set<std::string>{"ap-northeast-1-tokyo"});
+  EXPECT_EQ(regions_of("0.1"), std::set<std::string>{"ap-northeast-1-tokyo"});
+  EXPECT_EQ(regions_of("5"), std::set<std::string>{"us-east-1-virginia"});
 }

@@ -86,17 +86,21 @@ TEST(Pathfinder, AvoidsALinkWhoseResidualBandwidthIsUsedUp) {
   ASSERT_TRUE(df.placement);
 }
 
-TEST(Allocator, TakesTheCheapRegionWhenItIsWithinTheSlack) {
+TEST(Allocator, TakesTheCheapRegionWhenItIsWithinTheMaxSlowdown) {
   // "fast" is 4/3 faster and 6x dearer than "cheap".
   auto t = make_topology({{"fast", 4, 2.0, 0.30}, {"cheap", 4, 1.5, 0.05}}, {{"fast", "cheap", 0.001, 50}});
   auto job = make_job("j", 8, 1024, 1024, 1, 8, 10, 4, 4);
   gs::PlannerOptions o;
-  o.slack = 0.5;
+  o.max_slowdown = 0.5;
   EXPECT_EQ(gs::plan_job(gs::Policy::kBace, t, job, o).stages[0].region, "cheap");
-  o.slack = 0.1;
+  o.max_slowdown = 0.1;
   EXPECT_EQ(gs::plan_job(gs::Policy::kBace, t, job, o).stages[0].region, "fast");
-  // Without the price term BACE takes the fastest path whatever the slack.
-  o.slack = 0.5;
+  o.max_slowdown = 0;
+  for (const auto& s : gs::plan_job(gs::Policy::kBace, t, job, o).stages) EXPECT_EQ(s.region, "fast");
+  o.max_slowdown = 0.5;
+  for (const auto& s : gs::plan_job(gs::Policy::kBace, t, job, o).stages) EXPECT_EQ(s.region, "cheap");
+  // Without the price term BACE takes the fastest path whatever the max_slowdown.
+  o.max_slowdown = 0.5;
   EXPECT_EQ(gs::plan_job(gs::Policy::kBaceNoPrice, t, job, o).stages[0].region, "fast");
   EXPECT_EQ(gs::plan_job(gs::Policy::kDelayFirst, t, job, o).stages[0].region, "fast");
   EXPECT_EQ(gs::plan_job(gs::Policy::kCostFirst, t, job, o).stages[0].region, "cheap");
@@ -166,10 +170,10 @@ TEST(Exact, IsNeverBeatenOnItsObjective) {
     EXPECT_TRUE(exact.placement || !bace.placement) << "exact found nothing where BACE did, trial " << trial;
     if (!exact.placement || !bace.placement) continue;
     gs::PlannerOptions fastest = o;
-    fastest.slack = 0;
+    fastest.max_slowdown = 0;
     const double t_fast = gs::exact_placement(t, job, st, fastest).placement->iteration_s;
     EXPECT_LE(t_fast, bace.placement->iteration_s * (1 + 1e-9));
-    if (bace.placement->iteration_s <= t_fast * (1 + o.slack)) {
+    if (bace.placement->iteration_s <= t_fast * (1 + o.max_slowdown)) {
       EXPECT_LE(exact.placement->cost_usd, bace.placement->cost_usd * (1 + 1e-9)) << "trial " << trial;
       ++compared;
     }
@@ -534,7 +538,7 @@ TEST(Allocator, EgressKeepsAPipelineInOneRegionWhenCrossingCostsMoreThanTheElect
   auto base = make_topology({{"dear", 4, 1.0, 0.2}, {"cheap", 2, 1.0, 0.1}}, {{"dear", "cheap", 100, 1}});
   auto job = make_job("j", 8, 1024, 1024, 1, 8, 10, 4, 4);
   gs::PlannerOptions o;
-  o.slack = 1.0;
+  o.max_slowdown = 1.0;
   geopipe::Plan unpriced = gs::plan_job(gs::Policy::kBace, base, job, o);
   std::set<std::string> regions;
   for (const auto& s : unpriced.stages) regions.insert(s.region);

@@ -294,7 +294,7 @@ TEST(ScheduleOptions, CodecInputsOfAHopComeFromItsLinksRegionsAndTheCodecsSpeed)
                          {{"a", "b", 8, 10, 0.02}, {"b", "a", 8, 10, 0.09}});
   auto job = make_job("j", 4, 256, 256, 1, 8, 10, 2, 2);
   gs::PlannerOptions o;
-  o.slack = 0.25;
+  o.max_slowdown = 0.25;
   const gs::HopCodecInputs h = gs::hop_codec_inputs(t, job, o, 0, 1, 1e9, 0.5e9, 0.01);
   EXPECT_DOUBLE_EQ(h.plain_xfer_s, 131072 / 0.5e9);
   EXPECT_DOUBLE_EQ(h.compressed_xfer_s, 65536 / 0.5e9);

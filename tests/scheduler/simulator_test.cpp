@@ -305,3 +305,78 @@ TEST(Simulator, CostFirstWaitsForItsCheapestPlacementWhileOthersUseFreeGpus) {
   EXPECT_LT(bace.avg_jct_s, cf.avg_jct_s);
   EXPECT_GT(bace.cost_usd, cf.cost_usd);  // the price of not waiting
 }
+
+TEST(Simulator, BaceWaitsForACheaperPlacementOnlyWithinTheMaxSlowdown) {
+  // "first" holds the cheap region; "second" (the same job) arrives when 90 % of it is done. It can
+  // start at once in the dear region, or wait 0.1 E for the cheap one and end at 1.1 E after its
+  // arrival: within a max_slowdown of 0.5, not of 0 or 0.05.
+  auto t = make_topology({{"dear", 2, 1.0, 0.30}, {"cheap", 2, 1.0, 0.05}}, {{"dear", "cheap", 0.01, 50}});
+  const double E = gs::simulate(t, workload({make_job("first", 8, 512, 512, 1, 8, 20, 2, 2, 0)}), gs::Policy::kBace, {})
+                       .jobs[0]
+                       .jct_s();
+  auto w = workload({make_job("first", 8, 512, 512, 1, 8, 20, 2, 2, 0),
+                     make_job("second", 8, 512, 512, 1, 8, 20, 2, 2, 0.9 * E)});
+  auto with = [&](double x) {
+    gs::SimOptions o;
+    o.planner.max_slowdown = x;
+    return gs::simulate(t, w, gs::Policy::kBace, o);
+  };
+  const auto waits = with(0.5);
+  EXPECT_EQ(waits.jobs[0].regions, "cheap x2");
+  EXPECT_EQ(waits.jobs[1].regions, "cheap x2");
+  EXPECT_NEAR(waits.jobs[1].start_s, E, 1e-9 * E);
+  EXPECT_NEAR(waits.jobs[1].jct_s(), 1.1 * E, 1e-6 * E);
+  for (double x : {0.0, 0.05}) {
+    const auto now = with(x);
+    EXPECT_EQ(now.jobs[1].regions, "dear x2") << x;
+    EXPECT_DOUBLE_EQ(now.jobs[1].start_s, 0.9 * E) << x;
+    EXPECT_GT(now.cost_usd, waits.cost_usd) << x;  // what waiting saved
+    EXPECT_LT(now.avg_jct_s, waits.avg_jct_s) << x;
+  }
+}
+
+TEST(Pareto, MarksThePointsNoOtherBeatsOnBothJctAndCost) {
+  auto point = [](double x, const char* policy, double jct_h, double cost) {
+    gs::ParetoPoint p;
+    p.max_slowdown = x;
+    p.result.policy = policy;
+    p.result.avg_jct_s = jct_h * 3600;
+    p.result.cost_usd = cost;
+    return p;
+  };
+  std::vector<gs::ParetoPoint> points = {point(0, "bace", 1.0, 100), point(0.5, "bace", 1.2, 100),
+                                         point(1, "bace", 1.5, 80), point(-1, "cost-first", 20, 70),
+                                         point(-1, "fifo", 3, 1000)};
+  gs::mark_frontier(points);
+  EXPECT_EQ(points[0].dominated_by, "");
+  EXPECT_EQ(points[1].dominated_by, "bace x=0");
+  EXPECT_EQ(points[2].dominated_by, "");
+  EXPECT_EQ(points[3].dominated_by, "");
+  EXPECT_EQ(points[4].dominated_by, "bace x=0");
+  EXPECT_EQ(points[2].label(), "bace x=1");
+  EXPECT_EQ(points[3].label(), "cost-first");
+  EXPECT_EQ(gs::pareto_slowdowns(), (std::vector<double>{0, 0.05, 0.1, 0.25, 0.5, 1, 2}));
+}
+
+TEST(Simulator, AJobWhoseCheaperPlacementGoesToAnotherStartsOnWhatIsFreeWithinItsBound) {
+  // "first" holds the cheap region until E. "second" (E long) arrives at 0.9 E and "short"
+  // (0.6 E) at 0.92 E; at max_slowdown 0.5 both wait for the cheap region. When it frees, "short"
+  // has the higher response ratio and takes it; waiting for it again would end "second" at 2.6 E,
+  // past its bound of 2.5 E, so "second" starts at once in the dear region.
+  auto t = make_topology({{"dear", 2, 1.0, 0.30}, {"cheap", 2, 1.0, 0.05}}, {{"dear", "cheap", 0.01, 50}});
+  const double E = gs::simulate(t, workload({make_job("first", 8, 512, 512, 1, 8, 20, 2, 2, 0)}), gs::Policy::kBace, {})
+                       .jobs[0]
+                       .jct_s();
+  auto w = workload({make_job("first", 8, 512, 512, 1, 8, 20, 2, 2, 0),
+                     make_job("second", 8, 512, 512, 1, 8, 20, 2, 2, 0.9 * E),
+                     make_job("short", 8, 512, 512, 1, 8, 12, 2, 2, 0.92 * E)});
+  gs::SimOptions o;
+  o.planner.max_slowdown = 0.5;
+  const auto r = gs::simulate(t, w, gs::Policy::kBace, o);
+  ASSERT_EQ(r.finished, 3);
+  EXPECT_EQ(r.jobs[2].regions, "cheap x2");
+  EXPECT_NEAR(r.jobs[2].start_s, E, 1e-9 * E);
+  EXPECT_EQ(r.jobs[1].regions, "dear x2");
+  EXPECT_NEAR(r.jobs[1].start_s, E, 1e-9 * E);
+  EXPECT_LE(r.jobs[1].jct_s(), 1.5 * E);
+}

@@ -47,7 +47,11 @@ struct ClusterState {
 
 struct PlannerOptions {
   CostParams cost;
-  double slack = 0.10;              // allocator: iteration time within (1 + slack) of the fastest feasible path
+  // The JCT/cost trade-off (--max-slowdown): the allocator takes the cheapest placement whose
+  // iteration time is within (1 + max_slowdown) of the fastest feasible one; in the simulator BACE
+  // may also wait for a cheaper placement while its expected completion stays within that factor
+  // of starting now on the fastest (SimOptions, docs/SCHEDULER.md).
+  double max_slowdown = 0.10;
   // "auto" (int8-block on hops that need it), "none", a codec for every inter-region hop, or
   // "adaptive": inter-region hops start where "auto" would and the runtime adapts them.
   std::string codec = "auto";
@@ -148,7 +152,7 @@ PlanResult place_job(Policy policy, const Topology& topology, const JobSpec& job
                      const PlannerOptions& options);
 
 // Exhaustive search over every assignment of regions to stages (any order, revisits allowed):
-// the true optimum of the allocator's objective (least cost with iteration time within the slack
+// the true optimum of the allocator's objective (least cost with iteration time within max_slowdown
 // of the fastest feasible assignment, ties by time). InputError beyond 6 regions or 8 stages.
 PlanResult exact_placement(const Topology& topology, const JobSpec& job, const ClusterState& state,
                            const PlannerOptions& options);

@@ -99,6 +99,23 @@ nlohmann::json to_json(const SimResult& result, bool with_jobs);
 // One row per job and policy: policy, bandwidth_scale, name, arrival_s, start_s, end_s, jct_s, ...
 void write_jobs_csv(const std::vector<SimResult>& results, const std::string& path);
 
+// ---- The JCT/cost frontier across --max-slowdown (geopipe simulate --pareto) ------------------
+
+// One run on the frontier table: BACE at one max_slowdown, or a baseline.
+struct ParetoPoint {
+  double max_slowdown = -1;    // BACE's knob; -1 for a baseline
+  SimResult result;
+  std::string dominated_by;    // the first other point with avg JCT and cost both <= and one <; empty: on the frontier
+  std::string label() const;   // "bace x=0.25" or the baseline's policy name
+};
+// The knob values --pareto runs BACE at, ascending.
+const std::vector<double>& pareto_slowdowns();
+// Fills each point's dominated_by against every other point (BACE's and the baselines').
+void mark_frontier(std::vector<ParetoPoint>& points);
+// A row per point in the given order: avg / p95 JCT, makespan, electricity, egress, cost, frontier.
+std::string format_pareto(const std::string& title, const std::vector<ParetoPoint>& points);
+nlohmann::json to_json(const ParetoPoint& point);
+
 // Max-min fair shares of one link's capacity among demands (water filling): nobody gets more than
 // it asks, and capacity left by small demands is shared equally by the rest.
 std::vector<double> fair_shares(const std::vector<double>& demands, double capacity);
