@@ -151,14 +151,15 @@ BoundaryCodecWork boundary_codec_work(const JobSpec& job, const Region& from, co
   return {fwd_at_from.encode_s, bwd_at_from.decode_s, fwd_at_to.decode_s, bwd_at_to.encode_s};
 }
 
-HopCodecInputs hop_codec_inputs(const Topology& topology, const JobSpec& job, const PlannerOptions& options, int a,
-                                int b, double bps_ab, double bps_ba, double compute_period_s) {
-  const std::string codec = "int8-block";
+namespace {
+
+// hop_codec_inputs with int8-block's work at the hop's two ends already known (`int8`).
+HopCodecInputs hop_inputs(const Topology& topology, const JobSpec& job, const PlannerOptions& options, int a, int b,
+                          double bps_ab, double bps_ba, double compute_period_s, const BoundaryCodecWork& int8) {
   const Region &ra = topology.regions[a], &rb = topology.regions[b];
-  const double plain = boundary_bytes(job, "none"), packed = boundary_bytes(job, codec);
+  const double plain = boundary_bytes(job, "none"), packed = boundary_bytes(job, "int8-block");
   const double bps = std::min(bps_ab, bps_ba);
-  const BoundaryCodecWork w = boundary_codec_work(job, ra, rb, codec, codec, options.codec_profile);
-  const double at_a = w.from_forward_s + w.from_backward_s, at_b = w.to_forward_s + w.to_backward_s;
+  const double at_a = int8.from_forward_s + int8.from_backward_s, at_b = int8.to_forward_s + int8.to_backward_s;
   auto usd_per_s = [](const Region& r) { return r.gpu_power_w * r.pue * r.price_usd_per_kwh / 3.6e6; };
   HopCodecInputs hop;
   hop.plain_xfer_s = plain / bps;
@@ -171,6 +172,15 @@ HopCodecInputs hop_codec_inputs(const Topology& topology, const JobSpec& job, co
   hop.codec_usd = at_a * usd_per_s(ra) + at_b * usd_per_s(rb);
   hop.max_slowdown = options.max_slowdown;
   return hop;
+}
+
+}  // namespace
+
+HopCodecInputs hop_codec_inputs(const Topology& topology, const JobSpec& job, const PlannerOptions& options, int a,
+                                int b, double bps_ab, double bps_ba, double compute_period_s) {
+  const BoundaryCodecWork int8 = boundary_codec_work(job, topology.regions[a], topology.regions[b], "int8-block",
+                                                     "int8-block", options.codec_profile);
+  return hop_inputs(topology, job, options, a, b, bps_ab, bps_ba, compute_period_s, int8);
 }
 
 // ---- Evaluation -----------------------------------------------------------------------------
@@ -187,6 +197,7 @@ struct Context {
   int replicas = 1;              // job.replicas: copies of the pipeline, each stage's in its region
   std::vector<DeviceTimes> dev;  // per region
   std::vector<double> rate;      // USD per second of one GPU at board power (power * PUE * price)
+  std::vector<CodecWork> int8;    // per region: int8-block's encode and decode of one message
   double bytes_none = 0;
 
   Context(const Topology& t, const JobSpec& j, const ClusterState& s, const PlannerOptions& o)
@@ -194,8 +205,16 @@ struct Context {
     for (const auto& r : t.regions) {
       dev.push_back(device_times(r, j, o.cost, o.profile));
       rate.push_back(r.gpu_power_w * r.pue * r.price_usd_per_kwh / 3.6e6);
+      int8.push_back(codec_work(j, "int8-block", codec_rates(r, "int8-block", o.codec_profile)));
     }
     bytes_none = boundary_bytes(j, "none");
+  }
+  // The codec work of a hop a -> b with these codecs (boundary_codec_work; int8-block from the cache).
+  BoundaryCodecWork codec_work_of(int a, int b, const std::string& fwd, const std::string& bwd) const {
+    if (fwd == "none" && bwd == "none") return {};
+    if (fwd == "int8-block" && bwd == "int8-block")
+      return {int8[a].encode_s, int8[a].decode_s, int8[b].decode_s, int8[b].encode_s};
+    return boundary_codec_work(job, topo.regions[a], topo.regions[b], fwd, bwd, opt.codec_profile);
   }
   // Bandwidth one pipeline sees from region a to region b: the replicas' R pipelines all cross
   // the one link between their stages' regions and share it.
@@ -206,7 +225,9 @@ struct Context {
   bool linked(int a, int b) const { return a == b || state.capacity_bps[static_cast<size_t>(a) * R + b] > 0; }
   // The codec pair of a hop a -> b at these bandwidths against compute period `pc`.
   std::pair<std::string, std::string> codecs(int a, int b, double bw_f, double bw_b, double pc) const {
-    return hop_codecs(opt.codec, hop_codec_inputs(topo, job, opt, a, b, bw_f, bw_b, pc));
+    if (opt.codec != "auto" && opt.codec != "adaptive") return hop_codecs(opt.codec, {});  // the inputs are not read
+    const BoundaryCodecWork w = codec_work_of(a, b, "int8-block", "int8-block");
+    return hop_codecs(opt.codec, hop_inputs(topo, job, opt, a, b, bw_f, bw_b, pc, w));
   }
   // Smallest bytes any allowed codec can send (for lower bounds).
   double min_bytes() const {
@@ -292,8 +313,7 @@ Hops time_hops(const Context& c, const std::vector<int>& path, double pc, const 
     if (bw_f <= 0 || bw_b <= 0) return h;
     if (a != b) {
       codec = c.codecs(a, b, bw_f, bw_b, pc);
-      const BoundaryCodecWork w = boundary_codec_work(c.job, c.topo.regions[a], c.topo.regions[b], codec.first,
-                                                      codec.second, c.opt.codec_profile);
+      const BoundaryCodecWork w = c.codec_work_of(a, b, codec.first, codec.second);
       h.codec_s[j] += w.from_forward_s + w.from_backward_s;
       h.codec_s[j + 1] += w.to_forward_s + w.to_backward_s;
     }
