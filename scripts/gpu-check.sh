@@ -63,9 +63,10 @@ BUDGET=${GEOPIPE_GPU_CHECK_BUDGET_S:-470}
 JSON=$OUTDIR/gpu-check.json
 FULL_LOG=$OUTDIR/gpu-check.log
 # the GPU tests (ctest names) and the build targets behind them
-GPU_TESTS=(kernels_device_test kernels_codec_cuda_test kernels_torch_codec_test comm_nccl_test_np1 comm_gpu_staging_test_np1)
+GPU_TESTS=(kernels_device_test kernels_codec_cuda_test kernels_torch_codec_test comm_nccl_test_np1 comm_gpu_staging_test_np1
+           runtime_device_memory_test)
 TARGETS=(geopipe geopipe-train geopipe-codec-bench kernels_device_test kernels_codec_cuda_test
-         kernels_torch_codec_test comm_nccl_test comm_gpu_staging_test)
+         kernels_torch_codec_test comm_nccl_test comm_gpu_staging_test runtime_device_memory_test)
 GPU_TEST_RE="^($(IFS='|'; echo "${GPU_TESTS[*]}"))\$"
 export GPU_TEST_RE
 

@@ -34,6 +34,7 @@
 #include <fstream>
 #include <memory>
 #include <sstream>
+#include <tuple>
 
 using namespace geopipe;
 
@@ -41,6 +42,7 @@ namespace {
 
 struct Options {
   std::string plans, topology, data, json_out;
+  std::string device = "cpu";
   int iters = 3, warmup = 1, threads = 0;
 };
 
@@ -78,6 +80,21 @@ double predicted_tensor_bytes(const Plan& plan, const Topology& topo, int rank) 
          scheduler::plan_buffer_bytes(plan, topo, rank);
 }
 
+// This rank's measured peak and what the plan predicts for it. On a GPU: the CUDA caching
+// allocator's peak (every tensor and message buffer on the device) against memory_bytes without
+// the framework allowance. On a CPU: the executor's tensor accounting (TrainResult's
+// peak_held_bytes) against predicted_tensor_bytes.
+std::pair<double, double> measured_and_predicted_memory(const Plan& plan, const Topology& topo, int rank,
+                                                        const at::Device& device, double held_bytes) {
+  if (const auto peak = runtime::device_allocator_peak_bytes(device)) {
+    const auto& m = plan.predicted.memory_bytes;
+    const double predicted =
+        static_cast<size_t>(rank) < m.size() ? m[static_cast<size_t>(rank)] - scheduler::kFrameworkAllowanceBytes : 0;
+    return {static_cast<double>(*peak), predicted};
+  }
+  return {held_bytes, predicted_tensor_bytes(plan, topo, rank)};
+}
+
 nlohmann::json measure(const Plan& plan, const Topology& topo, const std::string& file, const Options& o,
                        comm::Communicator* comm, int rank, int world) {
   runtime::TrainConfig cfg;
@@ -86,6 +103,9 @@ nlohmann::json measure(const Plan& plan, const Topology& topo, const std::string
   cfg.data_file = o.data;
   cfg.progress = false;
   cfg.comm_timeout_s = 600;
+  cfg.device = o.device;
+  const at::Device device = runtime::pick_device(o.device);
+  runtime::reset_device_allocator_peak(device);  // this plan's run only (warm-up steps included)
   runtime::TrainResult r = runtime::run_training(plan, cfg, comm);
   std::vector<double> times;
   double wire = 0, peak = 0, peak_bytes = 0, held = 0;
@@ -99,8 +119,8 @@ nlohmann::json measure(const Plan& plan, const Topology& topo, const std::string
   }
   // The rank that holds the most, measured, and its prediction; the largest resident set.
   std::vector<double> mine(static_cast<size_t>(2 * world), 0.0);
-  mine[static_cast<size_t>(2 * rank)] = held;
-  mine[static_cast<size_t>(2 * rank + 1)] = predicted_tensor_bytes(plan, topo, rank);
+  std::tie(mine[static_cast<size_t>(2 * rank)], mine[static_cast<size_t>(2 * rank + 1)]) =
+      measured_and_predicted_memory(plan, topo, rank, device, held);
   runtime::allreduce_sum(comm, mine, 600);
   size_t most = 0;
   for (size_t r = 1; r < static_cast<size_t>(world); ++r)
@@ -131,6 +151,7 @@ nlohmann::json measure(const Plan& plan, const Topology& topo, const std::string
           {"measured_peak_activations", static_cast<int>(peak)},
           {"measured_peak_activation_mb", peak_bytes / 1e6},
           {"memory_rank", static_cast<int>(most)},
+          {"memory_measure", runtime::device_allocator_peak_bytes(device) ? "cuda allocator peak" : "tensors held"},
           {"predicted_memory_mb", mine[2 * most + 1] / 1e6},
           {"measured_memory_mb", mine[2 * most] / 1e6},
           {"memory_gap_pct",
@@ -198,6 +219,10 @@ int main(int argc, char** argv) {
   app.add_option("--data", o.data, "training text")->required();
   app.add_option("-n,--iters", o.iters, "measured steps per plan")->check(CLI::Range(1, 100000));
   app.add_option("-w,--warmup-iters", o.warmup, "unmeasured steps first")->check(CLI::Range(0, 100000));
+  app.add_option("--device", o.device,
+                 "cpu, cuda or auto; on cuda the memory columns are the CUDA caching allocator's peak against the "
+                 "plan's memory_bytes without the framework allowance")
+      ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
   app.add_option("--threads", o.threads, "CPU threads per rank (0: cores / ranks on this host)");
   app.add_option("--json", o.json_out, "also write the rows as JSON");
   try {

@@ -16,6 +16,9 @@
 
 #include <ATen/ATen.h>
 #include <mpi.h>
+#ifdef GEOPIPE_TORCH_HAS_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
 
 #include <nlohmann/json.hpp>
 
@@ -91,6 +94,27 @@ at::Device pick_device(const std::string& name) {
   }
   if (name == "auto") return have_cuda ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
   throw InputError("--device", "device", "expected cpu, cuda or auto, got \"" + name + "\"");
+}
+
+std::optional<int64_t> device_allocator_peak_bytes(const at::Device& device) {
+#ifdef GEOPIPE_TORCH_HAS_CUDA
+  if (device.is_cuda()) {
+    using namespace c10::cuda::CUDACachingAllocator;
+    const DeviceStats stats = getDeviceStats(device.index() < 0 ? 0 : device.index());
+    return stats.allocated_bytes[static_cast<size_t>(StatType::AGGREGATE)].peak;
+  }
+#else
+  (void)device;
+#endif
+  return std::nullopt;
+}
+
+void reset_device_allocator_peak(const at::Device& device) {
+#ifdef GEOPIPE_TORCH_HAS_CUDA
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index() < 0 ? 0 : device.index());
+#else
+  (void)device;
+#endif
 }
 
 std::pair<std::string, std::string> codec_pair(const std::string& flag) {

@@ -113,6 +113,15 @@ std::string set_compute_threads(int threads);
 // --device cpu|cuda|auto -> the device (InputError when cuda is asked for and absent).
 at::Device pick_device(const std::string& name);
 
+// The most bytes the CUDA caching allocator has had handed out at once on `device` since the
+// process started (its own statistics: every tensor, none of the CUDA context); what the plan's
+// predicted memory_bytes minus the framework allowance describes on a GPU rank. nullopt on a CPU
+// device, or with a LibTorch built without CUDA.
+std::optional<int64_t> device_allocator_peak_bytes(const at::Device& device);
+// Starts the allocator's peak over from what is allocated now (one measurement per run); no-op
+// where device_allocator_peak_bytes has no answer.
+void reset_device_allocator_peak(const at::Device& device);
+
 // Runs training for this rank. `comm` may be null for a one-stage plan. Collective: every rank
 // of the plan calls it with the same config.
 TrainResult run_training(const Plan& plan, const TrainConfig& config, comm::Communicator* comm);
