@@ -251,12 +251,16 @@ TEST(TestFaultSpec, ParsesEachKind) {
   EXPECT_EQ(k.step, 17);
   EXPECT_EQ(runtime::parse_test_fault("kill-in-checkpoint:rank=0:step=1").kind, K::kKillInCheckpoint);
   EXPECT_EQ(runtime::parse_test_fault("corrupt:rank=2:step=5").kind, K::kCorrupt);
+  auto c = runtime::parse_test_fault("cut:region=eu-central:step=15");
+  EXPECT_EQ(c.kind, K::kCut);
+  EXPECT_EQ(c.region, "eu-central");
+  EXPECT_EQ(c.step, 15);
 }
 
 TEST(TestFaultSpec, MalformedValueIsAnInputErrorNamingTheVariable) {
   for (const char* bad : {"kill", "kill:rank=1", "explode:rank=1:step=2", "kill:rank=x:step=2", "kill:rank=1:step=0",
                           "kill:rank=-1:step=2", "kill:step=2:rank=1", "kill:rank=1:step=2:extra", "kill:rank=1:step=2x",
-                          "kill:rank=:step=2"}) {
+                          "kill:rank=:step=2", "cut:region=:step=2", "cut:rank=1:step=2", "cut:region=a:step=0"}) {
     try {
       runtime::parse_test_fault(bad);
       ADD_FAILURE() << "accepted " << bad;
