@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <ostream>
 #include <thread>
 
@@ -104,9 +105,25 @@ std::string link_names(const std::set<RegionPair>& cut) {
   return out;
 }
 
+// The hosts whose every rank is a suspect, in regions that are not lost (d.lost_regions).
+void lost_hosts(const Placement& placement, Diagnosis& d, std::vector<std::string>& causes) {
+  std::map<std::string, std::vector<int>> ranks_of;  // host -> its ranks
+  for (const RankPlace& p : placement.ranks) ranks_of[p.host].push_back(p.rank);
+  for (const HostSlots& h : placement.hosts) {
+    const std::vector<int>& ranks = ranks_of[h.host];
+    const bool all = !ranks.empty() && std::all_of(ranks.begin(), ranks.end(), [&](int r) { return d.suspects.count(r); });
+    if (!all || std::count(d.lost_regions.begin(), d.lost_regions.end(), h.region)) continue;
+    d.lost_hosts.push_back({h.region, h.host, h.slots});
+    std::string list;
+    for (int r : ranks) list += (list.empty() ? "" : ", ") + std::to_string(r);
+    causes.push_back("host " + h.host + " of region " + h.region + " is lost (every rank it ran failed: " + list +
+                     "); the region keeps its other hosts");
+  }
+}
+
 }  // namespace
 
-Diagnosis diagnose(const Plan& plan, const std::vector<FailureRecord>& records) {
+Diagnosis diagnose(const Plan& plan, const std::vector<FailureRecord>& records, const Placement* placement) {
   Diagnosis d;
   std::map<int, const FailureRecord*> by_rank;
   std::map<int, int> waits;  // rank -> the rank it was blocked on (timed out, or when terminated)
@@ -166,6 +183,7 @@ Diagnosis diagnose(const Plan& plan, const std::vector<FailureRecord>& records) 
   }
   for (const auto& [region, counts] : per_region)
     if (counts.first == counts.second) d.lost_regions.push_back(region);
+  if (placement) lost_hosts(*placement, d, causes);
   for (const std::string& c : causes) d.cause += (d.cause.empty() ? "" : "; ") + c;
   if (d.cause.empty()) d.cause = "the job exited non-zero without a failure record";
   return d;
@@ -179,6 +197,22 @@ Topology without_regions(const Topology& topology, const std::vector<std::string
   t.links.erase(std::remove_if(t.links.begin(), t.links.end(),
                                [&](const Link& l) { return gone(l.a) || gone(l.b); }),
                 t.links.end());
+  t.finalize();
+  return t;
+}
+
+Topology without_hosts(const Topology& topology, const std::vector<LostHost>& hosts) {
+  Topology t = topology;
+  for (const LostHost& h : hosts) {
+    const int index = t.region_index(h.region);
+    auto* list = index >= 0 ? &t.regions[static_cast<size_t>(index)].hosts : nullptr;
+    const auto at = list ? std::find(list->begin(), list->end(), h.host) : std::vector<std::string>::iterator{};
+    if (!list || at == list->end())
+      throw InputError(topology.name, "regions", "region " + h.region + " has no host " + h.host + " to drop");
+    list->erase(at);
+    Region& r = t.regions[static_cast<size_t>(index)];
+    r.gpus = std::max(0, r.gpus - h.slots);
+  }
   t.finalize();
   return t;
 }
@@ -240,13 +274,36 @@ int64_t manifest_step(const std::string& checkpoint_dir) {
   return j.is_object() && j.contains("step") && j["step"].is_number_integer() ? j["step"].get<int64_t>() : -1;
 }
 
+// What a re-plan leaves out: `["eu-central"]`, `host h2 of us-east`, or both.
+std::string lost_text(const Diagnosis& d) {
+  std::string out = d.lost_regions.empty() ? "" : nlohmann::json(d.lost_regions).dump();
+  for (const LostHost& h : d.lost_hosts) out += (out.empty() ? "" : ", ") + ("host " + h.host + " of " + h.region);
+  return out;
+}
+
+nlohmann::json lost_hosts_json(const std::vector<LostHost>& hosts) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const LostHost& h : hosts) out.push_back({{"region", h.region}, {"host", h.host}});
+  return out;
+}
+
+// Where the attempt's ranks ran (for lost hosts); nullopt when the request cannot be placed.
+std::optional<Placement> placement_of(const LaunchRequest& request) {
+  if (request.plan_file.empty()) return std::nullopt;
+  try {
+    return prepare_launch(request).placement;
+  } catch (const Error&) {
+    return std::nullopt;
+  }
+}
+
 // The job planned again on what is left; its plan and topology files next to the first plan and
 // named after it (PLAN.restart-K.json, whatever plan the failed attempt ran).
 void replan(LaunchRequest& request, std::vector<std::string>& args, const Diagnosis& d, int attempt,
             const std::string& first_plan, std::ostream& out) {
   const auto t0 = Clock::now();
   const Plan old = load_plan(request.plan_file);
-  const Topology left = without_regions(load_topology(request.topology_file), d.lost_regions);
+  const Topology left = without_regions(without_hosts(load_topology(request.topology_file), d.lost_hosts), d.lost_regions);
   const auto policy = scheduler::parse_policy(old.provenance.policy);
   scheduler::PlannerOptions po;
   po.schedule = "auto";
@@ -254,8 +311,8 @@ void replan(LaunchRequest& request, std::vector<std::string>& args, const Diagno
   try {
     plan = scheduler::plan_job(policy ? *policy : scheduler::Policy::kBace, left, old.job, po);
   } catch (const InfeasibleError& e) {
-    throw InfeasibleError("geopipe launch --replan: without region(s) " + nlohmann::json(d.lost_regions).dump() +
-                          " the job does not fit what is left: " + e.what());
+    throw InfeasibleError("geopipe launch --replan: without " + lost_text(d) + " the job does not fit what is left: " +
+                          e.what());
   }
   const fs::path dir = fs::path(first_plan).parent_path();
   const std::string stem = fs::path(first_plan).stem().string();
@@ -270,7 +327,7 @@ void replan(LaunchRequest& request, std::vector<std::string>& args, const Diagno
   if (std::string* t = arg_value(args, "--topology")) *t = topo_file;
   char secs[32];
   std::snprintf(secs, sizeof secs, "%.3f", std::chrono::duration<double>(Clock::now() - t0).count());
-  out << "geopipe launch: re-planned without " << nlohmann::json(d.lost_regions).dump() << " in " << secs << " s: " << plan.num_stages() << " stages on "
+  out << "geopipe launch: re-planned without " << lost_text(d) << " in " << secs << " s: " << plan.num_stages() << " stages on "
       << plan.world_size() << " ranks, " << plan_file << "\n";
 }
 
@@ -314,8 +371,10 @@ int supervise(LaunchRequest request, const SuperviseOptions& o, std::ostream& ou
       }
       return kExitOk;
     }
-    const Diagnosis d = request.plan_file.empty() ? Diagnosis{{}, {}, "the job exited " + std::to_string(status)}
-                                                  : diagnose(load_plan(request.plan_file), records);
+    const std::optional<Placement> placed = placement_of(request);
+    const Diagnosis d = request.plan_file.empty()
+                            ? Diagnosis{{}, {}, {}, "the job exited " + std::to_string(status)}
+                            : diagnose(load_plan(request.plan_file), records, placed ? &*placed : nullptr);
     out << "geopipe launch: attempt " << attempt + 1 << " failed (exit " << status << "): " << d.cause << "\n";
     const bool bad_input = std::any_of(records.begin(), records.end(), [](auto& r) { return r.kind == "bad-input"; });
     if (status == kExitBadInput || bad_input) {  // a restart would fail the same way
@@ -328,7 +387,8 @@ int supervise(LaunchRequest request, const SuperviseOptions& o, std::ostream& ou
       if (request.run_dir.empty()) fs::remove_all(root);
       return status == kExitOk ? kExitFailure : status;
     }
-    if (o.replan && !d.lost_regions.empty()) replan(request, args, d, attempt + 1, first_plan, out);
+    if (o.replan && (!d.lost_regions.empty() || !d.lost_hosts.empty()))
+      replan(request, args, d, attempt + 1, first_plan, out);
     const int64_t resumed = checkpoint_dir.empty() ? -1 : manifest_step(checkpoint_dir);
     if (resumed >= 0 && std::find(args.begin(), args.end(), "--resume") == args.end()) args.push_back("--resume");
     unsetenv(env::kTestFault);  // a test's fault strikes the first attempt only
@@ -338,6 +398,7 @@ int supervise(LaunchRequest request, const SuperviseOptions& o, std::ostream& ou
                            {"cause", d.cause},
                            {"plan", request.plan_file},
                            {"lost_regions", o.replan ? d.lost_regions : std::vector<std::string>{}},
+                           {"lost_hosts", lost_hosts_json(o.replan ? d.lost_hosts : std::vector<LostHost>{})},
                            {"resume_step", std::max<int64_t>(resumed, 0)},
                            {"steps_redone", std::max<int64_t>(tail.last_step - std::max<int64_t>(resumed, 0), 0)},
                            // the steps to train again, and the time from the last logged step to this relaunch

@@ -96,3 +96,50 @@ TEST(Diagnosis, RingInsideOneRegionNamesNoOne) {
 
 }  // namespace
 }  // namespace geopipe::launch
+
+namespace geopipe::launch {
+namespace {
+
+// Two hosts in us-east (one replica of stage 0 each), one in us-west: h2 dying loses the host,
+// not the region; us-west dying whole is a lost region, and its host is not listed apart.
+TEST(Diagnosis, HostWhoseEveryRankFailedIsLostWhileItsRegionKeepsItsOtherHosts) {
+  const Topology t = load_topology(testing::src("examples/topologies/local4.json"));
+  const Plan plan = make_plan(t, {{"us-east", 2}, {"us-west", 2}});  // ranks 0-1 us-east, 2-3 us-west
+  Placement placed;
+  placed.ranks = {{0, 0, "us-east", "h1"}, {1, 0, "us-east", "h2"}, {2, 1, "us-west", "h3"}, {3, 1, "us-west", "h3"}};
+  placed.hosts = {{"h1", "us-east", 1}, {"h2", "us-east", 1}, {"h3", "us-west", 2}};
+  const Diagnosis d = diagnose(plan, {waited(0, 1, "terminated"), waited(2, 0, "terminated"), waited(3, 1, "terminated")},
+                               &placed);
+  EXPECT_TRUE(d.lost_regions.empty());
+  ASSERT_EQ(d.lost_hosts.size(), 1u);
+  EXPECT_EQ(d.lost_hosts[0].host, "h2");
+  EXPECT_EQ(d.lost_hosts[0].region, "us-east");
+  EXPECT_EQ(d.lost_hosts[0].slots, 1);
+  EXPECT_NE(d.cause.find("host h2 of region us-east is lost (every rank it ran failed: 1); the region keeps its other "
+                         "hosts"),
+            std::string::npos)
+      << d.cause;
+  const Diagnosis region = diagnose(plan, {waited(0, 2, "terminated"), waited(1, 3, "terminated")}, &placed);
+  EXPECT_EQ(region.lost_regions, std::vector<std::string>{"us-west"});
+  EXPECT_TRUE(region.lost_hosts.empty());
+}
+
+TEST(WithoutHosts, DropsTheHostAndItsGpusAndRefusesAHostTheRegionLacks) {
+  Topology t = load_topology(testing::src("examples/topologies/local4.json"));
+  Region& east = t.regions[static_cast<size_t>(t.region_index("us-east"))];
+  east.hosts = {"h1", "h2"};
+  const int gpus = east.gpus;
+  const Topology left = without_hosts(t, {{"us-east", "h2", 1}});
+  const Region& after = left.regions[static_cast<size_t>(left.region_index("us-east"))];
+  EXPECT_EQ(after.hosts, std::vector<std::string>{"h1"});
+  EXPECT_EQ(after.gpus, gpus - 1);
+  try {
+    without_hosts(t, {{"us-east", "h9", 1}});
+    ADD_FAILURE() << "dropped a host the region does not have";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("region us-east has no host h9 to drop"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace geopipe::launch
