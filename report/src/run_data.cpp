@@ -117,6 +117,15 @@ RestartRecord parse_restart(const json& j, const std::string& file, const std::s
       r.lost_regions.push_back(name.get<std::string>());
     }
   }
+  if (const auto l = j.find("lost_hosts"); l != j.end()) {
+    if (!l->is_array()) throw InputError(file, line + ".lost_hosts", "expected an array of hosts, got " + l->dump());
+    for (size_t i = 0; i < l->size(); ++i) {
+      const std::string where = line + ".lost_hosts[" + std::to_string(i) + "]";
+      const json& h = (*l)[i];
+      if (!h.is_object()) throw InputError(file, where, "expected {\"region\", \"host\"}, got " + h.dump());
+      r.lost_hosts.push_back(string_field(h, file, where, "host") + " of " + string_field(h, file, where, "region"));
+    }
+  }
   r.resume_step = integer(j, file, line, "resume_step", kMaxStep, true);
   r.steps_redone = integer(j, file, line, "steps_redone", kMaxStep, true);
   r.seconds_lost = *number(j, file, line, "seconds_lost", true);

@@ -105,12 +105,13 @@ std::string restarts_section(const RunData& run) {
   for (const RestartRecord& r : run.restarts) {
     std::string lost;
     for (const std::string& region : r.lost_regions) lost += (lost.empty() ? "" : ", ") + region;
+    for (const std::string& host : r.lost_hosts) lost += (lost.empty() ? "host " : ", host ") + host;
     rows.push_back({std::to_string(r.restart), r.cause, r.plan, lost.empty() ? "none (same plan)" : lost,
                     r.resume_step > 0 ? "step " + std::to_string(r.resume_step) : "the start",
                     std::to_string(r.steps_redone), fmt(r.seconds_lost)});
   }
   return page::section("restarts", "Restarts",
-                       page::table("restarts", {"restart", "cause", "plan", "lost regions", "resumed from",
+                       page::table("restarts", {"restart", "cause", "plan", "lost regions or hosts", "resumed from",
                                                 "steps redone", "seconds lost"},
                                    rows));
 }

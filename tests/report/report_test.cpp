@@ -229,6 +229,12 @@ TEST_F(ReportTest, SupervisorRestartLinesBecomeARestartsTable) {
                       "<td>ap-southeast</td><td>step 3</td><td class=\"num\">2</td><td class=\"num\">6.25</td></tr>"),
             std::string::npos)
       << html.substr(html.find("id=\"restarts\""), 2000);
+  std::string log = test_support::fake_log({6, true});
+  nlohmann::json host_lost = nlohmann::json::parse(test_support::fake_restart_line());
+  host_lost["lost_regions"] = nlohmann::json::array();
+  host_lost["lost_hosts"] = {{{"region", "us-east"}, {"host", "h2"}}};
+  write_text(dir_ / "train.jsonl", log.insert(log.find("{\"elapsed_s\""), host_lost.dump() + "\n"));
+  EXPECT_NE(render_run_html(load_run(dir_.string())).find("<td>host h2 of us-east</td>"), std::string::npos);
   write_fake_run(dir_, {6, true});
   EXPECT_EQ(render_run_html(load_run(dir_.string())).find("id=\"restarts\""), std::string::npos) << "no restart, no table";
 }

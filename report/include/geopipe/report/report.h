@@ -62,6 +62,7 @@ struct RestartRecord {
   std::string cause;                      // who failed how
   std::string plan;                       // the plan the job was relaunched on
   std::vector<std::string> lost_regions;  // dropped by a re-plan (empty: the same plan)
+  std::vector<std::string> lost_hosts;    // "HOST of REGION", dropped by a re-plan
   int64_t resume_step = 0;                // the checkpoint it resumed from (0: the start)
   int64_t steps_redone = 0;
   double seconds_lost = 0;
