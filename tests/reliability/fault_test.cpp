@@ -558,6 +558,26 @@ TEST_F(SupervisorJob, SecondReplanIsNamedAfterTheFirstPlan) {
   EXPECT_NE(r.output.find("re-planned without"), std::string::npos) << r.output;
 }
 
+// A cut needs emulated links, and a region of the job: otherwise every rank stops at once with
+// exit code 2, naming the variable and what is wrong.
+TEST_F(SupervisorJob, CutOfAnUnknownRegionOrWithoutEmulationIsBadInput) {
+  write_planned(4);
+  std::vector<std::string> unknown = launch({}, 2);
+  JobResult r = run(unknown, "cut-unknown", {{"GEOPIPE_TEST_FAULT", "cut:region=mars:step=1"}});
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("GEOPIPE_TEST_FAULT: \"cut:region=mars:step=1\": no rank of the job is in region \"mars\" "
+                          "(its regions: \""),
+            std::string::npos)
+      << r.output;
+  std::vector<std::string> plain = launch({"--emulate", "none"}, 2);
+  r = run(plain, "cut-not-emulated", {{"GEOPIPE_TEST_FAULT", "cut:region=us-east:step=1"}});
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("GEOPIPE_TEST_FAULT: \"cut:region=us-east:step=1\": cutting a region's links needs emulated "
+                          "links (geopipe launch --emulate software or netns)"),
+            std::string::npos)
+      << r.output;
+}
+
 // A job that fails every time: after --max-restarts relaunches the supervisor stops, non-zero,
 // with the last cause.
 TEST_F(SupervisorJob, FailureBeyondMaxRestartsStopsWithTheLastCause) {
