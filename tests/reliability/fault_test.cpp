@@ -15,6 +15,7 @@
 #include "../runtime/tiny_plan.h"
 
 #include <geopipe/core/plan.h>
+#include <geopipe/launch/netns.h>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -556,6 +557,28 @@ TEST_F(SupervisorJob, SecondReplanIsNamedAfterTheFirstPlan) {
   EXPECT_TRUE(fs::exists(path("plan.restart-2.topology.json"))) << r.output;
   EXPECT_FALSE(fs::exists(path("plan.restart-1.restart-2.json"))) << r.output;
   EXPECT_NE(r.output.find("re-planned without"), std::string::npos) << r.output;
+}
+
+// The same cut with --emulate netns (a namespace per region; root only, skipped elsewhere): the
+// ranks' shaper, which netns mode runs for latency where the kernel has no netem, holds the
+// messages; where it has netem the ranks run no shaper and the cut is refused (exit 2).
+TEST_F(SupervisorJob, RegionWhoseLinksAreCutInNetnsModeIsReplannedToo) {
+  if (const std::string why = geopipe::launch::netns_unavailable_reason(); !why.empty()) GTEST_SKIP() << why;
+  write_planned(4);
+  comm_timeout_ = "5";
+  const std::string cut = load_plan(path("plan.json")).stages[3].region;
+  JobResult r = run(launch({"--emulate", "netns", "--max-restarts", "1", "--replan"}, 20,
+                           {"--checkpoint-dir", path("ckpt"), "--checkpoint-every", "5", "--json-log", path("run.jsonl")}),
+                    "supervised-netns", {{"GEOPIPE_TEST_FAULT", "cut:region=" + cut + ":step=12"}});
+  if (r.output.find("cutting a region's links needs emulated links") != std::string::npos) {
+    EXPECT_EQ(r.exit_code, 2) << r.output;  // the kernel has netem: no shaper to cut
+    return;
+  }
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("links cut: region " + cut + " is partitioned from the others"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("re-planned without [\"" + cut + "\"]"), std::string::npos) << r.output;
+  EXPECT_EQ(restart_line(path("run.jsonl")).at("resume_step"), 10);
+  EXPECT_EQ(logged_losses(path("run.jsonl")).size(), 20u);
 }
 
 // A cut needs emulated links, and a region of the job: otherwise every rank stops at once with
