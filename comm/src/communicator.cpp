@@ -56,6 +56,12 @@ void Communicator::begin_step(int64_t step) {
   if (engine_->shaper_) engine_->shaper_->begin_step(step + 1, now_s());
 }
 const LinkShaper* Communicator::shaper() const { return engine_->shaper_.get(); }
+void Communicator::cut_region(const std::string& region) {
+  if (!engine_->shaper_) throw Error("cut_region " + region + ": needs emulated links (GEOPIPE_EMULATE software or netns)");
+  const int index = engine_->shaper_->region_index(region);
+  if (index < 0) throw Error("cut_region: the link shaper has no region " + region);
+  engine_->shaper_->cut_region(index, now_s());
+}
 bool Communicator::checksum_enabled() const { return engine_->checksum_; }
 bool Communicator::authenticating() const { return engine_->auth_ != nullptr; }
 size_t Communicator::chunk_bytes() const { return engine_->chunk_bytes_; }

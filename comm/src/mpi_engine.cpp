@@ -6,6 +6,7 @@
 #include <geopipe/core/error.h>
 
 #include <climits>
+#include <cmath>
 #include <cstring>
 #include <sstream>
 
@@ -233,6 +234,7 @@ void Communicator::Engine::schedule_send(Op& op) {
         p == 0 ? op.wire.size() : std::min(chunk_bytes_, op.bytes - (p - 1) * chunk_bytes_);
     op.release[p] = shaper_->schedule(from, to, piece_bytes, op.start);
   }
+  if (!std::isfinite(op.release.back())) return;  // a cut link (shaper.h): held for good, not a delay
   double delay = shaper_delay_.load();
   while (!shaper_delay_.compare_exchange_weak(delay, delay + (op.release.back() - op.start))) {
   }

@@ -164,15 +164,39 @@ void LinkShaper::begin_step(int64_t step, double now) {
       e.state = 2;
     }
     if (e.state == 0 && step >= e.first && step < e.end) {
-      // Time events of this link that end later give way: the step event holds the link now.
-      for (auto& seg : list)
-        if (seg.end > now) seg.end = std::max(seg.start, now);
-      list.erase(std::remove_if(list.begin(), list.end(), [](const RateSegment& r) { return !(r.end > r.start); }),
-                 list.end());
-      list.push_back(RateSegment{now, kOpen, e.bytes_per_s, e.latency_s});
+      hold_link_locked(static_cast<size_t>(e.from) * num_regions_ + e.to, now,
+                       RateSegment{now, kOpen, e.bytes_per_s, e.latency_s});
       e.state = 1;
       e.opened_at = now;
     }
+  }
+}
+
+void LinkShaper::hold_link_locked(size_t index, double now, const RateSegment& segment) {
+  // Events of this link that end later give way: the new segment holds the link from now on.
+  auto& list = events_[index];
+  for (auto& seg : list)
+    if (seg.end > now) seg.end = std::max(seg.start, now);
+  list.erase(std::remove_if(list.begin(), list.end(), [](const RateSegment& r) { return !(r.end > r.start); }),
+             list.end());
+  list.push_back(segment);
+}
+
+void LinkShaper::cut_region(int region, double now) {
+  constexpr double kNever = std::numeric_limits<double>::infinity();
+  if (region < 0 || region >= num_regions_)
+    throw Error("link shaper: cut_region: region #" + std::to_string(region) + " is not in [0, " +
+                std::to_string(num_regions_) + ")");
+  std::lock_guard<std::mutex> lock(mu_);
+  auto cut = [&](int from, int to) {
+    if (from == to || !has_link(from, to)) return;
+    hold_link_locked(static_cast<size_t>(from) * num_regions_ + to, now, RateSegment{now, kNever, 0});
+    for (StepEvent& e : step_events_)  // a later step event must not reopen the link
+      if (e.from == from && e.to == to) e.state = 2;
+  };
+  for (int other = 0; other < num_regions_; ++other) {
+    cut(region, other);
+    cut(other, region);
   }
 }
 

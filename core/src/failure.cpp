@@ -1,9 +1,12 @@
+#include <geopipe/core/error.h>
 #include <geopipe/core/failure.h>
 
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -18,6 +21,7 @@ std::string failure_record_path(const std::string& dir, int rank) {
 void write_failure_record(const std::string& dir, const FailureRecord& r) {
   std::error_code ec;
   fs::create_directories(dir, ec);
+  if (ec) throw Error("failure record: cannot create " + dir + ": " + ec.message());
   const std::string path = failure_record_path(dir, r.rank), tmp = path + ".tmp";
   {
     std::ofstream out(tmp, std::ios::trunc);
@@ -25,8 +29,11 @@ void write_failure_record(const std::string& dir, const FailureRecord& r) {
                           {"peer", r.peer}, {"waited_s", r.waited_s}, {"message", r.message}}
                .dump()
         << "\n";
+    out.close();
+    if (!out) throw Error("failure record: cannot write " + tmp);
   }
-  std::rename(tmp.c_str(), path.c_str());
+  if (std::rename(tmp.c_str(), path.c_str()) != 0)
+    throw Error("failure record: cannot rename " + tmp + " to " + path + ": " + std::strerror(errno));
 }
 
 std::vector<FailureRecord> read_failure_records(const std::string& dir) {

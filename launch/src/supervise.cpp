@@ -4,6 +4,7 @@
 
 #include <geopipe/core/env.h>
 #include <geopipe/core/error.h>
+#include <geopipe/core/run_dir.h>
 #include <geopipe/scheduler/planner.h>
 
 #include <nlohmann/json.hpp>
@@ -15,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <ostream>
 #include <thread>
 
@@ -35,7 +37,93 @@ std::string rank_name(const Plan& plan, int rank) {
 
 }  // namespace
 
-Diagnosis diagnose(const Plan& plan, const std::vector<FailureRecord>& records) {
+namespace {
+
+const std::string& region_of(const Plan& plan, int rank) {
+  return plan.stages[static_cast<size_t>(plan.stage_of_rank(rank))].region;
+}
+
+using RegionPair = std::pair<std::string, std::string>;  // sorted
+
+// The chain of waits from `first` (which timed out waiting for `peer`), up to the rank at its
+// end or, when it comes back to a rank already in it, up to and including that rank again.
+std::vector<int> follow_waits(int first, int peer, const std::map<int, int>& waits) {
+  std::vector<int> chain = {first, peer};
+  std::set<int> seen = {first};
+  while (waits.count(chain.back()) && seen.insert(chain.back()).second) chain.push_back(waits.at(chain.back()));
+  return chain;
+}
+
+// The pairs of regions joined by a wait of the chain's cycle, if it ends in one: ranks that wait
+// for each other in a ring cannot be helped by anyone, so neither end is hung and the links
+// between their regions must be what failed.
+std::set<RegionPair> cut_links_of(const Plan& plan, const std::vector<int>& chain) {
+  std::set<RegionPair> cut;
+  const auto begin = std::find(chain.begin(), chain.end() - 1, chain.back());
+  if (begin == chain.end() - 1) return cut;  // no cycle
+  for (auto it = begin; it + 1 != chain.end(); ++it) {
+    const std::string &a = region_of(plan, *it), &b = region_of(plan, *(it + 1));
+    if (a != b) cut.insert(std::minmax(a, b));
+  }
+  return cut;
+}
+
+// The region partitioned by the cut links (docs/RELIABILITY.md, "Links cut"): the one region at
+// an end of every cut link; with one cut link, the end on the smaller side of the plan's graph of
+// regions (plan.links) once that link is removed. Empty when the evidence names no one region.
+std::string partitioned_region(const Plan& plan, const std::set<RegionPair>& cut) {
+  std::map<std::string, int> ends;
+  for (const auto& [a, b] : cut) ++ends[a], ++ends[b];
+  std::vector<std::string> common;
+  for (const auto& [region, n] : ends)
+    if (n == static_cast<int>(cut.size())) common.push_back(region);
+  if (common.size() == 1) return common.front();
+  if (common.size() != 2) return "";
+  std::map<std::string, std::set<std::string>> next;  // regions that exchange messages, but over a cut link
+  for (const LinkPlan& l : plan.links)
+    if (l.from_region != l.to_region && !cut.count(std::minmax(l.from_region, l.to_region)))
+      next[l.from_region].insert(l.to_region), next[l.to_region].insert(l.from_region);
+  auto side_ranks = [&](const std::string& from) {  // ranks reachable from `from`
+    std::set<std::string> side = {from};
+    for (std::vector<std::string> todo = {from}; !todo.empty();) {
+      const std::string r = todo.back();
+      todo.pop_back();
+      for (const std::string& n : next[r])
+        if (side.insert(n).second) todo.push_back(n);
+    }
+    int ranks = 0;
+    for (int rank = 0; rank < plan.world_size(); ++rank) ranks += side.count(region_of(plan, rank)) ? 1 : 0;
+    return ranks;
+  };
+  const int first = side_ranks(common[0]), second = side_ranks(common[1]);
+  return first == second ? "" : first < second ? common[0] : common[1];
+}
+
+std::string link_names(const std::set<RegionPair>& cut) {
+  std::string out;
+  for (const auto& [a, b] : cut) out += (out.empty() ? "" : ", ") + a + " <-> " + b;
+  return out;
+}
+
+// The hosts whose every rank is a suspect, in regions that are not lost (d.lost_regions).
+void lost_hosts(const Placement& placement, Diagnosis& d, std::vector<std::string>& causes) {
+  std::map<std::string, std::vector<int>> ranks_of;  // host -> its ranks
+  for (const RankPlace& p : placement.ranks) ranks_of[p.host].push_back(p.rank);
+  for (const HostSlots& h : placement.hosts) {
+    const std::vector<int>& ranks = ranks_of[h.host];
+    const bool all = !ranks.empty() && std::all_of(ranks.begin(), ranks.end(), [&](int r) { return d.suspects.count(r); });
+    if (!all || std::count(d.lost_regions.begin(), d.lost_regions.end(), h.region)) continue;
+    d.lost_hosts.push_back({h.region, h.host, h.slots});
+    std::string list;
+    for (int r : ranks) list += (list.empty() ? "" : ", ") + std::to_string(r);
+    causes.push_back("host " + h.host + " of region " + h.region + " is lost (every rank it ran failed: " + list +
+                     "); the region keeps its other hosts");
+  }
+}
+
+}  // namespace
+
+Diagnosis diagnose(const Plan& plan, const std::vector<FailureRecord>& records, const Placement* placement) {
   Diagnosis d;
   std::map<int, const FailureRecord*> by_rank;
   std::map<int, int> waits;  // rank -> the rank it was blocked on (timed out, or when terminated)
@@ -57,34 +145,45 @@ Diagnosis diagnose(const Plan& plan, const std::vector<FailureRecord>& records) 
       d.suspects.insert(rank);
       causes.push_back(rank_name(plan, rank) + " left no failure record (killed or crashed)");
     }
+  std::set<RegionPair> cut;
   for (const FailureRecord& r : records) {
     if (r.kind == "timeout" && r.peer >= 0 && waits.count(r.rank)) {
       // Follow the waits to the rank at the end: it was not blocked on anyone (hung, or dead).
-      std::string chain = "rank " + std::to_string(r.rank) + " timed out waiting for rank " + std::to_string(r.peer);
-      std::set<int> seen = {r.rank};
-      int at = r.peer;
-      while (waits.count(at) && seen.insert(at).second) {
-        at = waits[at];
-        chain += ", which waited for rank " + std::to_string(at);
+      const std::vector<int> chain = follow_waits(r.rank, r.peer, waits);
+      std::string text = "rank " + std::to_string(r.rank) + " timed out waiting for rank " + std::to_string(chain[1]);
+      for (size_t i = 2; i < chain.size(); ++i) text += ", which waited for rank " + std::to_string(chain[i]);
+      const int at = chain.back();
+      const std::set<RegionPair> ring = cut_links_of(plan, chain);
+      if (!ring.empty()) {
+        cut.insert(ring.begin(), ring.end());
+        causes.push_back(text + " (waits in a ring across regions: cut link(s) " + link_names(ring) + ")");
+      } else if (std::count(chain.begin(), chain.end() - 1, at) || undecided.count(at)) {
+        causes.push_back(text + (undecided.count(at) ? " (which waited in a collective" : " (a ring of waits") +
+                         ": the failed rank is not known)");
+      } else {
+        d.suspects.insert(at);
+        causes.push_back(text + (by_rank.count(at) ? " (which was not waiting: hung)" : ""));
       }
-      if (undecided.count(at)) {
-        causes.push_back(chain + " (which waited in a collective: the failed rank is not known)");
-        continue;
-      }
-      d.suspects.insert(at);
-      causes.push_back(chain + (by_rank.count(at) ? " (which was not waiting: hung)" : ""));
     } else if (r.kind == "error" || r.kind == "bad-input" || r.kind == "timeout") {
       causes.push_back("rank " + std::to_string(r.rank) + ": " + r.message);
     }
   }
+  if (!cut.empty()) {
+    const std::string region = partitioned_region(plan, cut);
+    causes.push_back(region.empty() ? "links cut (" + link_names(cut) + "): no one region is partitioned"
+                                    : "links cut: region " + region + " is partitioned from the others");
+    for (int rank = 0; rank < plan.world_size() && !region.empty(); ++rank)
+      if (region_of(plan, rank) == region) d.suspects.insert(rank);
+  }
   std::map<std::string, std::pair<int, int>> per_region;  // region -> (ranks, suspects)
   for (int rank = 0; rank < plan.world_size(); ++rank) {
-    auto& [ranks, suspects] = per_region[plan.stages[static_cast<size_t>(plan.stage_of_rank(rank))].region];
+    auto& [ranks, suspects] = per_region[region_of(plan, rank)];
     ++ranks;
     suspects += d.suspects.count(rank) ? 1 : 0;
   }
   for (const auto& [region, counts] : per_region)
     if (counts.first == counts.second) d.lost_regions.push_back(region);
+  if (placement) lost_hosts(*placement, d, causes);
   for (const std::string& c : causes) d.cause += (d.cause.empty() ? "" : "; ") + c;
   if (d.cause.empty()) d.cause = "the job exited non-zero without a failure record";
   return d;
@@ -98,6 +197,22 @@ Topology without_regions(const Topology& topology, const std::vector<std::string
   t.links.erase(std::remove_if(t.links.begin(), t.links.end(),
                                [&](const Link& l) { return gone(l.a) || gone(l.b); }),
                 t.links.end());
+  t.finalize();
+  return t;
+}
+
+Topology without_hosts(const Topology& topology, const std::vector<LostHost>& hosts) {
+  Topology t = topology;
+  for (const LostHost& h : hosts) {
+    const int index = t.region_index(h.region);
+    auto* list = index >= 0 ? &t.regions[static_cast<size_t>(index)].hosts : nullptr;
+    const auto at = list ? std::find(list->begin(), list->end(), h.host) : std::vector<std::string>::iterator{};
+    if (!list || at == list->end())
+      throw InputError(topology.name, "regions", "region " + h.region + " has no host " + h.host + " to drop");
+    list->erase(at);
+    Region& r = t.regions[static_cast<size_t>(index)];
+    r.gpus = std::max(0, r.gpus - h.slots);
+  }
   t.finalize();
   return t;
 }
@@ -159,12 +274,36 @@ int64_t manifest_step(const std::string& checkpoint_dir) {
   return j.is_object() && j.contains("step") && j["step"].is_number_integer() ? j["step"].get<int64_t>() : -1;
 }
 
-// The job planned again on what is left; its plan and topology files next to the old plan.
+// What a re-plan leaves out: `["eu-central"]`, `host h2 of us-east`, or both.
+std::string lost_text(const Diagnosis& d) {
+  std::string out = d.lost_regions.empty() ? "" : nlohmann::json(d.lost_regions).dump();
+  for (const LostHost& h : d.lost_hosts) out += (out.empty() ? "" : ", ") + ("host " + h.host + " of " + h.region);
+  return out;
+}
+
+nlohmann::json lost_hosts_json(const std::vector<LostHost>& hosts) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const LostHost& h : hosts) out.push_back({{"region", h.region}, {"host", h.host}});
+  return out;
+}
+
+// Where the attempt's ranks ran (for lost hosts); nullopt when the request cannot be placed.
+std::optional<Placement> placement_of(const LaunchRequest& request) {
+  if (request.plan_file.empty()) return std::nullopt;
+  try {
+    return prepare_launch(request).placement;
+  } catch (const Error&) {
+    return std::nullopt;
+  }
+}
+
+// The job planned again on what is left; its plan and topology files next to the first plan and
+// named after it (PLAN.restart-K.json, whatever plan the failed attempt ran).
 void replan(LaunchRequest& request, std::vector<std::string>& args, const Diagnosis& d, int attempt,
-            std::ostream& out) {
+            const std::string& first_plan, std::ostream& out) {
   const auto t0 = Clock::now();
   const Plan old = load_plan(request.plan_file);
-  const Topology left = without_regions(load_topology(request.topology_file), d.lost_regions);
+  const Topology left = without_regions(without_hosts(load_topology(request.topology_file), d.lost_hosts), d.lost_regions);
   const auto policy = scheduler::parse_policy(old.provenance.policy);
   scheduler::PlannerOptions po;
   po.schedule = "auto";
@@ -172,11 +311,11 @@ void replan(LaunchRequest& request, std::vector<std::string>& args, const Diagno
   try {
     plan = scheduler::plan_job(policy ? *policy : scheduler::Policy::kBace, left, old.job, po);
   } catch (const InfeasibleError& e) {
-    throw InfeasibleError("geopipe launch --replan: without region(s) " + nlohmann::json(d.lost_regions).dump() +
-                          " the job does not fit what is left: " + e.what());
+    throw InfeasibleError("geopipe launch --replan: without " + lost_text(d) + " the job does not fit what is left: " +
+                          e.what());
   }
-  const fs::path dir = fs::path(request.plan_file).parent_path();
-  const std::string stem = fs::path(request.plan_file).stem().string();
+  const fs::path dir = fs::path(first_plan).parent_path();
+  const std::string stem = fs::path(first_plan).stem().string();
   const std::string topo_file = (dir / (stem + ".restart-" + std::to_string(attempt) + ".topology.json")).string();
   const std::string plan_file = (dir / (stem + ".restart-" + std::to_string(attempt) + ".json")).string();
   std::ofstream(topo_file) << to_json(left).dump(2) << "\n";
@@ -188,7 +327,7 @@ void replan(LaunchRequest& request, std::vector<std::string>& args, const Diagno
   if (std::string* t = arg_value(args, "--topology")) *t = topo_file;
   char secs[32];
   std::snprintf(secs, sizeof secs, "%.3f", std::chrono::duration<double>(Clock::now() - t0).count());
-  out << "geopipe launch: re-planned without " << nlohmann::json(d.lost_regions).dump() << " in " << secs << " s: " << plan.num_stages() << " stages on "
+  out << "geopipe launch: re-planned without " << lost_text(d) << " in " << secs << " s: " << plan.num_stages() << " stages on "
       << plan.world_size() << " ranks, " << plan_file << "\n";
 }
 
@@ -202,10 +341,16 @@ int supervise(LaunchRequest request, const SuperviseOptions& o, std::ostream& ou
   const std::string root = (request.run_dir.empty() ? fs::temp_directory_path() / "geopipe-supervise"
                                                     : fs::path(request.run_dir) / "failures").string() +
                            "-" + std::to_string(::getpid());
+  // The program's checkpoints and step log: its own flags, else where its --run-dir puts them.
+  const std::string* program_run_dir = arg_value(args, "--run-dir");
+  auto in_run_dir = [&](const char* name) {
+    return program_run_dir ? (fs::path(*program_run_dir) / name).string() : std::string();
+  };
   const std::string* ckpt = arg_value(args, "--checkpoint-dir");
-  const std::string checkpoint_dir = ckpt ? *ckpt : "";
+  const std::string checkpoint_dir = ckpt ? *ckpt : in_run_dir(run_dir::kCheckpoints);
   const std::string* log = arg_value(args, "--json-log");
-  const std::string json_log = log ? *log : "";
+  const std::string json_log = log ? *log : in_run_dir(run_dir::kStepLog);
+  const std::string first_plan = request.plan_file;
   std::vector<std::string> restarts;  // one line each, for the closing summary
   for (int attempt = 0;; ++attempt) {
     const std::string failures = root + "/attempt-" + std::to_string(attempt);
@@ -226,8 +371,10 @@ int supervise(LaunchRequest request, const SuperviseOptions& o, std::ostream& ou
       }
       return kExitOk;
     }
-    const Diagnosis d = request.plan_file.empty() ? Diagnosis{{}, {}, "the job exited " + std::to_string(status)}
-                                                  : diagnose(load_plan(request.plan_file), records);
+    const std::optional<Placement> placed = placement_of(request);
+    const Diagnosis d = request.plan_file.empty()
+                            ? Diagnosis{{}, {}, {}, "the job exited " + std::to_string(status)}
+                            : diagnose(load_plan(request.plan_file), records, placed ? &*placed : nullptr);
     out << "geopipe launch: attempt " << attempt + 1 << " failed (exit " << status << "): " << d.cause << "\n";
     const bool bad_input = std::any_of(records.begin(), records.end(), [](auto& r) { return r.kind == "bad-input"; });
     if (status == kExitBadInput || bad_input) {  // a restart would fail the same way
@@ -240,7 +387,8 @@ int supervise(LaunchRequest request, const SuperviseOptions& o, std::ostream& ou
       if (request.run_dir.empty()) fs::remove_all(root);
       return status == kExitOk ? kExitFailure : status;
     }
-    if (o.replan && !d.lost_regions.empty()) replan(request, args, d, attempt + 1, out);
+    if (o.replan && (!d.lost_regions.empty() || !d.lost_hosts.empty()))
+      replan(request, args, d, attempt + 1, first_plan, out);
     const int64_t resumed = checkpoint_dir.empty() ? -1 : manifest_step(checkpoint_dir);
     if (resumed >= 0 && std::find(args.begin(), args.end(), "--resume") == args.end()) args.push_back("--resume");
     unsetenv(env::kTestFault);  // a test's fault strikes the first attempt only
@@ -250,6 +398,7 @@ int supervise(LaunchRequest request, const SuperviseOptions& o, std::ostream& ou
                            {"cause", d.cause},
                            {"plan", request.plan_file},
                            {"lost_regions", o.replan ? d.lost_regions : std::vector<std::string>{}},
+                           {"lost_hosts", lost_hosts_json(o.replan ? d.lost_hosts : std::vector<LostHost>{})},
                            {"resume_step", std::max<int64_t>(resumed, 0)},
                            {"steps_redone", std::max<int64_t>(tail.last_step - std::max<int64_t>(resumed, 0), 0)},
                            // the steps to train again, and the time from the last logged step to this relaunch

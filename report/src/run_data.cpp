@@ -105,7 +105,35 @@ StepRecord parse_step(const json& j, const std::string& file, const std::string&
   return r;
 }
 
-std::vector<StepRecord> load_step_log(const fs::path& path) {
+RestartRecord parse_restart(const json& j, const std::string& file, const std::string& line) {
+  RestartRecord r;
+  r.restart = integer(j, file, line, "restart", kMaxStep, true);
+  r.cause = string_field(j, file, line, "cause");
+  r.plan = string_field(j, file, line, "plan");
+  if (const auto l = j.find("lost_regions"); l != j.end()) {
+    if (!l->is_array()) throw InputError(file, line + ".lost_regions", "expected an array of region names, got " + l->dump());
+    for (const auto& name : *l) {
+      if (!name.is_string()) throw InputError(file, line + ".lost_regions", "expected region names, got " + name.dump());
+      r.lost_regions.push_back(name.get<std::string>());
+    }
+  }
+  if (const auto l = j.find("lost_hosts"); l != j.end()) {
+    if (!l->is_array()) throw InputError(file, line + ".lost_hosts", "expected an array of hosts, got " + l->dump());
+    for (size_t i = 0; i < l->size(); ++i) {
+      const std::string where = line + ".lost_hosts[" + std::to_string(i) + "]";
+      const json& h = (*l)[i];
+      if (!h.is_object()) throw InputError(file, where, "expected {\"region\", \"host\"}, got " + h.dump());
+      r.lost_hosts.push_back(string_field(h, file, where, "host") + " of " + string_field(h, file, where, "region"));
+    }
+  }
+  r.resume_step = integer(j, file, line, "resume_step", kMaxStep, true);
+  r.steps_redone = integer(j, file, line, "steps_redone", kMaxStep, true);
+  r.seconds_lost = *number(j, file, line, "seconds_lost", true);
+  return r;
+}
+
+// The step lines and the supervisor's restart lines ({"restart": N, ...}, no "step") of the log.
+void load_step_log(const fs::path& path, RunData& run) {
   const std::string file = path.string();
   std::ifstream in(path, std::ios::binary);
   if (!in) throw InputError(file, "", "missing: the run's JSON step log (geopipe-train --run-dir writes it)");
@@ -124,13 +152,17 @@ std::vector<StepRecord> load_step_log(const fs::path& path) {
     const std::string where = "line " + std::to_string(n);
     const json j = json::parse(line, nullptr, false);
     if (j.is_discarded() || !j.is_object()) throw InputError(file, where, "not a JSON object (truncated?)");
+    if (j.contains("restart") && !j.contains("step")) {
+      run.restarts.push_back(parse_restart(j, file, where));
+      continue;
+    }
     steps.push_back(parse_step(j, file, where));
     if (steps.size() > 1 && steps.back().step <= steps[steps.size() - 2].step)
       throw InputError(file, where + ".step", "step " + std::to_string(steps.back().step) + " after step " +
                                                   std::to_string(steps[steps.size() - 2].step) + ": steps must increase");
   }
   if (steps.empty()) throw InputError(file, "", "empty: no step was logged");
-  return steps;
+  run.steps = std::move(steps);
 }
 
 // The spans of every rank ("X" events grouped by pid) and the ranks' names ("M" events).
@@ -217,7 +249,7 @@ RunData load_run(const std::string& dir) {
                            run.plan.provenance.topology_hash);
   } else run.notes.push_back(std::string(run_dir::kTopology) + " absent: no link bandwidths, prices or electricity");
   if (fs::exists(d / run_dir::kRunInfo)) run.info = load_run_info(d / run_dir::kRunInfo, hash);
-  run.steps = load_step_log(d / run_dir::kStepLog);
+  load_step_log(d / run_dir::kStepLog, run);
   if (fs::exists(d / run_dir::kTrace)) {
     run.trace = load_trace(d / run_dir::kTrace, hash);
     if (run.trace->plan_hash.empty())

@@ -97,6 +97,25 @@ std::string training_section(const RunData& run) {
                        "<div class=\"grid\">" + svg::line_chart(loss) + svg::line_chart(tok) + "</div>");
 }
 
+// What the supervisor (geopipe launch --max-restarts) logged before each relaunch: why, on which
+// plan, without which regions, from which checkpoint, and what it cost.
+std::string restarts_section(const RunData& run) {
+  if (run.restarts.empty()) return "";
+  std::vector<std::vector<std::string>> rows;
+  for (const RestartRecord& r : run.restarts) {
+    std::string lost;
+    for (const std::string& region : r.lost_regions) lost += (lost.empty() ? "" : ", ") + region;
+    for (const std::string& host : r.lost_hosts) lost += (lost.empty() ? "host " : ", host ") + host;
+    rows.push_back({std::to_string(r.restart), r.cause, r.plan, lost.empty() ? "none (same plan)" : lost,
+                    r.resume_step > 0 ? "step " + std::to_string(r.resume_step) : "the start",
+                    std::to_string(r.steps_redone), fmt(r.seconds_lost)});
+  }
+  return page::section("restarts", "Restarts",
+                       page::table("restarts", {"restart", "cause", "plan", "lost regions or hosts", "resumed from",
+                                                "steps redone", "seconds lost"},
+                                   rows));
+}
+
 // The codec a directed link ran with: the log's when it names one, else run.json's, else the plan's.
 std::string link_codec(const RunData& run, int from, int to) {
   const std::string name = std::to_string(from) + "->" + std::to_string(to);
@@ -463,6 +482,7 @@ std::string predicted_section(const RunData& run) {
 std::string render_run_html(const RunData& run, const RenderOptions& options) {
   std::string body = header(run);
   body += training_section(run);
+  body += restarts_section(run);
   body += links_section(run);
   body += stages_section(run);
   body += timeline_section(run, options);

@@ -269,7 +269,44 @@ void check_layout(const Manifest& m, const std::string& path) {
                                          std::to_string(m.model.n_layer));
 }
 
+// The manifest's "tensors": each entry's file must be one of `files`, its shape whole numbers.
+std::map<std::string, ManifestTensor> read_tensor_index(const nlohmann::json& j, const std::vector<std::string>& files,
+                                                        const std::string& path) {
+  if (!j.is_object()) throw InputError(path, "tensors", "expected an object of tensor names, got " + j.dump().substr(0, 80));
+  std::map<std::string, ManifestTensor> index;
+  for (const auto& [name, entry] : j.items()) {
+    const std::string field = "tensors." + name;
+    const auto file = entry.is_object() ? entry.find("file") : entry.end();
+    if (!entry.is_object() || file == entry.end() || !file->is_string())
+      throw InputError(path, field + ".file", "expected the path of one of the manifest's files");
+    const auto at = std::find(files.begin(), files.end(), file->get<std::string>());
+    if (at == files.end()) throw InputError(path, field + ".file", "\"" + file->get<std::string>() + "\" is not in files");
+    ManifestTensor t{static_cast<int>(at - files.begin()), {}};
+    const auto shape = entry.find("shape");
+    if (shape == entry.end() || !shape->is_array()) throw InputError(path, field + ".shape", "expected an array of sizes");
+    for (const auto& d : *shape) {
+      if (!d.is_number_integer() || d.get<int64_t>() < 0)
+        throw InputError(path, field + ".shape", "expected whole numbers, got " + shape->dump());
+      t.shape.push_back(d.get<int64_t>());
+    }
+    index.emplace(name, std::move(t));
+  }
+  return index;
+}
+
 }  // namespace
+
+std::map<std::string, ManifestTensor> tensor_index(const GptConfig& model, const std::vector<std::pair<int, int>>& layers,
+                                                   int shards) {
+  std::map<std::string, ManifestTensor> index;
+  const int S = static_cast<int>(layers.size());
+  for (int s = 0; s < S; ++s) {
+    const auto [begin, end] = layers[static_cast<size_t>(s)];
+    for (auto& [name, shape] : stage_parameter_shapes(model, begin, end, s == 0, s == S - 1))
+      index[name] = {s * shards, std::move(shape)};
+  }
+  return index;
+}
 
 std::string manifest_path(const std::string& dir) { return (fs::path(dir) / "manifest.json").string(); }
 
@@ -291,6 +328,12 @@ void write_manifest(const std::string& dir, const Manifest& m) {
     j["layers"] = layers;
   }
   if (m.step_micro_batches > 0) j["step_micro_batches"] = m.step_micro_batches;
+  if (!m.tensors.empty()) {
+    nlohmann::json tensors = nlohmann::json::object();
+    for (const auto& [name, t] : m.tensors)
+      tensors[name] = {{"file", m.files.at(static_cast<size_t>(t.file)).path}, {"shape", t.shape}};
+    j["tensors"] = tensors;
+  }
   if (m.model.n_layer > 0)
     j["model"] = {{"n_layer", m.model.n_layer},       {"n_head", m.model.n_head},
                   {"n_embd", m.model.n_embd},         {"block_size", m.model.block_size},
@@ -361,6 +404,7 @@ std::optional<Manifest> read_manifest(const std::string& dir) {
       throw InputError(path, "crc32c[" + std::to_string(i) + "]", "expected 8 hex digits, got \"" + crcs[i] + "\"");
     m.files.push_back({files[i], {bytes[i], static_cast<uint32_t>(crc)}});
   }
+  if (j.contains("tensors")) m.tensors = read_tensor_index(j.at("tensors"), files, path);
   return m;
 }
 

@@ -156,6 +156,7 @@ Manifest CheckpointWriter::manifest_of(const std::vector<double>& files) const {
           {fs::relative(stage_checkpoint_path(cfg_.checkpoint_dir, step_, s, r, shards_), cfg_.checkpoint_dir).string(),
            {static_cast<uint64_t>(files[slot]), static_cast<uint32_t>(files[slot + 1])}});
     }
+  m.tensors = tensor_index(m.model, m.layers, shards_);
   return m;
 }
 

@@ -45,6 +45,25 @@ at::Tensor ones(std::vector<int64_t> shape) { return at::ones(shape, at::TensorO
 
 }  // namespace
 
+std::vector<std::pair<std::string, std::vector<int64_t>>> stage_parameter_shapes(const GptConfig& c, int layer_begin,
+                                                                                 int layer_end, bool first, bool last) {
+  const int64_t C = c.n_embd, V = c.vocab_size;
+  std::vector<std::pair<std::string, std::vector<int64_t>>> out;
+  if (first) out.insert(out.end(), {{"transformer.wte.weight", {V, C}}, {"transformer.wpe.weight", {c.block_size, C}}});
+  for (int i = layer_begin; i < layer_end; ++i) {
+    const std::string h = "transformer.h." + std::to_string(i) + ".";
+    out.insert(out.end(), {{h + "ln_1.weight", {C}},          {h + "ln_1.bias", {C}},
+                           {h + "attn.c_attn.weight", {3 * C, C}}, {h + "attn.c_attn.bias", {3 * C}},
+                           {h + "attn.c_proj.weight", {C, C}}, {h + "attn.c_proj.bias", {C}},
+                           {h + "ln_2.weight", {C}},          {h + "ln_2.bias", {C}},
+                           {h + "mlp.c_fc.weight", {4 * C, C}}, {h + "mlp.c_fc.bias", {4 * C}},
+                           {h + "mlp.c_proj.weight", {C, 4 * C}}, {h + "mlp.c_proj.bias", {C}}});
+  }
+  if (last)
+    out.insert(out.end(), {{"transformer.ln_f.weight", {C}}, {"transformer.ln_f.bias", {C}}, {"lm_head.weight", {V, C}}});
+  return out;
+}
+
 GptStage::GptStage(const GptConfig& c, int layer_begin, int layer_end, bool first, bool last, uint64_t seed,
                    at::Device device)
     : config_(c), layer_begin_(layer_begin), layer_end_(layer_end), first_(first), last_(last), device_(device) {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <set>
 
 namespace geopipe::runtime::detail {
 
@@ -35,7 +36,42 @@ void check_same_model(const Manifest& m, const GptConfig& mine, const std::strin
     refuse("n_head", ck.n_head, mine.n_head, "same tensor shapes, another attention");
 }
 
+namespace {
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + "]";
+}
+
+}  // namespace
+
+void check_tensor_index(const Manifest& m, const GptConfig& model, const std::vector<std::pair<int, int>>& layers,
+                        const std::string& file) {
+  if (m.tensors.empty()) return;  // written before the index
+  const int S = static_cast<int>(layers.size());
+  for (int s = 0; s < S; ++s) {
+    const auto [begin, end] = layers[static_cast<size_t>(s)];
+    for (const auto& [name, shape] : stage_parameter_shapes(model, begin, end, s == 0, s == S - 1)) {
+      const auto it = m.tensors.find(name);
+      if (it == m.tensors.end())
+        throw InputError(file, "tensors", "has no entry for " + name + ", which stage " + std::to_string(s) +
+                                              " of the plan needs: the checkpoint is of another model");
+      if (it->second.shape != shape)
+        throw InputError(file, "tensors." + name + ".shape",
+                         shape_text(it->second.shape) + " in the checkpoint, " + shape_text(shape) +
+                             " in the plan's model");
+    }
+  }
+}
+
 std::vector<int> source_stages(const Manifest& m, const GptStage& stage) {
+  if (!m.tensors.empty()) {  // the index says where each tensor is
+    std::set<int> stages;
+    for (const NamedTensor& p : stage.named_parameters())
+      stages.insert(m.tensors.at(p.name).file / m.optimizer_shards);
+    return {stages.begin(), stages.end()};
+  }
   std::vector<int> out;
   const int S = m.num_stages;
   for (int s = 0; s < S; ++s) {

@@ -16,8 +16,16 @@ namespace geopipe::runtime::detail {
 // differs ("transformer.h.4.* is in the checkpoint, not in the plan's model of 4 layers").
 void check_same_model(const Manifest& manifest, const GptConfig& model, const std::string& manifest_file);
 
-// The checkpoint's stages whose files hold tensors of `stage`: those whose layers overlap its
-// layers, the first for the embeddings, the last for the head. Needs manifest.layers.
+// Refuses a checkpoint whose tensor index (manifest.tensors, when it has one) lacks a parameter
+// of the plan's model split as `layers`, or gives it another shape, naming the manifest field.
+// Every rank checks every stage, so all refuse together.
+void check_tensor_index(const Manifest& manifest, const GptConfig& model, const std::vector<std::pair<int, int>>& layers,
+                        const std::string& manifest_file);
+
+// The checkpoint's stages whose files hold tensors of `stage`: with a tensor index, those of the
+// files it names for the stage's parameters (check_tensor_index first); without, those whose
+// layers overlap its layers, the first for the embeddings, the last for the head (needs
+// manifest.layers).
 std::vector<int> source_stages(const Manifest& manifest, const GptStage& stage);
 
 // AdamW's state for `params` ("exp_avg.<name>", "exp_avg_sq.<name>", whole) from checkpoint

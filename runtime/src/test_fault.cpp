@@ -7,6 +7,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -24,6 +25,7 @@ const char* fault_kind_name(TestFault::Kind k) {
     case TestFault::Kind::kKillInCheckpoint: return "kill-in-checkpoint";
     case TestFault::Kind::kCorrupt: return "corrupt";
     case TestFault::Kind::kPerturb: return "perturb";
+    case TestFault::Kind::kCut: return "cut";
     case TestFault::Kind::kNone: break;
   }
   return "none";
@@ -48,7 +50,8 @@ TestFault parse_test_fault(const std::string& text) {
   if (text.empty()) return f;
   auto bad = [&](const std::string& why) {
     return InputError(env::kTestFault, "", "\"" + text + "\": " + why +
-                                                   " (expected kill|stop|kill-in-checkpoint|corrupt|perturb:rank=R:step=S)");
+                                                   " (expected kill|stop|kill-in-checkpoint|corrupt|perturb:rank=R:step=S"
+                                                   " or cut:region=NAME:step=S)");
   };
   std::vector<std::string> parts;
   size_t pos = 0;
@@ -64,6 +67,7 @@ TestFault parse_test_fault(const std::string& text) {
   else if (parts[0] == "kill-in-checkpoint") f.kind = TestFault::Kind::kKillInCheckpoint;
   else if (parts[0] == "corrupt") f.kind = TestFault::Kind::kCorrupt;
   else if (parts[0] == "perturb") f.kind = TestFault::Kind::kPerturb;
+  else if (parts[0] == "cut") f.kind = TestFault::Kind::kCut;
   else throw bad("unknown fault \"" + parts[0] + "\"");
   auto number = [&](const std::string& field, const std::string& key, long long min) {
     if (field.rfind(key + "=", 0) != 0) throw bad("expected " + key + "=N, got \"" + field + "\"");
@@ -75,18 +79,31 @@ TestFault parse_test_fault(const std::string& text) {
       throw bad(key + " must be an integer >= " + std::to_string(min) + ", got \"" + digits + "\"");
     return v;
   };
-  f.rank = static_cast<int>(number(parts[1], "rank", 0));
+  if (f.kind == TestFault::Kind::kCut) {
+    if (parts[1].rfind("region=", 0) != 0 || parts[1].size() == 7)
+      throw bad("expected region=NAME, got \"" + parts[1] + "\"");
+    f.region = parts[1].substr(7);
+  } else {
+    f.rank = static_cast<int>(number(parts[1], "rank", 0));
+  }
   f.step = number(parts[2], "step", 1);
   return f;
 }
 
 namespace detail {
 
-FaultHooks::FaultHooks(const TrainConfig& cfg, int rank, int world, bool has_comm) {
+FaultHooks::FaultHooks(const TrainConfig& cfg, int rank, const comm::Communicator* comm) {
+  const int world = comm ? comm->size() : 1;
+  const bool has_comm = comm != nullptr;
   std::string text;
   if (cfg.test_fault) text = *cfg.test_fault;
   else if (const char* env = std::getenv(env::kTestFault)) text = env;
   fault_ = parse_test_fault(text);
+  if (fault_.kind == TestFault::Kind::kCut) {  // every rank cuts its side of the region's links
+    check_cut(text, comm);
+    mine_ = true;
+    return;
+  }
   if (fault_.kind != TestFault::Kind::kNone && fault_.rank >= world)
     throw InputError(env::kTestFault, "", "\"" + text + "\": rank " + std::to_string(fault_.rank) +
                                                   " does not exist (the job has " + std::to_string(world) + " ranks)");
@@ -108,7 +125,26 @@ void FaultHooks::install(ExecutorOptions& options) const {
   };
 }
 
+void FaultHooks::check_cut(const std::string& text, const comm::Communicator* comm) const {
+  if (!comm || !comm->emulating())
+    throw InputError(env::kTestFault, "", "\"" + text + "\": cutting a region's links needs emulated links "
+                                          "(geopipe launch --emulate software or netns)");
+  const auto& regions = comm->regions();
+  if (std::find(regions.begin(), regions.end(), fault_.region) == regions.end()) {
+    std::string names;
+    for (const std::string& r : regions)
+      if (names.find("\"" + r + "\"") == std::string::npos) names += (names.empty() ? "" : ", ") + ("\"" + r + "\"");
+    throw InputError(env::kTestFault, "", "\"" + text + "\": no rank of the job is in region \"" + fault_.region +
+                                              "\" (its regions: " + names + ")");
+  }
+}
+
 void FaultHooks::before_step(int64_t step, comm::Communicator* comm) const {
+  if (mine_ && fault_.kind == TestFault::Kind::kCut && step + 1 == fault_.step) {
+    spdlog::warn("GEOPIPE_TEST_FAULT cut: the links of region {} are cut as step {} begins", fault_.region, step + 1);
+    comm->cut_region(fault_.region);
+    return;
+  }
   if (!mine_ || fault_.kind != TestFault::Kind::kCorrupt || step + 1 != fault_.step) return;
   spdlog::warn("GEOPIPE_TEST_FAULT corrupt: rank {}'s first send of step {} flips a payload byte", fault_.rank, step + 1);
   comm->inject_fault_for_testing(comm::TestFault::kCorruptPayload);

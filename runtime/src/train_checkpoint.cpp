@@ -144,6 +144,7 @@ int64_t resume(const Plan& plan, const TrainConfig& cfg, const std::vector<Stage
   auto read = read_manifest(cfg.checkpoint_dir);
   if (!read) throw InputError(cfg.checkpoint_dir, "manifest.json", "no checkpoint to resume from");
   const Manifest manifest = checked_layout(plan, cfg, *read);
+  check_tensor_index(manifest, gpt_config(plan.job.model), layer_split(plan), manifest_path(cfg.checkpoint_dir));
   const std::string source = manifest_path(cfg.checkpoint_dir) + " (step " + std::to_string(manifest.step) + ")";
   const std::map<FileKey, StageCheckpoint> files = load_verified(cfg, manifest, chunks, comm);
   for (const StageChunk& c : chunks) load_stage(manifest, files, c, source);

@@ -237,7 +237,7 @@ TrainResult run_training(const Plan& plan, const TrainConfig& cfg, comm::Communi
   const std::vector<int> stages = checked_stages(plan, cfg, comm);
   const int rank = comm ? comm->rank() : 0;
   const int64_t iters = cfg.iters ? *cfg.iters : plan.job.iterations;
-  const detail::FaultHooks faults(cfg, rank, comm ? comm->size() : 1, comm != nullptr);
+  const detail::FaultHooks faults(cfg, rank, comm);
   const at::Device device = pick_device(cfg.device);
   const TokenDataset data = rank_data(plan, cfg, stages);
   OptimConfig oc = cfg.optim;

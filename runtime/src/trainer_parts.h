@@ -27,14 +27,17 @@ namespace geopipe::runtime::detail {
 // once, then asked at the three places a fault can strike.
 class FaultHooks {
  public:
-  FaultHooks(const TrainConfig& config, int rank, int world, bool has_comm);
+  FaultHooks(const TrainConfig& config, int rank, const comm::Communicator* comm);  // comm: nullptr for one stage
   void install(ExecutorOptions& options) const;  // kill / stop: SIGKILL / SIGSTOP after the step's first F/B
-  void before_step(int64_t step, comm::Communicator* comm) const;  // corrupt: the step's first send
+  void before_step(int64_t step, comm::Communicator* comm) const;  // corrupt: the step's first send; cut
   void after_step(int64_t step, const std::vector<StageChunk>& chunks) const;  // perturb: a parameter
   // kill-in-checkpoint: what to run half-way through writing `file` after step `step` (or nothing).
   std::function<void()> checkpoint_midway(int64_t step, const std::string& file) const;
 
  private:
+  // cut: the job emulates its links and has a rank in the region, else an InputError.
+  void check_cut(const std::string& text, const comm::Communicator* comm) const;
+
   TestFault fault_;
   bool mine_ = false;
 };

@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
+
 using namespace geopipe;
 using namespace geopipe::comm;
 
@@ -272,4 +274,26 @@ TEST(LinkEvents, AnEventMaySetTheLatencyWhileItLasts) {
   s.begin_step(3, 10.0);  // the step event: 50 MB/s -> 50 MB/s (400 mbit), 20 ms -> 0.5 ms
   EXPECT_DOUBLE_EQ(s.schedule(1, 0, 500000, 10.0), 10.0 + 0.010 + 0.0005);
   EXPECT_THROW(parse_link_events("a>b@1+2=100mbit,80parsecs"), InputError);
+}
+
+// A cut region (GEOPIPE_TEST_FAULT cut): its links never deliver again, both ways, whatever was
+// scripted for later; links elsewhere and inside the region are untouched.
+TEST(LinkShaper, CutRegionHoldsItsLinksBothWaysForGoodAndOnlyThose) {
+  std::vector<std::optional<LinkRate>> links(9, LinkRate{100e6, 0.010});
+  LinkShaper s(3, links, {"a", "b", "c"});
+  s.add_events(parse_link_events("c>a@s20+5=2mbit;a>b@s20+5=2mbit"), 0.0);
+  // Submitted before the cut: its delivery time was fixed then (a packet already on the wire).
+  EXPECT_DOUBLE_EQ(s.schedule(2, 0, 1000000, 1.0), 1.0 + 0.010 + 0.010);
+  s.cut_region(2, 1.005);
+  constexpr double kNever = std::numeric_limits<double>::infinity();
+  EXPECT_EQ(s.schedule(0, 2, 0, 2.0), kNever);
+  EXPECT_EQ(s.schedule(2, 1, 1000, 2.0), kNever);
+  EXPECT_EQ(s.schedule(2, 0, 1000, 2.0), kNever);
+  EXPECT_EQ(s.link_free_at(2, 0, 2.0), kNever);
+  s.begin_step(20, 3.0);                          // the scripted slowdown of c -> a stays cut
+  EXPECT_EQ(s.schedule(2, 0, 1000, 4.0), kNever);
+  EXPECT_DOUBLE_EQ(s.schedule(0, 1, 250, 4.0), 4.0 + 250 / 250e3 + 0.010);  // a -> b: 2 mbit
+  EXPECT_DOUBLE_EQ(s.schedule(1, 0, 1000000, 4.0), 4.0 + 0.010 + 0.010);
+  EXPECT_DOUBLE_EQ(s.schedule(2, 2, 1000000, 4.0), 4.0 + 0.010 + 0.010);
+  EXPECT_THROW(s.cut_region(3, 5.0), Error);
 }

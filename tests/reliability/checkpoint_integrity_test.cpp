@@ -16,6 +16,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <tuple>
 #include <fstream>
 #include <stdexcept>
 #include <string>
@@ -242,6 +243,80 @@ TEST_F(CheckpointIntegrity, ResumeFromACorruptCheckpointThrowsAndWritesNothing) 
   EXPECT_EQ(read_file(cfg.json_log), log_before);
 }
 
+// The manifest's tensor index lists what the stages build: every name and shape, in order.
+TEST(TensorIndex, StageParameterShapesAreWhatTheStagesBuild) {
+  const runtime::GptConfig c{4, 2, 32, 16, 256};
+  for (const auto& [b, e, first, last] : std::vector<std::tuple<int, int, bool, bool>>{
+           {0, 4, true, true}, {0, 1, true, false}, {1, 3, false, false}, {3, 4, false, true}, {2, 2, false, true}}) {
+    const auto shapes = runtime::stage_parameter_shapes(c, b, e, first, last);
+    const auto built = runtime::GptStage(c, b, e, first, last, 1).named_parameters();
+    ASSERT_EQ(shapes.size(), built.size()) << "layers [" << b << ", " << e << ")";
+    for (size_t i = 0; i < built.size(); ++i) {
+      EXPECT_EQ(shapes[i].first, built[i].name);
+      EXPECT_EQ(shapes[i].second, built[i].tensor.sizes().vec()) << built[i].name;
+    }
+  }
+}
+
+// Three stages, two optimizer shards each: a name's file is its stage's shard-0 file.
+TEST(TensorIndex, IndexNamesEachParametersStageFileAndShape) {
+  const auto index = runtime::tensor_index({4, 2, 32, 16, 256}, {{0, 1}, {1, 3}, {3, 4}}, 2);
+  EXPECT_EQ(index.size(), 2u + 12u * 4u + 3u);
+  EXPECT_EQ(index.at("transformer.wte.weight").file, 0);
+  EXPECT_EQ(index.at("transformer.wte.weight").shape, (std::vector<int64_t>{256, 32}));
+  EXPECT_EQ(index.at("transformer.h.2.mlp.c_fc.weight").file, 2);
+  EXPECT_EQ(index.at("transformer.h.2.mlp.c_fc.weight").shape, (std::vector<int64_t>{128, 32}));
+  EXPECT_EQ(index.at("lm_head.weight").file, 4);
+}
+
+// A run's manifest carries the index; --resume checks it (a missing name, another shape, a file
+// not in the manifest: refused naming the field) and still loads a manifest written without one.
+TEST_F(CheckpointIntegrity, ResumeFindsTensorsThroughTheManifestIndexAndRefusesABadOne) {
+  runtime::set_compute_threads(1);
+  Plan plan = testing_support::tiny_plan({{0, 2}}, {"us-east"});
+  runtime::TrainConfig cfg = testing_support::tiny_config(2);
+  cfg.checkpoint_dir = dir_ + "/ckpt";
+  cfg.checkpoint_every = 2;
+  cfg.test_fault = "";
+  runtime::run_training(plan, cfg, nullptr);
+  const std::string mpath = cfg.checkpoint_dir + "/manifest.json";
+  const nlohmann::json good = nlohmann::json::parse(read_file(mpath));
+  EXPECT_EQ(good.at("tensors").size(), 2u + 12u * 2u + 3u);
+  EXPECT_EQ(good.at("tensors").at("lm_head.weight"),
+            (nlohmann::json{{"file", "step-000002/stage-0.pt"}, {"shape", {256, 32}}}));
+  cfg.resume = true;
+  cfg.iters = 3;
+  auto refusal = [&](nlohmann::json doc) {
+    std::ofstream(mpath, std::ios::trunc) << doc.dump();
+    try {
+      runtime::run_training(plan, cfg, nullptr);
+    } catch (const InputError& e) {
+      return std::string(e.what());
+    }
+    return std::string("(resumed)");
+  };
+  nlohmann::json missing = good;
+  missing["tensors"].erase("transformer.h.1.ln_2.bias");
+  EXPECT_NE(refusal(missing).find(mpath + ": tensors: has no entry for transformer.h.1.ln_2.bias, which stage 0 of "
+                                          "the plan needs"),
+            std::string::npos)
+      << refusal(missing);
+  nlohmann::json reshaped = good;
+  reshaped["tensors"]["lm_head.weight"]["shape"] = {256, 16};
+  EXPECT_NE(refusal(reshaped).find(mpath + ": tensors.lm_head.weight.shape: [256, 16] in the checkpoint, [256, 32] in "
+                                           "the plan's model"),
+            std::string::npos)
+      << refusal(reshaped);
+  nlohmann::json elsewhere = good;
+  elsewhere["tensors"]["lm_head.weight"]["file"] = "step-000002/stage-7.pt";
+  EXPECT_NE(refusal(elsewhere).find(mpath + ": tensors.lm_head.weight.file: \"step-000002/stage-7.pt\" is not in files"),
+            std::string::npos)
+      << refusal(elsewhere);
+  nlohmann::json before_the_index = good;
+  before_the_index.erase("tensors");
+  EXPECT_EQ(refusal(before_the_index), "(resumed)");
+}
+
 TEST(TestFaultSpec, ParsesEachKind) {
   using K = runtime::TestFault::Kind;
   EXPECT_EQ(runtime::parse_test_fault("").kind, K::kNone);
@@ -251,12 +326,16 @@ TEST(TestFaultSpec, ParsesEachKind) {
   EXPECT_EQ(k.step, 17);
   EXPECT_EQ(runtime::parse_test_fault("kill-in-checkpoint:rank=0:step=1").kind, K::kKillInCheckpoint);
   EXPECT_EQ(runtime::parse_test_fault("corrupt:rank=2:step=5").kind, K::kCorrupt);
+  auto c = runtime::parse_test_fault("cut:region=eu-central:step=15");
+  EXPECT_EQ(c.kind, K::kCut);
+  EXPECT_EQ(c.region, "eu-central");
+  EXPECT_EQ(c.step, 15);
 }
 
 TEST(TestFaultSpec, MalformedValueIsAnInputErrorNamingTheVariable) {
   for (const char* bad : {"kill", "kill:rank=1", "explode:rank=1:step=2", "kill:rank=x:step=2", "kill:rank=1:step=0",
                           "kill:rank=-1:step=2", "kill:step=2:rank=1", "kill:rank=1:step=2:extra", "kill:rank=1:step=2x",
-                          "kill:rank=:step=2"}) {
+                          "kill:rank=:step=2", "cut:region=:step=2", "cut:rank=1:step=2", "cut:region=a:step=0"}) {
     try {
       runtime::parse_test_fault(bad);
       ADD_FAILURE() << "accepted " << bad;

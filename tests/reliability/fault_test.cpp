@@ -15,6 +15,7 @@
 #include "../runtime/tiny_plan.h"
 
 #include <geopipe/core/plan.h>
+#include <geopipe/launch/netns.h>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -441,6 +442,50 @@ TEST_F(SupervisorJob, LostRegionIsReplannedAndTheJobFinishesOnWhatIsLeft) {
                       logged_losses(path("ref.jsonl")), "after the restart");
 }
 
+// All links of one region cut at step 15 of 30 (its rank alive, the software shaper holds every
+// message across the cut): the ranks on both sides time out waiting for each other, the supervisor
+// reads that ring of waits as a partition, names the region, plans the job without it and
+// resumes the step-10 checkpoint to the end. The program's --run-dir holds the log (and the
+// supervisor's restart line in it), which `geopipe report` shows as a table of restarts.
+TEST_F(SupervisorJob, RegionWhoseLinksAreCutIsReplannedAndTheJobFinishesOnWhatIsLeft) {
+  write_planned(4);
+  comm_timeout_ = "5";
+  const Plan plan = load_plan(path("plan.json"));
+  const std::string cut = plan.stages[3].region, neighbour = plan.stages[2].region;
+  const auto [first, second] = std::minmax(cut, neighbour);
+  JobResult r = run(launch({"--max-restarts", "1", "--replan"}, 30, {"--run-dir", path("run"), "--checkpoint-every", "5"}),
+                    "supervised", {{"GEOPIPE_TEST_FAULT", "cut:region=" + cut + ":step=15"}});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("GEOPIPE_TEST_FAULT cut: the links of region " + cut + " are cut as step 15 begins"),
+            std::string::npos)
+      << r.output;
+  const std::string ring = "(waits in a ring across regions: cut link(s) " + first + " <-> " + second + ")";
+  EXPECT_NE(r.output.find(ring), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("hung"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("re-planned without [\"" + cut + "\"]"), std::string::npos) << r.output;
+  const Plan replanned = load_plan(path("plan.restart-1.json"));
+  for (const StagePlan& sp : replanned.stages) EXPECT_NE(sp.region, cut);
+  const std::string log = path("run/train.jsonl");
+  const nlohmann::json restart = restart_line(log);
+  ASSERT_TRUE(restart.is_object()) << read_file(log);
+  const std::string partitioned = "links cut: region " + cut + " is partitioned from the others";
+  EXPECT_NE(restart.at("cause").get<std::string>().find(partitioned), std::string::npos) << restart.dump();
+  EXPECT_EQ(restart.at("lost_regions"), nlohmann::json::array({cut}));
+  EXPECT_EQ(restart.at("resume_step"), 10);
+  EXPECT_EQ(restart.at("steps_redone"), 4);  // 11..14 logged, cut in 15
+  EXPECT_EQ(manifest_step(path("run/checkpoint")), 30);
+  EXPECT_EQ(logged_losses(log).size(), 30u);
+
+  JobResult report = run({GEOPIPE_CLI, "report", path("run"), "-o", path("report.html")}, "report");
+  ASSERT_EQ(report.exit_code, 0) << report.output;
+  const std::string html = read_file(path("report.html"));
+  EXPECT_NE(html.find("<section id=\"restarts\""), std::string::npos);
+  EXPECT_NE(html.find(partitioned + "</td><td>" + path("plan.restart-1.json") + "</td><td>" + cut +
+                      "</td><td>step 10</td><td class=\"num\">4</td>"),
+            std::string::npos)
+      << html.substr(std::min(html.size(), html.find("id=\"restarts\"")), 3000);
+}
+
 // A rank killed once, no --replan: the same plan again from the last checkpoint; resumed on the
 // same plan, the losses equal an uninterrupted run's bit for bit.
 TEST_F(SupervisorJob, TransientFailureRestartsOnTheSamePlanWithTheSameLosses) {
@@ -482,6 +527,78 @@ TEST_F(SupervisorJob, HungRankIsNamedByItsNeighboursAndNothingIsLeftRunning) {
   // (The bracket keeps the pattern from matching the shell that runs pgrep.)
   JobResult left = run({"/bin/sh", "-c", "pgrep -f -- 'geopipe-trai[n] --plan " + path("plan.json") + "' || true"}, "pgrep");
   EXPECT_EQ(left.output.find_first_of("0123456789"), std::string::npos) << "left running:\n" << left.output;
+}
+
+// Two re-plans in a row: each is named after the plan the supervisor was first given
+// (plan.restart-1.json, plan.restart-2.json), not after the previous re-plan. The program is a
+// shell whose every rank but the last leaves an error record, so the last rank's region is lost
+// each time.
+TEST_F(SupervisorJob, SecondReplanIsNamedAfterTheFirstPlan) {
+  std::ofstream(path("job.json")) << R"({"name": "gpt-sup", "model": {"layers": 4, "d_model": 32, "heads": 2,
+    "seq_len": 16, "vocab": 256, "dtype": "fp32"}, "micro_batch": 2, "micro_batches": 4, "iterations": 30,
+    "stages": [1, 4]})";
+  ASSERT_EQ(run({GEOPIPE_CLI, "plan", "--topology", local4(), "--job", path("job.json"), "--stages", "4", "-o",
+                 path("plan.json")},
+                "plan")
+                .exit_code,
+            0);
+  const std::string script =
+      "r=$OMPI_COMM_WORLD_RANK; n=$OMPI_COMM_WORLD_SIZE; if [ $r -lt $((n - 1)) ]; then "
+      "printf '{\"rank\": %d, \"region\": \"x\", \"stage\": %d, \"kind\": \"error\", \"peer\": -1, "
+      "\"message\": \"test\"}\\n' $r $r > $GEOPIPE_FAILURE_DIR/rank-$r.json; fi; exit 1";
+  JobResult r = run({GEOPIPE_CLI, "launch", "--topology", local4(), "--plan", path("plan.json"), "--max-restarts", "2",
+                     "--replan", "--", "/bin/sh", "-c", "mkdir -p $GEOPIPE_FAILURE_DIR; " + script, "sh", "--plan",
+                     path("plan.json")},
+                    "replanned-twice");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("giving up: the job failed 3 time(s)"), std::string::npos) << r.output;
+  EXPECT_TRUE(fs::exists(path("plan.restart-1.json"))) << r.output;
+  EXPECT_TRUE(fs::exists(path("plan.restart-2.json"))) << r.output;
+  EXPECT_TRUE(fs::exists(path("plan.restart-2.topology.json"))) << r.output;
+  EXPECT_FALSE(fs::exists(path("plan.restart-1.restart-2.json"))) << r.output;
+  EXPECT_NE(r.output.find("re-planned without"), std::string::npos) << r.output;
+}
+
+// The same cut with --emulate netns (a namespace per region; root only, skipped elsewhere): the
+// ranks' shaper, which netns mode runs for latency where the kernel has no netem, holds the
+// messages; where it has netem the ranks run no shaper and the cut is refused (exit 2).
+TEST_F(SupervisorJob, RegionWhoseLinksAreCutInNetnsModeIsReplannedToo) {
+  if (const std::string why = geopipe::launch::netns_unavailable_reason(); !why.empty()) GTEST_SKIP() << why;
+  write_planned(4);
+  comm_timeout_ = "5";
+  const std::string cut = load_plan(path("plan.json")).stages[3].region;
+  JobResult r = run(launch({"--emulate", "netns", "--max-restarts", "1", "--replan"}, 20,
+                           {"--checkpoint-dir", path("ckpt"), "--checkpoint-every", "5", "--json-log", path("run.jsonl")}),
+                    "supervised-netns", {{"GEOPIPE_TEST_FAULT", "cut:region=" + cut + ":step=12"}});
+  if (r.output.find("cutting a region's links needs emulated links") != std::string::npos) {
+    EXPECT_EQ(r.exit_code, 2) << r.output;  // the kernel has netem: no shaper to cut
+    return;
+  }
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("links cut: region " + cut + " is partitioned from the others"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("re-planned without [\"" + cut + "\"]"), std::string::npos) << r.output;
+  EXPECT_EQ(restart_line(path("run.jsonl")).at("resume_step"), 10);
+  EXPECT_EQ(logged_losses(path("run.jsonl")).size(), 20u);
+}
+
+// A cut needs emulated links, and a region of the job: otherwise every rank stops at once with
+// exit code 2, naming the variable and what is wrong.
+TEST_F(SupervisorJob, CutOfAnUnknownRegionOrWithoutEmulationIsBadInput) {
+  write_planned(4);
+  std::vector<std::string> unknown = launch({}, 2);
+  JobResult r = run(unknown, "cut-unknown", {{"GEOPIPE_TEST_FAULT", "cut:region=mars:step=1"}});
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("GEOPIPE_TEST_FAULT: \"cut:region=mars:step=1\": no rank of the job is in region \"mars\" "
+                          "(its regions: \""),
+            std::string::npos)
+      << r.output;
+  std::vector<std::string> plain = launch({"--emulate", "none"}, 2);
+  r = run(plain, "cut-not-emulated", {{"GEOPIPE_TEST_FAULT", "cut:region=us-east:step=1"}});
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("GEOPIPE_TEST_FAULT: \"cut:region=us-east:step=1\": cutting a region's links needs emulated "
+                          "links (geopipe launch --emulate software or netns)"),
+            std::string::npos)
+      << r.output;
 }
 
 // A job that fails every time: after --max-restarts relaunches the supervisor stops, non-zero,

@@ -21,7 +21,23 @@ struct FakeRun {
   int steps = 6;
   bool restart_after_3 = false;    // steps 4.. logged by a resumed run (elapsed time starts again)
   bool codec_change_at_5 = false;  // the log names link 0->1's codec, int8-block from step 5
+  bool restart_line = false;       // with restart_after_3: the supervisor's restart line before step 4
 };
+
+// The line `geopipe launch --max-restarts --replan` appends before relaunching (launch/supervise.h).
+inline std::string fake_restart_line() {
+  return nlohmann::json{{"restart", 1},
+                        {"cause", "rank 2 timed out waiting for rank 3, which waited for rank 2 (waits in a ring "
+                                  "across regions: cut link(s) ap-southeast <-> eu-central); links cut: region "
+                                  "ap-southeast is partitioned from the others"},
+                        {"plan", "plan.restart-1.json"},
+                        {"lost_regions", {"ap-southeast"}},
+                        {"resume_step", 3},
+                        {"steps_redone", 2},
+                        {"seconds_lost", 6.25}}
+             .dump() +
+         "\n";
+}
 
 inline void write_text(const std::filesystem::path& p, const std::string& text) {
   std::ofstream out(p, std::ios::binary | std::ios::trunc);
@@ -57,6 +73,7 @@ inline std::string fake_log(const FakeRun& f) {
   double elapsed = 0;
   for (int s = 1; s <= f.steps; ++s) {
     if (f.restart_after_3 && s == 4) elapsed = 0;
+    if (f.restart_after_3 && f.restart_line && s == 4) out += fake_restart_line();
     elapsed += 0.5;
     nlohmann::json j = {{"step", s}, {"loss", 5.5 - 0.25 * s}, {"lr", 1e-3}, {"grad_norm", 1.5},
                         {"tokens_per_s", 8000 + 10 * s}, {"step_s", 0.5}, {"elapsed_s", elapsed}};

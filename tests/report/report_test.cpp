@@ -212,6 +212,45 @@ TEST_F(ReportTest, RestartsAndCodecChangesBecomeStepMarkers) {
   EXPECT_EQ(m[1].label, "0->1 int8-block");
 }
 
+// The supervisor's restart lines in the step log: read as restarts (not steps) and shown as a
+// table of cause, plan, lost regions, resumed checkpoint, steps redone and seconds lost.
+TEST_F(ReportTest, SupervisorRestartLinesBecomeARestartsTable) {
+  write_fake_run(dir_, {6, true, false, true});
+  const RunData run = load_run(dir_.string());
+  EXPECT_EQ(run.steps.size(), 6u);
+  ASSERT_EQ(run.restarts.size(), 1u);
+  EXPECT_EQ(run.restarts[0].lost_regions, std::vector<std::string>{"ap-southeast"});
+  EXPECT_EQ(run.restarts[0].resume_step, 3);
+  const std::string html = render_run_html(run);
+  EXPECT_NE(html.find("<section id=\"restarts\""), std::string::npos);
+  EXPECT_NE(html.find("<tr><td class=\"num\">1</td><td>rank 2 timed out waiting for rank 3, which waited for rank 2 "
+                      "(waits in a ring across regions: cut link(s) ap-southeast &lt;-&gt; eu-central); links cut: "
+                      "region ap-southeast is partitioned from the others</td><td>plan.restart-1.json</td>"
+                      "<td>ap-southeast</td><td>step 3</td><td class=\"num\">2</td><td class=\"num\">6.25</td></tr>"),
+            std::string::npos)
+      << html.substr(html.find("id=\"restarts\""), 2000);
+  std::string log = test_support::fake_log({6, true});
+  nlohmann::json host_lost = nlohmann::json::parse(test_support::fake_restart_line());
+  host_lost["lost_regions"] = nlohmann::json::array();
+  host_lost["lost_hosts"] = {{{"region", "us-east"}, {"host", "h2"}}};
+  write_text(dir_ / "train.jsonl", log.insert(log.find("{\"elapsed_s\""), host_lost.dump() + "\n"));
+  EXPECT_NE(render_run_html(load_run(dir_.string())).find("<td>host h2 of us-east</td>"), std::string::npos);
+  write_fake_run(dir_, {6, true});
+  EXPECT_EQ(render_run_html(load_run(dir_.string())).find("id=\"restarts\""), std::string::npos) << "no restart, no table";
+}
+
+TEST_F(ReportTest, MalformedRestartLineIsBadInputNamingLineAndField) {
+  write_fake_run(dir_);
+  write_text(dir_ / "train.jsonl", R"({"step": 1, "loss": 5.0, "step_s": 0.5})" "\n"
+                                   R"({"restart": 1, "cause": "x", "lost_regions": "eu", "resume_step": 0, )"
+                                   R"("steps_redone": 0, "seconds_lost": 1})" "\n");
+  EXPECT_NE(load_error().find("train.jsonl: line 2.lost_regions: expected an array of region names"), std::string::npos)
+      << load_error();
+  write_text(dir_ / "train.jsonl", R"({"step": 1, "loss": 5.0, "step_s": 0.5})" "\n"
+                                   R"({"restart": 1, "cause": "x", "resume_step": 0, "steps_redone": 0})" "\n");
+  EXPECT_NE(load_error().find("train.jsonl: line 2.seconds_lost: missing"), std::string::npos) << load_error();
+}
+
 TEST(ReportSvg, LineChartHasOnePointPerDatum) {
   svg::LineChart c("chart-x", "t", "step", "y");
   svg::Series s("loss", "#000");

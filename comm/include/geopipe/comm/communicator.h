@@ -134,6 +134,10 @@ class Communicator final : public Transport {
   // (shaper.h) open and close here. A no-op without emulation.
   void begin_step(int64_t step);
   const LinkShaper* shaper() const;                 // nullptr when not emulating
+  // Cuts every emulated link into and out of `region` from now on (LinkShaper::cut_region):
+  // messages across them are never delivered, so the ranks on both sides time out. Throws
+  // geopipe::Error without emulation or for a region the shaper does not know.
+  void cut_region(const std::string& region);
   bool checksum_enabled() const;
   bool authenticating() const;                      // does every header carry a tag?
   size_t chunk_bytes() const;

@@ -17,6 +17,10 @@
 // numbers them, for 10 steps): it opens when this rank's shaper hears that step begin
 // (Communicator::begin_step) and closes when step 15 begins, so a run slows a link at the same
 // step whatever the machine's speed. A stall (rate 0) must be timed in seconds.
+//
+// A region's links can also be cut for good (cut_region: GEOPIPE_TEST_FAULT cut, runtime/trainer.h):
+// from then on nothing leaves on a link into or out of it, as when a region is partitioned from
+// the others; its ranks and theirs time out waiting for each other.
 #pragma once
 
 #include <geopipe/core/link_events.h>
@@ -90,6 +94,12 @@ class LinkShaper {
   // Step `step` (1-based) begins at `now`: opens the step events that start with it, closes those
   // that end before it (a step event's link then moves at its rate from `now` on).
   void begin_step(int64_t step, double now);
+  // Cuts every link into and out of region `region` from `now` on, for good: what is submitted
+  // on them afterwards is never delivered (schedule returns +infinity; a message submitted
+  // before keeps the delivery time it was given, as a packet already on the wire).
+  // Events of those links that would begin later give way. Throws geopipe::Error for a region
+  // index out of range.
+  void cut_region(int region, double now);
 
   // Reserves the link for `bytes` submitted at time `now` (seconds on any monotonic clock);
   // returns the delivery time. Throws geopipe::Error when the regions have no link.
@@ -101,6 +111,9 @@ class LinkShaper {
 
  private:
   bool has_link(int from, int to) const;
+  // Makes `segment` (which starts at `now` and never ends) the link's rate from now on: events
+  // that end later are cut short at now. Needs mu_.
+  void hold_link_locked(size_t index, double now, const RateSegment& segment);
 
   int num_regions_;
   std::vector<std::optional<LinkRate>> links_;

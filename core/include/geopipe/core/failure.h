@@ -23,7 +23,8 @@ struct FailureRecord {
 };
 
 std::string failure_record_path(const std::string& dir, int rank);  // DIR/rank-R.json
-// Written atomically (temp file, rename): a reader sees a whole record or none.
+// Written atomically (temp file, rename): a reader sees a whole record or none. geopipe::Error
+// naming the file when the folder, the temp file or the rename fails.
 void write_failure_record(const std::string& dir, const FailureRecord& record);
 // Every record in `dir` (none when it does not exist), by rank; a torn or foreign file is skipped.
 std::vector<FailureRecord> read_failure_records(const std::string& dir);

@@ -7,6 +7,7 @@
 #include <geopipe/core/failure.h>
 #include <geopipe/core/plan.h>
 #include <geopipe/launch/launch.h>
+#include <geopipe/launch/placement.h>
 
 #include <iosfwd>
 #include <set>
@@ -22,22 +23,35 @@ struct SuperviseOptions {
 };
 
 // What a failed attempt's records say. A rank is a suspect when it left no record (killed, or
-// crashed hard) or when another rank timed out waiting for it (hung, or its link cut); a region
-// is lost when every rank it holds is a suspect.
+// crashed hard), when another rank's waits end at it (hung), or when its region is partitioned
+// (waits in a ring across regions: cut links, docs/RELIABILITY.md); a region is lost when every
+// rank it holds is a suspect.
+// A host is lost when every rank it ran is a suspect while its region keeps ranks on other hosts
+// (a real cluster: emulated regions are one host each, so there a lost host is a lost region).
+struct LostHost {
+  std::string region, host;
+  int slots = 0;  // the ranks it ran: the GPUs the region loses with it
+};
 struct Diagnosis {
   std::set<int> suspects;
   std::vector<std::string> lost_regions;
+  std::vector<LostHost> lost_hosts;
   std::string cause;  // one line: who failed how
 };
-Diagnosis diagnose(const Plan& plan, const std::vector<FailureRecord>& records);
+// `placement` (optional): where each rank ran, for lost hosts.
+Diagnosis diagnose(const Plan& plan, const std::vector<FailureRecord>& records, const Placement* placement = nullptr);
 
 // `topology` without `regions` (and their links): what a re-plan may use.
 Topology without_regions(const Topology& topology, const std::vector<std::string>& regions);
+// `topology` without `hosts`: each leaves its region's host list, and the region has its slots
+// fewer GPUs. InputError naming the region when a host is not in its list.
+Topology without_hosts(const Topology& topology, const std::vector<LostHost>& hosts);
 
 // Runs `request` until it succeeds or has been restarted `options.max_restarts` times; returns the
 // last attempt's exit status (0 on success). Each restart is logged to `out` and, when the
-// program has --json-log, as a line {"restart": n, "cause", "plan", "lost_regions",
-// "steps_redone", "seconds_lost"} of that log. InputError (exit 2) for flags it cannot honour.
+// program has --json-log (or --run-dir: its train.jsonl), as a line {"restart": n, "cause", "plan",
+// "lost_regions", "lost_hosts", "resume_step", "steps_redone", "seconds_lost"} of that log.
+// InputError (exit 2) for flags it cannot honour.
 int supervise(LaunchRequest request, const SuperviseOptions& options, std::ostream& out);
 
 }  // namespace geopipe::launch

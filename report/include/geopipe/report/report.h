@@ -55,6 +55,19 @@ struct RunInfo {
   std::map<std::string, std::string> link_codecs;  // "0->1" -> codec the run used
 };
 
+// One restart of a supervised run: a line `geopipe launch --max-restarts` appends to the step log
+// (launch/supervise.h) before it relaunches the job.
+struct RestartRecord {
+  int64_t restart = 0;                    // 1, 2, ...
+  std::string cause;                      // who failed how
+  std::string plan;                       // the plan the job was relaunched on
+  std::vector<std::string> lost_regions;  // dropped by a re-plan (empty: the same plan)
+  std::vector<std::string> lost_hosts;    // "HOST of REGION", dropped by a re-plan
+  int64_t resume_step = 0;                // the checkpoint it resumed from (0: the start)
+  int64_t steps_redone = 0;
+  double seconds_lost = 0;
+};
+
 struct CheckpointInfo {
   int64_t step = 0;
   int files = 0;
@@ -67,6 +80,7 @@ struct RunData {
   std::optional<Topology> topology;
   std::optional<RunInfo> info;
   std::vector<StepRecord> steps;
+  std::vector<RestartRecord> restarts;  // in the order the log has them
   std::optional<TraceData> trace;
   std::string summary;  // empty when summary.txt is absent
   std::optional<CheckpointInfo> checkpoint;

@@ -9,7 +9,15 @@
 //                                 "model": {"n_layer": 4, "n_head": 4, "n_embd": 64, ...},
 //                                 "step_micro_batches": 16,
 //                                 "files": ["step-000100/stage-0.pt", ...],
-//                                 "bytes": [123456, ...], "crc32c": ["1a2b3c4d", ...]}
+//                                 "bytes": [123456, ...], "crc32c": ["1a2b3c4d", ...],
+//                                 "tensors": {"transformer.wte.weight": {"file": "step-000100/stage-0.pt",
+//                                                                        "shape": [256, 64]}, ...}}
+//
+// "tensors" indexes every parameter by name: the file that holds it (its stage's file, shard 0)
+// and its shape; the parameter's optimizer state is in the files of the same stage. --resume
+// finds each tensor its stages need through it, and refuses a checkpoint whose index lacks one
+// of them or gives it another shape, naming the field. Manifests written before the index load
+// as before (the stages whose layers overlap).
 //
 // Stage replicas hold the same parameters and optimizer state: replica 0 writes the stage's file.
 // With a sharded optimizer (ZeRO-1) each replica r holds AdamW state for its slices only and
@@ -39,6 +47,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -74,6 +83,10 @@ struct ManifestFile {
   std::string path;  // relative to the checkpoint folder
   FileDigest digest;
 };
+struct ManifestTensor {
+  int file = 0;                 // index into Manifest::files: its stage's file (shard 0)
+  std::vector<int64_t> shape;
+};
 struct Manifest {
   int64_t step = 0;
   int num_stages = 0;
@@ -88,10 +101,15 @@ struct Manifest {
   std::vector<std::pair<int, int>> layers{};
   GptConfig model{};
   int step_micro_batches = 0;  // micro-batches per optimizer step, all replicas (0: not recorded)
+  std::map<std::string, ManifestTensor> tensors{};  // every parameter by name (empty: written before the index)
   const ManifestFile& file(int stage, int shard = 0) const {
     return files.at(static_cast<size_t>(stage) * static_cast<size_t>(optimizer_shards) + static_cast<size_t>(shard));
   }
 };
+// The index of every parameter of a run whose stages own `layers` (Manifest::layers) of `model`,
+// with `shards` files per stage (Manifest::optimizer_shards): what the writer puts in "tensors".
+std::map<std::string, ManifestTensor> tensor_index(const GptConfig& model, const std::vector<std::pair<int, int>>& layers,
+                                                   int shards);
 std::string manifest_path(const std::string& dir);  // DIR/manifest.json
 void write_manifest(const std::string& dir, const Manifest& manifest);
 // nullopt when there is none; InputError naming the manifest when it is malformed, has no

@@ -43,6 +43,12 @@ struct ParamUnit {
   std::vector<NamedTensor> params;
 };
 
+// The names and shapes of the parameters a stage of layers [layer_begin, layer_end) owns, in
+// named_parameters() order, without building it: what a checkpoint's manifest indexes for every
+// stage (checkpoint.h, "tensors"). GptStage's constructor makes the same list (a test checks).
+std::vector<std::pair<std::string, std::vector<int64_t>>> stage_parameter_shapes(const GptConfig& config, int layer_begin,
+                                                                                 int layer_end, bool first, bool last);
+
 class GptStage {
  public:
   // Builds blocks [layer_begin, layer_end); first/last decide embeddings and head.

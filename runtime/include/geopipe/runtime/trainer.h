@@ -65,12 +65,17 @@ struct TrainConfig {
 //   perturb:rank=R:step=S             rank R adds 1e-3 to its first parameter after step S's
 //                                     optimizer step (a replica diverges: the next checkpoint's
 //                                     replica check stops the job naming the stage and replicas)
+//   cut:region=NAME:step=S            every rank cuts the emulated links into and out of region
+//                                     NAME as step S begins (comm's LinkShaper::cut_region): the
+//                                     region is partitioned from the others, whose ranks and its
+//                                     own time out waiting for each other (needs emulated links)
 // Before raising SIGKILL the rank prints one line to stderr:
 //   "geopipe-train: rank R: GEOPIPE_TEST_FAULT <kind>: SIGKILL at step S ... (unix_ms T)".
 struct TestFault {
-  enum class Kind { kNone, kKill, kStop, kKillInCheckpoint, kCorrupt, kPerturb };
+  enum class Kind { kNone, kKill, kStop, kKillInCheckpoint, kCorrupt, kPerturb, kCut };
   Kind kind = Kind::kNone;
-  int rank = -1;
+  int rank = -1;       // every kind but cut
+  std::string region;  // cut
   int64_t step = 0;
 };
 // The rank this rank's training is blocked on (a pipeline peer; -2: a collective; -1: none): the
