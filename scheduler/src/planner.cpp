@@ -129,12 +129,11 @@ const char* link_transport(const Topology& topology, int region_a, int region_b)
 
 std::pair<std::string, std::string> hop_codecs(const std::string& codec_option, const HopCodecInputs& hop) {
   if (codec_option == "auto" || codec_option == "adaptive") {
-    const double plain_s = std::max(hop.plain_xfer_s, hop.compute_period_s);
-    const double compressed_s = std::max(hop.compressed_xfer_s, hop.compute_period_s + hop.codec_s);
-    const bool faster = compressed_s < plain_s * (1 - kRelEps);
-    const bool cheaper = codec_option == "auto" && hop.egress_saved_usd > hop.codec_usd &&
-                         compressed_s <= plain_s * (1 + hop.max_slowdown);
-    if (faster || cheaper) return {"int8-block", "int8-block"};
+    const double period = hop.compute_period_s;
+    const bool needed = hop.plain_xfer_s > period * (1 + kRelEps);
+    const bool cheaper = codec_option == "auto" && hop.weigh_price && hop.egress_saved_usd > hop.codec_usd &&
+                         period + hop.codec_s <= period * (1 + hop.max_slowdown) * (1 + kRelEps);
+    if (needed || cheaper) return {"int8-block", "int8-block"};
     return {"none", "none"};
   }
   if (codec_option == "int4-block") return {"int4-block", "int8-block"};  // int4 is for activations only
@@ -153,24 +152,25 @@ BoundaryCodecWork boundary_codec_work(const JobSpec& job, const Region& from, co
 
 namespace {
 
+// USD per second of one GPU of the region at board power (power * PUE * price).
+double gpu_usd_per_s(const Region& r) { return r.gpu_power_w * r.pue * r.price_usd_per_kwh / 3.6e6; }
+
 // hop_codec_inputs with int8-block's work at the hop's two ends already known (`int8`).
 HopCodecInputs hop_inputs(const Topology& topology, const JobSpec& job, const PlannerOptions& options, int a, int b,
                           double bps_ab, double bps_ba, double compute_period_s, const BoundaryCodecWork& int8) {
   const Region &ra = topology.regions[a], &rb = topology.regions[b];
   const double plain = boundary_bytes(job, "none"), packed = boundary_bytes(job, "int8-block");
-  const double bps = std::min(bps_ab, bps_ba);
   const double at_a = int8.from_forward_s + int8.from_backward_s, at_b = int8.to_forward_s + int8.to_backward_s;
-  auto usd_per_s = [](const Region& r) { return r.gpu_power_w * r.pue * r.price_usd_per_kwh / 3.6e6; };
   HopCodecInputs hop;
-  hop.plain_xfer_s = plain / bps;
-  hop.compressed_xfer_s = packed / bps;
+  hop.plain_xfer_s = plain / std::min(bps_ab, bps_ba);
   hop.compute_period_s = compute_period_s;
   hop.codec_s = std::max(at_a, at_b);
   const auto ab = topology.link(a, b), ba = topology.link(b, a);
   if (ab && ba)
     hop.egress_saved_usd = boundary_egress_usd(plain, plain, *ab, *ba, 1) - boundary_egress_usd(packed, packed, *ab, *ba, 1);
-  hop.codec_usd = at_a * usd_per_s(ra) + at_b * usd_per_s(rb);
+  hop.codec_usd = at_a * gpu_usd_per_s(ra) + at_b * gpu_usd_per_s(rb);
   hop.max_slowdown = options.max_slowdown;
+  hop.weigh_price = options.price_term;
   return hop;
 }
 
@@ -204,7 +204,7 @@ struct Context {
       : topo(t), job(j), state(s), opt(o), R(t.num_regions()), replicas(std::max(1, j.replicas)) {
     for (const auto& r : t.regions) {
       dev.push_back(device_times(r, j, o.cost, o.profile));
-      rate.push_back(r.gpu_power_w * r.pue * r.price_usd_per_kwh / 3.6e6);
+      rate.push_back(gpu_usd_per_s(r));
       int8.push_back(codec_work(j, "int8-block", codec_rates(r, "int8-block", o.codec_profile)));
     }
     bytes_none = boundary_bytes(j, "none");
@@ -635,6 +635,12 @@ std::vector<Variant> variants(const JobSpec& job, const ClusterState& state, con
 }
 
 // One search context per variant (each refers to its variant, which must outlive it).
+// The options with price ignored: the fastest placement's codecs are chosen for time alone.
+PlannerOptions time_only(PlannerOptions opt) {
+  opt.price_term = false;
+  return opt;
+}
+
 std::vector<Context> contexts(const Topology& topology, const std::vector<Variant>& vs, const PlannerOptions& opt) {
   std::vector<Context> cs;
   cs.reserve(vs.size());
@@ -701,9 +707,12 @@ std::string explain(const Context& c, const std::vector<int>& counts, const Plan
 }
 
 // BACE's allocator over every (replicas, stages) the job allows: pass 1 the fastest feasible
-// path, pass 2 the cheapest within the slack of it (ties by time). Without the price term the
-// fastest wins (delay-first, bace-no-price).
-PlanResult bace_like(const std::vector<Context>& cs, const std::vector<Variant>& vs, bool price_term) {
+// path, its hops' codecs chosen for time alone (`fast_cs`: options without the price term, so
+// the bound does not compound with the codec choice's own), pass 2 the cheapest within
+// max_slowdown of it (ties by time). Without the price term the fastest wins (delay-first,
+// bace-no-price; then `fast_cs` and `cs` are alike).
+PlanResult bace_like(const std::vector<Context>& fast_cs, const std::vector<Context>& cs, const std::vector<Variant>& vs,
+                     bool price_term) {
   PlanResult res;
   Pick fastest;
   std::vector<std::vector<std::vector<int>>> fastest_of(vs.size());
@@ -711,7 +720,7 @@ PlanResult bace_like(const std::vector<Context>& cs, const std::vector<Variant>&
     fastest_of[v].resize(vs[v].counts.size());
     for (size_t i = 0; i < vs[v].counts.size(); ++i) {
       if (vs[v].counts[i] > vs[v].slots.total_free()) continue;
-      SearchOut o = Pathfinder(cs[v], vs[v].counts[i], Goal::kMinTime, kInf).run(cs[v].opt.node_budget);
+      SearchOut o = Pathfinder(fast_cs[v], vs[v].counts[i], Goal::kMinTime, kInf).run(cs[v].opt.node_budget);
       res.nodes += o.nodes;
       fastest_of[v][i] = o.best;
       if (!o.best.empty() &&
@@ -721,11 +730,14 @@ PlanResult bace_like(const std::vector<Context>& cs, const std::vector<Variant>&
   }
   if (fastest.path.empty()) return res;
   if (!price_term) {
-    res.placement = full(cs[fastest.variant], fastest.path);
+    res.placement = full(fast_cs[fastest.variant], fastest.path);
     return res;
   }
   const double cap = fastest.t * (1 + cs.front().opt.max_slowdown);
+  // The incumbent: the fastest path with its codecs chosen as pass 2 chooses them (within the cap).
   Pick best = fastest;
+  const Eval seed = evaluate(cs[fastest.variant], fastest.path, {}, nullptr);
+  if (seed.ok && seed.iteration_s <= cap) best.t = seed.iteration_s, best.c = seed.cost_usd;
   for (size_t v = 0; v < vs.size(); ++v)
     for (size_t i = 0; i < vs[v].counts.size(); ++i) {
       if (vs[v].counts[i] > vs[v].slots.total_free()) continue;
@@ -806,10 +818,10 @@ std::optional<Placement> evaluate_path(const Topology& topology, const JobSpec& 
   return p;
 }
 
-PlanResult place_job(Policy policy, const Topology& topology, const JobSpec& job, const ClusterState& state,
-                     const PlannerOptions& options) {
-  if (policy == Policy::kExact) return exact_placement(topology, job, state, options);
-  PlannerOptions o = options;
+namespace {
+
+// What a policy changes in the options: the checks it skips and whether it weighs price.
+PlannerOptions policy_options(Policy policy, PlannerOptions o) {
   switch (policy) {
     case Policy::kBace:
     case Policy::kBaceNoPriority:
@@ -821,18 +833,28 @@ PlanResult place_job(Policy policy, const Topology& topology, const JobSpec& job
     case Policy::kFifo: o.bandwidth_check = false, o.use_residual = false; break;
     case Policy::kExact: break;
   }
+  return o;
+}
+
+}  // namespace
+
+PlanResult place_job(Policy policy, const Topology& topology, const JobSpec& job, const ClusterState& state,
+                     const PlannerOptions& options) {
+  if (policy == Policy::kExact) return exact_placement(topology, job, state, options);
+  const PlannerOptions o = policy_options(policy, options);
   const std::vector<Variant> vs = variants(job, state, o);
   const std::vector<Context> cs = contexts(topology, vs, o);
+  const PlannerOptions fast_o = time_only(o);  // outlives the contexts that refer to it
   PlanResult res;
   if (!vs.empty()) {
     if (policy == Policy::kFifo)
       res = first_fit(cs, vs);
     else if (policy == Policy::kDelayFirst)
-      res = bace_like(cs, vs, /*price_term=*/false);
+      res = bace_like(cs, cs, vs, /*price_term=*/false);
     else if (policy == Policy::kCostFirst)
       res = cheapest(cs, vs);
     else
-      res = bace_like(cs, vs, o.price_term);
+      res = bace_like(contexts(topology, vs, fast_o), cs, vs, o.price_term);
   }
   if (!res.placement) res.why = explain_all(cs, vs, job, o, &res.nodes);
   return res;
@@ -849,6 +871,8 @@ PlanResult exact_placement(const Topology& topology, const JobSpec& job, const C
                                               std::to_string(topology.num_regions()) + " regions, up to " +
                                               std::to_string(most) + " stages)");
   const std::vector<Context> cs = contexts(topology, vs, options);
+  const PlannerOptions fast_o = time_only(options);  // as bace_like: the fastest with time-only codecs
+  const std::vector<Context> fast_cs = contexts(topology, vs, fast_o);
   PlanResult res;
   if (vs.empty()) {
     res.why = explain_all(cs, vs, job, options, &res.nodes);
@@ -861,6 +885,7 @@ PlanResult exact_placement(const Topology& topology, const JobSpec& job, const C
     uint64_t code;
     int stages;
     double t, cost;
+    double fastest_t;  // with time-only codecs (kInf when that evaluation is infeasible)
   };
   auto encode = [&](const std::vector<int>& p) {
     uint64_t code = 0;
@@ -881,8 +906,11 @@ PlanResult exact_placement(const Topology& topology, const JobSpec& job, const C
     ++res.nodes;
     if (static_cast<int>(path.size()) == S) {
       Eval e = evaluate(c, path, {}, nullptr);
-      if (e.ok && (!options.bandwidth_check || e.bandwidth_ok))
-        leaves.push_back({v, encode(path), S, e.iteration_s, e.cost_usd});
+      if (e.ok && (!options.bandwidth_check || e.bandwidth_ok)) {
+        const Eval f = options.price_term ? evaluate(fast_cs[v], path, {}, nullptr) : e;
+        const bool f_ok = f.ok && (!options.bandwidth_check || f.bandwidth_ok);
+        leaves.push_back({v, encode(path), S, e.iteration_s, e.cost_usd, f_ok ? f.iteration_s : kInf});
+      }
       return;
     }
     for (int r = 0; r < R; ++r) {
@@ -902,7 +930,7 @@ PlanResult exact_placement(const Topology& topology, const JobSpec& job, const C
     return res;
   }
   double t_fast = kInf;
-  for (const auto& l : leaves) t_fast = std::min(t_fast, l.t);
+  for (const auto& l : leaves) t_fast = std::min(t_fast, l.fastest_t);
   const Leaf* best = nullptr;
   for (const auto& l : leaves) {
     if (l.t > t_fast * (1 + options.max_slowdown) * (1 + kRelEps)) continue;
@@ -911,6 +939,12 @@ PlanResult exact_placement(const Topology& topology, const JobSpec& job, const C
     } else if (!best || better(Goal::kMinCost, l.t, l.cost, best->t, best->cost)) {
       best = &l;
     }
+  }
+  if (!best) {  // every leaf's codecs for price cost more than the bound: the fastest as it is
+    for (const auto& l : leaves)
+      if (!best || l.fastest_t < best->fastest_t) best = &l;
+    res.placement = full(fast_cs[best->variant], decode(*best));
+    return res;
   }
   res.placement = full(cs[best->variant], decode(*best));
   return res;
@@ -1067,7 +1101,8 @@ std::optional<Plan> fit_on(Policy policy, const Topology& topology, const JobSpe
   for (bool recompute : modes) {
     PlannerOptions o = options;
     o.recompute = recompute ? "full" : "none";
-    std::vector<ScheduleOption> all = schedule_options(topology, job, placement, o);
+    // The replay chooses codecs as the policy's search did (price-blind policies for time alone).
+    std::vector<ScheduleOption> all = schedule_options(topology, job, placement, policy_options(policy, o));
     try {
       const ScheduleOption& chosen = pick_schedule(all, options.schedule);
       Plan plan = make_plan(topology, job, placement, chosen, policy_name(policy), options.cost, spec.hash());

@@ -248,38 +248,40 @@ TEST(ScheduleOptions, ZeroOneAndRecomputationShrinkTheirTerms) {
   EXPECT_DOUBLE_EQ(all[0].memory[0].optimizer, (4.0 + 4.0) * 1907200);
 }
 
-// A hop's per-micro-batch figures for hop_codecs: transfer times, compute period, codec work.
-gs::HopCodecInputs hop(double plain_s, double compressed_s, double period_s, double codec_s = 0) {
+// A hop's per-micro-batch figures for hop_codecs: plain transfer, compute period, codec work.
+gs::HopCodecInputs hop(double plain_s, double period_s, double codec_s = 0) {
   gs::HopCodecInputs h;
   h.plain_xfer_s = plain_s;
-  h.compressed_xfer_s = compressed_s;
   h.compute_period_s = period_s;
   h.codec_s = codec_s;
   return h;
 }
 
-TEST(ScheduleOptions, HopCodecsCompressWhereThatMakesTheHopFaster) {
+TEST(ScheduleOptions, HopCodecsCompressAHopSlowerThanTheCompute) {
   using Pair = std::pair<std::string, std::string>;
-  EXPECT_EQ(gs::hop_codecs("auto", hop(0.5, 0.25, 1.0)), (Pair{"none", "none"}));
-  EXPECT_EQ(gs::hop_codecs("auto", hop(2.0, 1.0, 1.0)), (Pair{"int8-block", "int8-block"}));
-  // The link is slower than the compute, but the codec's work costs more than it saves:
-  // max(0.6, 1.0 + 0.5) = 1.5 s against max(1.2, 1.0) = 1.2 s.
-  EXPECT_EQ(gs::hop_codecs("auto", hop(1.2, 0.6, 1.0, 0.5)), (Pair{"none", "none"}));
-  EXPECT_EQ(gs::hop_codecs("auto", hop(1.2, 0.6, 1.0, 0.1)), (Pair{"int8-block", "int8-block"}));  // 1.1 < 1.2
-  EXPECT_EQ(gs::hop_codecs("adaptive", hop(2.0, 1.0, 1.0)), (Pair{"int8-block", "int8-block"}));
-  EXPECT_EQ(gs::hop_codecs("int4-block", hop(0.1, 0.05, 1.0)), (Pair{"int4-block", "int8-block"}));  // int4: activations only
-  EXPECT_EQ(gs::hop_codecs("fp8-e4m3-block", hop(0.1, 0.05, 1.0)), (Pair{"fp8-e4m3-block", "fp8-e4m3-block"}));
-  EXPECT_EQ(gs::hop_codecs("none", hop(2.0, 1.0, 1.0)), (Pair{"none", "none"}));
+  EXPECT_EQ(gs::hop_codecs("auto", hop(0.5, 1.0)), (Pair{"none", "none"}));
+  EXPECT_EQ(gs::hop_codecs("auto", hop(2.0, 1.0)), (Pair{"int8-block", "int8-block"}));
+  // The bandwidth check asks for it even when the codec's work is large: the stages pay it.
+  EXPECT_EQ(gs::hop_codecs("auto", hop(1.2, 1.0, 0.5)), (Pair{"int8-block", "int8-block"}));
+  // A hop that keeps up is not compressed to shorten the fill, however cheap the codec.
+  EXPECT_EQ(gs::hop_codecs("auto", hop(0.99, 1.0, 1e-6)), (Pair{"none", "none"}));
+  EXPECT_EQ(gs::hop_codecs("adaptive", hop(2.0, 1.0)), (Pair{"int8-block", "int8-block"}));
+  EXPECT_EQ(gs::hop_codecs("int4-block", hop(0.1, 1.0)), (Pair{"int4-block", "int8-block"}));  // int4: activations only
+  EXPECT_EQ(gs::hop_codecs("fp8-e4m3-block", hop(0.1, 1.0)), (Pair{"fp8-e4m3-block", "fp8-e4m3-block"}));
+  EXPECT_EQ(gs::hop_codecs("none", hop(2.0, 1.0)), (Pair{"none", "none"}));
 }
 
 TEST(ScheduleOptions, AutoCompressesAFastHopWhenTheEgressSavedPaysForTheCodec) {
   using Pair = std::pair<std::string, std::string>;
-  gs::HopCodecInputs h = hop(0.5, 0.25, 1.0, 0.05);  // fits uncompressed; the codec makes the stage 5 % slower
+  gs::HopCodecInputs h = hop(0.5, 1.0, 0.05);  // fits uncompressed; the codec makes the period 5 % longer
   h.egress_saved_usd = 1e-3;
   h.codec_usd = 1e-6;
   h.max_slowdown = 0.10;
   EXPECT_EQ(gs::hop_codecs("auto", h), (Pair{"int8-block", "int8-block"}));
   EXPECT_EQ(gs::hop_codecs("adaptive", h), (Pair{"none", "none"}));  // the runtime adapts to time, not money
+  h.weigh_price = false;  // delay-first, bace-no-price and BACE's fastest-path pass
+  EXPECT_EQ(gs::hop_codecs("auto", h), (Pair{"none", "none"}));
+  h.weigh_price = true;
   h.max_slowdown = 0.04;  // 1.05 s > 1.0 s x 1.04
   EXPECT_EQ(gs::hop_codecs("auto", h), (Pair{"none", "none"}));
   h.max_slowdown = 0.10;
@@ -297,7 +299,6 @@ TEST(ScheduleOptions, CodecInputsOfAHopComeFromItsLinksRegionsAndTheCodecsSpeed)
   o.max_slowdown = 0.25;
   const gs::HopCodecInputs h = gs::hop_codec_inputs(t, job, o, 0, 1, 1e9, 0.5e9, 0.01);
   EXPECT_DOUBLE_EQ(h.plain_xfer_s, 131072 / 0.5e9);
-  EXPECT_DOUBLE_EQ(h.compressed_xfer_s, 65536 / 0.5e9);
   EXPECT_DOUBLE_EQ(h.compute_period_s, 0.01);
   const double encode = 196608 / 19.20e9, decode = 196608 / 21.03e9;
   EXPECT_DOUBLE_EQ(h.codec_s, encode + decode);  // each end encodes one direction and decodes the other
@@ -305,6 +306,9 @@ TEST(ScheduleOptions, CodecInputsOfAHopComeFromItsLinksRegionsAndTheCodecsSpeed)
   const double usd_per_s_a = 700 * 1.2 * 0.1 / 3.6e6, usd_per_s_b = 700 * 1.2 * 0.2 / 3.6e6;
   EXPECT_NEAR(h.codec_usd, (encode + decode) * (usd_per_s_a + usd_per_s_b), 1e-18);
   EXPECT_DOUBLE_EQ(h.max_slowdown, 0.25);
+  EXPECT_TRUE(h.weigh_price);
+  o.price_term = false;
+  EXPECT_FALSE(gs::hop_codec_inputs(t, job, o, 0, 1, 1e9, 0.5e9, 0.01).weigh_price);
 }
 
 TEST(ScheduleOptions, AutoCompressesAPricedHopAndItsStagesCarryTheCodecWork) {
@@ -332,6 +336,14 @@ TEST(ScheduleOptions, AutoCompressesAPricedHopAndItsStagesCarryTheCodecWork) {
   geopipe::Plan p = gs::plan_job(gs::Policy::kBace, priced_topology, job, o);
   EXPECT_EQ(p.links[0].codec_forward, "int8-block");
   EXPECT_EQ(gs::plan_job(gs::Policy::kBace, t, job, o).links[0].codec_forward, "none");
+  // Policies that ignore price choose codecs for time alone, whatever --max-slowdown says.
+  for (double x : {0.0, 0.1, 2.0}) {
+    o.max_slowdown = x;
+    EXPECT_EQ(gs::plan_job(gs::Policy::kDelayFirst, priced_topology, job, o).links[0].codec_forward, "none") << x;
+    EXPECT_EQ(gs::plan_job(gs::Policy::kBaceNoPrice, priced_topology, job, o).links[0].codec_forward, "none") << x;
+  }
+  o.max_slowdown = 0;  // no slowdown allowed: the codec's (small) work is not free
+  EXPECT_EQ(gs::plan_job(gs::Policy::kBace, priced_topology, job, o).links[0].codec_forward, "none");
   o.codec = "none";
   EXPECT_EQ(gs::plan_job(gs::Policy::kBace, priced_topology, job, o).links[0].codec_forward, "none");
 }

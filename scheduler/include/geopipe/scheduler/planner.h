@@ -160,19 +160,21 @@ PlanResult exact_placement(const Topology& topology, const JobSpec& job, const C
 // What --codec auto weighs on one inter-region hop, per micro-batch.
 struct HopCodecInputs {
   double plain_xfer_s = 0;       // an uncompressed message over the slower direction
-  double compressed_xfer_s = 0;  // an int8-block message over the slower direction
   double compute_period_s = 0;   // the slowest stage's forward + backward
   double codec_s = 0;            // int8-block's encode + decode work on the busier end of the hop
   double egress_saved_usd = 0;   // both directions' egress, uncompressed minus int8-block
   double codec_usd = 0;          // the electricity of the codec work on both ends
-  double max_slowdown = 0;       // how much slower a hop may get for a saving (the allocator's slack)
+  double max_slowdown = 0;       // how much slower the hop may make the period for a saving
+  bool weigh_price = true;       // false: the time rule alone (policies that ignore price)
 };
 // The codecs (forward, backward) of an inter-region hop under the --codec option. "auto"
-// compresses (int8-block) when that makes the hop faster, max(compressed, period + codec) below
-// max(plain, period), or when the egress it saves exceeds the codec's electricity and the hop
-// gets at most max_slowdown slower; "adaptive" starts where the time rule alone puts it (the
-// runtime then adapts to the link's time); "int4-block" is for activations only (gradients
-// int8-block); any other name is used both ways.
+// compresses (int8-block) a hop whose plain transfer is slower than the compute period (the
+// bandwidth check asks for it; the codec's work is then paid in the stages), and, weighing
+// price, a hop whose egress saving exceeds the codec's electricity while the codec's work keeps
+// the period within (1 + max_slowdown); it never compresses a hop that keeps up just to shorten
+// the pipeline's fill (paid once an iteration, against the codec's rounding on every message).
+// "adaptive" starts where the time rule puts a hop (the runtime then adapts to the link's time);
+// "int4-block" is for activations only (gradients int8-block); any other name is used both ways.
 std::pair<std::string, std::string> hop_codecs(const std::string& codec_option, const HopCodecInputs& hop);
 // The inputs of hop_codecs for a hop from region a to b at bandwidths (bytes/s) each way.
 HopCodecInputs hop_codec_inputs(const Topology& topology, const JobSpec& job, const PlannerOptions& options, int a,
