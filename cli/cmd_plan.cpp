@@ -119,10 +119,13 @@ void print_summary(const Plan& plan, const std::vector<scheduler::ScheduleOption
   if (!out.empty()) std::cout << "wrote " << out << "\n";
 }
 
-// The job with --gpus MIN,MAX as its "gpus" field, checked by the job parser's own rules.
+// The job with --gpus N or MIN,MAX as its "gpus" field, checked by the job parser's own rules.
 JobSpec with_gpus(const JobSpec& job, const std::vector<int>& gpus) {
   nlohmann::json doc = to_json(job);
-  doc["gpus"] = gpus;
+  if (gpus.size() == 1)
+    doc["gpus"] = gpus[0];
+  else
+    doc["gpus"] = gpus;
   return parse_job(doc, "--gpus");
 }
 
@@ -209,10 +212,10 @@ void register_plan(CLI::App& app, int& exit_code) {
                   "\"replicas\", else 1); a stage then needs this many GPUs of its region")
       ->check(CLI::Range(1, kMaxReplicas));
   cmd->add_option("--gpus", o->gpus,
-                  "MIN,MAX: GPUs the job may hold (its \"gpus\" field): the planner chooses the replicas R "
+                  "N or MIN,MAX: GPUs the job may hold (its \"gpus\" field): the planner chooses the replicas R "
                   "(dividing micro_batches, each replica running micro_batches / R) and the stages S with "
                   "MIN <= S x R <= MAX; --replicas then fixes R")
-      ->expected(2)
+      ->expected(1, 2)
       ->delimiter(',');
   cmd->add_option("--recompute", o->recompute,
                   "auto (recompute only when the activations would not fit), none, or full (keep only each "

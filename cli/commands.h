@@ -16,6 +16,7 @@ void register_report(CLI::App& app, int& exit_code);
 // --max-slowdown X, shared by `plan` and `simulate`: the allocator may take a placement up to X
 // slower than the fastest feasible one when it is cheaper. A negative or non-numeric X is a
 // parse error (exit 2) naming the flag.
+inline constexpr double kMaxSlowdownLimit = 100;  // finite: the simulator's waits end (a 101x slowdown is no bound)
 inline CLI::Option* add_max_slowdown_option(CLI::App* cmd, double& value) {
   return cmd
       ->add_option("--max-slowdown", value,
@@ -26,11 +27,11 @@ inline CLI::Option* add_max_slowdown_option(CLI::App* cmd, double& value) {
       ->check(CLI::Validator(
           [](const std::string& v) {
             double x = 0;
-            return CLI::detail::lexical_cast(v, x) && x >= 0
+            return CLI::detail::lexical_cast(v, x) && x >= 0 && x <= kMaxSlowdownLimit
                        ? std::string()
-                       : "expected X >= 0, a fraction (0.25: up to 25 % slower), got " + v;
+                       : "expected 0 <= X <= 100, a fraction (0.25: up to 25 % slower), got " + v;
           },
-          "X >= 0"));
+          "0 <= X <= 100"));
 }
 
 }  // namespace geopipe::cli

@@ -1,4 +1,5 @@
 #include <geopipe/core/error.h>
+#include <geopipe/core/plan.h>
 #include <geopipe/scheduler/profile.h>
 
 #include <nlohmann/json.hpp>
@@ -214,6 +215,11 @@ CodecProfile parse_codec_profile(const json& doc, const std::string& file) {
         r.error(at, "expected a row with codec, op (quantize or dequantize), numel > 0 and gbps > 0");
         continue;
       }
+      const auto& names = known_codec_names();
+      if (codec == "none" || std::find(names.begin(), names.end(), codec) == names.end()) {
+        r.error(at + ".codec", "unknown codec \"" + codec + "\"");
+        continue;
+      }
       keep_row((op == "quantize" ? encode : decode)[codec], numel, gbps);
     }
   }
@@ -231,7 +237,14 @@ CodecProfile parse_codec_profile(const json& doc, const std::string& file) {
 CodecProfile load_codec_profile(const std::string& path) { return parse_codec_profile(read_json_file(path), path); }
 
 bool codec_profile_applies(const CodecProfile& profile, const Region& region) {
-  return !region.gpu_type.empty() && lower(profile.device).find(lower(region.gpu_type)) != std::string::npos;
+  // A whole word of the device line: "L4" must not match "NVIDIA L40S", nor "A10" "A100-SXM4".
+  const std::string device = lower(profile.device), type = lower(region.gpu_type);
+  auto word_char = [](char ch) { return std::isalnum(static_cast<unsigned char>(ch)) != 0; };
+  for (size_t at = device.find(type); !type.empty() && at != std::string::npos; at = device.find(type, at + 1)) {
+    const size_t end = at + type.size();
+    if ((at == 0 || !word_char(device[at - 1])) && (end == device.size() || !word_char(device[end]))) return true;
+  }
+  return false;
 }
 
 }  // namespace geopipe::scheduler

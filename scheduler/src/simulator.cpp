@@ -58,7 +58,8 @@ struct Waiting {
   int job = 0;
   double nominal_s = 0;      // run time on the empty cluster (the score's "computation time")
   double demand_bps = 0;     // bytes/s an inter-region hop of this job needs to keep up with compute
-  long failed_at = -1;       // cluster version at the last failed placement
+  long failed_at = -1;       // cluster version at the last failed placement or decision to wait
+  bool holding = false;      // that decision was to wait for a cheaper placement (it could start)
   bool relaxed = false;
   std::optional<Placement> rigid;  // cost-first: the placement it waits for
   // BACE: its placement on the empty cluster (the cheapest within max_slowdown of the fastest),
@@ -309,8 +310,10 @@ class Simulation {
     for (size_t i : order) {
       Waiting& w = waiting_[i];
       const double ratio = (now - work_.jobs[w.job].arrival_s + w.nominal_s) / w.nominal_s;
+      if (w.failed_at == version_ && w.holding) continue;  // still waiting by choice: reserves nothing
       std::optional<Placement> p;
       if (w.failed_at != version_) p = try_place(w);
+      w.holding = false;
       if (!p) {
         w.failed_at = version_;
         if (ratio >= opt_.reserve_ratio) break;  // aged long enough: hold the GPUs that free up for it
@@ -318,6 +321,7 @@ class Simulation {
       }
       if (worth_waiting(w, *p, now)) {
         w.failed_at = version_;  // retried at the next completion, or at its deadline (run())
+        w.holding = true;
         continue;
       }
       start(w, std::move(*p), now);

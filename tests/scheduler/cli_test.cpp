@@ -178,6 +178,11 @@ TEST(CliPlan, GpuBoundsLetThePlannerChooseTheReplicasAndPrintTheAllReduce) {
                    " --stages 2 --gpus 2,4 --replicas 1 --schedule 1f1b");
   ASSERT_EQ(one.exit_code, 0) << one.output;
   EXPECT_EQ(nlohmann::json::parse(one.output)["stages"][1]["ranks"], nlohmann::json::array({1}));
+  // One number is a fixed count, as in the job file: 4 GPUs, 2 stages x 2 replicas again.
+  Result four = run("plan --topology " + topology + " --job " + src("examples/jobs/gpt-tiny.json") +
+                    " --stages 2 --gpus 4 --schedule 1f1b");
+  ASSERT_EQ(four.exit_code, 0) << four.output;
+  EXPECT_EQ(nlohmann::json::parse(four.output)["stages"][1]["ranks"], nlohmann::json::array({2, 3}));
   Result bad = run("plan --topology " + topology + " --job " + src("examples/jobs/gpt-tiny.json") + " --gpus 0,4");
   EXPECT_EQ(bad.exit_code, 2) << bad.output;
   EXPECT_NE(bad.output.find("--gpus: gpus: expected [min, max] with 1 <= min <= max"), std::string::npos)
@@ -359,14 +364,19 @@ TEST(CliSimulate, ParetoPrintsBaceAtEachMaxSlowdownThenTheBaselinesWithTheFronti
 }
 
 TEST(CliSimulate, ANegativeMaxSlowdownExitsTwoNamingTheFlag) {
-  for (const std::string cmd : {"simulate --topology " + src("examples/topologies/aws6.json") + " --jobs 3",
+  for (const std::string& cmd : {"simulate --topology " + src("examples/topologies/aws6.json") + " --jobs 3",
                                 "plan --topology " + src("examples/topologies/aws6.json") + " --job " +
                                     src("examples/jobs/gpt-1.3b.json")}) {
     Result r = run(cmd + " --max-slowdown -0.5");
     EXPECT_EQ(r.exit_code, 2) << r.output;
-    EXPECT_NE(r.output.find("--max-slowdown: expected X >= 0, a fraction (0.25: up to 25 % slower), got -0.5"),
+    EXPECT_NE(r.output.find("--max-slowdown: expected 0 <= X <= 100, a fraction (0.25: up to 25 % slower), got -0.5"),
               std::string::npos)
         << r.output;
+    for (const char* huge : {"101", "inf", "1e309"}) {  // no bound at all: the waits would never end
+      Result h = run(cmd + " --max-slowdown " + huge);
+      EXPECT_EQ(h.exit_code, 2) << huge << h.output;
+      EXPECT_NE(h.output.find(std::string("got ") + huge), std::string::npos) << h.output;
+    }
   }
   EXPECT_EQ(run("simulate --topology " + src("examples/topologies/aws6.json") + " --pareto --csv " +
                 out("cli_pareto.csv")).exit_code, 2);

@@ -1,5 +1,6 @@
 // Profile files: round trip, strict parsing, the matching rule.
 #include <geopipe/core/error.h>
+#include <geopipe/core/plan.h>
 #include <geopipe/scheduler/cost_model.h>
 #include <geopipe/scheduler/profile.h>
 
@@ -153,6 +154,18 @@ TEST(CodecProfile, AppliesToRegionsWhoseGpuTypeItsDeviceNamesAndOtherwiseDefault
   cpu.gpu_type = "cpu";
   EXPECT_TRUE(gs::codec_profile_applies(p, h100));
   EXPECT_FALSE(gs::codec_profile_applies(p, a100));
+  // A whole word of the device line only: L4 is not L40S, A10 is not A100.
+  geopipe::Region l4, a10;
+  l4.gpu_type = "L4";
+  a10.gpu_type = "A10";
+  gs::CodecProfile l40s = p, a100_line = p;
+  l40s.device = "NVIDIA L40S";
+  a100_line.device = "NVIDIA A100-SXM4-80GB";
+  EXPECT_FALSE(gs::codec_profile_applies(l40s, l4));
+  EXPECT_FALSE(gs::codec_profile_applies(a100_line, a10));
+  EXPECT_TRUE(gs::codec_profile_applies(a100_line, a100));
+  l40s.device = "NVIDIA L4";
+  EXPECT_TRUE(gs::codec_profile_applies(l40s, l4));
   EXPECT_DOUBLE_EQ(gs::codec_rates(h100, "int8-block", &p).encode_bps, 2700e9);
   // Not measured there: the GPU assumption, and on CPU regions the CPU twins' measured speed.
   EXPECT_DOUBLE_EQ(gs::codec_rates(h100, "fp8-e4m3-block", &p).encode_bps, gs::kAssumedGpuCodecBps);
@@ -177,6 +190,7 @@ TEST(CodecProfile, BadRowsAndACodecWithoutBothOpsAreReportedByPath) {
   auto doc = codec_bench();
   doc["rows"].push_back(bench_row("fp8-e4m3-block", "quantize", 1e8, 700));  // no dequantize row
   doc["rows"].push_back(bench_row("int8-block", "encode", 1e8, 700));      // op unknown
+  doc["rows"].push_back(bench_row("zzz", "quantize", 1e8, 700));             // codec unknown
   doc["rows"][0]["gbps"] = -3;
   try {
     gs::parse_codec_profile(doc, "codec.json");
@@ -187,6 +201,7 @@ TEST(CodecProfile, BadRowsAndACodecWithoutBothOpsAreReportedByPath) {
     EXPECT_NE(all.find("codec.json"), std::string::npos) << all;
     EXPECT_NE(all.find("rows[0]"), std::string::npos) << all;
     EXPECT_NE(all.find("rows[8]"), std::string::npos) << all;
+    EXPECT_NE(all.find("rows[9].codec: unknown codec \"zzz\""), std::string::npos) << all;
     EXPECT_NE(all.find("codec fp8-e4m3-block has quantize rows but no dequantize row"), std::string::npos) << all;
     EXPECT_EQ(e.exit_code(), geopipe::kExitBadInput);
   }
@@ -198,5 +213,17 @@ TEST(CodecProfile, BadRowsAndACodecWithoutBothOpsAreReportedByPath) {
     for (const auto& d : e.diagnostics()) all += d.str() + "\n";
     EXPECT_NE(all.find("device"), std::string::npos) << all;
     EXPECT_NE(all.find("no codec was measured"), std::string::npos) << all;
+  }
+}
+
+TEST(CodecProfile, EveryKnownCodecHasADefaultSpeedOnCpuAndGpu) {
+  geopipe::Region cpu, gpu;
+  cpu.gpu_type = "cpu";
+  gpu.gpu_type = "H100";
+  for (const std::string& codec : geopipe::known_codec_names()) {
+    if (codec == "none") continue;
+    EXPECT_GT(gs::codec_rates(cpu, codec).encode_bps, 0) << codec;
+    EXPECT_GT(gs::codec_rates(cpu, codec).decode_bps, 0) << codec;
+    EXPECT_EQ(gs::codec_rates(gpu, codec).encode_bps, gs::kAssumedGpuCodecBps) << codec;
   }
 }
