@@ -614,6 +614,25 @@ std::vector<int> stage_counts(const JobSpec& job, const PlannerOptions& opt, int
   return out;
 }
 
+// A job with "gpus" bounds whose --stages / --replicas (or stage range) leave no S x R inside
+// them: an input contradiction whatever the cluster (InputError naming the flag that fixed it).
+void check_bounds_reachable(const JobSpec& job, const PlannerOptions& opt) {
+  if (!job.chooses_replicas()) return;
+  const std::vector<int> rs = replica_counts(job, opt);
+  for (int R : rs)
+    if (!stage_counts(job, opt, R).empty()) return;
+  const int lo = opt.fixed_stages > 0 ? opt.fixed_stages : job.min_stages;
+  const int hi = opt.fixed_stages > 0 ? opt.fixed_stages : job.max_stages;
+  std::string replicas;
+  for (int R : rs) replicas += (replicas.empty() ? "" : ", ") + std::to_string(R);
+  const char* flag = opt.fixed_replicas > 0 ? "--replicas" : opt.fixed_stages > 0 ? "--stages" : "gpus";
+  throw InputError(flag, "",
+                   "job \"" + job.name + "\": no stages x replicas within its \"gpus\" bounds [" +
+                       std::to_string(job.min_gpus) + ", " + std::to_string(job.max_gpus) + "]: stages " +
+                       (lo == hi ? std::to_string(lo) : std::to_string(lo) + ".." + std::to_string(hi)) +
+                       " x replicas " + (rs.empty() ? "(none divides the micro-batches)" : replicas));
+}
+
 // One replica count the search tries: the job as its replicas run it, the regions' free GPUs as
 // stage slots (a stage takes `replicas` GPUs of one region), and the stage counts to try.
 struct Variant {
@@ -1123,6 +1142,7 @@ Plan plan_job(Policy policy, const Topology& topology, const JobSpec& job, const
     throw InputError("--stages", "", "asked for " + std::to_string(options.fixed_stages) + " stages but job \"" +
                                          job.name + "\" has " + std::to_string(job.model.layers) + " layers");
   if (options.profile) check_profile_matches(*options.profile, job);
+  check_bounds_reachable(job, options);
   const std::string refusal =
       "cannot place job \"" + job.name + "\" on " + topology.name + " (policy " + policy_name(policy) + "): ";
   check_replica_room(topology, job, options, refusal);

@@ -178,6 +178,21 @@ TEST(CliPlan, GpuBoundsLetThePlannerChooseTheReplicasAndPrintTheAllReduce) {
                    " --stages 2 --gpus 2,4 --replicas 1 --schedule 1f1b");
   ASSERT_EQ(one.exit_code, 0) << one.output;
   EXPECT_EQ(nlohmann::json::parse(one.output)["stages"][1]["ranks"], nlohmann::json::array({1}));
+  // --replicas or --stages that leave no S x R within the bounds contradict them: exit 2 naming the flag.
+  Result contra = run("plan --topology " + topology + " --job " + src("examples/jobs/gpt-tiny.json") +
+                      " --stages 2 --gpus 2,4 --replicas 4");
+  EXPECT_EQ(contra.exit_code, 2) << contra.output;
+  EXPECT_NE(contra.output.find("--replicas: job \"gpt-tiny\": no stages x replicas within its \"gpus\" bounds "
+                               "[2, 4]: stages 2 x replicas 4"),
+            std::string::npos)
+      << contra.output;
+  Result stages = run("plan --topology " + topology + " --job " + src("examples/jobs/gpt-tiny.json") +
+                      " --stages 3 --gpus 4,4");
+  EXPECT_EQ(stages.exit_code, 2) << stages.output;
+  EXPECT_NE(stages.output.find("--stages: job \"gpt-tiny\": no stages x replicas within its \"gpus\" bounds [4, 4]: "
+                               "stages 3 x replicas 1, 2, 4"),
+            std::string::npos)
+      << stages.output;
   // One number is a fixed count, as in the job file: 4 GPUs, 2 stages x 2 replicas again.
   Result four = run("plan --topology " + topology + " --job " + src("examples/jobs/gpt-tiny.json") +
                     " --stages 2 --gpus 4 --schedule 1f1b");

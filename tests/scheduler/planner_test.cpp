@@ -322,6 +322,23 @@ TEST(PlanReplicas, TheReplicasPipelinesShareTheLinkBetweenTheirRegions) {
   // 2 pipelines x 8 micro-batches x 2,097,152 bytes per iteration over 10 Gbit/s (1.25e9 B/s).
   ASSERT_EQ(two.links.size(), 1u);
   EXPECT_NEAR(two.predicted.link_utilisation[0], 2 * 8 * 2097152 / two.predicted.iteration_s / 1.25e9, 1e-12);
+  // Each pipeline's message crosses at half the link: 2,097,152 bytes at 0.625e9 B/s, not 1.25e9.
+  gs::PlannerOptions plain;
+  plain.codec = "none";
+  const auto t = two_regions_of(2);
+  const auto one = gs::evaluate_path(t, two_stage_job(), {0, 1}, gs::ClusterState::empty(t), plain);
+  const auto shared = gs::evaluate_path(t, replicated(two_stage_job(), 2), {0, 1}, gs::ClusterState::empty(t), plain);
+  ASSERT_TRUE(one && shared);
+  EXPECT_DOUBLE_EQ(one->hop_xfer_s[0], 2097152 / 1.25e9);
+  EXPECT_DOUBLE_EQ(shared->hop_xfer_s[0], 2097152 / 0.625e9);
+  // The replayed schedule (the plan) sends each pipeline's messages at the same half.
+  std::vector<gs::ScheduleOption> considered;
+  gs::plan_job(gs::Policy::kBace, t, replicated(two_stage_job(), 2), plain, &considered);
+  std::vector<gs::ScheduleOption> alone;
+  gs::plan_job(gs::Policy::kBace, two_regions_of(1), two_stage_job(), plain, &alone);
+  ASSERT_FALSE(considered.empty());
+  ASSERT_FALSE(alone.empty());
+  EXPECT_GT(considered[0].timing.iteration_s, alone[0].timing.iteration_s + 2 * (2097152 / 0.625e9 - 2097152 / 1.25e9) * 0.99);
 }
 
 TEST(PlanReplicas, ARegionWithRoomForTwoReplicatedStagesHostsBoth) {
