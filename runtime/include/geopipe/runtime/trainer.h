@@ -119,7 +119,8 @@ std::string set_compute_threads(int threads);
 at::Device pick_device(const std::string& name);
 
 // The most bytes the CUDA caching allocator has had handed out at once on `device` since the
-// process started (its own statistics: every tensor, none of the CUDA context); what the plan's
+// process started or the last reset_device_allocator_peak (its own statistics: every tensor, none
+// of the CUDA context); what the plan's
 // predicted memory_bytes minus the framework allowance describes on a GPU rank. nullopt on a CPU
 // device, or with a LibTorch built without CUDA.
 std::optional<int64_t> device_allocator_peak_bytes(const at::Device& device);
