@@ -27,7 +27,7 @@ void write_failure_record(const std::string& dir, const FailureRecord& r) {
     std::ofstream out(tmp, std::ios::trunc);
     out << nlohmann::json{{"rank", r.rank}, {"region", r.region},     {"stage", r.stage},    {"kind", r.kind},
                           {"peer", r.peer}, {"waited_s", r.waited_s}, {"message", r.message}}
-               .dump()
+               .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)  // a message may echo bad bytes
         << "\n";
     out.close();
     if (!out) throw Error("failure record: cannot write " + tmp);

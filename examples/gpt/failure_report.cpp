@@ -117,7 +117,7 @@ void report_failure(int rank, const std::exception& error) {
   std::signal(SIGTERM, SIG_DFL);  // this record, not "terminated", is the rank's last word
   try {
     write_failure_record(dir, r);
-  } catch (const Error& e) {  // the job stops anyway; the supervisor will count this rank as dead
+  } catch (const std::exception& e) {  // the job stops anyway; the supervisor will count this rank as dead
     std::fprintf(stderr, "geopipe-train: rank %d: %s (the failure was: %s)\n", rank, e.what(), error.what());
   }
 }

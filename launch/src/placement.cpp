@@ -137,6 +137,11 @@ std::string region_path(const Topology& topology, size_t region) {
 
 }  // namespace
 
+int host_gpu_share(const Region& region, int host_index) {
+  const int n = static_cast<int>(region.hosts.size());
+  return n == 0 ? region.gpus : region.gpus / n + (host_index < region.gpus % n ? 1 : 0);
+}
+
 Inventory make_inventory(const Topology& topology, Emulation emulation,
                          const std::optional<std::vector<HostfileEntry>>& hostfile, const std::string& hostfile_name,
                          UnresolvedHosts unresolved) {
@@ -169,7 +174,7 @@ Inventory make_inventory(const Topology& topology, Emulation emulation,
         problems.push_back({topology.source, path, "host \"" + host + "\" already belongs to region \"" + it->second + "\""});
         continue;
       }
-      int slots = region.gpus / n + (h < region.gpus % n ? 1 : 0);
+      int slots = host_gpu_share(region, h);
       if (hostfile) {
         auto e = std::find_if(hostfile->begin(), hostfile->end(), [&](const HostfileEntry& x) { return x.host == host; });
         if (e == hostfile->end()) {

@@ -68,9 +68,18 @@ std::set<RegionPair> cut_links_of(const Plan& plan, const std::vector<int>& chai
   return cut;
 }
 
+// The first pipeline stage a region runs (the plan's stage order).
+int first_stage_in(const Plan& plan, const std::string& region) {
+  for (int s = 0; s < plan.num_stages(); ++s)
+    if (plan.stages[static_cast<size_t>(s)].region == region) return s;
+  return plan.num_stages();
+}
+
 // The region partitioned by the cut links (docs/RELIABILITY.md, "Links cut"): the one region at
-// an end of every cut link; with one cut link, the end on the smaller side of the plan's graph of
-// regions (plan.links) once that link is removed. Empty when the evidence names no one region.
+// an end of every cut link; with one cut link, its downstream end. Every stage first blocks on
+// its upstream neighbour, so cutting region X leaves the ring X-1 <-> X (the one case this
+// misreads: a cut of the first region leaves the same ring as a cut of the second). Empty when
+// the evidence names no one region.
 std::string partitioned_region(const Plan& plan, const std::set<RegionPair>& cut) {
   std::map<std::string, int> ends;
   for (const auto& [a, b] : cut) ++ends[a], ++ends[b];
@@ -79,24 +88,7 @@ std::string partitioned_region(const Plan& plan, const std::set<RegionPair>& cut
     if (n == static_cast<int>(cut.size())) common.push_back(region);
   if (common.size() == 1) return common.front();
   if (common.size() != 2) return "";
-  std::map<std::string, std::set<std::string>> next;  // regions that exchange messages, but over a cut link
-  for (const LinkPlan& l : plan.links)
-    if (l.from_region != l.to_region && !cut.count(std::minmax(l.from_region, l.to_region)))
-      next[l.from_region].insert(l.to_region), next[l.to_region].insert(l.from_region);
-  auto side_ranks = [&](const std::string& from) {  // ranks reachable from `from`
-    std::set<std::string> side = {from};
-    for (std::vector<std::string> todo = {from}; !todo.empty();) {
-      const std::string r = todo.back();
-      todo.pop_back();
-      for (const std::string& n : next[r])
-        if (side.insert(n).second) todo.push_back(n);
-    }
-    int ranks = 0;
-    for (int rank = 0; rank < plan.world_size(); ++rank) ranks += side.count(region_of(plan, rank)) ? 1 : 0;
-    return ranks;
-  };
-  const int first = side_ranks(common[0]), second = side_ranks(common[1]);
-  return first == second ? "" : first < second ? common[0] : common[1];
+  return first_stage_in(plan, common[0]) > first_stage_in(plan, common[1]) ? common[0] : common[1];
 }
 
 std::string link_names(const std::set<RegionPair>& cut) {
@@ -209,9 +201,10 @@ Topology without_hosts(const Topology& topology, const std::vector<LostHost>& ho
     const auto at = list ? std::find(list->begin(), list->end(), h.host) : std::vector<std::string>::iterator{};
     if (!list || at == list->end())
       throw InputError(topology.name, "regions", "region " + h.region + " has no host " + h.host + " to drop");
-    list->erase(at);
     Region& r = t.regions[static_cast<size_t>(index)];
-    r.gpus = std::max(0, r.gpus - h.slots);
+    // The GPUs the host offered (as the inventory counted them), not only the ranks it ran.
+    r.gpus = std::max(0, r.gpus - host_gpu_share(r, static_cast<int>(at - list->begin())));
+    list->erase(at);
   }
   t.finalize();
   return t;
@@ -292,7 +285,9 @@ std::optional<Placement> placement_of(const LaunchRequest& request) {
   if (request.plan_file.empty()) return std::nullopt;
   try {
     return prepare_launch(request).placement;
-  } catch (const Error&) {
+  } catch (const Error& e) {
+    std::fprintf(stderr, "geopipe launch: cannot tell which hosts the attempt used (no lost-host check): %s\n",
+                 e.what());
     return std::nullopt;
   }
 }

@@ -85,6 +85,10 @@ struct Inventory {
 // Hosts that are named but do not resolve are an InputError naming the region and host (kRefuse)
 // or listed in `unresolved` (kWarn). A name with characters no host name has (space, quote, `;`,
 // a newline...) is always an InputError: it would end up in a generated script.
+// GPUs (slots) the h-th of a region's listed hosts offers: the region's GPUs spread evenly over
+// its hosts, the first ones taking the remainder.
+int host_gpu_share(const Region& region, int host_index);
+
 Inventory make_inventory(const Topology& topology, Emulation emulation,
                          const std::optional<std::vector<HostfileEntry>>& hostfile = std::nullopt,
                          const std::string& hostfile_name = "",

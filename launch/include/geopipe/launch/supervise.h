@@ -30,7 +30,7 @@ struct SuperviseOptions {
 // (a real cluster: emulated regions are one host each, so there a lost host is a lost region).
 struct LostHost {
   std::string region, host;
-  int slots = 0;  // the ranks it ran: the GPUs the region loses with it
+  int slots = 0;  // the ranks it ran (without_hosts drops the GPUs the host offered: host_gpu_share)
 };
 struct Diagnosis {
   std::set<int> suspects;
