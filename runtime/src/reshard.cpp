@@ -49,6 +49,22 @@ std::string shape_text(const std::vector<int64_t>& shape) {
 void check_tensor_index(const Manifest& m, const GptConfig& model, const std::vector<std::pair<int, int>>& layers,
                         const std::string& file) {
   if (m.tensors.empty()) return;  // written before the index
+  if (!m.layers.empty()) {  // the index is derived from the manifest's own layout: it must agree
+    const auto derived = tensor_index(model, m.layers, m.optimizer_shards);
+    auto path_of = [&](int f) {
+      return f >= 0 && static_cast<size_t>(f) < m.files.size() ? m.files[static_cast<size_t>(f)].path
+                                                                 : "file #" + std::to_string(f);
+    };
+    for (const auto& [name, t] : m.tensors) {
+      const auto d = derived.find(name);
+      if (d == derived.end())
+        throw InputError(file, "tensors." + name, "is not a parameter of the model the manifest records");
+      if (d->second.file != t.file)
+        throw InputError(file, "tensors." + name + ".file",
+                         "names " + path_of(t.file) + ", but the manifest's layers put " + name + " in " +
+                             path_of(d->second.file));
+    }
+  }
   const int S = static_cast<int>(layers.size());
   for (int s = 0; s < S; ++s) {
     const auto [begin, end] = layers[static_cast<size_t>(s)];
@@ -68,8 +84,12 @@ void check_tensor_index(const Manifest& m, const GptConfig& model, const std::ve
 std::vector<int> source_stages(const Manifest& m, const GptStage& stage) {
   if (!m.tensors.empty()) {  // the index says where each tensor is
     std::set<int> stages;
-    for (const NamedTensor& p : stage.named_parameters())
-      stages.insert(m.tensors.at(p.name).file / m.optimizer_shards);
+    for (const NamedTensor& p : stage.named_parameters()) {
+      const auto it = m.tensors.find(p.name);
+      if (it == m.tensors.end())  // check_tensor_index refuses this first; never a bare out_of_range
+        throw InputError("manifest", "tensors", "has no entry for " + p.name);
+      stages.insert(it->second.file / m.optimizer_shards);
+    }
     return {stages.begin(), stages.end()};
   }
   std::vector<int> out;

@@ -312,6 +312,12 @@ TEST_F(CheckpointIntegrity, ResumeFindsTensorsThroughTheManifestIndexAndRefusesA
   EXPECT_NE(refusal(elsewhere).find(mpath + ": tensors.lm_head.weight.file: \"step-000002/stage-7.pt\" is not in files"),
             std::string::npos)
       << refusal(elsewhere);
+  nlohmann::json stranger = good;  // an entry the manifest's own layout does not give
+  stranger["tensors"]["transformer.h.9.attn.c_attn.weight"] = good["tensors"]["lm_head.weight"];
+  EXPECT_NE(refusal(stranger).find(mpath + ": tensors.transformer.h.9.attn.c_attn.weight: is not a parameter of the "
+                                           "model the manifest records"),
+            std::string::npos)
+      << refusal(stranger);
   nlohmann::json before_the_index = good;
   before_the_index.erase("tensors");
   EXPECT_EQ(refusal(before_the_index), "(resumed)");
