@@ -43,6 +43,13 @@ struct Reader {
     return &*it;
   }
   static std::string join(const std::string& path, const char* key) { return path.empty() ? key : path + "." + key; }
+  // A required non-empty string field of the top-level object; "" (and a diagnostic) otherwise.
+  std::string text(const json& obj, const char* key, const std::string& expected) {
+    const json* v = field(obj, "", key);
+    if (v && v->is_string() && !v->get<std::string>().empty()) return v->get<std::string>();
+    if (v) error(key, expected);
+    return "";
+  }
   double seconds(const json& obj, const std::string& path, const char* key) {
     const json* v = field(obj, path, key);
     if (!v) return 0;
@@ -77,12 +84,7 @@ Profile parse_profile(const json& doc, const std::string& file) {
     throw InputError(r.diags);
   if (const json* v = r.field(doc, "", "version"); v && !(v->is_number_integer() && v->get<int>() == 1))
     r.error("version", "unsupported profile version (this geopipe reads version 1)");
-  if (const json* v = r.field(doc, "", "device")) {
-    if (!v->is_string() || v->get<std::string>().empty())
-      r.error("device", "expected the device name (a region's gpu_type), a non-empty string");
-    else
-      p.device = v->get<std::string>();
-  }
+  p.device = r.text(doc, "device", "expected the device name (a region's gpu_type), a non-empty string");
   if (const json* v = r.field(doc, "", "micro_batch")) {
     if (!v->is_number_integer() || v->get<long long>() < 1)
       r.error("micro_batch", "expected an integer >= 1");
@@ -195,10 +197,7 @@ CodecProfile parse_codec_profile(const json& doc, const std::string& file) {
   CodecProfile p;
   p.source = file;
   if (!doc.is_object()) throw InputError({{file, "", "expected the JSON object geopipe-codec-bench --json writes"}});
-  if (const json* v = r.field(doc, "", "device"); v && (!v->is_string() || v->get<std::string>().empty()))
-    r.error("device", "expected the device the codecs were measured on, a non-empty string");
-  else if (v)
-    p.device = v->get<std::string>();
+  p.device = r.text(doc, "device", "expected the device the codecs were measured on, a non-empty string");
   std::map<std::string, CodecRow> encode, decode;
   if (const json* rows = r.field(doc, "", "rows"); rows && !rows->is_array()) {
     r.error("rows", "expected an array of measured rows");

@@ -306,14 +306,23 @@ TEST(Simulator, CostFirstWaitsForItsCheapestPlacementWhileOthersUseFreeGpus) {
   EXPECT_GT(bace.cost_usd, cf.cost_usd);  // the price of not waiting
 }
 
+namespace {
+// Two 2-GPU regions, one six times the other's electricity price, joined by a thin link.
+geopipe::Topology dear_and_cheap() {
+  return make_topology({{"dear", 2, 1.0, 0.30}, {"cheap", 2, 1.0, 0.05}}, {{"dear", "cheap", 0.01, 50}});
+}
+// A job's completion time when it runs alone under BACE.
+double alone_jct(const geopipe::Topology& t, const geopipe::JobSpec& job) {
+  return gs::simulate(t, workload({job}), gs::Policy::kBace, {}).jobs[0].jct_s();
+}
+}  // namespace
+
 TEST(Simulator, BaceWaitsForACheaperPlacementOnlyWithinTheMaxSlowdown) {
   // "first" holds the cheap region; "second" (the same job) arrives when 90 % of it is done. It can
   // start at once in the dear region, or wait 0.1 E for the cheap one and end at 1.1 E after its
   // arrival: within a max_slowdown of 0.5, not of 0 or 0.05.
-  auto t = make_topology({{"dear", 2, 1.0, 0.30}, {"cheap", 2, 1.0, 0.05}}, {{"dear", "cheap", 0.01, 50}});
-  const double E = gs::simulate(t, workload({make_job("first", 8, 512, 512, 1, 8, 20, 2, 2, 0)}), gs::Policy::kBace, {})
-                       .jobs[0]
-                       .jct_s();
+  const auto t = dear_and_cheap();
+  const double E = alone_jct(t, make_job("first", 8, 512, 512, 1, 8, 20, 2, 2, 0));
   auto w = workload({make_job("first", 8, 512, 512, 1, 8, 20, 2, 2, 0),
                      make_job("second", 8, 512, 512, 1, 8, 20, 2, 2, 0.9 * E)});
   auto with = [&](double x) {
@@ -363,10 +372,8 @@ TEST(Simulator, AJobWhoseCheaperPlacementGoesToAnotherStartsOnWhatIsFreeWithinIt
   // (0.6 E) at 0.92 E; at max_slowdown 0.5 both wait for the cheap region. When it frees, "short"
   // has the higher response ratio and takes it; waiting for it again would end "second" at 2.6 E,
   // past its bound of 2.5 E, so "second" starts at once in the dear region.
-  auto t = make_topology({{"dear", 2, 1.0, 0.30}, {"cheap", 2, 1.0, 0.05}}, {{"dear", "cheap", 0.01, 50}});
-  const double E = gs::simulate(t, workload({make_job("first", 8, 512, 512, 1, 8, 20, 2, 2, 0)}), gs::Policy::kBace, {})
-                       .jobs[0]
-                       .jct_s();
+  const auto t = dear_and_cheap();
+  const double E = alone_jct(t, make_job("first", 8, 512, 512, 1, 8, 20, 2, 2, 0));
   auto w = workload({make_job("first", 8, 512, 512, 1, 8, 20, 2, 2, 0),
                      make_job("second", 8, 512, 512, 1, 8, 20, 2, 2, 0.9 * E),
                      make_job("short", 8, 512, 512, 1, 8, 12, 2, 2, 0.92 * E)});
